@@ -1,0 +1,93 @@
+//! Command-line interface: what users type.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Default address of `xfer serve`, and the one clients try.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9909";
+
+/// Move files and run commands between machines, every byte verified by MD5.
+#[derive(Debug, Parser)]
+#[command(name = "xfer", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Server address (host:port).
+    #[arg(short, long, global = true, env = "XFER_SERVER", default_value = DEFAULT_ADDR)]
+    pub server: String,
+
+    /// No progress bars or summaries; errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a directory to xfer clients.
+    Serve(ServeArgs),
+    /// Send a local file to the server.
+    Put {
+        /// Replace the remote file if it exists (atomically).
+        #[arg(short, long)]
+        force: bool,
+        /// The local file.
+        local: PathBuf,
+        /// Remote path, relative to the server's root [default: LOCAL's
+        /// name]; ending in / puts the file inside that directory.
+        remote: Option<String>,
+    },
+    /// Fetch a file from the server.
+    Get {
+        /// Replace the local file if it exists (atomically).
+        #[arg(short, long)]
+        force: bool,
+        /// Remote path, relative to the server's root.
+        remote: String,
+        /// Local path or directory [default: REMOTE's name here]; - writes
+        /// to standard output.
+        local: Option<PathBuf>,
+    },
+    /// List a remote directory.
+    Ls {
+        /// Remote directory [default: the root].
+        remote_dir: Option<String>,
+    },
+}
+
+/// `xfer serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_ADDR)]
+    pub listen: String,
+    /// Directory to serve (created if missing).
+    #[arg(long, default_value = "xfer-root")]
+    pub root: PathBuf,
+    /// Connections served at once; further ones wait their turn.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a connection may stay silent before it is closed (0: never).
+    #[arg(long, default_value_t = 30)]
+    pub idle_timeout: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["xfer", "put", "a", "-q", "-s", "h:1"]).unwrap();
+        assert!(cli.quiet);
+        assert_eq!(cli.server, "h:1");
+    }
+}

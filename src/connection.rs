@@ -1,0 +1,241 @@
+//! The only code that touches a socket: frames in, frames out, bodies streamed.
+//!
+//! A [`Connection`] splits into a [`FrameReader`] and a [`FrameWriter`] so
+//! that one task can send (stdin, a file body) while another receives.
+
+use crate::error::ConnError;
+use crate::protocol::{self, FrameError, Header};
+use bytes::{Buf, BytesMut};
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Initial read buffer. Headers are small; the buffer grows only while a
+/// header is larger, up to [`protocol::MAX_HEADER_LEN`].
+const READ_BUF: usize = 8 * 1024;
+
+/// Bodies up to this size are sent in the same write as their header, so a
+/// small exec output chunk costs one syscall and one TCP segment.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// Receives frames from one peer.
+pub struct FrameReader<R> {
+    /// The socket's read half (or any byte stream in tests).
+    inner: R,
+    /// Bytes read from `inner` but not yet consumed: the start of the next
+    /// header, or the first bytes of a body read along with its header.
+    buf: BytesMut,
+    /// How long to wait for the next header before giving up on the peer.
+    idle: Option<Duration>,
+}
+
+/// Sends frames to one peer.
+pub struct FrameWriter<W> {
+    /// The socket's write half.
+    inner: W,
+    /// Reused scratch space for encoding headers, so sending allocates nothing.
+    scratch: Vec<u8>,
+}
+
+/// Both halves of a TCP connection, plus who is on the other end.
+pub struct Connection {
+    /// Incoming frames.
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// Outgoing frames.
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    /// The peer's address, for logs and messages.
+    pub peer: SocketAddr,
+}
+
+impl Connection {
+    /// Wraps a connected socket. Small frames (headers, exec chunks) must not
+    /// wait for Nagle's algorithm, so `TCP_NODELAY` is set.
+    pub fn new(stream: TcpStream) -> std::io::Result<Self> {
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let (r, w) = stream.into_split();
+        Ok(Connection { reader: FrameReader::new(r), writer: FrameWriter::new(w), peer })
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wraps a byte stream.
+    pub fn new(inner: R) -> Self {
+        FrameReader { inner, buf: BytesMut::with_capacity(READ_BUF), idle: None }
+    }
+
+    /// Fails [`read_header`](Self::read_header) with [`ConnError::Idle`] when
+    /// no complete header arrives within `idle`.
+    pub fn set_idle_timeout(&mut self, idle: Option<Duration>) {
+        self.idle = idle;
+    }
+
+    /// Reads the next header. `Ok(None)` means the peer closed the connection
+    /// cleanly between frames.
+    pub async fn read_header(&mut self) -> Result<Option<Header>, ConnError> {
+        match self.idle {
+            Some(limit) => tokio::time::timeout(limit, self.read_header_inner())
+                .await
+                .map_err(|_| ConnError::Idle(limit.as_secs()))?,
+            None => self.read_header_inner().await,
+        }
+    }
+
+    async fn read_header_inner(&mut self) -> Result<Option<Header>, ConnError> {
+        loop {
+            if let Some((header, used)) = protocol::decode_header(&self.buf)? {
+                self.buf.advance(used);
+                return Ok(Some(header));
+            }
+            // The codec has checked the prefix against the limit, so reserving
+            // room for the whole header is bounded.
+            if let Some(len) = protocol::frame::header_len(&self.buf)? {
+                self.buf.reserve(protocol::PREFIX_LEN + len - self.buf.len());
+            } else {
+                self.buf.reserve(READ_BUF);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() { Ok(None) } else { Err(ConnError::Truncated("header")) };
+            }
+        }
+    }
+
+    /// Reads a header, treating a clean close as an error: for the points of
+    /// an exchange where the peer owes us a frame.
+    pub async fn expect_header(&mut self) -> Result<Header, ConnError> {
+        self.read_header().await?.ok_or(ConnError::Closed)
+    }
+
+    /// The body of `len` bytes that follows the header just read, as a
+    /// stream. The caller must read it to the end (or drop the connection):
+    /// the next header starts right after it. A stream that ends early means
+    /// the peer closed mid-body.
+    pub fn body(&mut self, len: u64) -> impl AsyncRead + Unpin + '_ {
+        let buffered = (self.buf.len() as u64).min(len) as usize;
+        let head = Cursor::new(self.buf.split_to(buffered).freeze());
+        AsyncReadExt::chain(head, (&mut self.inner).take(len - buffered as u64))
+    }
+
+    /// Reads and discards a body of `len` bytes, to keep the stream in step
+    /// after a request failed part way.
+    pub async fn skip_body(&mut self, len: u64) -> Result<(), ConnError> {
+        let copied = tokio::io::copy(&mut self.body(len), &mut tokio::io::sink()).await?;
+        if copied < len {
+            return Err(ConnError::Truncated("body"));
+        }
+        Ok(())
+    }
+
+    /// Reads a whole body of at most `max` bytes into memory. Only for small
+    /// bodies whose size the protocol bounds (exec stdin chunks).
+    pub async fn read_small_body(&mut self, len: u64, max: usize) -> Result<Vec<u8>, ConnError> {
+        if len > max as u64 {
+            return Err(FrameError::TooLarge(len).into());
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        self.body(len).read_to_end(&mut out).await?;
+        if (out.len() as u64) < len {
+            return Err(ConnError::Truncated("body"));
+        }
+        Ok(out)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wraps a byte stream.
+    pub fn new(inner: W) -> Self {
+        FrameWriter { inner, scratch: Vec::with_capacity(1024) }
+    }
+
+    /// Sends a header. Its body, if `total_size` is not 0, must follow
+    /// through [`body_writer`](Self::body_writer).
+    pub async fn write_header(&mut self, header: &Header) -> Result<(), ConnError> {
+        self.scratch.clear();
+        protocol::encode_header(header, &mut self.scratch)?;
+        self.inner.write_all(&self.scratch).await?;
+        Ok(())
+    }
+
+    /// Sends a header whose `total_size` is `body.len()`, then the body;
+    /// small bodies go out in the same write.
+    pub async fn write_frame(&mut self, header: &Header, body: &[u8]) -> Result<(), ConnError> {
+        debug_assert_eq!(header.total_size, body.len() as u64);
+        self.scratch.clear();
+        protocol::encode_header(header, &mut self.scratch)?;
+        if body.len() <= COALESCE_MAX {
+            self.scratch.extend_from_slice(body);
+            self.inner.write_all(&self.scratch).await?;
+        } else {
+            self.inner.write_all(&self.scratch).await?;
+            self.inner.write_all(body).await?;
+        }
+        Ok(())
+    }
+
+    /// The raw stream, for writing a body announced by the last header.
+    pub fn body_writer(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Closes the sending direction; the peer reads EOF after what was sent.
+    pub async fn shutdown(&mut self) -> Result<(), ConnError> {
+        self.inner.shutdown().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Op;
+
+    #[tokio::test]
+    async fn headers_and_bodies_survive_arbitrary_splits() {
+        let (client, server) = tokio::io::duplex(7);
+        let send = tokio::spawn(async move {
+            let mut w = FrameWriter::new(client);
+            w.write_frame(&Header::new(Op::Data).with_body(5), b"hello").await.unwrap();
+            w.write_header(&Header::new(Op::Done)).await.unwrap();
+            w.write_frame(&Header::new(Op::Stdout).with_body(0), b"").await.unwrap();
+        });
+        let mut r = FrameReader::new(server);
+        let h = r.expect_header().await.unwrap();
+        assert_eq!((h.op, h.total_size), (Op::Data, 5));
+        let mut body = Vec::new();
+        r.body(5).read_to_end(&mut body).await.unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(r.expect_header().await.unwrap().op, Op::Done);
+        assert_eq!(r.expect_header().await.unwrap().op, Op::Stdout);
+        send.await.unwrap();
+        assert!(r.read_header().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn close_inside_a_header_is_truncation() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(&[0, 0, 0, 10, b'{']).await.unwrap();
+        drop(client);
+        let mut r = FrameReader::new(server);
+        assert!(matches!(r.read_header().await, Err(ConnError::Truncated("header"))));
+    }
+
+    #[tokio::test]
+    async fn short_body_is_detected_by_skip() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"abc").await.unwrap();
+        drop(client);
+        let mut r = FrameReader::new(server);
+        assert!(matches!(r.skip_body(10).await, Err(ConnError::Truncated("body"))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_hits_idle_timeout() {
+        let (_client, server) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(server);
+        r.set_idle_timeout(Some(Duration::from_secs(3)));
+        assert!(matches!(r.read_header().await, Err(ConnError::Idle(3))));
+    }
+}

@@ -1,0 +1,221 @@
+//! Error types, one per phase, and how each maps to a message and exit code.
+//!
+//! - [`ConnError`]: talking to the peer failed (socket, framing, sequence).
+//! - [`RequestError`]: the server refuses or fails one request; it travels to
+//!   the client as an `error` frame and the connection stays usable.
+//! - [`Error`]: what the client reports to its user, with an exit code.
+
+use crate::protocol::{ErrorCode, FrameError, Op};
+use std::io;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Exit code when the remote side could not be reached or refused us
+/// (as ssh uses 255).
+pub const EXIT_CONNECT: u8 = 255;
+/// Exit code for a failed operation (missing file, digest mismatch...).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code for `exec --timeout` running out (as timeout(1)).
+pub const EXIT_TIMEOUT: u8 = 124;
+
+/// Talking to the peer failed; the connection cannot be used further.
+#[derive(Debug, Error)]
+pub enum ConnError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    /// The peer closed the connection in the middle of a frame or body.
+    #[error("connection closed in the middle of a {0}")]
+    Truncated(&'static str),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("malformed frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer sent a valid frame at the wrong point of the exchange.
+    #[error("unexpected {got} frame (expected {expected})")]
+    Unexpected {
+        /// The op that arrived.
+        got: Op,
+        /// What the exchange called for, in words.
+        expected: &'static str,
+    },
+    /// The peer was silent for longer than the idle timeout.
+    #[error("no data from peer for {0} s")]
+    Idle(u64),
+    /// The socket itself failed.
+    #[error("{}", plain_io(.0))]
+    Io(#[from] io::Error),
+}
+
+/// One request failed on the server; sent back as an `error` frame.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("{message}")]
+pub struct RequestError {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// Plain words for the user, naming the file concerned.
+    pub message: String,
+}
+
+impl RequestError {
+    /// A request error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RequestError { code, message: message.into() }
+    }
+
+    /// Maps a filesystem error on `path` to the code and words a client sees.
+    pub fn from_io(err: &io::Error, path: &str) -> Self {
+        let code = match err.kind() {
+            io::ErrorKind::NotFound => ErrorCode::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+            io::ErrorKind::StorageFull => ErrorCode::NoSpace,
+            io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => ErrorCode::WrongType,
+            io::ErrorKind::AlreadyExists => ErrorCode::Exists,
+            _ => ErrorCode::Internal,
+        };
+        let message = match code {
+            ErrorCode::NotFound => format!("remote file not found: {path}"),
+            ErrorCode::NoSpace => format!("no space left on the server's disk while writing {path}"),
+            _ => format!("{path}: {}", plain_io(err)),
+        };
+        RequestError { code, message }
+    }
+}
+
+/// What the client reports to its user.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {addr}: {reason} (is xfer serve running?)")]
+    Connect {
+        /// The address as the user gave it.
+        addr: String,
+        /// Plain words from the OS.
+        reason: String,
+    },
+    /// `xfer serve` could not listen or open its root.
+    #[error("cannot serve on {addr}: {reason}")]
+    Serve {
+        /// The listen address.
+        addr: String,
+        /// Plain words from the OS.
+        reason: String,
+    },
+    /// The server speaks a protocol version this client does not.
+    #[error("server at {addr} speaks protocol version {theirs}, this client speaks {ours}")]
+    Version {
+        /// The server's address.
+        addr: String,
+        /// Version the server announced.
+        theirs: u32,
+        /// Our version.
+        ours: u32,
+    },
+    /// The server refused or failed the request.
+    #[error("{}", .0.message)]
+    Remote(RequestError),
+    /// The received body does not match the sender's digest.
+    #[error("md5 mismatch for {name} (sent {sent}, received {received}): nothing was saved")]
+    Md5Mismatch {
+        /// The file concerned.
+        name: String,
+        /// The sender's digest.
+        sent: String,
+        /// Ours.
+        received: String,
+    },
+    /// A local destination exists and `--force` was not given.
+    #[error("{} already exists (use --force to replace it)", .0.display())]
+    LocalExists(PathBuf),
+    /// A local file could not be read, written or committed.
+    #[error("{}: {}", .path.display(), plain_io(.source))]
+    Local {
+        /// The local path concerned.
+        path: PathBuf,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The connection to the server failed mid-exchange.
+    #[error("connection to server lost: {0}")]
+    Conn(#[from] ConnError),
+    /// The user asked for something that cannot be done.
+    #[error("{0}")]
+    Usage(String),
+    /// Exec was refused because the server was started without it.
+    #[error("exec is disabled on this server (start it with --allow-exec)")]
+    ExecDisabled,
+    /// `exec --timeout` ran out.
+    #[error("command timed out after {0} s")]
+    Timeout(u64),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Connect { .. } | Error::Version { .. } | Error::ExecDisabled => EXIT_CONNECT,
+            Error::Timeout(_) => EXIT_TIMEOUT,
+            _ => EXIT_FAILURE,
+        }
+    }
+
+    /// A local I/O failure on `path`.
+    pub fn local(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Local { path: path.into(), source }
+    }
+}
+
+/// An OS error in plain lowercase words, without the "(os error N)" tail.
+pub fn plain_io(err: &io::Error) -> String {
+    let text = match err.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        io::ErrorKind::ConnectionReset => "connection reset by peer".to_string(),
+        io::ErrorKind::BrokenPipe => "connection closed by peer".to_string(),
+        io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        io::ErrorKind::StorageFull => "no space left on device".to_string(),
+        io::ErrorKind::UnexpectedEof => "unexpected end of data".to_string(),
+        _ => {
+            let s = err.to_string();
+            let s = match s.find(" (os error") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            };
+            let mut chars = s.chars();
+            match chars.next() {
+                Some(c) => c.to_lowercase().chain(chars).collect(),
+                None => s,
+            }
+        }
+    };
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_io_drops_os_error_tail_and_capital() {
+        let e = io::Error::from_raw_os_error(nix::libc::EISDIR);
+        assert_eq!(plain_io(&e), "is a directory");
+        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(plain_io(&e), "connection refused");
+    }
+
+    #[test]
+    fn exit_codes_follow_ssh() {
+        let e = Error::Connect { addr: "x".into(), reason: "y".into() };
+        assert_eq!(e.exit_code(), 255);
+        assert_eq!(Error::ExecDisabled.exit_code(), 255);
+        assert_eq!(Error::Timeout(1).exit_code(), 124);
+        assert_eq!(Error::Usage("u".into()).exit_code(), 1);
+    }
+
+    #[test]
+    fn missing_remote_file_names_the_path() {
+        let e = io::Error::from(io::ErrorKind::NotFound);
+        let r = RequestError::from_io(&e, "docs/a.txt");
+        assert_eq!(r.code, ErrorCode::NotFound);
+        assert_eq!(r.message, "remote file not found: docs/a.txt");
+    }
+}

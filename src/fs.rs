@@ -1,0 +1,463 @@
+//! Safe paths, the served root, and atomic commits through temporary files.
+//!
+//! Every path a client names is checked by [`RemotePath::parse`] and then
+//! opened through a `cap_std` directory handle for the root, which resolves
+//! beneath it (symlinks that lead outside fail) without a check-then-use
+//! race. Writes go to a hidden temporary beside the destination
+//! ([`Staged`]); only a verified body is renamed into place, and a dropped
+//! `Staged` removes its temporary.
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+use thiserror::Error;
+
+/// Suffix of every temporary xfer writes. Names ending in it are reserved:
+/// clients cannot create them, listings hide them, and the server removes
+/// leftovers when it starts.
+pub const TEMP_SUFFIX: &str = ".xfer-part";
+
+/// Longest path a client may name, in bytes (Linux's PATH_MAX).
+const MAX_PATH_LEN: usize = 4096;
+
+/// Longest part of the destination name kept in a temporary's name, so that
+/// with the dot, random tag and suffix it stays under NAME_MAX (255).
+const TEMP_NAME_KEEP: usize = 200;
+
+/// Why a client-supplied path was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("absolute paths are not allowed: {0}")]
+    Absolute(String),
+    #[error("'..' is not allowed in paths: {0}")]
+    DotDot(String),
+    #[error("backslashes are not allowed in paths: {0}")]
+    Backslash(String),
+    #[error("drive letters are not allowed in paths: {0}")]
+    Drive(String),
+    #[error("control characters are not allowed in paths: {0}")]
+    Control(String),
+    #[error("path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("names ending in {TEMP_SUFFIX} are reserved for xfer's temporary files: {0}")]
+    Reserved(String),
+}
+
+/// A path relative to the served root, known to hold no way out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePath {
+    /// Normal components only: no `.`, `..`, empty or separator-bearing parts.
+    parts: Vec<String>,
+}
+
+impl RemotePath {
+    /// Checks a client-supplied path. `""`, `.` and `/`-separated `.` or empty
+    /// components are allowed and dropped, so `""` is the root itself; every
+    /// other sign of escape or trickery is refused with a reason.
+    pub fn parse(raw: &str) -> Result<Self, PathError> {
+        let shown = escape(raw);
+        if raw.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        if raw.chars().any(|c| c.is_control()) {
+            return Err(PathError::Control(shown));
+        }
+        if raw.contains('\\') {
+            return Err(PathError::Backslash(shown));
+        }
+        if raw.starts_with('/') {
+            return Err(PathError::Absolute(shown));
+        }
+        let b = raw.as_bytes();
+        if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+            return Err(PathError::Drive(shown));
+        }
+        let mut parts = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(PathError::DotDot(shown)),
+                p if p.ends_with(TEMP_SUFFIX) => return Err(PathError::Reserved(shown)),
+                p => parts.push(p.to_string()),
+            }
+        }
+        Ok(RemotePath { parts })
+    }
+
+    /// The root itself.
+    pub fn is_root(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The last component, `None` for the root.
+    pub fn file_name(&self) -> Option<&str> {
+        self.parts.last().map(String::as_str)
+    }
+
+    /// The path as a relative `Path` for `cap_std` calls ("." for the root).
+    pub fn to_path(&self) -> PathBuf {
+        if self.parts.is_empty() {
+            PathBuf::from(".")
+        } else {
+            self.parts.iter().collect()
+        }
+    }
+
+    /// The parent directory as a relative `Path` ("." at the top).
+    fn parent_path(&self) -> PathBuf {
+        match self.parts.split_last() {
+            Some((_, parent)) if !parent.is_empty() => parent.iter().collect(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+impl std::fmt::Display for RemotePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.parts.join("/"))
+    }
+}
+
+/// Makes a name safe to print: control characters (ANSI escapes, newlines)
+/// become visible escapes, so a hostile name cannot rewrite the terminal.
+pub fn escape(name: &str) -> String {
+    if !name.chars().any(char::is_control) {
+        return name.to_string();
+    }
+    name.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
+/// One listing entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The entry's name within the listed directory.
+    pub name: String,
+    /// What it is (symlinks are not followed).
+    pub kind: crate::protocol::EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// The directory a server serves, opened once as a capability.
+pub struct Root {
+    /// Handle through which every access resolves, beneath the root only.
+    dir: Dir,
+    /// Where the root is, for logs.
+    path: PathBuf,
+}
+
+impl Root {
+    /// Opens `path`, creating it if missing.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        std::fs::create_dir_all(path)?;
+        let dir = Dir::open_ambient_dir(path, ambient_authority())?;
+        Ok(Root { dir, path: path.to_path_buf() })
+    }
+
+    /// Where the root is on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens a regular file for reading, with its size and mtime.
+    pub fn open_read(&self, p: &RemotePath) -> io::Result<(std::fs::File, u64, i64)> {
+        let file = self.dir.open(p.to_path())?;
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        Ok((file.into_std(), meta.len(), mtime_secs(&meta)))
+    }
+
+    /// Whether `p` exists, and is a directory (symlinks are not followed).
+    pub fn kind_of(&self, p: &RemotePath) -> io::Result<Option<bool>> {
+        match self.dir.symlink_metadata(p.to_path()) {
+            Ok(m) => Ok(Some(m.is_dir())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates missing parent directories of `p` and a temporary beside it.
+    pub fn stage(&self, p: &RemotePath) -> io::Result<(Staged, std::fs::File)> {
+        let name = p.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::IsADirectory))?;
+        let parent = p.parent_path();
+        self.dir.create_dir_all(&parent)?;
+        Staged::create(self.dir.open_dir(&parent)?, name)
+    }
+
+    /// The entries of a directory, sorted by name, temporaries hidden.
+    pub fn list(&self, p: &RemotePath) -> io::Result<Vec<ListEntry>> {
+        use crate::protocol::EntryKind;
+        let dir = self.dir.open_dir(p.to_path())?;
+        let mut out = Vec::new();
+        for entry in dir.entries()? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TEMP_SUFFIX) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_file() {
+                EntryKind::File
+            } else if ft.is_symlink() {
+                EntryKind::Symlink
+            } else {
+                EntryKind::Other
+            };
+            out.push(ListEntry { name, kind, size: meta.len(), mtime: mtime_secs(&meta) });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Removes temporaries left by a server or client that was killed.
+    /// Returns how many were removed.
+    pub fn remove_stale_temps(&self) -> usize {
+        remove_temps_in(&self.dir, 0)
+    }
+}
+
+/// How deep [`remove_temps_in`] descends; deeper trees are left alone rather
+/// than risking a stack overflow on a hostile layout.
+const MAX_SCAN_DEPTH: usize = 64;
+
+fn remove_temps_in(dir: &Dir, depth: usize) -> usize {
+    let Ok(entries) = dir.entries() else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() && depth < MAX_SCAN_DEPTH {
+            if let Ok(sub) = entry.open_dir() {
+                removed += remove_temps_in(&sub, depth + 1);
+            }
+        } else if ft.is_file()
+            && name.to_string_lossy().ends_with(TEMP_SUFFIX)
+            && dir.remove_file(&name).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn mtime_secs(meta: &cap_std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a staged file could not be committed.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    /// The destination appeared (or was there) and replacing was not asked.
+    #[error("destination exists")]
+    Exists,
+    /// The rename or link failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A hidden temporary file beside its destination. Dropping it without
+/// [`commit`](Staged::commit) removes the temporary.
+pub struct Staged {
+    /// The destination's directory; the temporary lives here too, so the
+    /// final rename never crosses filesystems.
+    dir: Dir,
+    /// The temporary's name in `dir`.
+    temp: String,
+    /// The destination's name in `dir`.
+    name: String,
+    /// Set once the temporary has been renamed away, so drop leaves it alone.
+    committed: bool,
+}
+
+impl Staged {
+    /// Creates `.NAME.RANDOM.xfer-part` in `dir` for destination `name`.
+    pub fn create(dir: Dir, name: &str) -> io::Result<(Staged, std::fs::File)> {
+        let mut keep = name.len().min(TEMP_NAME_KEEP);
+        while !name.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        loop {
+            let temp = format!(".{}.{:016x}{TEMP_SUFFIX}", &name[..keep], rand::random::<u64>());
+            match dir.open_with(&temp, &opts) {
+                Ok(file) => {
+                    let staged = Staged { dir, temp, name: name.to_string(), committed: false };
+                    return Ok((staged, File::into_std(file)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates a temporary beside a local path (the client's side, where the
+    /// user chose the path and it is not confined).
+    pub fn beside(path: &Path) -> io::Result<(Staged, std::fs::File)> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Staged::create(Dir::open_ambient_dir(parent, ambient_authority())?, name)
+    }
+
+    /// Whether the destination exists now.
+    pub fn destination_exists(&self) -> bool {
+        self.dir.symlink_metadata(&self.name).is_ok()
+    }
+
+    /// Moves the temporary to its destination. Without `replace` this fails
+    /// with [`CommitError::Exists`] if the destination exists, atomically (a
+    /// hard link cannot overwrite); with it, a rename swaps the file in one
+    /// step, so readers see the old file or the new one.
+    pub fn commit(mut self, replace: bool) -> Result<(), CommitError> {
+        if replace {
+            self.dir.rename(&self.temp, &self.dir, &self.name)?;
+        } else {
+            match self.dir.hard_link(&self.temp, &self.dir, &self.name) {
+                Ok(()) => {
+                    // The data is safely at its name; a failure to remove the
+                    // temporary is tidied by the next start's sweep.
+                    let _ = self.dir.remove_file(&self.temp);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CommitError::Exists),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.dir.remove_file(&self.temp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_relative_paths_parse() {
+        let p = RemotePath::parse("docs/./a b/ünï.txt/").unwrap();
+        assert_eq!(p.to_string(), "docs/a b/ünï.txt");
+        assert_eq!(p.file_name(), Some("ünï.txt"));
+        assert!(RemotePath::parse("").unwrap().is_root());
+        assert!(RemotePath::parse(".").unwrap().is_root());
+        assert!(RemotePath::parse("..a/b..").is_ok(), "dots inside names are fine");
+    }
+
+    #[test]
+    fn escapes_are_refused_with_a_reason() {
+        let cases: &[(&str, fn(&PathError) -> bool)] = &[
+            ("/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
+            ("../x", |e| matches!(e, PathError::DotDot(_))),
+            ("a/../../x", |e| matches!(e, PathError::DotDot(_))),
+            ("a/..", |e| matches!(e, PathError::DotDot(_))),
+            ("a\\..\\x", |e| matches!(e, PathError::Backslash(_))),
+            ("C:/Windows", |e| matches!(e, PathError::Drive(_))),
+            ("c:x", |e| matches!(e, PathError::Drive(_))),
+            ("a\0b", |e| matches!(e, PathError::Control(_))),
+            ("a\nb", |e| matches!(e, PathError::Control(_))),
+            ("\x1b[31mred", |e| matches!(e, PathError::Control(_))),
+            ("a\u{9b}b", |e| matches!(e, PathError::Control(_))),
+            ("x.xfer-part", |e| matches!(e, PathError::Reserved(_))),
+        ];
+        for (raw, expected) in cases {
+            let err = RemotePath::parse(raw).expect_err(raw);
+            assert!(expected(&err), "{raw:?} gave {err:?}");
+        }
+        assert_eq!(RemotePath::parse(&"a".repeat(5000)), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn error_messages_never_carry_raw_control_characters() {
+        let err = RemotePath::parse("\x1b]0;pwned\x07").unwrap_err().to_string();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+    }
+
+    #[test]
+    fn escape_shows_control_characters() {
+        assert_eq!(escape("a\nb\x1b"), "a\\nb\\u{1b}");
+        assert_eq!(escape("plain"), "plain");
+    }
+
+    #[test]
+    fn staged_file_commits_or_vanishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("sub/dir/f.txt").unwrap();
+
+        let (staged, mut f) = root.stage(&p).unwrap();
+        io::Write::write_all(&mut f, b"one").unwrap();
+        drop(staged);
+        let names: Vec<_> = std::fs::read_dir(tmp.path().join("sub/dir")).unwrap().collect();
+        assert!(names.is_empty(), "dropped temporary must be removed");
+
+        let (staged, mut f) = root.stage(&p).unwrap();
+        io::Write::write_all(&mut f, b"one").unwrap();
+        staged.commit(false).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"one");
+
+        let (staged, mut f) = root.stage(&p).unwrap();
+        io::Write::write_all(&mut f, b"two").unwrap();
+        assert!(matches!(staged.commit(false), Err(CommitError::Exists)));
+        assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"one");
+
+        let (staged, mut f) = root.stage(&p).unwrap();
+        io::Write::write_all(&mut f, b"two").unwrap();
+        staged.commit(true).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(tmp.path().join("sub/dir")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn symlinks_out_of_the_root_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("out")).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("out/secret").unwrap();
+        assert!(root.open_read(&p).is_err());
+        assert!(root.stage(&RemotePath::parse("out/new").unwrap()).is_err());
+        assert!(!outside.path().join("new").exists());
+    }
+
+    #[test]
+    fn stale_temps_are_swept_and_hidden_from_listings() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/.f.0123.xfer-part"), b"x").unwrap();
+        std::fs::write(tmp.path().join("keep"), b"x").unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let listed = root.list(&RemotePath::parse("d").unwrap()).unwrap();
+        assert!(listed.is_empty());
+        assert_eq!(root.remove_stale_temps(), 1);
+        assert!(tmp.path().join("keep").exists());
+    }
+}

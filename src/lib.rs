@@ -1,0 +1,100 @@
+//! xfer: move files and run commands between machines over TCP, every body
+//! described by a header and verified by MD5.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (clap).
+//! - [`protocol`]: header types and the pure frame codec (no I/O).
+//! - [`connection`]: the only code that reads or writes a socket.
+//! - [`transfer`]: streaming copy with MD5 on a separate thread.
+//! - [`fs`]: safe remote paths, the served root, temporaries and commits.
+//! - [`server`]: listener, per-connection handler, one module per request.
+//! - [`client`]: connecting, and one module per client command.
+//! - [`ui`]: progress bars and summary lines.
+//! - [`error`]: error types per phase, messages and exit codes.
+//!
+//! `PROTOCOL.md` describes the wire format for other implementations.
+
+pub mod cli;
+pub mod client;
+pub mod connection;
+pub mod error;
+pub mod fs;
+pub mod protocol;
+pub mod server;
+pub mod transfer;
+pub mod ui;
+
+use cli::{Cli, Command, ServeArgs};
+use client::{GetTarget, Options};
+use error::Error;
+use std::time::Duration;
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<u8, Error> {
+    let opts = Options { server: cli.server, ui: ui::Ui { quiet: cli.quiet } };
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        // A client does one thing at a time: a single-threaded runtime starts
+        // faster and the hashing thread comes from the blocking pool.
+        command => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::local("tokio runtime", e))?;
+            rt.block_on(run_client(command, &opts))
+        }
+    }
+}
+
+async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
+    match command {
+        Command::Put { force, local, remote } => client::put(opts, &local, remote.as_deref(), force).await?,
+        Command::Get { force, remote, local } => {
+            let target =
+                local.map(|p| if p.as_os_str() == "-" { GetTarget::Stdout } else { GetTarget::Path(p) });
+            client::get(opts, &remote, target, force).await?
+        }
+        Command::Ls { remote_dir } => client::ls(opts, remote_dir.as_deref()).await?,
+        Command::Serve(_) => unreachable!("serve is handled by run"),
+    }
+    Ok(0)
+}
+
+fn serve(args: ServeArgs) -> Result<u8, Error> {
+    init_logging();
+    let mut config = server::Config::new(&args.root);
+    config.max_connections = args.max_connections.max(1);
+    config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };
+    let rt = tokio::runtime::Runtime::new().map_err(|e| serve_err(error::plain_io(&e)))?;
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| serve_err(error::plain_io(&e)))?;
+        server::run(listener, config, shutdown_signal())
+            .await
+            .map_err(|e| serve_err(format!("{}: {}", args.root.display(), error::plain_io(&e))))
+    })?;
+    Ok(0)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Server logs go to stderr, one line per request; `RUST_LOG` adjusts them.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

@@ -1,0 +1,99 @@
+//! What the client shows its user: progress bars and summary lines.
+//!
+//! Bars go to stderr and only when stderr is a terminal (indicatif hides them
+//! otherwise) and `--quiet` is off. Names are escaped before display.
+
+use crate::fs::escape;
+use crate::protocol::Md5Hex;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
+
+/// How the client talks to its user.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ui {
+    /// `--quiet`: no bars, no summary lines; errors only.
+    pub quiet: bool,
+}
+
+impl Ui {
+    /// A byte-progress bar for a transfer of `len` bytes, or a hidden one.
+    pub fn transfer_bar(&self, name: &str, len: u64) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        let style = ProgressStyle::with_template(
+            "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(escape(name));
+        bar
+    }
+
+    /// Prints the one-line summary of a finished transfer on stderr.
+    pub fn summary(&self, verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: &Md5Hex) {
+        if !self.quiet {
+            eprintln!("{}", summary_line(verb, name, bytes, elapsed, md5));
+        }
+    }
+}
+
+/// `put report.pdf  12.3 MiB in 0.41 s (30.0 MiB/s)  md5 … verified`
+pub fn summary_line(verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: &Md5Hex) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+    format!(
+        "{verb} {}  {} in {secs:.2} s ({}/s)  md5 {md5} verified",
+        escape(name),
+        human_bytes(bytes as f64),
+        human_bytes(rate)
+    )
+}
+
+/// Bytes with a binary unit and one decimal: `512 B`, `12.3 MiB`.
+pub fn human_bytes(n: f64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024.0 {
+        return format!("{n:.0} B");
+    }
+    let mut v = n / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_picks_units() {
+        assert_eq!(human_bytes(0.0), "0 B");
+        assert_eq!(human_bytes(1023.0), "1023 B");
+        assert_eq!(human_bytes(1024.0), "1.0 KiB");
+        assert_eq!(human_bytes(12.3 * 1024.0 * 1024.0), "12.3 MiB");
+        assert_eq!(human_bytes(5.0 * 1024f64.powi(4)), "5.0 TiB");
+    }
+
+    #[test]
+    fn summary_has_the_documented_shape() {
+        let md5 = Md5Hex::try_from("9e107d9d372bb6826bd81d3542a419d6".to_string()).unwrap();
+        let line = summary_line("put", "report.pdf", 12_897_485, Duration::from_millis(410), &md5);
+        assert_eq!(
+            line,
+            "put report.pdf  12.3 MiB in 0.41 s (30.0 MiB/s)  md5 9e107d9d372bb6826bd81d3542a419d6 verified"
+        );
+    }
+
+    #[test]
+    fn summary_escapes_hostile_names() {
+        let md5 = Md5Hex::try_from("9e107d9d372bb6826bd81d3542a419d6".to_string()).unwrap();
+        let line = summary_line("get", "a\x1b[2Jb", 1, Duration::from_millis(1), &md5);
+        assert!(!line.contains('\x1b'));
+    }
+}
