@@ -1,0 +1,141 @@
+//! Shared test helpers: a real server on 127.0.0.1 port 0, started
+//! in-process on its own runtime, and ways to drive the real binary at it.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use xfer::server::Config;
+
+/// A server running on its own thread; stopped when dropped.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its served root (deleted with the server).
+    pub root: TempDir,
+    /// Completing this stops the server.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The thread running the server's runtime.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration.
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a server after `tweak` has adjusted its configuration.
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let root = tempfile::tempdir().unwrap();
+        Self::start_in(root, tweak)
+    }
+
+    /// Starts a server on an existing root.
+    pub fn start_in(root: TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::new(root.path());
+        tweak(&mut config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                xfer::server::run(listener, config, stopped).await.unwrap();
+            });
+        });
+        TestServer { addr, root, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// A path inside the served root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The real `xfer` binary, pointed at `addr`, run in `cwd`.
+pub fn xfer(addr: SocketAddr, cwd: &Path) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("xfer").unwrap();
+    cmd.current_dir(cwd).env("XFER_SERVER", addr.to_string()).env_remove("RUST_LOG");
+    cmd
+}
+
+/// Deterministic pseudo-random bytes (no two runs differ, no RNG crate).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The MD5 of `data` as lowercase hex.
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Names of everything under `dir`, recursively, relative to it, sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            if e.file_type().unwrap().is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// The path to a file in `fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}

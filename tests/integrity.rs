@@ -1,0 +1,178 @@
+//! Damaged streams, vanished peers and interrupted transfers: a digest or
+//! connection error, and nothing committed.
+
+mod common;
+
+use common::proxy::{Damage, Direction, Proxy};
+use common::{eventually, pattern, tree, xfer, TestServer};
+use predicates::prelude::*;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const SIZE: usize = 2 * 1024 * 1024 + 321;
+
+#[test]
+fn flipped_byte_on_put_is_a_digest_error_and_saves_nothing() {
+    let server = TestServer::start();
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::FlipBodyByte);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("big.iso"), pattern(SIZE, 1)).unwrap();
+    xfer(proxy.addr, work.path())
+        .args(["put", "big.iso"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::is_match("^xfer: error: md5 mismatch for big.iso \\(sent [0-9a-f]{32}, received [0-9a-f]{32}\\): nothing was saved\n$").unwrap());
+    assert!(tree(server.root.path()).is_empty(), "{:?}", tree(server.root.path()));
+}
+
+#[test]
+fn flipped_byte_on_put_leaves_an_existing_file_alone_even_with_force() {
+    let server = TestServer::start();
+    fs::write(server.path("big.iso"), b"old").unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::FlipBodyByte);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("big.iso"), pattern(SIZE, 2)).unwrap();
+    xfer(proxy.addr, work.path()).args(["put", "-f", "big.iso"]).assert().code(1);
+    assert_eq!(fs::read(server.path("big.iso")).unwrap(), b"old");
+    assert_eq!(tree(server.root.path()), ["big.iso"]);
+}
+
+#[test]
+fn flipped_byte_on_get_is_a_digest_error_and_saves_nothing() {
+    let server = TestServer::start();
+    fs::write(server.path("big.iso"), pattern(SIZE, 3)).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::FlipBodyByte);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("big.iso"), b"old").unwrap();
+    xfer(proxy.addr, work.path())
+        .args(["get", "-f", "big.iso"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with("xfer: error: md5 mismatch for big.iso (sent "));
+    assert_eq!(fs::read(work.path().join("big.iso")).unwrap(), b"old");
+    assert_eq!(tree(work.path()), ["big.iso"]);
+}
+
+#[test]
+fn server_vanishing_mid_get_saves_nothing() {
+    let server = TestServer::start();
+    fs::write(server.path("big.iso"), pattern(SIZE, 4)).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(SIZE as u64 / 2));
+    let work = tempfile::tempdir().unwrap();
+    xfer(proxy.addr, work.path())
+        .args(["get", "big.iso"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with("xfer: error: connection to server lost"));
+    assert!(tree(work.path()).is_empty(), "{:?}", tree(work.path()));
+}
+
+#[test]
+fn server_vanishing_mid_put_saves_nothing() {
+    let server = TestServer::start();
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(SIZE as u64 / 2));
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("big.iso"), pattern(SIZE, 5)).unwrap();
+    xfer(proxy.addr, work.path())
+        .args(["put", "big.iso"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with("xfer: error: connection to server lost"));
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+}
+
+/// Writes one frame by hand, independent of xfer's own encoder.
+fn raw_frame(s: &mut TcpStream, json: &str) {
+    s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(json.as_bytes()).unwrap();
+}
+
+/// Reads one frame's JSON by hand.
+fn raw_read(s: &mut TcpStream) -> String {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut json = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut json).unwrap();
+    String::from_utf8(json).unwrap()
+}
+
+#[test]
+fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
+    let server = TestServer::start();
+    fs::write(server.path("keep.txt"), b"old").unwrap();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    assert!(raw_read(&mut s).contains(r#""op":"hello""#));
+    raw_frame(&mut s, r#"{"op":"put","filename":"keep.txt","md5":null,"total_size":0,"force":true}"#);
+    assert!(raw_read(&mut s).contains(r#""op":"ready""#));
+    raw_frame(&mut s, r#"{"op":"data","filename":"keep.txt","md5":null,"total_size":1000000}"#);
+    s.write_all(&[7u8; 400_000]).unwrap();
+    // The partial temporary exists while the body is in flight...
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).len() == 2));
+    drop(s);
+    // ...and is gone once the server sees the client vanish.
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()) == ["keep.txt"]));
+    assert_eq!(fs::read(server.path("keep.txt")).unwrap(), b"old");
+
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path()).args(["get", "keep.txt"]).assert().success();
+}
+
+#[test]
+fn wrong_md5_in_done_frame_is_refused() {
+    let server = TestServer::start();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    raw_read(&mut s);
+    raw_frame(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw_read(&mut s);
+    raw_frame(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
+    s.write_all(b"abc").unwrap();
+    raw_frame(&mut s, r#"{"op":"done","filename":"f","md5":"00000000000000000000000000000000","total_size":0}"#);
+    let reply = raw_read(&mut s);
+    assert!(reply.contains(r#""code":"md5_mismatch""#), "{reply}");
+    assert!(reply.contains("received 900150983cd24fb0d6963f7d28e17f72"), "{reply}");
+    // The connection stays usable: a correct put follows.
+    raw_frame(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw_read(&mut s);
+    raw_frame(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
+    s.write_all(b"abc").unwrap();
+    raw_frame(&mut s, r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72","total_size":0}"#);
+    let reply = raw_read(&mut s);
+    assert!(reply.contains(r#""op":"ok""#), "{reply}");
+    assert_eq!(fs::read(server.path("f")).unwrap(), b"abc");
+}
+
+#[test]
+fn stale_temporaries_are_removed_when_the_server_starts() {
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir(root.path().join("d")).unwrap();
+    fs::write(root.path().join("d/.big.iso.00aa11bb22cc33dd.xfer-part"), b"partial").unwrap();
+    fs::write(root.path().join("d/big.iso"), b"kept").unwrap();
+    let server = TestServer::start_in(root, |_| {});
+    // A request proves the server finished starting.
+    xfer(server.addr, tempfile::tempdir().unwrap().path()).arg("ls").assert().success();
+    assert_eq!(tree(server.root.path()), ["d", "d/big.iso"]);
+}
+
+#[test]
+fn many_clients_at_once_all_verify() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let dir = work.path().join(format!("c{i}"));
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("f.bin"), pattern(300_000 + i, i as u64)).unwrap();
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                xfer(addr, &dir).args(["put", "f.bin", &format!("c{i}/f.bin")]).assert().success();
+                xfer(addr, &dir).args(["get", &format!("c{i}/f.bin"), "back.bin"]).assert().success();
+                assert_eq!(fs::read(dir.join("back.bin")).unwrap(), fs::read(dir.join("f.bin")).unwrap());
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}

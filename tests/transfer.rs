@@ -1,0 +1,222 @@
+//! put, get and ls through the real binary against a real server.
+
+mod common;
+
+use common::{fixture, md5_hex, pattern, tree, xfer, TestServer};
+use predicates::prelude::*;
+use std::fs;
+
+/// Puts `local` (a fixture) and gets it back; both copies must match it.
+fn round_trip(server: &TestServer, src: &std::path::Path, remote: &str) {
+    let work = tempfile::tempdir().unwrap();
+    let data = fs::read(src).unwrap();
+    let md5 = md5_hex(&data);
+    xfer(server.addr, work.path())
+        .arg("put")
+        .arg(src)
+        .arg(remote)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("md5 {md5} verified")));
+    assert_eq!(fs::read(server.path(remote)).unwrap(), data, "server copy of {remote}");
+    xfer(server.addr, work.path())
+        .args(["get", remote, "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("md5 {md5} verified")));
+    assert_eq!(fs::read(work.path().join("back")).unwrap(), data, "local copy of {remote}");
+    assert_eq!(tree(work.path()), ["back"], "no temporaries left in the client's directory");
+}
+
+#[test]
+fn empty_one_byte_binary_and_unicode_files_round_trip() {
+    let server = TestServer::start();
+    round_trip(&server, &fixture("empty"), "empty");
+    round_trip(&server, &fixture("one-byte"), "one-byte");
+    round_trip(&server, &fixture("all-bytes.bin"), "all-bytes.bin");
+    round_trip(&server, &fixture("ünïcødé 名前.txt"), "ünïcødé 名前.txt");
+}
+
+#[test]
+fn multi_mib_file_of_odd_size_round_trips_into_nested_dirs() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    // 3 MiB + 12,345: a multiple of no buffer size.
+    let src = work.path().join("big.bin");
+    fs::write(&src, pattern(3 * 1024 * 1024 + 12_345, 7)).unwrap();
+    round_trip(&server, &src, "a/b/c/big.bin");
+    assert_eq!(tree(server.root.path()), ["a", "a/b", "a/b/c", "a/b/c/big.bin"]);
+}
+
+#[test]
+fn summary_line_has_name_size_time_rate_and_md5() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let out = xfer(server.addr, work.path()).arg("put").arg(fixture("hello.txt")).assert().success();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    let re = is_hello_summary(&stderr);
+    assert!(re, "unexpected summary: {stderr:?}");
+}
+
+/// `put hello.txt  12 B in 0.00 s (… B/s)  md5 <32 hex> verified`
+fn is_hello_summary(line: &str) -> bool {
+    let line = line.trim_end();
+    let Some(rest) = line.strip_prefix("put hello.txt  12 B in ") else { return false };
+    let Some((_, tail)) = rest.split_once(" s (") else { return false };
+    let Some((_, md5)) = tail.split_once("/s)  md5 ") else { return false };
+    md5 == format!("{} verified", md5_hex(b"hello, xfer\n"))
+}
+
+#[test]
+fn default_names_and_trailing_slash() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path()).arg("put").arg(fixture("hello.txt")).assert().success();
+    assert!(server.path("hello.txt").is_file());
+    xfer(server.addr, work.path()).arg("put").arg(fixture("hello.txt")).arg("docs/").assert().success();
+    assert!(server.path("docs/hello.txt").is_file());
+    xfer(server.addr, work.path()).args(["get", "docs/hello.txt"]).assert().success();
+    assert_eq!(fs::read(work.path().join("hello.txt")).unwrap(), b"hello, xfer\n");
+    fs::create_dir(work.path().join("into")).unwrap();
+    xfer(server.addr, work.path()).args(["get", "hello.txt", "into"]).assert().success();
+    assert!(work.path().join("into/hello.txt").is_file());
+}
+
+#[test]
+fn put_refuses_to_replace_without_force_and_replaces_with_it() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("f.txt"), b"first").unwrap();
+    xfer(server.addr, work.path()).args(["put", "f.txt", "docs/f.txt"]).assert().success();
+    fs::write(work.path().join("f.txt"), b"second").unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "f.txt", "docs/f.txt"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: remote file exists: docs/f.txt (use --force to replace it)\n");
+    assert_eq!(fs::read(server.path("docs/f.txt")).unwrap(), b"first");
+    xfer(server.addr, work.path()).args(["put", "--force", "f.txt", "docs/f.txt"]).assert().success();
+    assert_eq!(fs::read(server.path("docs/f.txt")).unwrap(), b"second");
+    assert_eq!(tree(server.root.path()), ["docs", "docs/f.txt"]);
+}
+
+#[test]
+fn get_refuses_to_replace_without_force_and_replaces_with_it() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::write(server.path("f.txt"), b"remote").unwrap();
+    fs::write(work.path().join("f.txt"), b"local").unwrap();
+    xfer(server.addr, work.path())
+        .args(["get", "f.txt"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("f.txt already exists (use --force to replace it)"));
+    assert_eq!(fs::read(work.path().join("f.txt")).unwrap(), b"local");
+    xfer(server.addr, work.path()).args(["get", "-f", "f.txt"]).assert().success();
+    assert_eq!(fs::read(work.path().join("f.txt")).unwrap(), b"remote");
+    assert_eq!(tree(work.path()), ["f.txt"]);
+}
+
+#[test]
+fn get_dash_writes_the_body_to_stdout_only() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(200_000, 3);
+    fs::write(server.path("blob"), &data).unwrap();
+    let out = xfer(server.addr, work.path()).args(["get", "blob", "-"]).assert().success();
+    assert_eq!(out.get_output().stdout, data);
+    assert!(tree(work.path()).is_empty());
+}
+
+#[test]
+fn missing_remote_file_is_a_plain_error() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["get", "docs/a.txt"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: remote file not found: docs/a.txt\n");
+    assert!(tree(work.path()).is_empty(), "nothing is created for a missing file");
+}
+
+#[test]
+fn missing_local_file_is_a_plain_error() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "nope.txt"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: nope.txt: no such file or directory\n");
+}
+
+#[test]
+fn directories_are_not_files() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir(server.path("d")).unwrap();
+    xfer(server.addr, work.path())
+        .args(["get", "d", "x"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: remote path is a directory: d\n");
+    xfer(server.addr, work.path())
+        .arg("put")
+        .arg(fixture("hello.txt"))
+        .arg("d")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("remote path is a directory: d"));
+}
+
+#[test]
+fn ls_lists_names_sizes_times_and_marks_directories() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir_all(server.path("docs/sub")).unwrap();
+    fs::write(server.path("docs/a.txt"), b"12345").unwrap();
+    fs::write(server.path("top.bin"), b"").unwrap();
+    let out = xfer(server.addr, work.path()).arg("ls").assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].trim_start().starts_with("- ") && lines[0].ends_with("  docs/"), "{text}");
+    assert!(lines[1].trim_start().starts_with("0 ") && lines[1].ends_with("  top.bin"), "{text}");
+    let out = xfer(server.addr, work.path()).args(["ls", "docs"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(text.contains("           5  ") && text.contains("  a.txt\n") && text.contains("  sub/\n"), "{text}");
+    xfer(server.addr, work.path())
+        .args(["ls", "nope"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: remote directory not found: nope\n");
+}
+
+#[test]
+fn quiet_prints_nothing_on_success() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path()).arg("-q").arg("put").arg(fixture("hello.txt")).assert().success().stderr("");
+    xfer(server.addr, work.path()).args(["get", "-q", "hello.txt"]).assert().success().stderr("").stdout("");
+}
+
+#[test]
+fn bad_remote_paths_are_refused_with_the_reason() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    for (remote, reason) in [
+        ("../escape.txt", "'..' is not allowed in paths"),
+        ("/etc/x", "absolute paths are not allowed"),
+        ("a\\b", "backslashes are not allowed"),
+    ] {
+        xfer(server.addr, work.path())
+            .arg("put")
+            .arg(fixture("hello.txt"))
+            .arg(remote)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains(reason));
+    }
+    assert!(tree(server.root.path()).is_empty());
+}
