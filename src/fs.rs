@@ -361,6 +361,8 @@ impl Drop for Staged {
 mod tests {
     use super::*;
 
+    type Case = (&'static str, fn(&PathError) -> bool);
+
     #[test]
     fn plain_relative_paths_parse() {
         let p = RemotePath::parse("docs/./a b/ünï.txt/").unwrap();
@@ -373,7 +375,7 @@ mod tests {
 
     #[test]
     fn escapes_are_refused_with_a_reason() {
-        let cases: &[(&str, fn(&PathError) -> bool)] = &[
+        let cases: &[Case] = &[
             ("/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
             ("../x", |e| matches!(e, PathError::DotDot(_))),
             ("a/../../x", |e| matches!(e, PathError::DotDot(_))),

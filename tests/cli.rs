@@ -38,13 +38,9 @@ fn usage_errors_exit_2() {
 fn unreachable_server_is_exit_255_with_a_hint() {
     // Bind then drop: the port is almost surely closed now.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    bin()
-        .args(["ls", "-s", &format!("127.0.0.1:{port}")])
-        .assert()
-        .code(255)
-        .stderr(format!(
-            "xfer: error: cannot connect to 127.0.0.1:{port}: connection refused (is xfer serve running?)\n"
-        ));
+    bin().args(["ls", "-s", &format!("127.0.0.1:{port}")]).assert().code(255).stderr(format!(
+        "xfer: error: cannot connect to 127.0.0.1:{port}: connection refused (is xfer serve running?)\n"
+    ));
 }
 
 #[test]
@@ -63,10 +59,7 @@ fn serve_reports_an_address_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let root = tempfile::tempdir().unwrap();
-    bin()
-        .args(["serve", "--listen", &addr, "--root"])
-        .arg(root.path())
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(format!("xfer: error: cannot serve on {addr}: address already in use")));
+    bin().args(["serve", "--listen", &addr, "--root"]).arg(root.path()).assert().code(1).stderr(
+        predicate::str::contains(format!("xfer: error: cannot serve on {addr}: address already in use")),
+    );
 }

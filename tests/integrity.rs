@@ -128,7 +128,10 @@ fn wrong_md5_in_done_frame_is_refused() {
     raw_read(&mut s);
     raw_frame(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
     s.write_all(b"abc").unwrap();
-    raw_frame(&mut s, r#"{"op":"done","filename":"f","md5":"00000000000000000000000000000000","total_size":0}"#);
+    raw_frame(
+        &mut s,
+        r#"{"op":"done","filename":"f","md5":"00000000000000000000000000000000","total_size":0}"#,
+    );
     let reply = raw_read(&mut s);
     assert!(reply.contains(r#""code":"md5_mismatch""#), "{reply}");
     assert!(reply.contains("received 900150983cd24fb0d6963f7d28e17f72"), "{reply}");
@@ -137,7 +140,10 @@ fn wrong_md5_in_done_frame_is_refused() {
     raw_read(&mut s);
     raw_frame(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
     s.write_all(b"abc").unwrap();
-    raw_frame(&mut s, r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72","total_size":0}"#);
+    raw_frame(
+        &mut s,
+        r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72","total_size":0}"#,
+    );
     let reply = raw_read(&mut s);
     assert!(reply.contains(r#""op":"ok""#), "{reply}");
     assert_eq!(fs::read(server.path("f")).unwrap(), b"abc");

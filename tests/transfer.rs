@@ -185,7 +185,10 @@ fn ls_lists_names_sizes_times_and_marks_directories() {
     assert!(lines[1].trim_start().starts_with("0 ") && lines[1].ends_with("  top.bin"), "{text}");
     let out = xfer(server.addr, work.path()).args(["ls", "docs"]).assert().success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    assert!(text.contains("           5  ") && text.contains("  a.txt\n") && text.contains("  sub/\n"), "{text}");
+    assert!(
+        text.contains("           5  ") && text.contains("  a.txt\n") && text.contains("  sub/\n"),
+        "{text}"
+    );
     xfer(server.addr, work.path())
         .args(["ls", "nope"])
         .assert()
@@ -197,7 +200,13 @@ fn ls_lists_names_sizes_times_and_marks_directories() {
 fn quiet_prints_nothing_on_success() {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();
-    xfer(server.addr, work.path()).arg("-q").arg("put").arg(fixture("hello.txt")).assert().success().stderr("");
+    xfer(server.addr, work.path())
+        .arg("-q")
+        .arg("put")
+        .arg(fixture("hello.txt"))
+        .assert()
+        .success()
+        .stderr("");
     xfer(server.addr, work.path()).args(["get", "-q", "hello.txt"]).assert().success().stderr("").stdout("");
 }
 

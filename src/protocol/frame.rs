@@ -99,6 +99,8 @@ pub fn encode_header(header: &Header, out: &mut Vec<u8>) -> Result<(), FrameErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    type Case = (&'static [u8], fn(&FrameError) -> bool);
     use crate::protocol::header::{ErrorCode, Md5Hex, Op};
 
     fn frame(json: &[u8]) -> Vec<u8> {
@@ -160,7 +162,7 @@ mod tests {
 
     #[test]
     fn malformed_headers_are_errors() {
-        let cases: &[(&[u8], fn(&FrameError) -> bool)] = &[
+        let cases: &[Case] = &[
             (b"", |e| matches!(e, FrameError::NotJson(_))),
             (b"\xff\xfe{}", |e| matches!(e, FrameError::NotUtf8)),
             (b"{not json", |e| matches!(e, FrameError::NotJson(_))),
