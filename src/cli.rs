@@ -55,6 +55,19 @@ pub enum Command {
         /// Remote directory [default: the root].
         remote_dir: Option<String>,
     },
+    /// Run a command on the server (which needs --allow-exec); without a
+    /// command, read commands from stdin, one per line.
+    Exec {
+        /// Send no stdin: the command reads EOF at once.
+        #[arg(short = 'n')]
+        no_stdin: bool,
+        /// Kill the command (and everything it started) after SECS seconds.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// The command; its words are joined by spaces and run by `sh -c`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 /// `xfer serve` options.
@@ -69,6 +82,9 @@ pub struct ServeArgs {
     /// Connections served at once; further ones wait their turn.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Allow clients to run commands (`xfer exec`) in the root directory.
+    #[arg(long)]
+    pub allow_exec: bool,
     /// Seconds a connection may stay silent before it is closed (0: never).
     #[arg(long, default_value_t = 30)]
     pub idle_timeout: u64,

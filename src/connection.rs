@@ -119,6 +119,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         AsyncReadExt::chain(head, (&mut self.inner).take(len - buffered as u64))
     }
 
+    /// Completes with [`ConnError::Closed`] (or the socket's error) when the
+    /// peer closes the connection, reading ahead into the buffer meanwhile
+    /// (at most `cap` bytes; past that it waits forever). Cancel-safe: what
+    /// it read stays buffered for the next header.
+    pub async fn closed_while_buffering(&mut self, cap: usize) -> ConnError {
+        while self.buf.len() < cap {
+            self.buf.reserve(READ_BUF);
+            match self.inner.read_buf(&mut self.buf).await {
+                Ok(0) => return ConnError::Closed,
+                Ok(_) => {}
+                Err(e) => return e.into(),
+            }
+        }
+        std::future::pending().await
+    }
+
     /// Reads and discards a body of `len` bytes, to keep the stream in step
     /// after a request failed part way.
     pub async fn skip_body(&mut self, len: u64) -> Result<(), ConnError> {

@@ -143,6 +143,9 @@ pub enum Error {
     /// Exec was refused because the server was started without it.
     #[error("exec is disabled on this server (start it with --allow-exec)")]
     ExecDisabled,
+    /// The server refused to run the command.
+    #[error("{0}")]
+    NotRun(String),
     /// `exec --timeout` ran out.
     #[error("command timed out after {0} s")]
     Timeout(u64),
@@ -152,7 +155,9 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Connect { .. } | Error::Version { .. } | Error::ExecDisabled => EXIT_CONNECT,
+            Error::Connect { .. } | Error::Version { .. } | Error::ExecDisabled | Error::NotRun(_) => {
+                EXIT_CONNECT
+            }
             Error::Timeout(_) => EXIT_TIMEOUT,
             _ => EXIT_FAILURE,
         }

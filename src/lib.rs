@@ -42,7 +42,11 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
                 .enable_all()
                 .build()
                 .map_err(|e| Error::local("tokio runtime", e))?;
-            rt.block_on(run_client(command, &opts))
+            let code = rt.block_on(run_client(command, &opts));
+            // A read of our stdin may still be pending on a blocking thread
+            // (exec forwarding a terminal); do not wait for it.
+            rt.shutdown_background();
+            code
         }
     }
 }
@@ -56,6 +60,14 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
             client::get(opts, &remote, target, force).await?
         }
         Command::Ls { remote_dir } => client::ls(opts, remote_dir.as_deref()).await?,
+        Command::Exec { no_stdin, timeout, command } if command.is_empty() => {
+            let _ = no_stdin; // a session reads its commands from stdin
+            return client::session(opts, timeout).await;
+        }
+        Command::Exec { no_stdin, timeout, command } => {
+            let how = client::ExecOptions { stdin: !no_stdin, timeout };
+            return client::exec(opts, &command, how).await;
+        }
         Command::Serve(_) => unreachable!("serve is handled by run"),
     }
     Ok(0)
@@ -64,6 +76,7 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
 fn serve(args: ServeArgs) -> Result<u8, Error> {
     init_logging();
     let mut config = server::Config::new(&args.root);
+    config.allow_exec = args.allow_exec;
     config.max_connections = args.max_connections.max(1);
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };

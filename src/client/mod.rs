@@ -1,9 +1,11 @@
 //! The client side: connect, greet, and one module per command.
 
+mod exec;
 mod get;
 mod ls;
 mod put;
 
+pub use exec::{exec, session, ExecOptions};
 pub use get::{get, GetTarget};
 pub use ls::ls;
 pub use put::put;

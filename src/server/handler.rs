@@ -1,7 +1,7 @@
 //! One connection: greet, then read requests and dispatch them until the
 //! peer leaves, breaks the protocol, or the server shuts down.
 
-use super::{get, ls, put, Shared};
+use super::{exec, get, ls, put, Shared};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
@@ -87,6 +87,7 @@ async fn serve_requests(
             Op::Put => put::handle(conn, shared, req).await?,
             Op::Get => get::handle(conn, shared, req).await?,
             Op::Ls => ls::handle(conn, shared, req).await?,
+            Op::Exec => exec::handle(conn, shared, req).await?,
             _ => {
                 // Every frame announces its body, so a stray one can be
                 // skipped and the connection stays in step.

@@ -4,6 +4,7 @@
 //! One task per connection ([`handler`]); one module per request kind
 //! ([`put`], [`get`], [`ls`]).
 
+mod exec;
 mod get;
 mod handler;
 mod ls;

@@ -1,0 +1,251 @@
+//! `xfer exec`: run a command on the server, its output streamed back live
+//! to our own stdout and stderr, our stdin forwarded, its exit code ours.
+//! Without a command: an interactive session, one command per line.
+
+use super::{unexpected_reply, Client, Options};
+use crate::connection::{FrameReader, FrameWriter};
+use crate::error::{ConnError, Error};
+use crate::protocol::{Header, Md5Hex, Op, StreamSummary};
+use md5::{Digest, Md5};
+use std::io::IsTerminal;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+/// Stdin is forwarded in chunks of this size: the Linux pipe capacity, so a
+/// full pipe's worth becomes one frame.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// What the user asked of one command.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecOptions {
+    /// Forward our stdin (`false` with `-n`).
+    pub stdin: bool,
+    /// Seconds before the server kills the command.
+    pub timeout: Option<u64>,
+}
+
+/// Runs `words` joined by spaces (as ssh does) and returns the exit code to
+/// leave with.
+pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<u8, Error> {
+    let mut client = Client::connect(&opts.server).await?;
+    let command = words.join(" ");
+    let conn = &mut client.conn;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let stdin = how.stdin.then(tokio::io::stdin);
+    run_one(&mut conn.reader, &mut conn.writer, &command, how, stdin, &mut stdout, &mut stderr).await
+}
+
+/// Reads commands from stdin, one per line, and runs each in turn on one
+/// connection until EOF or `exit`. A failing command does not end the
+/// session; the exit code is the last command's.
+pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> {
+    let mut client = Client::connect(&opts.server).await?;
+    let conn = &mut client.conn;
+    let interactive = std::io::stdin().is_terminal();
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let how = ExecOptions { stdin: false, timeout };
+    let mut last = 0;
+    loop {
+        if interactive {
+            stderr.write_all(b"xfer> ").await.map_err(|e| Error::local("stderr", e))?;
+            stderr.flush().await.map_err(|e| Error::local("stderr", e))?;
+        }
+        let Some(line) = lines.next_line().await.map_err(|e| Error::local("stdin", e))? else { break };
+        let command = line.trim();
+        if command.is_empty() {
+            continue;
+        }
+        if command == "exit" {
+            break;
+        }
+        let none: Option<tokio::io::Stdin> = None;
+        last = match run_one(&mut conn.reader, &mut conn.writer, command, how, none, &mut stdout, &mut stderr)
+            .await
+        {
+            Ok(code) => code,
+            // The command's own failure (timeout, say) is reported and the
+            // session goes on; a broken connection ends it.
+            Err(e @ (Error::Timeout(_) | Error::Remote(_))) => {
+                eprintln!("xfer: error: {e}");
+                e.exit_code()
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(last)
+}
+
+/// One command on an open connection: request, stream, verify, exit code.
+async fn run_one<I, O, E>(
+    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    command: &str,
+    how: ExecOptions,
+    stdin: Option<I>,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<u8, Error>
+where
+    I: AsyncRead + Unpin,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let mut req = Header::new(Op::Exec);
+    req.command = Some(command.to_string());
+    req.timeout = how.timeout;
+    req.stdin = stdin.is_some();
+    writer.write_header(&req).await?;
+    let reply = reader.expect_header().await?;
+    if reply.op != Op::Started {
+        // The command never ran: exec disabled, or refused.
+        return Err(match unexpected_reply(reply, "started") {
+            Error::Remote(e) => Error::NotRun(e.message),
+            other => other,
+        });
+    }
+
+    // Forward stdin while receiving output. When `exit` arrives, the
+    // forwarder stops at its next read and sends the EOF frame, so the
+    // server knows no more stdin follows; frames are never cut in half.
+    let (exited_tx, exited_rx) = oneshot::channel::<()>();
+    let output = async {
+        let exit = receive_output(reader, stdout, stderr).await?;
+        let _ = exited_tx.send(());
+        Ok::<_, Error>(exit)
+    };
+    let input = async {
+        match stdin {
+            Some(stdin) => forward_stdin(stdin, writer, exited_rx).await,
+            None => Ok(()),
+        }
+    };
+    let (exit, ()) = tokio::try_join!(output, input)?;
+    exit_code(&exit, how.timeout)
+}
+
+/// Sends our stdin as `stdin` frames until it ends or `stop` fires, then
+/// the EOF frame (`total_size` 0).
+async fn forward_stdin<I: AsyncRead + Unpin>(
+    mut stdin: I,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; STDIN_CHUNK];
+    loop {
+        // Only the read is raced against `stop`: it is cancel-safe, while a
+        // frame half written would break the stream.
+        let n = tokio::select! {
+            n = stdin.read(&mut buf) => n.map_err(|e| Error::local("stdin", e))?,
+            _ = &mut stop => 0,
+        };
+        writer.write_frame(&Header::new(Op::Stdin).with_body(n as u64), &buf[..n]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes `stdout` and `stderr` frames to ours as they arrive, hashing
+/// each stream, until the `exit` frame; checks the digests it carries.
+async fn receive_output<O, E>(
+    reader: &mut FrameReader<OwnedReadHalf>,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<Header, Error>
+where
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let (mut out_md5, mut err_md5) = (Md5::new(), Md5::new());
+    let (mut out_len, mut err_len) = (0u64, 0u64);
+    let mut buf = Vec::new();
+    loop {
+        let h = reader.expect_header().await?;
+        let (sink, md5, len, name): (&mut (dyn AsyncWrite + Unpin), _, _, _) = match h.op {
+            Op::Stdout => (stdout, &mut out_md5, &mut out_len, "stdout"),
+            Op::Stderr => (stderr, &mut err_md5, &mut err_len, "stderr"),
+            Op::Exit => {
+                check_stream("stdout", h.stdout.as_ref(), out_len, out_md5)?;
+                check_stream("stderr", h.stderr.as_ref(), err_len, err_md5)?;
+                return Ok(h);
+            }
+            _ => return Err(unexpected_reply(h, "stdout, stderr or exit")),
+        };
+        buf.clear();
+        let n = reader.body(h.total_size).read_to_end(&mut buf).await.map_err(ConnError::Io)?;
+        if (n as u64) < h.total_size {
+            return Err(ConnError::Truncated("body").into());
+        }
+        md5.update(&buf);
+        *len += n as u64;
+        // Flush each chunk: output must show up live, not when we exit.
+        let written = async {
+            sink.write_all(&buf).await?;
+            sink.flush().await
+        };
+        written.await.map_err(|e| Error::local(name, e))?;
+    }
+}
+
+/// Compares what we received on one stream with the server's account of it.
+fn check_stream(name: &str, sent: Option<&StreamSummary>, len: u64, md5: Md5) -> Result<(), Error> {
+    let received = Md5Hex::from_digest(&md5.finalize().into());
+    match sent {
+        Some(s) if s.total_size == len && s.md5 == received => Ok(()),
+        Some(s) => Err(Error::Md5Mismatch {
+            name: format!("{name} ({} bytes sent, {len} received)", s.total_size),
+            sent: s.md5.to_string(),
+            received: received.to_string(),
+        }),
+        None => Err(Error::Md5Mismatch {
+            name: name.to_string(),
+            sent: "nothing".into(),
+            received: received.to_string(),
+        }),
+    }
+}
+
+/// The exit code to leave with, as ssh: the command's own, 128+N for a
+/// signal, and a timeout error when the limit ran out.
+fn exit_code(exit: &Header, timeout: Option<u64>) -> Result<u8, Error> {
+    if exit.timed_out {
+        return Err(Error::Timeout(timeout.unwrap_or(0)));
+    }
+    match (exit.exit_code, exit.signal) {
+        (Some(code), _) => Ok(code.clamp(0, 255) as u8),
+        (None, Some(sig)) => Ok((128 + sig).clamp(0, 255) as u8),
+        (None, None) => Ok(crate::error::EXIT_CONNECT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_ssh() {
+        let mut h = Header::new(Op::Exit);
+        h.exit_code = Some(3);
+        assert_eq!(exit_code(&h, None).unwrap(), 3);
+        h.exit_code = None;
+        h.signal = Some(9);
+        assert_eq!(exit_code(&h, None).unwrap(), 137);
+        h.timed_out = true;
+        assert!(matches!(exit_code(&h, Some(2)), Err(Error::Timeout(2))));
+        assert_eq!(Error::Timeout(2).exit_code(), crate::error::EXIT_TIMEOUT);
+    }
+
+    #[test]
+    fn stream_check_catches_size_and_digest_differences() {
+        let md5 = Md5Hex::try_from("d41d8cd98f00b204e9800998ecf8427e".to_string()).unwrap();
+        let good = StreamSummary { total_size: 0, md5: md5.clone() };
+        assert!(check_stream("stdout", Some(&good), 0, Md5::new()).is_ok());
+        let longer = StreamSummary { total_size: 5, md5 };
+        assert!(check_stream("stdout", Some(&longer), 0, Md5::new()).is_err());
+        assert!(check_stream("stdout", None, 0, Md5::new()).is_err());
+    }
+}

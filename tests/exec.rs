@@ -1,0 +1,243 @@
+//! `xfer exec` against a real server running real processes.
+
+mod common;
+
+use common::{eventually, md5_hex, pattern, xfer, TestServer};
+use predicates::prelude::*;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn exec_server() -> TestServer {
+    TestServer::start_with(|c| c.allow_exec = true)
+}
+
+/// Whether process `pid` still exists (zombies count as gone).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[test]
+fn exit_codes_are_the_commands_own() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    for (cmd, code) in [("true", 0), ("false", 1), ("exit 3", 3), ("kill -9 $$", 137)] {
+        xfer(server.addr, work.path()).args(["exec", cmd]).assert().code(code);
+    }
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["exec", "echo", "to-out;", "echo", "to-err", ">&2"])
+        .assert()
+        .success()
+        .stdout("to-out\n")
+        .stderr("to-err\n");
+}
+
+#[test]
+fn binary_and_non_utf8_output_arrive_unchanged() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(3 * 1024 * 1024 + 5, 11);
+    fs::write(server.path("blob"), &data).unwrap();
+    let out = xfer(server.addr, work.path()).args(["exec", "cat blob"]).assert().success();
+    assert_eq!(md5_hex(&out.get_output().stdout), md5_hex(&data));
+    // "你好" in GBK, and bytes that are not UTF-8 in any reading.
+    xfer(server.addr, work.path())
+        .args(["exec", r"printf '\304\343\272\303\377\000\376'; printf '\377' >&2"])
+        .assert()
+        .success()
+        .stdout(&b"\xc4\xe3\xba\xc3\xff\x00\xfe"[..])
+        .stderr(&b"\xff"[..]);
+}
+
+#[test]
+fn megabytes_on_stderr_before_stdout_do_not_deadlock() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let out = xfer(server.addr, work.path())
+        .args(["exec", "head -c 5000000 /dev/zero >&2; echo done"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .stdout("done\n");
+    assert_eq!(out.get_output().stderr.len(), 5_000_000);
+}
+
+#[test]
+fn first_line_arrives_while_the_command_still_runs() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
+        .args(["-s", &server.addr.to_string(), "exec", "echo first; sleep 3; echo second"])
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "first\n");
+    assert!(child.try_wait().unwrap().is_none(), "the first line came only after the command ended");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "second\n");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn stdin_is_forwarded_and_its_eof_closes_the_commands_stdin() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(1_000_000, 5);
+    let out =
+        xfer(server.addr, work.path()).args(["exec", "cat"]).write_stdin(data.clone()).assert().success();
+    assert_eq!(md5_hex(&out.get_output().stdout), md5_hex(&data));
+    xfer(server.addr, work.path())
+        .args(["exec", "wc -c"])
+        .write_stdin("12345")
+        .assert()
+        .success()
+        .stdout("5\n");
+}
+
+#[test]
+fn a_tar_pipe_copies_a_tree() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/b/f.bin"), pattern(300_000, 9)).unwrap();
+    fs::write(src.join("top.txt"), b"top\n").unwrap();
+    let tar = std::process::Command::new("tar").args(["c", "-C"]).arg(&src).arg(".").output().unwrap();
+    assert!(tar.status.success());
+    xfer(server.addr, work.path())
+        .args(["exec", "mkdir -p dest && tar x -C dest"])
+        .write_stdin(tar.stdout)
+        .assert()
+        .success();
+    assert_eq!(fs::read(server.path("dest/a/b/f.bin")).unwrap(), pattern(300_000, 9));
+    assert_eq!(fs::read(server.path("dest/top.txt")).unwrap(), b"top\n");
+}
+
+#[test]
+fn dash_n_sends_no_stdin() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["exec", "-n", "cat; echo end"])
+        .write_stdin("this must not arrive")
+        .assert()
+        .success()
+        .stdout("end\n");
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["exec", "--timeout", "1", "sleep 30 & echo $! > bg.pid; sleep 30"])
+        .assert()
+        .code(124)
+        .stderr("xfer: error: command timed out after 1 s\n");
+    let pid = read_pid(&server.path("bg.pid")).expect("the command wrote its child's pid");
+    assert!(
+        eventually(Duration::from_secs(2), || !alive(pid)),
+        "background child {pid} survived the timeout"
+    );
+}
+
+#[test]
+fn killed_client_takes_the_command_down() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let mut client = std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
+        .args(["-s", &server.addr.to_string(), "exec", "sleep 30 & echo $! > bg.pid; echo $$ > sh.pid; wait"])
+        .current_dir(work.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || read_pid(&server.path("sh.pid")).is_some()));
+    let (bg, sh) = (read_pid(&server.path("bg.pid")).unwrap(), read_pid(&server.path("sh.pid")).unwrap());
+    assert!(alive(bg) && alive(sh));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(eventually(Duration::from_secs(2), || !alive(bg) && !alive(sh)), "orphans left: {bg} {sh}");
+}
+
+#[test]
+fn session_runs_each_line_and_survives_failures() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .arg("exec")
+        .write_stdin("echo one\n\nfalse\nsh -c 'echo two >&2; exit 4'\necho three\nexit\necho never\n")
+        .assert()
+        .success()
+        .stdout("one\nthree\n")
+        .stderr("two\n");
+    // At EOF the session ends with the last command's code; no prompt off a terminal.
+    xfer(server.addr, work.path()).arg("exec").write_stdin("echo a\nexit 5\n").assert().code(5).stdout("a\n");
+}
+
+#[test]
+fn exec_is_refused_without_allow_exec() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["exec", "touch", "pwned"])
+        .assert()
+        .code(255)
+        .stderr("xfer: error: exec is disabled on this server (start it with --allow-exec)\n");
+    assert!(!server.path("pwned").exists());
+}
+
+#[test]
+fn unreachable_server_is_255_for_exec() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    assert_cmd::Command::cargo_bin("xfer")
+        .unwrap()
+        .args(["-s", &format!("127.0.0.1:{port}"), "exec", "true"])
+        .assert()
+        .code(255)
+        .stderr(predicate::str::contains("cannot connect"));
+}
+
+#[test]
+fn twenty_execs_at_once_stay_isolated() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let addr = server.addr;
+            let dir = work.path().to_path_buf();
+            std::thread::spawn(move || {
+                xfer(addr, &dir)
+                    .args(["exec", &format!("sleep 0.2; echo out-{i}; echo err-{i} >&2; exit {i}")])
+                    .assert()
+                    .code(i)
+                    .stdout(format!("out-{i}\n"))
+                    .stderr(format!("err-{i}\n"));
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
