@@ -14,6 +14,11 @@ pub struct Cli {
     #[arg(short, long, global = true, env = "XFER_SERVER", default_value = DEFAULT_ADDR)]
     pub server: String,
 
+    /// File holding the shared token [default: $XFER_TOKEN, then
+    /// $XDG_CONFIG_HOME/xfer/token or ~/.config/xfer/token].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// No progress bars or summaries; errors only.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -85,9 +90,12 @@ pub struct ServeArgs {
     /// Allow clients to run commands (`xfer exec`) in the root directory.
     #[arg(long)]
     pub allow_exec: bool,
-    /// Seconds a connection may stay silent before it is closed (0: never).
+    /// Seconds a connection may make no progress before it is closed (0: never).
     #[arg(long, default_value_t = 30)]
     pub idle_timeout: u64,
+    /// Seconds requests in flight may take to finish after SIGINT or SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
 }
 
 #[cfg(test)]

@@ -6,12 +6,16 @@
 use crate::error::ConnError;
 use crate::protocol::{self, FrameError, Header};
 use bytes::{Buf, BytesMut};
+use std::future::Future;
 use std::io::Cursor;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Initial read buffer. Headers are small; the buffer grows only while a
 /// header is larger, up to [`protocol::MAX_HEADER_LEN`].
@@ -40,12 +44,17 @@ pub struct FrameWriter<W> {
     scratch: Vec<u8>,
 }
 
+/// The receiving half of a TCP connection.
+pub type Reader = FrameReader<Idle<OwnedReadHalf>>;
+/// The sending half of a TCP connection.
+pub type Writer = FrameWriter<Idle<OwnedWriteHalf>>;
+
 /// Both halves of a TCP connection, plus who is on the other end.
 pub struct Connection {
     /// Incoming frames.
-    pub reader: FrameReader<OwnedReadHalf>,
+    pub reader: Reader,
     /// Outgoing frames.
-    pub writer: FrameWriter<OwnedWriteHalf>,
+    pub writer: Writer,
     /// The peer's address, for logs and messages.
     pub peer: SocketAddr,
 }
@@ -57,7 +66,107 @@ impl Connection {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
         let (r, w) = stream.into_split();
-        Ok(Connection { reader: FrameReader::new(r), writer: FrameWriter::new(w), peer })
+        Ok(Connection {
+            reader: FrameReader::new(Idle::new(r)),
+            writer: FrameWriter::new(Idle::new(w)),
+            peer,
+        })
+    }
+
+    /// Gives up on the peer when it makes no progress for `limit`: no
+    /// complete header within it, or no byte of a body read or written
+    /// within it. `None` waits forever.
+    pub fn set_idle_timeout(&mut self, limit: Option<Duration>) {
+        self.reader.set_idle_timeout(limit);
+        self.reader.inner.set_limit(limit);
+        self.writer.inner.set_limit(limit);
+    }
+}
+
+/// A byte stream that fails with `TimedOut` when a read or write makes no
+/// progress for a set time, so a stalled or vanished peer cannot hold a
+/// connection (and its slot) forever, even in the middle of a body.
+pub struct Idle<S> {
+    /// The wrapped stream.
+    inner: S,
+    /// How long an operation may wait without progress; `None` is forever.
+    limit: Option<Duration>,
+    /// Running since the current wait began; reset by any progress.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Idle<S> {
+    /// Wraps `inner` with no limit.
+    pub fn new(inner: S) -> Self {
+        Idle { inner, limit: None, timer: None }
+    }
+
+    /// Sets the limit; `None` waits forever.
+    pub fn set_limit(&mut self, limit: Option<Duration>) {
+        self.limit = limit;
+        self.timer = None;
+    }
+
+    /// Called when the inner stream is not ready: fails once the wait has
+    /// lasted `limit`.
+    fn poll_stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let Some(limit) = self.limit else { return Poll::Pending };
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.timer = None;
+                let msg = format!("peer made no progress for {} s", limit.as_secs());
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, msg)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Passes a result through, clearing the timer on any progress.
+    fn progressed<T>(
+        &mut self,
+        r: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_stalled(cx),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.progressed(r, cx)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progressed(r, cx)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progressed(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progressed(r, cx)
     }
 }
 

@@ -110,6 +110,12 @@ pub enum Error {
         /// Our version.
         ours: u32,
     },
+    /// The server did not accept our token, or could not prove its own.
+    #[error("authentication failed")]
+    AuthFailed,
+    /// No token could be found or made.
+    #[error("{0}")]
+    Token(#[from] crate::auth::TokenError),
     /// The server refused or failed the request.
     #[error("{}", .0.message)]
     Remote(RequestError),
@@ -155,9 +161,12 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Connect { .. } | Error::Version { .. } | Error::ExecDisabled | Error::NotRun(_) => {
-                EXIT_CONNECT
-            }
+            Error::Connect { .. }
+            | Error::Version { .. }
+            | Error::AuthFailed
+            | Error::Token(_)
+            | Error::ExecDisabled
+            | Error::NotRun(_) => EXIT_CONNECT,
             Error::Timeout(_) => EXIT_TIMEOUT,
             _ => EXIT_FAILURE,
         }

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (clap).
+//! - [`auth`]: the shared token and the challenge-response that proves it.
 //! - [`protocol`]: header types and the pure frame codec (no I/O).
 //! - [`connection`]: the only code that reads or writes a socket.
 //! - [`transfer`]: streaming copy with MD5 on a separate thread.
@@ -15,6 +16,7 @@
 //!
 //! `PROTOCOL.md` describes the wire format for other implementations.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod connection;
@@ -32,12 +34,14 @@ use std::time::Duration;
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8, Error> {
-    let opts = Options { server: cli.server, ui: ui::Ui { quiet: cli.quiet } };
+    let token_file = cli.token_file.as_deref();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args, token_file),
         // A client does one thing at a time: a single-threaded runtime starts
         // faster and the hashing thread comes from the blocking pool.
         command => {
+            let (token, _) = auth::load_token(token_file, false)?;
+            let opts = Options { server: cli.server, token, ui: ui::Ui { quiet: cli.quiet } };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -73,21 +77,36 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     Ok(0)
 }
 
-fn serve(args: ServeArgs) -> Result<u8, Error> {
+fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Error> {
     init_logging();
-    let mut config = server::Config::new(&args.root);
+    let (token, source) = auth::load_token(token_file, true)?;
+    match source {
+        auth::TokenSource::Created(path) => {
+            tracing::info!(path = %path.display(), "created a new token; copy this file to client hosts")
+        }
+        auth::TokenSource::Default(path) | auth::TokenSource::File(path) => {
+            tracing::info!(path = %path.display(), "using token file")
+        }
+        auth::TokenSource::Env => tracing::info!("using token from {}", auth::TOKEN_ENV),
+    }
+    let mut config = server::Config::new(&args.root, token);
     config.allow_exec = args.allow_exec;
     config.max_connections = args.max_connections.max(1);
+    config.grace = Duration::from_secs(args.grace);
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };
     let rt = tokio::runtime::Runtime::new().map_err(|e| serve_err(error::plain_io(&e)))?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| serve_err(error::plain_io(&e)))?;
         server::run(listener, config, shutdown_signal())
             .await
             .map_err(|e| serve_err(format!("{}: {}", args.root.display(), error::plain_io(&e))))
-    })?;
+    });
+    // Whatever is still running after the grace period is dropped here:
+    // temporaries are removed and process groups killed as their tasks end.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    served?;
     Ok(0)
 }
 

@@ -7,7 +7,7 @@ use predicates::prelude::*;
 
 fn bin() -> Command {
     let mut c = Command::cargo_bin("xfer").unwrap();
-    c.env_remove("XFER_SERVER");
+    c.env_remove("XFER_SERVER").env("XFER_TOKEN", common::TOKEN);
     c
 }
 

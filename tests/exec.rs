@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{eventually, md5_hex, pattern, xfer, TestServer};
+use common::{eventually, md5_hex, pattern, xfer, xfer_process, TestServer};
 use predicates::prelude::*;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -81,9 +81,8 @@ fn megabytes_on_stderr_before_stdout_do_not_deadlock() {
 fn first_line_arrives_while_the_command_still_runs() {
     let server = exec_server();
     let work = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
-        .args(["-s", &server.addr.to_string(), "exec", "echo first; sleep 3; echo second"])
-        .current_dir(work.path())
+    let mut child = xfer_process(server.addr, work.path())
+        .args(["exec", "echo first; sleep 3; echo second"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -166,9 +165,8 @@ fn timeout_kills_the_whole_process_group() {
 fn killed_client_takes_the_command_down() {
     let server = exec_server();
     let work = tempfile::tempdir().unwrap();
-    let mut client = std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
-        .args(["-s", &server.addr.to_string(), "exec", "sleep 30 & echo $! > bg.pid; echo $$ > sh.pid; wait"])
-        .current_dir(work.path())
+    let mut client = xfer_process(server.addr, work.path())
+        .args(["exec", "sleep 30 & echo $! > bg.pid; echo $$ > sh.pid; wait"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -211,9 +209,9 @@ fn exec_is_refused_without_allow_exec() {
 #[test]
 fn unreachable_server_is_255_for_exec() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    assert_cmd::Command::cargo_bin("xfer")
-        .unwrap()
-        .args(["-s", &format!("127.0.0.1:{port}"), "exec", "true"])
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    xfer(addr, std::env::temp_dir().as_path())
+        .args(["exec", "true"])
         .assert()
         .code(255)
         .stderr(predicate::str::contains("cannot connect"));

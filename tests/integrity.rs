@@ -4,11 +4,10 @@
 mod common;
 
 use common::proxy::{Damage, Direction, Proxy};
-use common::{eventually, pattern, tree, xfer, TestServer};
+use common::{eventually, pattern, raw, tree, xfer, TestServer};
 use predicates::prelude::*;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::time::Duration;
 
 const SIZE: usize = 2 * 1024 * 1024 + 321;
@@ -83,30 +82,14 @@ fn server_vanishing_mid_put_saves_nothing() {
     assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
 }
 
-/// Writes one frame by hand, independent of xfer's own encoder.
-fn raw_frame(s: &mut TcpStream, json: &str) {
-    s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
-    s.write_all(json.as_bytes()).unwrap();
-}
-
-/// Reads one frame's JSON by hand.
-fn raw_read(s: &mut TcpStream) -> String {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut json = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut json).unwrap();
-    String::from_utf8(json).unwrap()
-}
-
 #[test]
 fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
     let server = TestServer::start();
     fs::write(server.path("keep.txt"), b"old").unwrap();
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    assert!(raw_read(&mut s).contains(r#""op":"hello""#));
-    raw_frame(&mut s, r#"{"op":"put","filename":"keep.txt","md5":null,"total_size":0,"force":true}"#);
-    assert!(raw_read(&mut s).contains(r#""op":"ready""#));
-    raw_frame(&mut s, r#"{"op":"data","filename":"keep.txt","md5":null,"total_size":1000000}"#);
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"keep.txt","md5":null,"total_size":0,"force":true}"#);
+    assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
+    raw::send(&mut s, r#"{"op":"data","filename":"keep.txt","md5":null,"total_size":1000000}"#);
     s.write_all(&[7u8; 400_000]).unwrap();
     // The partial temporary exists while the body is in flight...
     assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).len() == 2));
@@ -122,29 +105,28 @@ fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
 #[test]
 fn wrong_md5_in_done_frame_is_refused() {
     let server = TestServer::start();
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    raw_read(&mut s);
-    raw_frame(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
-    raw_read(&mut s);
-    raw_frame(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
     s.write_all(b"abc").unwrap();
-    raw_frame(
+    raw::send(
         &mut s,
         r#"{"op":"done","filename":"f","md5":"00000000000000000000000000000000","total_size":0}"#,
     );
-    let reply = raw_read(&mut s);
+    let reply = raw::recv(&mut s);
     assert!(reply.contains(r#""code":"md5_mismatch""#), "{reply}");
     assert!(reply.contains("received 900150983cd24fb0d6963f7d28e17f72"), "{reply}");
     // The connection stays usable: a correct put follows.
-    raw_frame(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
-    raw_read(&mut s);
-    raw_frame(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
     s.write_all(b"abc").unwrap();
-    raw_frame(
+    raw::send(
         &mut s,
         r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72","total_size":0}"#,
     );
-    let reply = raw_read(&mut s);
+    let reply = raw::recv(&mut s);
     assert!(reply.contains(r#""op":"ok""#), "{reply}");
     assert_eq!(fs::read(server.path("f")).unwrap(), b"abc");
 }

@@ -3,13 +3,12 @@
 //! Without a command: an interactive session, one command per line.
 
 use super::{unexpected_reply, Client, Options};
-use crate::connection::{FrameReader, FrameWriter};
+use crate::connection::{Reader, Writer};
 use crate::error::{ConnError, Error};
 use crate::protocol::{Header, Md5Hex, Op, StreamSummary};
 use md5::{Digest, Md5};
 use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 /// Stdin is forwarded in chunks of this size: the Linux pipe capacity, so a
@@ -28,7 +27,7 @@ pub struct ExecOptions {
 /// Runs `words` joined by spaces (as ssh does) and returns the exit code to
 /// leave with.
 pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<u8, Error> {
-    let mut client = Client::connect(&opts.server).await?;
+    let mut client = Client::connect(opts).await?;
     let command = words.join(" ");
     let conn = &mut client.conn;
     let mut stdout = tokio::io::stdout();
@@ -41,7 +40,7 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
 /// connection until EOF or `exit`. A failing command does not end the
 /// session; the exit code is the last command's.
 pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> {
-    let mut client = Client::connect(&opts.server).await?;
+    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     let interactive = std::io::stdin().is_terminal();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -81,8 +80,8 @@ pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> 
 
 /// One command on an open connection: request, stream, verify, exit code.
 async fn run_one<I, O, E>(
-    reader: &mut FrameReader<OwnedReadHalf>,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    reader: &mut Reader,
+    writer: &mut Writer,
     command: &str,
     how: ExecOptions,
     stdin: Option<I>,
@@ -131,7 +130,7 @@ where
 /// the EOF frame (`total_size` 0).
 async fn forward_stdin<I: AsyncRead + Unpin>(
     mut stdin: I,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    writer: &mut Writer,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), Error> {
     let mut buf = vec![0u8; STDIN_CHUNK];
@@ -151,11 +150,7 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
 
 /// Writes `stdout` and `stderr` frames to ours as they arrive, hashing
 /// each stream, until the `exit` frame; checks the digests it carries.
-async fn receive_output<O, E>(
-    reader: &mut FrameReader<OwnedReadHalf>,
-    stdout: &mut O,
-    stderr: &mut E,
-) -> Result<Header, Error>
+async fn receive_output<O, E>(reader: &mut Reader, stdout: &mut O, stderr: &mut E) -> Result<Header, Error>
 where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,

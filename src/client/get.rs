@@ -37,7 +37,7 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, force:
         }
     }
 
-    let mut client = Client::connect(&opts.server).await?;
+    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     conn.writer.write_header(&Header::new(Op::Get).with_filename(remote)).await?;
     let data = conn.reader.expect_header().await?;

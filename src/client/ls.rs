@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 /// size (`-` for directories), modification time (UTC), name (`/` after
 /// directories, `@` after symlinks).
 pub async fn ls(opts: &Options, dir: Option<&str>) -> Result<(), Error> {
-    let mut client = Client::connect(&opts.server).await?;
+    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     conn.writer.write_header(&Header::new(Op::Ls).with_filename(dir.unwrap_or(""))).await?;
     let mut out = std::io::stdout().lock();

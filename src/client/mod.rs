@@ -10,6 +10,7 @@ pub use get::{get, GetTarget};
 pub use ls::ls;
 pub use put::put;
 
+use crate::auth::{self, Role, Token};
 use crate::connection::Connection;
 use crate::error::{plain_io, ConnError, Error, RequestError};
 use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
@@ -21,6 +22,8 @@ use tokio::net::TcpStream;
 pub struct Options {
     /// `host:port` of the server.
     pub server: String,
+    /// The shared secret to prove.
+    pub token: Token,
     /// Output settings.
     pub ui: Ui,
 }
@@ -32,8 +35,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` and checks the server's greeting.
-    pub async fn connect(addr: &str) -> Result<Client, Error> {
+    /// Connects to `opts.server`, and proves the token to it and it to us.
+    pub async fn connect(opts: &Options) -> Result<Client, Error> {
+        let addr = opts.server.as_str();
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| Error::Connect { addr: addr.to_string(), reason: plain_io(&e) })?;
@@ -43,13 +47,28 @@ impl Client {
         if hello.op != Op::Hello {
             return Err(ConnError::Unexpected { got: hello.op, expected: "hello" }.into());
         }
-        match hello.version {
-            Some(PROTOCOL_VERSION) => Ok(Client { conn }),
-            theirs => Err(Error::Version {
-                addr: addr.to_string(),
-                theirs: theirs.unwrap_or(0),
-                ours: PROTOCOL_VERSION,
-            }),
+        if hello.version != Some(PROTOCOL_VERSION) {
+            let theirs = hello.version.unwrap_or(0);
+            return Err(Error::Version { addr: addr.to_string(), theirs, ours: PROTOCOL_VERSION });
+        }
+        let server_nonce = hello.nonce.unwrap_or_default();
+        let client_nonce = auth::new_nonce();
+        let mut proof = Header::new(Op::Auth);
+        proof.mac = Some(auth::mac(&opts.token, Role::Client, &server_nonce, &client_nonce));
+        proof.nonce = Some(client_nonce.clone());
+        conn.writer.write_header(&proof).await?;
+        let reply = conn.reader.expect_header().await?;
+        let token = &opts.token;
+        match (reply.op, &reply.mac) {
+            (Op::Welcome, Some(mac))
+                if auth::verify(token, Role::Server, &server_nonce, &client_nonce, mac) =>
+            {
+                Ok(Client { conn })
+            }
+            // A server that cannot prove the token may be an impostor.
+            (Op::Welcome, _) => Err(Error::AuthFailed),
+            (Op::Error, _) if reply.code == Some(ErrorCode::AuthFailed) => Err(Error::AuthFailed),
+            _ => Err(unexpected_reply(reply, "welcome")),
         }
     }
 }

@@ -28,7 +28,7 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool
     }
     let len = meta.len();
 
-    let mut client = Client::connect(&opts.server).await?;
+    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     let mut req = Header::new(Op::Put).with_filename(&remote);
     req.force = force;

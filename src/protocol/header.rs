@@ -17,8 +17,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
-    /// Server greeting, first frame on every connection.
+    /// Server greeting, first frame on every connection: version and nonce.
     Hello,
+    /// Client's answer to `hello`: its nonce and proof of the token.
+    Auth,
+    /// Server's answer to a good `auth`: its own proof of the token.
+    Welcome,
     /// Client request: store the following `data` body at `filename`.
     Put,
     /// Server reply to `put`: send the body now.
@@ -80,6 +84,8 @@ pub enum ErrorCode {
     BadRequest,
     /// The peer speaks another protocol version.
     Version,
+    /// The client did not prove it holds the token.
+    AuthFailed,
     /// Exec was asked of a server started without `--allow-exec`.
     ExecDisabled,
     /// The server refused for lack of permission.
@@ -171,6 +177,12 @@ pub struct Header {
     /// Protocol version (`hello`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
+    /// Random challenge, 64 hex digits (`hello`, `auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// HMAC-SHA256 proof of the token, 64 hex digits (`auth`, `welcome`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// Replace an existing destination (`put`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
@@ -228,6 +240,8 @@ impl Header {
             md5: None,
             total_size: 0,
             version: None,
+            nonce: None,
+            mac: None,
             force: false,
             size: None,
             mtime: None,

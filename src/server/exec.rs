@@ -9,7 +9,7 @@
 
 use super::handler::{refuse, Outcome};
 use super::Shared;
-use crate::connection::{Connection, FrameReader, FrameWriter};
+use crate::connection::{Connection, FrameWriter, Reader};
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Header, Md5Hex, Op, StreamSummary};
 use md5::{Digest, Md5};
@@ -20,7 +20,6 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 
@@ -83,10 +82,9 @@ pub(crate) async fn handle(
 
     // A command may run silently for as long as it likes; the client's
     // disconnect, not its silence, is what ends it.
-    let idle = shared.config.idle_timeout;
-    conn.reader.set_idle_timeout(None);
+    conn.set_idle_timeout(None);
     let result = run(conn, &mut child, &mut group, req.stdin, req.timeout).await;
-    conn.reader.set_idle_timeout(idle);
+    conn.set_idle_timeout(shared.config.idle_timeout);
     group.kill();
     outcome.bytes = result?;
     Ok(outcome)
@@ -255,7 +253,7 @@ impl StreamState {
 /// (`total_size` 0). Keeps reading (and dropping) chunks once the command
 /// stops taking them, so the connection stays in step.
 async fn forward_stdin(
-    reader: &mut FrameReader<OwnedReadHalf>,
+    reader: &mut Reader,
     mut sink: Option<ChildStdin>,
     expected: bool,
 ) -> Result<(), ConnError> {
@@ -289,7 +287,7 @@ async fn forward_stdin(
 
 /// Completes when the client disconnects or sends anything at all while a
 /// command runs without stdin: both end the command.
-async fn watch_disconnect(reader: &mut FrameReader<OwnedReadHalf>) -> ConnError {
+async fn watch_disconnect(reader: &mut Reader) -> ConnError {
     match reader.read_header().await {
         Ok(None) => ConnError::Closed,
         Ok(Some(h)) => ConnError::Unexpected { got: h.op, expected: "nothing while the command runs" },

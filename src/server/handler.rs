@@ -2,6 +2,7 @@
 //! peer leaves, breaks the protocol, or the server shuts down.
 
 use super::{exec, get, ls, put, Shared};
+use crate::auth::{self, Role};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
@@ -52,7 +53,7 @@ pub(crate) async fn serve_connection(
         Ok(c) => c,
         Err(e) => return debug!(%peer, error = %e, "connection lost before greeting"),
     };
-    conn.reader.set_idle_timeout(shared.config.idle_timeout);
+    conn.set_idle_timeout(shared.config.idle_timeout);
     if let Err(e) = serve_requests(&mut conn, &shared, &mut shutdown).await {
         match e {
             ConnError::Frame(ref fe) => {
@@ -67,14 +68,45 @@ pub(crate) async fn serve_connection(
     }
 }
 
+/// Greets the client and checks its proof of the token. Returns false (after
+/// telling the client) when it failed; nothing else is read from it.
+async fn authenticate(conn: &mut Connection, shared: &Shared) -> Result<bool, ConnError> {
+    let nonce = auth::new_nonce();
+    let mut hello = Header::new(Op::Hello);
+    hello.version = Some(PROTOCOL_VERSION);
+    hello.nonce = Some(nonce.clone());
+    conn.writer.write_header(&hello).await?;
+
+    let reply = conn.reader.expect_header().await?;
+    let token = &shared.config.token;
+    let proven = reply.op == Op::Auth
+        && match (&reply.nonce, &reply.mac) {
+            (Some(client_nonce), Some(mac)) => auth::verify(token, Role::Client, &nonce, client_nonce, mac),
+            _ => false,
+        };
+    if !proven {
+        let delay = shared.limiter.failed(conn.peer.ip());
+        warn!(peer = %conn.peer, op = %reply.op, delay_ms = delay.as_millis() as u64, "authentication failed");
+        tokio::time::sleep(delay).await;
+        conn.writer.write_header(&Header::error(ErrorCode::AuthFailed, "authentication failed")).await?;
+        return Ok(false);
+    }
+    shared.limiter.succeeded(conn.peer.ip());
+    let client_nonce = reply.nonce.unwrap_or_default();
+    let mut welcome = Header::new(Op::Welcome);
+    welcome.mac = Some(auth::mac(token, Role::Server, &nonce, &client_nonce));
+    conn.writer.write_header(&welcome).await?;
+    Ok(true)
+}
+
 async fn serve_requests(
     conn: &mut Connection,
     shared: &Arc<Shared>,
     shutdown: &mut broadcast::Receiver<()>,
 ) -> Result<(), ConnError> {
-    let mut hello = Header::new(Op::Hello);
-    hello.version = Some(PROTOCOL_VERSION);
-    conn.writer.write_header(&hello).await?;
+    if !authenticate(conn, shared).await? {
+        return Ok(());
+    }
     loop {
         let req = tokio::select! {
             req = conn.reader.read_header() => req?,

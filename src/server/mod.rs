@@ -10,6 +10,7 @@ mod handler;
 mod ls;
 mod put;
 
+use crate::auth::{FailureLimiter, Token};
 use crate::fs::Root;
 use std::future::Future;
 use std::io;
@@ -25,22 +26,30 @@ use tracing::{error, info, warn};
 pub struct Config {
     /// The directory served; created if missing.
     pub root: PathBuf,
+    /// The shared secret every client must prove it holds.
+    pub token: Token,
     /// Whether `exec` requests are allowed.
     pub allow_exec: bool,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
-    /// A connection silent for this long between frames is closed.
+    /// A connection that makes no progress for this long is closed.
     pub idle_timeout: Option<Duration>,
+    /// After shutdown is asked, how long requests in flight may take to
+    /// finish before they are aborted.
+    pub grace: Duration,
 }
 
 impl Config {
-    /// Defaults for serving `root`: no exec, 256 connections, 30 s idle.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    /// Defaults for serving `root` to holders of `token`: no exec, 256
+    /// connections, 30 s idle, 10 s grace at shutdown.
+    pub fn new(root: impl Into<PathBuf>, token: Token) -> Self {
         Config {
             root: root.into(),
+            token,
             allow_exec: false,
             max_connections: 256,
             idle_timeout: Some(Duration::from_secs(30)),
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -51,18 +60,23 @@ pub(crate) struct Shared {
     pub root: Root,
     /// The configuration the server was started with.
     pub config: Config,
+    /// Slows down clients that keep failing authentication.
+    pub limiter: FailureLimiter,
 }
 
-/// Serves on `listener` until `shutdown` completes, then waits for the
-/// requests in flight to finish.
+/// Serves on `listener` until `shutdown` completes, then stops accepting and
+/// waits up to the grace period for the requests in flight to finish.
+/// Returning drops what is still running: the caller's runtime cancels those
+/// tasks, whose temporaries are removed and process groups killed on drop.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> io::Result<()> {
+    warn_if_exposed(listener.local_addr()?);
     let root = Root::open(&config.root)?;
     let removed = root.remove_stale_temps();
     if removed > 0 {
         info!(removed, "removed stale temporary files");
     }
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
-    let shared = Arc::new(Shared { root, config });
+    let shared = Arc::new(Shared { root, config, limiter: FailureLimiter::default() });
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -78,9 +92,15 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
 
     // Handlers see the broadcast close and stop once their current request
     // is done; each holds a `done_tx` clone, so `recv` returns when all have.
+    drop(listener);
     drop(notify_shutdown);
     drop(done_tx);
-    let _ = done_rx.recv().await;
+    if tokio::time::timeout(shared.config.grace, done_rx.recv()).await.is_err() {
+        warn!(
+            grace_s = shared.config.grace.as_secs(),
+            "requests still running after the grace period; aborting them"
+        );
+    }
     Ok(())
 }
 
@@ -111,5 +131,36 @@ async fn accept_loop(
             drop(permit);
             drop(done);
         });
+    }
+}
+
+/// Warns when the server is reachable beyond this host: the token keeps
+/// strangers out, but nothing hides the bytes from the network.
+fn warn_if_exposed(addr: std::net::SocketAddr) {
+    if let Some(warning) = exposure_warning(addr) {
+        warn!("{warning}");
+    }
+}
+
+fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
+    (!addr.ip().is_loopback()).then(|| {
+        format!(
+            "listening on {addr}, beyond this host: traffic is authenticated but NOT encrypted; \
+             anyone on the network path can read file contents and command output"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_loopback_addresses_are_warned_about() {
+        assert!(exposure_warning("127.0.0.1:9909".parse().unwrap()).is_none());
+        assert!(exposure_warning("[::1]:9909".parse().unwrap()).is_none());
+        let w = exposure_warning("0.0.0.0:9909".parse().unwrap()).unwrap();
+        assert!(w.contains("NOT encrypted"), "{w}");
+        assert!(exposure_warning("192.0.2.7:9909".parse().unwrap()).is_some());
     }
 }

@@ -9,7 +9,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
+use xfer::auth::Token;
 use xfer::server::Config;
+
+/// The token every test server and client shares.
+pub const TOKEN: &str = "test-token-not-secret";
+
+/// [`TOKEN`] as the library takes it.
+pub fn token() -> Token {
+    Token::new(TOKEN).unwrap()
+}
 
 /// A server running on its own thread; stopped when dropped.
 pub struct TestServer {
@@ -37,7 +46,7 @@ impl TestServer {
 
     /// Starts a server on an existing root.
     pub fn start_in(root: TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::new(root.path());
+        let mut config = Config::new(root.path(), token());
         tweak(&mut config);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -82,7 +91,15 @@ impl Drop for TestServer {
 /// The real `xfer` binary, pointed at `addr`, run in `cwd`.
 pub fn xfer(addr: SocketAddr, cwd: &Path) -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("xfer").unwrap();
-    cmd.current_dir(cwd).env("XFER_SERVER", addr.to_string()).env_remove("RUST_LOG");
+    cmd.current_dir(cwd).env("XFER_SERVER", addr.to_string()).env("XFER_TOKEN", TOKEN).env_remove("RUST_LOG");
+    cmd
+}
+
+/// The real binary as a plain process, for tests that must watch or kill
+/// it while it runs.
+pub fn xfer_process(addr: SocketAddr, cwd: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"));
+    cmd.current_dir(cwd).env("XFER_SERVER", addr.to_string()).env("XFER_TOKEN", TOKEN).env_remove("RUST_LOG");
     cmd
 }
 
@@ -138,4 +155,58 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The path to a file in `fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// Raw frames written and read by hand, independent of xfer's own codec,
+/// for tests that speak the protocol as another implementation would.
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+
+    /// Writes one frame with JSON header `json` and no body.
+    pub fn send(s: &mut TcpStream, json: &str) {
+        s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
+        s.write_all(json.as_bytes()).unwrap();
+    }
+
+    /// Reads one frame's JSON header.
+    pub fn recv(s: &mut TcpStream) -> String {
+        try_recv(s).expect("a frame")
+    }
+
+    /// Reads one frame's JSON header; `None` if the connection ended.
+    pub fn try_recv(s: &mut TcpStream) -> Option<String> {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).ok()?;
+        let mut json = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut json).ok()?;
+        Some(String::from_utf8(json).unwrap())
+    }
+
+    /// The value of a string field in a header, crudely but sufficiently.
+    pub fn field(json: &str, name: &str) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        v.get(name)?.as_str().map(str::to_string)
+    }
+
+    /// Connects and authenticates with `token`; returns the server's reply
+    /// to the proof (`welcome` or `error`).
+    pub fn connect_with(addr: SocketAddr, token: &str) -> (TcpStream, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let hello = recv(&mut s);
+        let nonce = field(&hello, "nonce").expect("hello carries a nonce");
+        let mine = "00".repeat(32);
+        let mac =
+            xfer::auth::mac(&xfer::auth::Token::new(token).unwrap(), xfer::auth::Role::Client, &nonce, &mine);
+        send(&mut s, &format!(r#"{{"op":"auth","nonce":"{mine}","mac":"{mac}"}}"#));
+        let reply = recv(&mut s);
+        (s, reply)
+    }
+
+    /// Connects and authenticates with the test token.
+    pub fn connect(addr: SocketAddr) -> TcpStream {
+        let (s, reply) = connect_with(addr, super::TOKEN);
+        assert!(reply.contains(r#""op":"welcome""#), "{reply}");
+        s
+    }
 }
