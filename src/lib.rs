@@ -63,7 +63,9 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
                 local.map(|p| if p.as_os_str() == "-" { GetTarget::Stdout } else { GetTarget::Path(p) });
             client::get(opts, &remote, target, force).await?
         }
-        Command::Ls { remote_dir } => client::ls(opts, remote_dir.as_deref()).await?,
+        Command::Ls { remote_dir } => {
+            client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?
+        }
         Command::Exec { no_stdin, timeout, command } if command.is_empty() => {
             let _ = no_stdin; // a session reads its commands from stdin
             return client::session(opts, timeout).await;

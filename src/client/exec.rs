@@ -30,6 +30,7 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     let mut client = Client::connect(opts).await?;
     let command = words.join(" ");
     let conn = &mut client.conn;
+    conn.set_idle_timeout(None);
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let stdin = how.stdin.then(tokio::io::stdin);
@@ -42,6 +43,7 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
 pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> {
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
+    conn.set_idle_timeout(None);
     let interactive = std::io::stdin().is_terminal();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();

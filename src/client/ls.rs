@@ -7,14 +7,13 @@ use crate::protocol::{EntryKind, Header, Op};
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Lists `dir` (the root when `None`) on stdout, one entry a line:
+/// Lists `dir` (the root when `None`) to `out`, one entry a line:
 /// size (`-` for directories), modification time (UTC), name (`/` after
 /// directories, `@` after symlinks).
-pub async fn ls(opts: &Options, dir: Option<&str>) -> Result<(), Error> {
+pub async fn ls(opts: &Options, dir: Option<&str>, out: &mut impl Write) -> Result<(), Error> {
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     conn.writer.write_header(&Header::new(Op::Ls).with_filename(dir.unwrap_or(""))).await?;
-    let mut out = std::io::stdout().lock();
     loop {
         let h = conn.reader.expect_header().await?;
         match h.op {

@@ -15,7 +15,13 @@ use crate::connection::Connection;
 use crate::error::{plain_io, ConnError, Error, RequestError};
 use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
 use crate::ui::Ui;
+use std::time::Duration;
 use tokio::net::TcpStream;
+
+/// A server that makes no progress for this long is given up on (except
+/// while an exec command runs, which may be silent for as long as it likes).
+/// Twice the server's default idle timeout, so the server gives up first.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
 
 /// What every client command needs.
 #[derive(Debug, Clone)]
@@ -43,6 +49,7 @@ impl Client {
             .map_err(|e| Error::Connect { addr: addr.to_string(), reason: plain_io(&e) })?;
         let mut conn = Connection::new(stream)
             .map_err(|e| Error::Connect { addr: addr.to_string(), reason: plain_io(&e) })?;
+        conn.set_idle_timeout(Some(CLIENT_IDLE));
         let hello = conn.reader.expect_header().await?;
         if hello.op != Op::Hello {
             return Err(ConnError::Unexpected { got: hello.op, expected: "hello" }.into());

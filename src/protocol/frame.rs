@@ -215,4 +215,74 @@ mod tests {
         assert!(matches!(encode_header(&h, &mut out), Err(FrameError::TooLarge(_))));
         assert_eq!(out, b"keep");
     }
+
+    mod fuzz {
+        //! Property tests: a bounded fuzzing pass that runs with `cargo test`
+        //! (256 cases each by default; `PROPTEST_CASES` raises it).
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_op() -> impl Strategy<Value = Op> {
+            prop::sample::select(vec![
+                Op::Hello,
+                Op::Auth,
+                Op::Welcome,
+                Op::Put,
+                Op::Ready,
+                Op::Get,
+                Op::Data,
+                Op::Done,
+                Op::Ok,
+                Op::Ls,
+                Op::Entry,
+                Op::End,
+                Op::Exec,
+                Op::Started,
+                Op::Stdin,
+                Op::Stdout,
+                Op::Stderr,
+                Op::Exit,
+                Op::Error,
+            ])
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = decode_header(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_json_after_a_valid_prefix_never_panics(json in "\\PC{0,300}") {
+                let _ = decode_header(&frame(json.as_bytes()));
+            }
+
+            #[test]
+            fn arbitrary_headers_round_trip(
+                op in any_op(),
+                filename in "\\PC{0,200}",
+                total_size in any::<u64>(),
+                size in proptest::option::of(any::<u64>()),
+                force in any::<bool>(),
+                md5 in proptest::option::of("[0-9a-f]{32}"),
+            ) {
+                let mut h = Header::new(op).with_filename(filename).with_body(total_size);
+                h.size = size;
+                h.force = force;
+                h.md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
+                let bytes = encoded(&h);
+                let (back, used) = decode_header(&bytes).unwrap().unwrap();
+                prop_assert_eq!(back, h);
+                prop_assert_eq!(used, bytes.len());
+            }
+
+            #[test]
+            fn decoding_any_split_agrees_with_decoding_whole(cut in 0usize..200, name in "[a-z]{0,100}") {
+                let bytes = encoded(&Header::new(Op::Get).with_filename(name));
+                let cut = cut.min(bytes.len());
+                let partial = decode_header(&bytes[..cut]).unwrap();
+                prop_assert_eq!(partial.is_some(), cut == bytes.len());
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod fake;
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -164,18 +165,18 @@ pub mod raw {
     use std::net::{SocketAddr, TcpStream};
 
     /// Writes one frame with JSON header `json` and no body.
-    pub fn send(s: &mut TcpStream, json: &str) {
+    pub fn send(s: &mut impl Write, json: &str) {
         s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
         s.write_all(json.as_bytes()).unwrap();
     }
 
     /// Reads one frame's JSON header.
-    pub fn recv(s: &mut TcpStream) -> String {
+    pub fn recv(s: &mut impl Read) -> String {
         try_recv(s).expect("a frame")
     }
 
     /// Reads one frame's JSON header; `None` if the connection ended.
-    pub fn try_recv(s: &mut TcpStream) -> Option<String> {
+    pub fn try_recv(s: &mut impl Read) -> Option<String> {
         let mut len = [0u8; 4];
         s.read_exact(&mut len).ok()?;
         let mut json = vec![0u8; u32::from_be_bytes(len) as usize];

@@ -1,0 +1,129 @@
+//! Hostile input over raw sockets. After every case a normal put and get on
+//! a new connection still succeed, and the server's memory stays bounded.
+
+mod common;
+
+use common::{raw, xfer, TestServer};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// Peak resident memory of this process (the server runs in it), in KiB.
+fn vm_hwm_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A normal put and get on a fresh connection.
+fn still_serves(server: &TestServer, case: &str) {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("ok.txt"), case.as_bytes()).unwrap();
+    xfer(server.addr, work.path()).args(["put", "-f", "ok.txt"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-f", "ok.txt", "back.txt"]).assert().success();
+    assert_eq!(std::fs::read(work.path().join("back.txt")).unwrap(), case.as_bytes(), "after {case}");
+}
+
+/// Sends `bytes` on an authenticated connection (or a bare one), then reads
+/// whatever comes back until the server closes or goes quiet.
+fn send_raw(server: &TestServer, authenticate: bool, bytes: &[u8]) -> Vec<u8> {
+    let mut s = if authenticate {
+        raw::connect(server.addr)
+    } else {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        raw::recv(&mut s);
+        s
+    };
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut back = Vec::new();
+    let _ = s.read_to_end(&mut back);
+    back
+}
+
+fn frame(json: &[u8]) -> Vec<u8> {
+    let mut v = (json.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(json);
+    v
+}
+
+#[test]
+fn malformed_and_lying_frames_never_hurt_the_server() {
+    let server = TestServer::start();
+    let baseline = vm_hwm_kib();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated length prefix", vec![0, 0]),
+        ("length 0xFFFFFFFF", vec![0xff, 0xff, 0xff, 0xff]),
+        ("length just over the cap", ((64 * 1024 + 1) as u32).to_be_bytes().to_vec()),
+        ("header shorter than its length", [&[0, 0, 0, 100][..], b"{\"op\""].concat()),
+        ("invalid UTF-8", frame(b"{\"op\":\"ls\",\"filename\":\"\xff\xfe\"}")),
+        ("invalid JSON", frame(b"{op:ls}")),
+        ("JSON array", frame(b"[\"ls\"]")),
+        ("wrong type for op", frame(br#"{"op":7}"#)),
+        ("unknown op", frame(br#"{"op":"format_disk"}"#)),
+        ("missing op", frame(br#"{"filename":"x"}"#)),
+        ("wrong type for filename", frame(br#"{"op":"get","filename":["a"]}"#)),
+        ("negative total_size", frame(br#"{"op":"put","filename":"x","total_size":-5}"#)),
+        ("absurd total_size", frame(br#"{"op":"put","filename":"x","total_size":1e300}"#)),
+        (
+            "total_size past u64",
+            frame(br#"{"op":"put","filename":"x","total_size":99999999999999999999999}"#),
+        ),
+        ("invalid md5", frame(br#"{"op":"done","md5":"not-hex"}"#)),
+        ("uppercase md5", frame(br#"{"op":"done","md5":"D41D8CD98F00B204E9800998ECF8427E"}"#)),
+        (
+            "stray data frame with a huge body, then close",
+            frame(br#"{"op":"data","total_size":1099511627776}"#),
+        ),
+        (
+            "put body shorter than announced, then close",
+            [
+                frame(br#"{"op":"put","filename":"short","md5":null,"total_size":0}"#),
+                frame(br#"{"op":"data","filename":"short","md5":null,"total_size":100000}"#),
+                vec![7; 5000],
+            ]
+            .concat(),
+        ),
+        ("HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("a megabyte of zeros", vec![0; 1024 * 1024]),
+        ("exec on a server without it", frame(br#"{"op":"exec","command":"touch pwned"}"#)),
+    ];
+    for (name, bytes) in &cases {
+        for authenticate in [true, false] {
+            send_raw(&server, authenticate, bytes);
+        }
+        still_serves(&server, name);
+    }
+    assert!(!server.path("pwned").exists());
+    assert!(!server.path("short").exists());
+    let grown = vm_hwm_kib().saturating_sub(baseline);
+    assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB over the hostile cases");
+}
+
+#[test]
+fn header_over_the_cap_is_refused_with_a_reason() {
+    let server = TestServer::start();
+    let back = send_raw(&server, true, &[0xff, 0xff, 0xff, 0xff]);
+    let text = String::from_utf8_lossy(&back);
+    assert!(text.contains("bad_request") && text.contains("exceeds the limit"), "{text}");
+}
+
+#[test]
+fn a_thousand_connections_opening_and_closing_at_once() {
+    let server = TestServer::start();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                for _ in 0..125 {
+                    drop(TcpStream::connect(addr).unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    still_serves(&server, "after 1,000 connections");
+}

@@ -1,0 +1,224 @@
+//! Limits and lifecycle: idle peers, connection slots, bodies that lie about
+//! their size, a full disk, and graceful shutdown.
+
+mod common;
+
+use common::{eventually, md5_hex, pattern, raw, tree, xfer, xfer_process, TestServer};
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+fn idle_server() -> TestServer {
+    TestServer::start_with(|c| c.idle_timeout = Some(Duration::from_secs(1)))
+}
+
+/// Whether the server closed `s` (within a bound, so a failure cannot hang).
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw::try_recv(s).is_none()
+}
+
+#[test]
+fn silent_connection_before_authentication_is_closed() {
+    let server = idle_server();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    raw::recv(&mut s);
+    assert!(closed_by_server(&mut s));
+}
+
+#[test]
+fn silent_connection_after_authentication_is_closed() {
+    let server = idle_server();
+    let mut s = raw::connect(server.addr);
+    assert!(closed_by_server(&mut s));
+}
+
+#[test]
+fn stalled_body_is_closed_and_leaves_nothing() {
+    let server = idle_server();
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000}"#);
+    s.write_all(&[1; 10]).unwrap();
+    assert!(closed_by_server(&mut s));
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+}
+
+#[test]
+fn connections_past_the_limit_wait_for_a_slot() {
+    let server = TestServer::start_with(|c| c.max_connections = 1);
+    let held = raw::connect(server.addr);
+    let addr = server.addr;
+    let waiting = std::thread::spawn(move || {
+        let work = tempfile::tempdir().unwrap();
+        xfer(addr, work.path()).arg("ls").assert().success();
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiting.is_finished(), "a second connection was served while the only slot was taken");
+    drop(held);
+    waiting.join().unwrap();
+}
+
+#[test]
+fn body_longer_than_announced_commits_nothing() {
+    let server = TestServer::start();
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
+    s.write_all(b"abcdef").unwrap();
+    raw::send(&mut s, r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72"}"#);
+    let reply = raw::recv(&mut s);
+    assert!(reply.contains(r#""code":"bad_request""#), "{reply}");
+    assert!(closed_by_server(&mut s));
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn full_disk_is_a_clear_error_and_leaves_nothing() {
+    let Some(disk) = SmallDisk::mount(1024 * 1024) else {
+        // Mounting needs root; the project's machines and CI run as root.
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        assert_ne!(uid, 0, "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    };
+    let root = tempfile::TempDir::new_in(disk.path()).unwrap();
+    let server = TestServer::start_in(root, |_| {});
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("big.bin"), pattern(3 * 1024 * 1024, 1)).unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "big.bin"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: no space left on the server's disk while writing big.bin\n");
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+    // The server is unharmed and the space is back.
+    std::fs::write(work.path().join("small.bin"), b"fits").unwrap();
+    xfer(server.addr, work.path()).args(["put", "small.bin"]).assert().success();
+    drop(server);
+}
+
+/// Starts the real binary as a server with a short grace period.
+fn spawn_server(root: &Path, grace: &str) -> (std::process::Child, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = xfer_process(addr, root)
+        .args(["serve", "--listen", &addr.to_string(), "--root", ".", "--grace", grace])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()));
+    (child, addr)
+}
+
+fn terminate(child: &std::process::Child) {
+    use nix::sys::signal::{kill, Signal};
+    kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+}
+
+/// Waits for the process to exit, at most `limit`.
+fn exit_code_within(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let mut code = None;
+    eventually(limit, || {
+        code = child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
+        code.is_some()
+    });
+    code
+}
+
+#[test]
+fn shutdown_lets_a_transfer_in_flight_finish() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut server, addr) = spawn_server(root.path(), "10");
+    let body = pattern(1_000_000, 2);
+    let mut s = raw::connect(addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000000}"#);
+    s.write_all(&body[..500_000]).unwrap();
+    terminate(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(TcpStream::connect(addr).is_err(), "still accepting after SIGTERM");
+    s.write_all(&body[500_000..]).unwrap();
+    raw::send(&mut s, &format!(r#"{{"op":"done","filename":"f","md5":"{}"}}"#, md5_hex(&body)));
+    assert!(raw::recv(&mut s).contains(r#""op":"ok""#));
+    drop(s);
+    assert_eq!(exit_code_within(&mut server, Duration::from_secs(10)), Some(0));
+    assert_eq!(std::fs::read(root.path().join("f")).unwrap(), body);
+    assert_eq!(tree(root.path()), ["f"]);
+}
+
+#[test]
+fn shutdown_aborts_what_outlives_the_grace_period() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut server, addr) = spawn_server(root.path(), "1");
+    let mut s = raw::connect(addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000000}"#);
+    s.write_all(&[0; 1000]).unwrap();
+    terminate(&server);
+    assert_eq!(exit_code_within(&mut server, Duration::from_secs(10)), Some(0));
+    assert!(tree(root.path()).is_empty(), "{:?}", tree(root.path()));
+}
+
+#[test]
+fn shutdown_kills_running_commands() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = xfer_process(addr, root.path())
+        .args(["serve", "--listen", &addr.to_string(), "--root", ".", "--grace", "1", "--allow-exec"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()));
+    let mut client = xfer_process(addr, root.path())
+        .args(["exec", "echo $$ > sh.pid; sleep 60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = root.path().join("sh.pid");
+    assert!(eventually(Duration::from_secs(10), || std::fs::read_to_string(&pid_file)
+        .is_ok_and(|s| s.ends_with('\n'))));
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    terminate(&server);
+    assert_eq!(exit_code_within(&mut server, Duration::from_secs(10)), Some(0));
+    assert!(
+        eventually(Duration::from_secs(2), || !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))),
+        "command survived the server"
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+}
