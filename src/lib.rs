@@ -7,7 +7,8 @@
 //! - [`auth`]: the shared token and the challenge-response that proves it.
 //! - [`protocol`]: header types and the pure frame codec (no I/O).
 //! - [`connection`]: the only code that reads or writes a socket.
-//! - [`transfer`]: streaming copy with MD5 on a separate thread.
+//! - [`transfer`]: streaming file bodies through a hashing pipeline.
+//! - [`digest`]: the one MD5 implementation everything uses.
 //! - [`fs`]: safe remote paths, the served root, temporaries and commits.
 //! - [`server`]: listener, per-connection handler, one module per request.
 //! - [`client`]: connecting, and one module per client command.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod connection;
+pub mod digest;
 pub mod error;
 pub mod fs;
 pub mod protocol;

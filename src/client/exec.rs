@@ -4,9 +4,9 @@
 
 use super::{unexpected_reply, Client, Options};
 use crate::connection::{Reader, Writer};
+use crate::digest::Md5;
 use crate::error::{ConnError, Error};
-use crate::protocol::{Header, Md5Hex, Op, StreamSummary};
-use md5::{Digest, Md5};
+use crate::protocol::{Header, Op, StreamSummary};
 use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
@@ -190,7 +190,7 @@ where
 
 /// Compares what we received on one stream with the server's account of it.
 fn check_stream(name: &str, sent: Option<&StreamSummary>, len: u64, md5: Md5) -> Result<(), Error> {
-    let received = Md5Hex::from_digest(&md5.finalize().into());
+    let received = md5.finish();
     match sent {
         Some(s) if s.total_size == len && s.md5 == received => Ok(()),
         Some(s) => Err(Error::Md5Mismatch {
@@ -222,6 +222,7 @@ fn exit_code(exit: &Header, timeout: Option<u64>) -> Result<u8, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Md5Hex;
 
     #[test]
     fn exit_codes_follow_ssh() {

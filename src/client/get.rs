@@ -4,7 +4,7 @@ use super::{unexpected_reply, Client, Options};
 use crate::error::{ConnError, Error};
 use crate::fs::{CommitError, Staged};
 use crate::protocol::{Header, Op};
-use crate::transfer::{copy_hashed, CopyError};
+use crate::transfer::{receive_into, CopyError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -51,10 +51,9 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, force:
     let (staged, copied) = match &target {
         Some(path) => {
             let (staged, file) = Staged::beside(path).map_err(|e| Error::local(path, e))?;
-            let mut file = tokio::fs::File::from_std(file);
-            (Some(staged), copy_hashed(&mut conn.reader.body(len), &mut file, len, &bar).await)
+            (Some(staged), receive_into(&mut conn.reader.body(len), len, file, &bar).await)
         }
-        None => (None, copy_hashed(&mut conn.reader.body(len), &mut tokio::io::stdout(), len, &bar).await),
+        None => (None, receive_into(&mut conn.reader.body(len), len, std::io::stdout(), &bar).await),
     };
     bar.finish_and_clear();
     let received = match copied {

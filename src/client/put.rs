@@ -3,7 +3,7 @@
 use super::{unexpected_reply, Client, Options};
 use crate::error::{ConnError, Error};
 use crate::protocol::{Header, Op};
-use crate::transfer::{copy_hashed, CopyError};
+use crate::transfer::{send_file, CopyError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,11 +42,10 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool
     let started = Instant::now();
     conn.writer.write_header(&Header::new(Op::Data).with_filename(&remote).with_body(len)).await?;
     let bar = opts.ui.transfer_bar(&remote, len);
-    let mut file = tokio::fs::File::from_std(file);
     // The server may refuse part way (its disk filled): watch for its reply
     // while sending, and stop at once when it comes.
     let copied = tokio::select! {
-        res = copy_hashed(&mut file, conn.writer.body_writer(), len, &bar) => res,
+        res = send_file(file, len, conn.writer.body_writer(), &bar) => res,
         early = conn.reader.expect_header() => {
             bar.abandon();
             return Err(unexpected_reply(early?, "ok"));

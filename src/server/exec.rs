@@ -10,9 +10,9 @@
 use super::handler::{refuse, Outcome};
 use super::Shared;
 use crate::connection::{Connection, FrameWriter, Reader};
+use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{ErrorCode, Header, Md5Hex, Op, StreamSummary};
-use md5::{Digest, Md5};
+use crate::protocol::{ErrorCode, Header, Op, StreamSummary};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::unix::process::ExitStatusExt;
@@ -242,10 +242,7 @@ impl StreamState {
     }
 
     fn summary(&self) -> StreamSummary {
-        StreamSummary {
-            total_size: self.total,
-            md5: Md5Hex::from_digest(&self.md5.clone().finalize().into()),
-        }
+        StreamSummary { total_size: self.total, md5: self.md5.clone().finish() }
     }
 }
 

@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
 use crate::fs::RemotePath;
 use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{copy_hashed, CopyError};
+use crate::transfer::{send_file, CopyError};
 use indicatif::ProgressBar;
 use std::sync::Arc;
 
@@ -46,8 +46,7 @@ pub(crate) async fn handle(
     data.mtime = Some(mtime);
     conn.writer.write_header(&data).await?;
 
-    let mut file = tokio::fs::File::from_std(file);
-    let md5 = match copy_hashed(&mut file, conn.writer.body_writer(), len, &ProgressBar::hidden()).await {
+    let md5 = match send_file(file, len, conn.writer.body_writer(), &ProgressBar::hidden()).await {
         Ok(md5) => md5,
         // The file shrank or became unreadable after its size was announced:
         // the body cannot be completed, so the connection must end. The

@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Staged};
 use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{copy_hashed, CopyError};
+use crate::transfer::{receive_into, CopyError};
 use indicatif::ProgressBar;
 use std::sync::Arc;
 
@@ -28,8 +28,7 @@ pub(crate) async fn handle(
         return Err(ConnError::Unexpected { got: data.op, expected: "data" });
     }
     let len = data.total_size;
-    let mut file = tokio::fs::File::from_std(file);
-    let copied = copy_hashed(&mut conn.reader.body(len), &mut file, len, &ProgressBar::hidden()).await;
+    let copied = receive_into(&mut conn.reader.body(len), len, file, &ProgressBar::hidden()).await;
     let received = match copied {
         Ok(md5) => md5,
         // The client vanished mid-body: dropping `staged` removes the
@@ -46,7 +45,6 @@ pub(crate) async fn handle(
             return Ok(outcome);
         }
     };
-    drop(file);
     outcome.bytes = len;
 
     let sent = expect_done(conn).await?;

@@ -1,0 +1,315 @@
+"""Runs the xfer benchmark; see bench/run. Prints a table and writes BENCHMARKS.md."""
+
+import datetime
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+XFER = REPO / "target" / "release" / "xfer"
+SIZE_MIB = int(os.environ.get("SIZE_MIB", "1024"))
+RUNS = int(os.environ.get("RUNS", "3"))
+LATENCY_RUNS = int(os.environ.get("LATENCY_RUNS", "50"))
+TOKEN = "bench-token"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def run(cmd, **kw):
+    subprocess.run(cmd, check=True, stdout=kw.pop("stdout", subprocess.DEVNULL), **kw)
+
+
+def peak_rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid):
+    # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0).
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+class Bench:
+    def __init__(self, work):
+        self.work = work
+        self.env = dict(os.environ, XFER_TOKEN=TOKEN)
+        self.procs = []
+        self.big = work / "big.bin"
+        self.results = {}  # name -> list of seconds
+        self.rss = {}  # name -> (client KiB, server KiB)
+
+    # ---- set-up ----
+    def make_file(self):
+        with open(self.big, "wb") as f:
+            left = SIZE_MIB << 20
+            while left:
+                n = min(left, 8 << 20)
+                f.write(os.urandom(n))
+                left -= n
+        run(["cat", str(self.big)])  # warm the page cache
+
+    def start(self, cmd, port, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs.append(p)
+        wait_port(port)
+        return p
+
+    def start_xfer(self):
+        self.xfer_port = free_port()
+        self.xfer_root = self.work / "xfer-root"
+        self.xfer_server = self.start(
+            [str(XFER), "serve", "--listen", f"127.0.0.1:{self.xfer_port}", "--root", str(self.xfer_root), "--allow-exec"],
+            self.xfer_port,
+            env=self.env,
+        )
+        self.xfer_addr = f"127.0.0.1:{self.xfer_port}"
+
+    def start_sshd(self):
+        d = self.work / "ssh"
+        d.mkdir()
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "id")])
+        shutil.copy(d / "id.pub", d / "authorized_keys")
+        os.chmod(d / "authorized_keys", 0o600)
+        self.ssh_port = free_port()
+        (d / "sshd_config").write_text(
+            f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nPermitRootLogin yes\n"
+            "Subsystem sftp internal-sftp\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.start(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config")], self.ssh_port)
+        self.ssh = [
+            "-i", str(d / "id"), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        ]
+
+    def start_rsyncd(self):
+        d = self.work / "rsyncd"
+        d.mkdir()
+        self.rsync_port = free_port()
+        (d / "rsyncd.conf").write_text(
+            f"pid file = {d / 'pid'}\nuse chroot = no\n[bench]\npath = {d}\nread only = no\nuid = root\ngid = root\n"
+        )
+        self.rsync_dir = d
+        self.start(
+            ["rsync", "--daemon", "--no-detach", f"--config={d / 'rsyncd.conf'}", f"--port={self.rsync_port}", "--address=127.0.0.1"],
+            self.rsync_port,
+        )
+
+    def stop(self):
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    # ---- the contenders: name -> (prepare, command) ----
+    def cases(self):
+        w, big = self.work, str(self.big)
+        x = [str(XFER), "-q", "-s", self.xfer_addr]
+        ssh_e = "ssh -p %d %s" % (self.ssh_port, " ".join(self.ssh))
+        rs = f"rsync://127.0.0.1:{self.rsync_port}/bench"
+        out = w / "out.bin"
+        nc_port = free_port()
+
+        def rm(*paths):
+            return lambda: [Path(p).unlink(missing_ok=True) for p in paths]
+
+        def nc_put():
+            rm(out)()
+            recv = subprocess.Popen(["nc", "-l", "127.0.0.1", str(nc_port)], stdout=open(out, "wb"))
+            wait_port_or_listen(nc_port)
+            return recv
+
+        return {
+            "put": [
+                ("xfer put", rm(self.xfer_root / "big.bin"), x + ["put", big]),
+                ("scp put", rm(out), ["scp", "-q", "-P", str(self.ssh_port)] + self.ssh + [big, f"127.0.0.1:{out}"]),
+                ("rsync over ssh put", rm(out), ["rsync", "-e", ssh_e, big, f"127.0.0.1:{out}"]),
+                ("rsync daemon put (xxh128)", rm(self.rsync_dir / "big.bin"), ["rsync", big, f"{rs}/"]),
+                ("rsync daemon put (md5)", rm(self.rsync_dir / "big.bin"), ["rsync", "--checksum-choice=md5", big, f"{rs}/"]),
+                ("nc put (no verification)", None, ["sh", "-c", f"nc -N 127.0.0.1 {nc_port} < {big}"], nc_put),
+                ("md5sum (hashing ceiling)", None, ["md5sum", big]),
+            ],
+            "get": [
+                ("xfer get", rm(out), x + ["get", "big.bin", str(out)]),
+                ("scp get", rm(out), ["scp", "-q", "-P", str(self.ssh_port)] + self.ssh + [f"127.0.0.1:{big}", str(out)]),
+                ("rsync over ssh get", rm(out), ["rsync", "-e", ssh_e, f"127.0.0.1:{big}", str(out)]),
+                ("rsync daemon get (xxh128)", rm(out), ["rsync", f"{rs}/big.bin", str(out)]),
+                ("rsync daemon get (md5)", rm(out), ["rsync", "--checksum-choice=md5", f"{rs}/big.bin", str(out)]),
+                ("xfer exec cat > /dev/null", None, x + ["exec", "-n", f"cat {big}"]),
+            ],
+        }
+
+    def time_case(self, name, prepare, cmd, background=None):
+        if prepare:
+            prepare()
+        recv = background() if background else None
+        client_rss_file = self.work / "rss"
+        if name.startswith("xfer"):
+            reset_peak_rss(self.xfer_server.pid)
+        t = time.perf_counter()
+        run(["/usr/bin/time", "-f", "%M", "-o", str(client_rss_file)] + cmd, env=self.env)
+        if recv:
+            recv.wait()
+        secs = time.perf_counter() - t
+        self.results.setdefault(name, []).append(secs)
+        if name.startswith("xfer"):
+            client = int(client_rss_file.read_text().split()[-1])
+            server = peak_rss_kib(self.xfer_server.pid)
+            old = self.rss.get(name, (0, 0))
+            self.rss[name] = (max(old[0], client), max(old[1], server))
+
+    def latency(self):
+        x = [str(XFER), "-q", "-s", self.xfer_addr, "exec", "-n", "true"]
+        s = ["ssh", "-p", str(self.ssh_port)] + self.ssh + ["-n", "127.0.0.1", "true"]
+        ssh_runs = min(LATENCY_RUNS, 20)
+        for i in range(LATENCY_RUNS):
+            for name, cmd in [("xfer exec true", x), ("ssh 127.0.0.1 true", s)]:
+                if name.startswith("ssh") and i >= ssh_runs:
+                    continue
+                t = time.perf_counter()
+                run(cmd, env=self.env)
+                self.results.setdefault(name, []).append(time.perf_counter() - t)
+
+    def go(self):
+        self.make_file()
+        self.start_xfer()
+        self.start_sshd()
+        self.start_rsyncd()
+        cases = self.cases()
+        # Warm-up: one run of each xfer direction, not counted.
+        run([str(XFER), "-q", "-s", self.xfer_addr, "put", "-f", str(self.big)], env=self.env)
+        for r in range(RUNS):
+            print(f"round {r + 1}/{RUNS}", file=sys.stderr)
+            for group in ("put", "get"):
+                for case in cases[group]:
+                    self.time_case(*case)
+        self.latency()
+
+
+def wait_port_or_listen(port):
+    # nc -l has no readiness signal; a short pause is enough on loopback and
+    # is outside the timed region's meaning only for nc itself.
+    time.sleep(0.2)
+
+
+def fmt_table(b):
+    mib = SIZE_MIB
+    lines = []
+    def row(name, ref):
+        t = statistics.median(b.results[name])
+        rate = f"{mib / t:.0f}" if not name.endswith("true") else ""
+        ratio = f"{t / ref:.2f}" if ref else ""
+        rss = b.rss.get(name)
+        rss_s = f"{rss[0] / 1024:.1f} / {rss[1] / 1024:.1f}" if rss else ""
+        shown = f"{t:.3f}" if t >= 0.1 else f"{t * 1000:.2f} ms"
+        return f"| {name} | {shown} | {rate} | {ratio} | {rss_s} |"
+    head = "| tool | median (s) | MiB/s | ratio to xfer | peak RSS client / server (MiB) |\n|---|---|---|---|---|"
+    for group, ref_name, names in [
+        ("Put (upload) of %d MiB" % mib, "xfer put",
+         ["xfer put", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",
+          "rsync daemon put (md5)", "rsync over ssh put", "scp put"]),
+        ("Get (download) of %d MiB" % mib, "xfer get",
+         ["xfer get", "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
+          "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
+        ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "ssh 127.0.0.1 true"]),
+    ]:
+        ref = statistics.median(b.results[ref_name])
+        lines += [f"### {group}", "", head] + [row(n, ref) for n in names] + [""]
+    return "\n".join(lines)
+
+
+def machine():
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}"
+
+
+def versions():
+    def first(cmd):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return [
+        first([str(XFER), "--version"]),
+        first(["ssh", "-V"]),
+        first(["rsync", "--version"]),
+        first(["md5sum", "--version"]),
+    ]
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="xfer-bench-"))
+    b = Bench(work)
+    try:
+        b.go()
+    finally:
+        b.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    table = fmt_table(b)
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc = f"""# Benchmarks
+
+Reproduce with `bench/run` (installs the peers from Debian packages,
+starts sshd and an rsync daemon on loopback with throwaway keys and
+config, and stops them after). Every tool moves the same {SIZE_MIB} MiB
+random file over 127.0.0.1, page cache warm, tools alternating in each
+of {RUNS} rounds; the table shows medians. Command latency is the median
+of {LATENCY_RUNS} runs of `xfer exec true` and {min(LATENCY_RUNS, 20)} of
+`ssh 127.0.0.1 true`, each the whole client process.
+Peak RSS: client from `/usr/bin/time`, server from its VmHWM (reset
+before each run).
+
+- Date: {when}
+- Machine: {machine()} (client and server share the cores)
+- Versions: {"; ".join(versions())}
+
+{table}
+Notes: `nc` verifies nothing; `rsync` daemon's default checksum is
+xxh128, with `--checksum-choice=md5` it verifies with MD5 as xfer does;
+`md5sum` only hashes the file (the ceiling for a tool that must hash it
+on both ends); `xfer exec cat` streams through a pipe and hashes on both
+ends, writing to /dev/null.
+"""
+    print(table)
+    (REPO / "BENCHMARKS.md").write_text(doc)
+    print("wrote BENCHMARKS.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
