@@ -38,6 +38,9 @@ pub enum Command {
         /// Replace the remote file if it exists (atomically).
         #[arg(short, long)]
         force: bool,
+        /// Start over instead of resuming an interrupted transfer.
+        #[arg(long)]
+        no_resume: bool,
         /// The local file.
         local: PathBuf,
         /// Remote path, relative to the server's root [default: LOCAL's
@@ -49,6 +52,9 @@ pub enum Command {
         /// Replace the local file if it exists (atomically).
         #[arg(short, long)]
         force: bool,
+        /// Start over instead of resuming an interrupted transfer.
+        #[arg(long)]
+        no_resume: bool,
         /// Remote path, relative to the server's root.
         remote: String,
         /// Local path or directory [default: REMOTE's name here]; - writes
@@ -93,6 +99,9 @@ pub struct ServeArgs {
     /// Seconds a connection may make no progress before it is closed (0: never).
     #[arg(long, default_value_t = 30)]
     pub idle_timeout: u64,
+    /// Hours after which partial files of interrupted transfers are removed.
+    #[arg(long, default_value_t = 24, value_name = "HOURS")]
+    pub partial_max_age: u64,
     /// Seconds requests in flight may take to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,

@@ -3,15 +3,16 @@
 //! Every path a client names is checked by [`RemotePath::parse`] and then
 //! opened through a `cap_std` directory handle for the root, which resolves
 //! beneath it (symlinks that lead outside fail) without a check-then-use
-//! race. Writes go to a hidden temporary beside the destination
-//! ([`Staged`]); only a verified body is renamed into place, and a dropped
-//! `Staged` removes its temporary.
+//! race. Writes go to a hidden partial file beside the destination
+//! ([`Staged`]); only a verified body is renamed into place. An interrupted
+//! transfer leaves its partial (a prefix of the file) for a later run to
+//! resume; a bad one (digest mismatch, full disk) is removed.
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 use thiserror::Error;
 
 /// Suffix of every temporary xfer writes. Names ending in it are reserved:
@@ -186,12 +187,13 @@ impl Root {
         }
     }
 
-    /// Creates missing parent directories of `p` and a temporary beside it.
-    pub fn stage(&self, p: &RemotePath) -> io::Result<(Staged, std::fs::File)> {
+    /// Creates missing parent directories of `p` and opens the partial file
+    /// beside it (see [`Staged::open_partial`]).
+    pub fn stage(&self, p: &RemotePath) -> io::Result<Partial> {
         let name = p.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::IsADirectory))?;
         let parent = p.parent_path();
         self.dir.create_dir_all(&parent)?;
-        Staged::create(self.dir.open_dir(&parent)?, name)
+        Staged::open_partial(self.dir.open_dir(&parent)?, name)
     }
 
     /// The entries of a directory, sorted by name, temporaries hidden.
@@ -222,10 +224,10 @@ impl Root {
         Ok(out)
     }
 
-    /// Removes temporaries left by a server or client that was killed.
-    /// Returns how many were removed.
-    pub fn remove_stale_temps(&self) -> usize {
-        remove_temps_in(&self.dir, 0)
+    /// Removes partial files not written to for `max_age`: transfers that
+    /// were interrupted and never resumed. Returns how many were removed.
+    pub fn remove_stale_temps(&self, max_age: Duration) -> usize {
+        remove_temps_in(&self.dir, 0, max_age)
     }
 }
 
@@ -233,7 +235,7 @@ impl Root {
 /// than risking a stack overflow on a hostile layout.
 const MAX_SCAN_DEPTH: usize = 64;
 
-fn remove_temps_in(dir: &Dir, depth: usize) -> usize {
+fn remove_temps_in(dir: &Dir, depth: usize, max_age: Duration) -> usize {
     let Ok(entries) = dir.entries() else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
@@ -241,13 +243,17 @@ fn remove_temps_in(dir: &Dir, depth: usize) -> usize {
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() && depth < MAX_SCAN_DEPTH {
             if let Ok(sub) = entry.open_dir() {
-                removed += remove_temps_in(&sub, depth + 1);
+                removed += remove_temps_in(&sub, depth + 1, max_age);
             }
-        } else if ft.is_file()
-            && name.to_string_lossy().ends_with(TEMP_SUFFIX)
-            && dir.remove_file(&name).is_ok()
-        {
-            removed += 1;
+        } else if ft.is_file() && name.to_string_lossy().ends_with(TEMP_SUFFIX) {
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.into_std().elapsed().unwrap_or_default())
+                .unwrap_or(Duration::MAX);
+            if age >= max_age && dir.remove_file(&name).is_ok() {
+                removed += 1;
+            }
         }
     }
     removed
@@ -271,34 +277,80 @@ pub enum CommitError {
     Io(#[from] io::Error),
 }
 
-/// A hidden temporary file beside its destination. Dropping it without
-/// [`commit`](Staged::commit) removes the temporary.
+/// A staged destination: the partial file, the file handle to write it,
+/// and how many bytes it already holds from an earlier, interrupted run.
+pub type Partial = (Staged, std::fs::File, u64);
+
+/// A hidden partial file beside its destination. Dropped without
+/// [`commit`](Staged::commit), a resumable partial stays for a later run
+/// (unless empty); [`discard`](Staged::discard) removes it.
 pub struct Staged {
-    /// The destination's directory; the temporary lives here too, so the
+    /// The destination's directory; the partial lives here too, so the
     /// final rename never crosses filesystems.
     dir: Dir,
-    /// The temporary's name in `dir`.
+    /// The partial's name in `dir`.
     temp: String,
     /// The destination's name in `dir`.
     name: String,
-    /// Set once the temporary has been renamed away, so drop leaves it alone.
+    /// Whether the partial is kept when dropped: true for the locked,
+    /// well-known partial; false for a one-off temporary, or once its bytes
+    /// are known bad.
+    keep: bool,
+    /// Set once the partial has been renamed away, so drop leaves it alone.
     committed: bool,
+    /// A handle sharing the partial's open file description, so its lock
+    /// lasts until the rename even after the writer closed its handle:
+    /// no second transfer can take the partial over before the commit.
+    _lock: Option<std::fs::File>,
 }
 
 impl Staged {
-    /// Creates `.NAME.RANDOM.xfer-part` in `dir` for destination `name`.
-    pub fn create(dir: Dir, name: &str) -> io::Result<(Staged, std::fs::File)> {
-        let mut keep = name.len().min(TEMP_NAME_KEEP);
-        while !name.is_char_boundary(keep) {
-            keep -= 1;
-        }
+    /// The partial file for destination `name` in `dir`:
+    /// `.NAME.xfer-part`, created if missing, opened for reading and
+    /// writing and locked, so a second transfer to the same destination
+    /// cannot write into it. That second transfer gets a one-off
+    /// `.NAME.RANDOM.xfer-part` instead (never resumed). Returns the
+    /// partial's current length.
+    pub fn open_partial(dir: Dir, name: &str) -> io::Result<Partial> {
+        let base = temp_base(name);
+        let temp = format!(".{base}{TEMP_SUFFIX}");
         let mut opts = OpenOptions::new();
-        opts.write(true).create_new(true);
+        opts.read(true).write(true).create(true);
+        let file = File::into_std(dir.open_with(&temp, &opts)?);
+        match file.try_lock() {
+            Ok(()) => {
+                let len = file.metadata()?.len();
+                let lock = Some(file.try_clone()?);
+                let staged =
+                    Staged { dir, temp, name: name.to_string(), keep: true, committed: false, _lock: lock };
+                Ok((staged, file, len))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let (staged, file) = Staged::create(dir, name)?;
+                Ok((staged, file, 0))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    /// Creates a one-off `.NAME.RANDOM.xfer-part` in `dir`, removed when
+    /// dropped uncommitted.
+    pub fn create(dir: Dir, name: &str) -> io::Result<(Staged, std::fs::File)> {
+        let base = temp_base(name);
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create_new(true);
         loop {
-            let temp = format!(".{}.{:016x}{TEMP_SUFFIX}", &name[..keep], rand::random::<u64>());
+            let temp = format!(".{base}.{:016x}{TEMP_SUFFIX}", rand::random::<u64>());
             match dir.open_with(&temp, &opts) {
                 Ok(file) => {
-                    let staged = Staged { dir, temp, name: name.to_string(), committed: false };
+                    let staged = Staged {
+                        dir,
+                        temp,
+                        name: name.to_string(),
+                        keep: false,
+                        committed: false,
+                        _lock: None,
+                    };
                     return Ok((staged, File::into_std(file)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -307,9 +359,9 @@ impl Staged {
         }
     }
 
-    /// Creates a temporary beside a local path (the client's side, where the
+    /// The partial file beside a local path (the client's side, where the
     /// user chose the path and it is not confined).
-    pub fn beside(path: &Path) -> io::Result<(Staged, std::fs::File)> {
+    pub fn beside(path: &Path) -> io::Result<Partial> {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -318,7 +370,7 @@ impl Staged {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        Staged::create(Dir::open_ambient_dir(parent, ambient_authority())?, name)
+        Staged::open_partial(Dir::open_ambient_dir(parent, ambient_authority())?, name)
     }
 
     /// Whether the destination exists now.
@@ -326,18 +378,25 @@ impl Staged {
         self.dir.symlink_metadata(&self.name).is_ok()
     }
 
-    /// Moves the temporary to its destination. Without `replace` this fails
+    /// Removes the partial: its bytes are bad or useless.
+    pub fn discard(mut self) {
+        self.keep = false;
+    }
+
+    /// Moves the partial to its destination. Without `replace` this fails
     /// with [`CommitError::Exists`] if the destination exists, atomically (a
     /// hard link cannot overwrite); with it, a rename swaps the file in one
-    /// step, so readers see the old file or the new one.
+    /// step, so readers see the old file or the new one. The partial is
+    /// removed on failure.
     pub fn commit(mut self, replace: bool) -> Result<(), CommitError> {
+        self.keep = false;
         if replace {
             self.dir.rename(&self.temp, &self.dir, &self.name)?;
         } else {
             match self.dir.hard_link(&self.temp, &self.dir, &self.name) {
                 Ok(()) => {
                     // The data is safely at its name; a failure to remove the
-                    // temporary is tidied by the next start's sweep.
+                    // partial is tidied by the stale sweep.
                     let _ = self.dir.remove_file(&self.temp);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(CommitError::Exists),
@@ -351,10 +410,24 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.committed {
+        if self.committed {
+            return;
+        }
+        let empty = self.dir.metadata(&self.temp).map(|m| m.len() == 0).unwrap_or(true);
+        if !self.keep || empty {
             let _ = self.dir.remove_file(&self.temp);
         }
     }
+}
+
+/// The destination name as kept in a partial's name, cut so that with the
+/// dot, random tag and suffix it stays under NAME_MAX (255).
+fn temp_base(name: &str) -> &str {
+    let mut keep = name.len().min(TEMP_NAME_KEEP);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    &name[..keep]
 }
 
 #[cfg(test)]
@@ -414,27 +487,54 @@ mod tests {
         let root = Root::open(tmp.path()).unwrap();
         let p = RemotePath::parse("sub/dir/f.txt").unwrap();
 
-        let (staged, mut f) = root.stage(&p).unwrap();
+        let (staged, mut f, _) = root.stage(&p).unwrap();
         io::Write::write_all(&mut f, b"one").unwrap();
-        drop(staged);
+        staged.discard();
         let names: Vec<_> = std::fs::read_dir(tmp.path().join("sub/dir")).unwrap().collect();
-        assert!(names.is_empty(), "dropped temporary must be removed");
+        assert!(names.is_empty(), "a discarded partial must be removed");
 
-        let (staged, mut f) = root.stage(&p).unwrap();
+        let (staged, mut f, held) = root.stage(&p).unwrap();
+        assert_eq!(held, 0);
         io::Write::write_all(&mut f, b"one").unwrap();
         staged.commit(false).unwrap();
         assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"one");
 
-        let (staged, mut f) = root.stage(&p).unwrap();
+        let (staged, mut f, _) = root.stage(&p).unwrap();
         io::Write::write_all(&mut f, b"two").unwrap();
         assert!(matches!(staged.commit(false), Err(CommitError::Exists)));
         assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"one");
 
-        let (staged, mut f) = root.stage(&p).unwrap();
+        let (staged, mut f, _) = root.stage(&p).unwrap();
         io::Write::write_all(&mut f, b"two").unwrap();
         staged.commit(true).unwrap();
         assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(tmp.path().join("sub/dir")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn interrupted_partials_stay_locked_and_resumable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("f.bin").unwrap();
+        let (staged, mut f, held) = root.stage(&p).unwrap();
+        assert_eq!(held, 0);
+        io::Write::write_all(&mut f, b"prefix").unwrap();
+        // A second writer meanwhile gets a one-off temporary, not the partial.
+        let (other, _, held) = root.stage(&p).unwrap();
+        assert_eq!(held, 0);
+        drop(other);
+        drop((staged, f));
+        assert_eq!(std::fs::read(tmp.path().join(".f.bin.xfer-part")).unwrap(), b"prefix");
+        let (_staged, _f, held) = root.stage(&p).unwrap();
+        assert_eq!(held, 6, "the next run finds the partial");
+    }
+
+    #[test]
+    fn empty_partials_are_not_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        drop(root.stage(&RemotePath::parse("f").unwrap()).unwrap());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -459,7 +559,8 @@ mod tests {
         let root = Root::open(tmp.path()).unwrap();
         let listed = root.list(&RemotePath::parse("d").unwrap()).unwrap();
         assert!(listed.is_empty());
-        assert_eq!(root.remove_stale_temps(), 1);
+        assert_eq!(root.remove_stale_temps(Duration::from_secs(3600)), 0, "too young to be stale");
+        assert_eq!(root.remove_stale_temps(Duration::ZERO), 1);
         assert!(tmp.path().join("keep").exists());
     }
 }

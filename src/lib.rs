@@ -59,11 +59,14 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
 
 async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     match command {
-        Command::Put { force, local, remote } => client::put(opts, &local, remote.as_deref(), force).await?,
-        Command::Get { force, remote, local } => {
+        Command::Put { force, no_resume, local, remote } => {
+            let flags = client::Flags { force, resume: !no_resume };
+            client::put(opts, &local, remote.as_deref(), flags).await?
+        }
+        Command::Get { force, no_resume, remote, local } => {
             let target =
                 local.map(|p| if p.as_os_str() == "-" { GetTarget::Stdout } else { GetTarget::Path(p) });
-            client::get(opts, &remote, target, force).await?
+            client::get(opts, &remote, target, client::Flags { force, resume: !no_resume }).await?
         }
         Command::Ls { remote_dir } => {
             client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?
@@ -97,6 +100,7 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     config.allow_exec = args.allow_exec;
     config.max_connections = args.max_connections.max(1);
     config.grace = Duration::from_secs(args.grace);
+    config.partial_max_age = Duration::from_secs(args.partial_max_age.saturating_mul(3600));
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };
     let rt = tokio::runtime::Runtime::new().map_err(|e| serve_err(error::plain_io(&e)))?;

@@ -91,11 +91,30 @@ impl Pool {
     }
 }
 
+/// Hashes the first `len` bytes of `file` (a partial being resumed, or the
+/// source's matching prefix), leaving the file positioned after them.
+/// Fails with `UnexpectedEof` if the file is shorter.
+pub fn hash_prefix(file: &mut std::fs::File, len: u64) -> io::Result<Md5> {
+    io::Seek::rewind(file)?;
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(CHUNK as u64) as usize;
+        file.read_exact(&mut buf[..want])?;
+        md5.update(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok(md5)
+}
+
 /// Sends exactly `len` bytes of `file` (from its current position) to
-/// `dst`, then flushes it. Returns the MD5 of those bytes.
+/// `dst`, then flushes it. `md5` has seen what came before (a resumed
+/// prefix, or nothing); returns the MD5 of that and these bytes.
 pub async fn send_file<W>(
     file: std::fs::File,
     len: u64,
+    md5: Md5,
     dst: &mut W,
     bar: &ProgressBar,
 ) -> Result<Md5Hex, CopyError>
@@ -105,8 +124,7 @@ where
     let (mut pool, give_back) = Pool::new();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
     let reader = tokio::task::spawn_blocking(move || -> Result<Md5Hex, CopyError> {
-        let mut file = file;
-        let mut md5 = Md5::new();
+        let (mut file, mut md5) = (file, md5);
         let mut done = 0u64;
         while done < len {
             let Some(mut buf) = pool.take_blocking() else { break };
@@ -147,13 +165,15 @@ where
     Ok(md5)
 }
 
-/// Receives exactly `len` bytes from `src` into `sink` (a file, or stdout),
-/// written on a blocking thread. Returns the MD5 of those bytes once they
-/// are all written.
+/// Receives exactly `len` bytes from `src` into `sink` (a file at its
+/// current position, or stdout), written on a blocking thread. `md5` has
+/// seen what came before; returns the MD5 of that and these bytes once
+/// they are all written.
 pub async fn receive_into<R, S>(
     src: &mut R,
     len: u64,
     sink: S,
+    md5: Md5,
     bar: &ProgressBar,
 ) -> Result<Md5Hex, CopyError>
 where
@@ -163,8 +183,7 @@ where
     let (mut pool, give_back) = Pool::new();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
     let writer = tokio::task::spawn_blocking(move || -> Result<Md5Hex, (u64, io::Error)> {
-        let mut sink = sink;
-        let mut md5 = Md5::new();
+        let (mut sink, mut md5) = (sink, md5);
         let mut written = 0u64;
         while let Some(buf) = rx.blocking_recv() {
             md5.update(&buf);
@@ -198,6 +217,11 @@ where
             }
         }
         if failed.is_some() {
+            // What did arrive is a valid prefix: write it, so a resumed
+            // transfer need not send it again.
+            if !buf.is_empty() {
+                let _ = tx.send(buf).await;
+            }
             break;
         }
         done += want as u64;
@@ -257,11 +281,13 @@ mod tests {
         let data = odd_data();
         let mut dst = Vec::new();
         let md5 =
-            send_file(temp_with(&data), data.len() as u64, &mut dst, &ProgressBar::hidden()).await.unwrap();
+            send_file(temp_with(&data), data.len() as u64, Md5::new(), &mut dst, &ProgressBar::hidden())
+                .await
+                .unwrap();
         assert_eq!(dst, data);
         assert_eq!(md5.to_string(), md5_of(&data));
         let mut dst = Vec::new();
-        send_file(temp_with(&data), 10, &mut dst, &ProgressBar::hidden()).await.unwrap();
+        send_file(temp_with(&data), 10, Md5::new(), &mut dst, &ProgressBar::hidden()).await.unwrap();
         assert_eq!(dst, &data[..10]);
     }
 
@@ -272,28 +298,60 @@ mod tests {
         let len = data.len() as u64 - 10;
         let mut src = &data[..];
         let sink = Shared::default();
-        let md5 = receive_into(&mut src, len, sink.clone(), &ProgressBar::hidden()).await.unwrap();
+        let md5 =
+            receive_into(&mut src, len, sink.clone(), Md5::new(), &ProgressBar::hidden()).await.unwrap();
         assert_eq!(&*sink.0.lock().unwrap(), &data[..len as usize]);
         assert_eq!(md5.to_string(), md5_of(&data[..len as usize]));
         assert_eq!(src, b"next frame");
     }
 
     #[tokio::test]
+    async fn a_resumed_copy_hashes_the_whole_file() {
+        let data = odd_data();
+        let (head, tail) = data.split_at(777_777);
+        let mut prefix = Md5::new();
+        prefix.update(head);
+        let mut dst = Vec::new();
+        let md5 =
+            send_file(temp_with(tail), tail.len() as u64, prefix.clone(), &mut dst, &ProgressBar::hidden())
+                .await
+                .unwrap();
+        assert_eq!(md5.to_string(), md5_of(&data));
+        let md5 = receive_into(
+            &mut &tail[..],
+            tail.len() as u64,
+            Shared::default(),
+            prefix,
+            &ProgressBar::hidden(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(md5.to_string(), md5_of(&data));
+        let mut f = temp_with(&data);
+        assert_eq!(hash_prefix(&mut f, 777_777).unwrap().finish().to_string(), md5_of(head));
+        assert!(hash_prefix(&mut temp_with(b"ab"), 3).is_err());
+    }
+
+    #[tokio::test]
     async fn empty_bodies_hash_to_the_md5_of_nothing() {
         let mut dst = Vec::new();
-        let md5 = send_file(temp_with(b""), 0, &mut dst, &ProgressBar::hidden()).await.unwrap();
+        let md5 = send_file(temp_with(b""), 0, Md5::new(), &mut dst, &ProgressBar::hidden()).await.unwrap();
         assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
-        let md5 = receive_into(&mut &b""[..], 0, Shared::default(), &ProgressBar::hidden()).await.unwrap();
+        let md5 = receive_into(&mut &b""[..], 0, Shared::default(), Md5::new(), &ProgressBar::hidden())
+            .await
+            .unwrap();
         assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
     }
 
     #[tokio::test]
     async fn short_sources_are_errors() {
-        let err =
-            send_file(temp_with(b"abc"), 10, &mut Vec::new(), &ProgressBar::hidden()).await.unwrap_err();
+        let err = send_file(temp_with(b"abc"), 10, Md5::new(), &mut Vec::new(), &ProgressBar::hidden())
+            .await
+            .unwrap_err();
         assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
-        let err =
-            receive_into(&mut &b"abc"[..], 10, Shared::default(), &ProgressBar::hidden()).await.unwrap_err();
+        let err = receive_into(&mut &b"abc"[..], 10, Shared::default(), Md5::new(), &ProgressBar::hidden())
+            .await
+            .unwrap_err();
         assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
     }
 
@@ -309,8 +367,9 @@ mod tests {
             }
         }
         let data = odd_data();
-        let err =
-            receive_into(&mut &data[..], data.len() as u64, Full, &ProgressBar::hidden()).await.unwrap_err();
+        let err = receive_into(&mut &data[..], data.len() as u64, Full, Md5::new(), &ProgressBar::hidden())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, CopyError::Write { ref source, .. } if source.kind() == io::ErrorKind::StorageFull)
         );

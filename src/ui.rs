@@ -32,6 +32,13 @@ impl Ui {
         bar
     }
 
+    /// Says that a transfer continues from an earlier, interrupted one.
+    pub fn resuming(&self, name: &str, offset: u64) {
+        if !self.quiet {
+            eprintln!("resuming {} at {}", escape(name), human_bytes(offset as f64));
+        }
+    }
+
     /// Prints the one-line summary of a finished transfer on stderr.
     pub fn summary(&self, verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: &Md5Hex) {
         if !self.quiet {

@@ -55,7 +55,7 @@ fn flipped_byte_on_get_is_a_digest_error_and_saves_nothing() {
 }
 
 #[test]
-fn server_vanishing_mid_get_saves_nothing() {
+fn server_vanishing_mid_get_commits_nothing_and_keeps_a_verified_prefix() {
     let server = TestServer::start();
     fs::write(server.path("big.iso"), pattern(SIZE, 4)).unwrap();
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(SIZE as u64 / 2));
@@ -65,11 +65,22 @@ fn server_vanishing_mid_get_saves_nothing() {
         .assert()
         .code(1)
         .stderr(predicate::str::starts_with("xfer: error: connection to server lost"));
-    assert!(tree(work.path()).is_empty(), "{:?}", tree(work.path()));
+    assert_only_partial(work.path(), "big.iso", &pattern(SIZE, 4));
+}
+
+/// Nothing is at `name` in `dir`; at most its hidden partial, holding a
+/// prefix of `data`.
+fn assert_only_partial(dir: &std::path::Path, name: &str, data: &[u8]) {
+    let partial = format!(".{name}.xfer-part");
+    let entries = tree(dir);
+    assert!(entries.is_empty() || entries == [partial.clone()], "{entries:?}");
+    if let Ok(held) = fs::read(dir.join(&partial)) {
+        assert!(data.starts_with(&held), "the partial is not a prefix of the file");
+    }
 }
 
 #[test]
-fn server_vanishing_mid_put_saves_nothing() {
+fn connection_lost_mid_put_commits_nothing() {
     let server = TestServer::start();
     let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(SIZE as u64 / 2));
     let work = tempfile::tempdir().unwrap();
@@ -79,7 +90,9 @@ fn server_vanishing_mid_put_saves_nothing() {
         .assert()
         .code(1)
         .stderr(predicate::str::starts_with("xfer: error: connection to server lost"));
-    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+    // Once the server has noticed, only the hidden partial may remain.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_only_partial(server.root.path(), "big.iso", &pattern(SIZE, 5));
 }
 
 #[test]
@@ -91,11 +104,14 @@ fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
     assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
     raw::send(&mut s, r#"{"op":"data","filename":"keep.txt","md5":null,"total_size":1000000}"#);
     s.write_all(&[7u8; 400_000]).unwrap();
-    // The partial temporary exists while the body is in flight...
+    // The partial exists while the body is in flight...
     assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).len() == 2));
     drop(s);
-    // ...and is gone once the server sees the client vanish.
-    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()) == ["keep.txt"]));
+    // ...and keeps what arrived, for a resume, once the client is gone; the
+    // destination is untouched.
+    let partial = server.path(".keep.txt.xfer-part");
+    assert!(eventually(Duration::from_secs(5), || fs::read(&partial).is_ok_and(|b| b.len() == 400_000)));
+    assert!(fs::read(&partial).unwrap().iter().all(|&b| b == 7));
     assert_eq!(fs::read(server.path("keep.txt")).unwrap(), b"old");
 
     let work = tempfile::tempdir().unwrap();
@@ -137,7 +153,7 @@ fn stale_temporaries_are_removed_when_the_server_starts() {
     fs::create_dir(root.path().join("d")).unwrap();
     fs::write(root.path().join("d/.big.iso.00aa11bb22cc33dd.xfer-part"), b"partial").unwrap();
     fs::write(root.path().join("d/big.iso"), b"kept").unwrap();
-    let server = TestServer::start_in(root, |_| {});
+    let server = TestServer::start_in(root, |c| c.partial_max_age = Duration::ZERO);
     // A request proves the server finished starting.
     xfer(server.addr, tempfile::tempdir().unwrap().path()).arg("ls").assert().success();
     assert_eq!(tree(server.root.path()), ["d", "d/big.iso"]);

@@ -35,7 +35,7 @@ fn silent_connection_after_authentication_is_closed() {
 }
 
 #[test]
-fn stalled_body_is_closed_and_leaves_nothing() {
+fn stalled_body_is_closed_and_keeps_only_a_resumable_partial() {
     let server = idle_server();
     let mut s = raw::connect(server.addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
@@ -43,7 +43,8 @@ fn stalled_body_is_closed_and_leaves_nothing() {
     raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000}"#);
     s.write_all(&[1; 10]).unwrap();
     assert!(closed_by_server(&mut s));
-    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+    assert!(eventually(Duration::from_secs(5), || tree(server.root.path()) == [".f.xfer-part"]));
+    assert_eq!(std::fs::read(server.path(".f.xfer-part")).unwrap(), [1; 10]);
 }
 
 #[test]
@@ -184,11 +185,15 @@ fn shutdown_aborts_what_outlives_the_grace_period() {
     let mut s = raw::connect(addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000000}"#);
-    s.write_all(&[0; 1000]).unwrap();
+    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":5000000}"#);
+    s.write_all(&[0; 2_500_000]).unwrap();
     terminate(&server);
     assert_eq!(exit_code_within(&mut server, Duration::from_secs(10)), Some(0));
-    assert!(tree(root.path()).is_empty(), "{:?}", tree(root.path()));
+    // Nothing at the final name; the hidden partial keeps the whole chunks
+    // that arrived before the abort (1 MiB each), for a resume.
+    assert_eq!(tree(root.path()), [".f.xfer-part"]);
+    let held = std::fs::read(root.path().join(".f.xfer-part")).unwrap();
+    assert!(held.len() >= 2 * 1024 * 1024 && held.iter().all(|&b| b == 0), "{} bytes held", held.len());
 }
 
 #[test]

@@ -38,11 +38,23 @@ fn sixty_four_clients_at_once() {
                         let local = work.path().join(format!("c{i}-r{round}.bin"));
                         std::fs::write(&local, &data).unwrap();
                         let remote = format!("client{i}/round{round}.bin");
-                        client::put(&opts, &local, Some(&remote), false).await.unwrap();
+                        client::put(
+                            &opts,
+                            &local,
+                            Some(&remote),
+                            client::Flags { force: false, resume: true },
+                        )
+                        .await
+                        .unwrap();
                         let back = work.path().join(format!("c{i}-r{round}.back"));
-                        client::get(&opts, &remote, Some(GetTarget::Path(back.clone())), false)
-                            .await
-                            .unwrap();
+                        client::get(
+                            &opts,
+                            &remote,
+                            Some(GetTarget::Path(back.clone())),
+                            client::Flags { force: false, resume: true },
+                        )
+                        .await
+                        .unwrap();
                         assert_eq!(std::fs::read(&back).unwrap(), data, "client {i} round {round}");
                         let mut listing = Vec::new();
                         client::ls(&opts, Some(&format!("client{i}")), &mut listing).await.unwrap();

@@ -1,10 +1,12 @@
-//! `xfer get`: stream a remote file into a local temporary, verify, commit.
+//! `xfer get`: stream a remote file into a local partial, verify, commit;
+//! an interrupted fetch resumes where its partial ends.
 
-use super::{unexpected_reply, Client, Options};
+use super::{unexpected_reply, Client, Flags, Options};
+use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::fs::{CommitError, Staged};
 use crate::protocol::{Header, Op};
-use crate::transfer::{receive_into, CopyError};
+use crate::transfer::{hash_prefix, receive_into, CopyError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,7 +22,7 @@ pub enum GetTarget {
 
 /// Fetches `remote` into `target` (default: its file name in the current
 /// directory).
-pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, force: bool) -> Result<(), Error> {
+pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags: Flags) -> Result<(), Error> {
     let name = remote.trim_end_matches('/').rsplit('/').next().unwrap_or("");
     if name.is_empty() || name == "." || name == ".." {
         return Err(Error::Usage(format!("{remote:?} does not name a file")));
@@ -32,55 +34,147 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, force:
         None => Some(PathBuf::from(name)),
     };
     if let Some(path) = &target {
-        if !force && path.symlink_metadata().is_ok() {
+        if !flags.force && path.symlink_metadata().is_ok() {
             return Err(Error::LocalExists(path.clone()));
         }
     }
 
+    // A partial from an interrupted run is offered to the server with the
+    // MD5 of its bytes; the server resumes after them only if they match.
+    let partial = match &target {
+        Some(path) => Some(open_partial(path, flags.resume).await?),
+        None => None,
+    };
+
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    conn.writer.write_header(&Header::new(Op::Get).with_filename(remote)).await?;
+    let mut req = Header::new(Op::Get).with_filename(remote);
+    if let Some(p) = partial.as_ref().filter(|p| p.held > 0) {
+        req.offset = Some(p.held);
+        req.md5 = Some(p.prefix.clone().finish());
+    }
+    conn.writer.write_header(&req).await?;
     let data = conn.reader.expect_header().await?;
     if data.op != Op::Data {
         return Err(unexpected_reply(data, "data"));
     }
-    let len = data.total_size;
+    let offset = data.offset.unwrap_or(0);
     let started = Instant::now();
-    let bar = opts.ui.transfer_bar(name, len);
 
-    let (staged, copied) = match &target {
-        Some(path) => {
-            let (staged, file) = Staged::beside(path).map_err(|e| Error::local(path, e))?;
-            (Some(staged), receive_into(&mut conn.reader.body(len), len, file, &bar).await)
+    let (staged, copied) = match (partial, &target) {
+        (Some(p), Some(path)) => {
+            let (file, md5) = match p.resume_at(offset) {
+                Ok(Some(resumed)) => resumed,
+                Ok(None) => {
+                    let expected = "data at offset 0 or at the offset we offered";
+                    return Err(ConnError::Unexpected { got: Op::Data, expected }.into());
+                }
+                Err(e) => return Err(Error::local(path, e)),
+            };
+            if offset > 0 {
+                opts.ui.resuming(name, offset);
+            }
+            let bar = opts.ui.transfer_bar(name, offset + data.total_size);
+            bar.set_position(offset);
+            let copied =
+                receive_into(&mut conn.reader.body(data.total_size), data.total_size, file, md5, &bar).await;
+            bar.finish_and_clear();
+            (Some(p.staged), copied)
         }
-        None => (None, receive_into(&mut conn.reader.body(len), len, std::io::stdout(), &bar).await),
+        _ => {
+            if offset != 0 {
+                return Err(ConnError::Unexpected { got: Op::Data, expected: "data at offset 0" }.into());
+            }
+            let bar = opts.ui.transfer_bar(name, data.total_size);
+            let sink = std::io::stdout();
+            let copied =
+                receive_into(&mut conn.reader.body(data.total_size), data.total_size, sink, Md5::new(), &bar)
+                    .await;
+            bar.finish_and_clear();
+            (None, copied)
+        }
     };
-    bar.finish_and_clear();
     let received = match copied {
         Ok(md5) => md5,
+        // The partial keeps what arrived, for the next run to resume.
         Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
         Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body").into()),
         Err(CopyError::Write { source, .. }) => {
+            if let Some(s) = staged {
+                s.discard();
+            }
             let shown = target.as_deref().unwrap_or(Path::new("stdout"));
             return Err(Error::local(shown, source));
         }
     };
+    let len = offset + data.total_size;
 
     let done = conn.reader.expect_header().await?;
     if done.op != Op::Done {
         return Err(unexpected_reply(done, "done"));
     }
     if done.md5.as_ref() != Some(&received) {
+        if let Some(s) = staged {
+            s.discard();
+        }
         let sent = done.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());
         return Err(Error::Md5Mismatch { name: remote.to_string(), sent, received: received.to_string() });
     }
     if let (Some(staged), Some(path)) = (staged, &target) {
-        match staged.commit(force) {
+        match staged.commit(flags.force) {
             Ok(()) => {}
             Err(CommitError::Exists) => return Err(Error::LocalExists(path.clone())),
             Err(CommitError::Io(e)) => return Err(Error::local(path, e)),
         }
     }
-    opts.ui.summary("get", remote, len, started.elapsed(), &received);
+    opts.ui.summary("get", remote, len - offset, started.elapsed(), &received);
     Ok(())
+}
+
+/// The local partial for a fetch, with what it holds.
+struct LocalPartial {
+    /// The partial's guard.
+    staged: Staged,
+    /// The partial, open for writing.
+    file: std::fs::File,
+    /// Bytes offered for resuming (0: none).
+    held: u64,
+    /// MD5 of those bytes.
+    prefix: Md5,
+}
+
+impl LocalPartial {
+    /// The file positioned where the server's body starts, with the MD5 of
+    /// what precedes it; `None` if the server picked an offset we did not
+    /// offer.
+    fn resume_at(&self, offset: u64) -> std::io::Result<Option<(std::fs::File, Md5)>> {
+        let mut file = self.file.try_clone()?;
+        match offset {
+            0 => {
+                file.set_len(0)?;
+                std::io::Seek::rewind(&mut file)?;
+                Ok(Some((file, Md5::new())))
+            }
+            o if o == self.held => {
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(o))?;
+                Ok(Some((file, self.prefix.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Opens the partial beside `path` and hashes what it holds (nothing when
+/// resuming is off).
+async fn open_partial(path: &Path, resume: bool) -> Result<LocalPartial, Error> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let (staged, mut file, held) = Staged::beside(&owned)?;
+        let held = if resume { held } else { 0 };
+        let prefix = hash_prefix(&mut file, held)?;
+        Ok(LocalPartial { staged, file, held, prefix })
+    })
+    .await
+    .expect("hashing does not panic")
+    .map_err(|e| Error::local(path, e))
 }

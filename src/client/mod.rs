@@ -34,6 +34,16 @@ pub struct Options {
     pub ui: Ui,
 }
 
+/// How a transfer treats what is already there.
+#[derive(Debug, Clone, Copy)]
+pub struct Flags {
+    /// Replace an existing destination.
+    pub force: bool,
+    /// Continue from the partial an interrupted run left (`--no-resume`
+    /// turns this off).
+    pub resume: bool,
+}
+
 /// A greeted connection to a server.
 pub struct Client {
     /// The connection, past the greeting.

@@ -1,9 +1,11 @@
-//! `xfer put`: stream a local file to the server.
+//! `xfer put`: stream a local file to the server, resuming an interrupted
+//! upload when the server holds a partial whose bytes match ours.
 
-use super::{unexpected_reply, Client, Options};
+use super::{unexpected_reply, Client, Flags, Options};
+use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::protocol::{Header, Op};
-use crate::transfer::{send_file, CopyError};
+use crate::transfer::{hash_prefix, send_file, CopyError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ const REASON_WAIT: Duration = Duration::from_secs(2);
 
 /// Sends `local` to `remote` (default: `local`'s file name; a trailing `/`
 /// puts it inside that directory).
-pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool) -> Result<(), Error> {
+pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flags) -> Result<(), Error> {
     let name = local.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         Error::Usage(format!("{} has no usable file name; name the remote path", local.display()))
     })?;
@@ -31,7 +33,8 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     let mut req = Header::new(Op::Put).with_filename(&remote);
-    req.force = force;
+    req.force = flags.force;
+    req.resume = flags.resume;
     req.size = Some(len);
     conn.writer.write_header(&req).await?;
     let reply = conn.reader.expect_header().await?;
@@ -39,13 +42,25 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool
         return Err(unexpected_reply(reply, "ready"));
     }
 
+    // The server offers the partial it holds; take it only if our first
+    // bytes hash the same, so a changed source starts over.
+    let (file, offset, md5) = resume_point(file, len, reply.offset.unwrap_or(0), reply.md5)
+        .await
+        .map_err(|e| Error::local(local, e))?;
+    if offset > 0 {
+        opts.ui.resuming(&remote, offset);
+    }
+
     let started = Instant::now();
-    conn.writer.write_header(&Header::new(Op::Data).with_filename(&remote).with_body(len)).await?;
+    let mut data = Header::new(Op::Data).with_filename(&remote).with_body(len - offset);
+    data.offset = Some(offset);
+    conn.writer.write_header(&data).await?;
     let bar = opts.ui.transfer_bar(&remote, len);
+    bar.set_position(offset);
     // The server may refuse part way (its disk filled): watch for its reply
     // while sending, and stop at once when it comes.
     let copied = tokio::select! {
-        res = send_file(file, len, conn.writer.body_writer(), &bar) => res,
+        res = send_file(file, len - offset, md5, conn.writer.body_writer(), &bar) => res,
         early = conn.reader.expect_header() => {
             bar.abandon();
             return Err(unexpected_reply(early?, "ok"));
@@ -57,8 +72,10 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool
         Err(CopyError::Read { source, .. }) => return Err(Error::local(local, source)),
         Err(CopyError::Short { done, expected }) => {
             return Err(Error::Usage(format!(
-                "{} shrank while being sent ({done} of {expected} bytes): nothing was saved",
-                local.display()
+                "{} shrank while being sent ({} of {} bytes): nothing was saved",
+                local.display(),
+                offset + done,
+                offset + expected
             )))
         }
         Err(CopyError::Write { source, .. }) => {
@@ -78,6 +95,30 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, force: bool
         let received = reply.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());
         return Err(Error::Md5Mismatch { name: remote, sent: md5.to_string(), received });
     }
-    opts.ui.summary("put", &remote, len, started.elapsed(), &md5);
+    opts.ui.summary("put", &remote, len - offset, started.elapsed(), &md5);
     Ok(())
+}
+
+/// Where to start sending: `offered` if our first `offered` bytes have the
+/// server's digest `theirs`, else 0. Returns the file positioned there and
+/// the MD5 of what precedes it.
+async fn resume_point(
+    mut file: std::fs::File,
+    len: u64,
+    offered: u64,
+    theirs: Option<crate::protocol::Md5Hex>,
+) -> std::io::Result<(std::fs::File, u64, Md5)> {
+    let Some(theirs) = theirs.filter(|_| offered > 0 && offered <= len) else {
+        return Ok((file, 0, Md5::new()));
+    };
+    tokio::task::spawn_blocking(move || {
+        let prefix = hash_prefix(&mut file, offered)?;
+        if prefix.clone().finish() == theirs {
+            return Ok((file, offered, prefix));
+        }
+        std::io::Seek::rewind(&mut file)?;
+        Ok((file, 0, Md5::new()))
+    })
+    .await
+    .expect("hashing does not panic")
 }

@@ -183,6 +183,13 @@ pub struct Header {
     /// HMAC-SHA256 proof of the token, 64 hex digits (`auth`, `welcome`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Where a body starts in its file: bytes a resumed transfer skips
+    /// (`ready`, `get`, `data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The client may resume from a partial the server holds (`put`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resume: bool,
     /// Replace an existing destination (`put`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
@@ -242,6 +249,8 @@ impl Header {
             version: None,
             nonce: None,
             mac: None,
+            offset: None,
+            resume: false,
             force: false,
             size: None,
             mtime: None,

@@ -1,14 +1,16 @@
 //! `get`: stream a file as one `data` body, hashing as it goes, then send its
-//! MD5 in a `done` frame.
+//! MD5 in a `done` frame. A client holding a verified prefix gets the rest.
 
 use super::handler::{refuse, Outcome};
 use super::Shared;
 use crate::connection::Connection;
+use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::RemotePath;
 use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{send_file, CopyError};
+use crate::transfer::{hash_prefix, send_file, CopyError};
 use indicatif::ProgressBar;
+use std::io::Seek;
 use std::sync::Arc;
 
 pub(crate) async fn handle(
@@ -34,7 +36,7 @@ pub(crate) async fn handle(
     let opened = tokio::task::spawn_blocking(move || task_shared.root.open_read(&path))
         .await
         .expect("open does not panic");
-    let (file, len, mtime) = match opened {
+    let (mut file, len, mtime) = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
             let err = RequestError::new(ErrorCode::WrongType, format!("remote path is a directory: {shown}"));
@@ -42,11 +44,36 @@ pub(crate) async fn handle(
         }
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,
     };
-    let mut data = Header::new(Op::Data).with_filename(&req.filename).with_body(len);
+    // Resume where the client's partial ends, if its prefix is ours.
+    let (offset, md5) = match (req.offset, &req.md5) {
+        (Some(held), Some(theirs)) if held > 0 && held <= len => {
+            let (mut f, theirs) = (file, theirs.clone());
+            let checked = tokio::task::spawn_blocking(move || {
+                let ours = hash_prefix(&mut f, held);
+                (f, ours)
+            })
+            .await
+            .expect("hashing does not panic");
+            file = checked.0;
+            match checked.1 {
+                Ok(prefix) if prefix.clone().finish() == theirs => (held, prefix),
+                _ => (0, Md5::new()),
+            }
+        }
+        _ => (0, Md5::new()),
+    };
+    if offset == 0 {
+        if let Err(e) = file.rewind() {
+            return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await;
+        }
+    }
+    let body = len - offset;
+    let mut data = Header::new(Op::Data).with_filename(&req.filename).with_body(body);
     data.mtime = Some(mtime);
+    data.offset = Some(offset);
     conn.writer.write_header(&data).await?;
 
-    let md5 = match send_file(file, len, conn.writer.body_writer(), &ProgressBar::hidden()).await {
+    let md5 = match send_file(file, body, md5, conn.writer.body_writer(), &ProgressBar::hidden()).await {
         Ok(md5) => md5,
         // The file shrank or became unreadable after its size was announced:
         // the body cannot be completed, so the connection must end. The
@@ -55,7 +82,7 @@ pub(crate) async fn handle(
         Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
         Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
     };
-    outcome.bytes = len;
+    outcome.bytes = body;
     conn.writer.write_header(&Header::new(Op::Done).with_filename(&req.filename).with_md5(md5)).await?;
     Ok(outcome)
 }

@@ -37,6 +37,9 @@ pub struct Config {
     /// After shutdown is asked, how long requests in flight may take to
     /// finish before they are aborted.
     pub grace: Duration,
+    /// Partial files of interrupted transfers older than this are removed
+    /// (at start and every hour) instead of waiting to be resumed.
+    pub partial_max_age: Duration,
 }
 
 impl Config {
@@ -50,6 +53,7 @@ impl Config {
             max_connections: 256,
             idle_timeout: Some(Duration::from_secs(30)),
             grace: Duration::from_secs(10),
+            partial_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -71,12 +75,13 @@ pub(crate) struct Shared {
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> io::Result<()> {
     warn_if_exposed(listener.local_addr()?);
     let root = Root::open(&config.root)?;
-    let removed = root.remove_stale_temps();
+    let removed = root.remove_stale_temps(config.partial_max_age);
     if removed > 0 {
-        info!(removed, "removed stale temporary files");
+        info!(removed, "removed stale partial files");
     }
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
     let shared = Arc::new(Shared { root, config, limiter: FailureLimiter::default() });
+    let sweeper = tokio::spawn(sweep_partials(shared.clone()));
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -92,6 +97,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
 
     // Handlers see the broadcast close and stop once their current request
     // is done; each holds a `done_tx` clone, so `recv` returns when all have.
+    sweeper.abort();
     drop(listener);
     drop(notify_shutdown);
     drop(done_tx);
@@ -102,6 +108,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
         );
     }
     Ok(())
+}
+
+/// Removes stale partials every hour (or every `partial_max_age`, if shorter).
+async fn sweep_partials(shared: Arc<Shared>) {
+    let every = shared.config.partial_max_age.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        tokio::time::sleep(every).await;
+        let task_shared = shared.clone();
+        let max_age = shared.config.partial_max_age;
+        let removed = tokio::task::spawn_blocking(move || task_shared.root.remove_stale_temps(max_age))
+            .await
+            .unwrap_or(0);
+        if removed > 0 {
+            info!(removed, "removed stale partial files");
+        }
+    }
 }
 
 async fn accept_loop(

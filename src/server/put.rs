@@ -1,15 +1,32 @@
-//! `put`: receive a file into a temporary beside its destination, verify the
-//! sender's MD5, then commit it by rename.
+//! `put`: receive a file into the partial beside its destination, verify
+//! the sender's MD5 of the whole file, then commit it by rename. A partial
+//! left by an interrupted put is offered back for resuming.
 
 use super::handler::{refuse, Outcome};
 use super::Shared;
 use crate::connection::Connection;
+use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Staged};
-use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{receive_into, CopyError};
+use crate::protocol::{ErrorCode, Header, Md5Hex, Op};
+use crate::transfer::{hash_prefix, receive_into, CopyError};
 use indicatif::ProgressBar;
+use std::io::Seek;
 use std::sync::Arc;
+
+/// A destination ready to receive: its partial, and what it already holds.
+struct Prepared {
+    /// The partial file's guard.
+    staged: Staged,
+    /// The partial, open for writing.
+    file: std::fs::File,
+    /// Bytes the partial holds that may be resumed from (0: start over).
+    held: u64,
+    /// MD5 of those bytes, ready to continue with the rest.
+    prefix: Md5,
+    /// The destination path as shown in messages.
+    path: String,
+}
 
 pub(crate) async fn handle(
     conn: &mut Connection,
@@ -17,27 +34,52 @@ pub(crate) async fn handle(
     req: Header,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
-    let (staged, file, path) = match prepare(shared, &req).await {
-        Ok(s) => s,
+    let prepared = match prepare(shared, &req).await {
+        Ok(p) => p,
         Err(e) => return refuse(conn, outcome, e).await,
     };
-    conn.writer.write_header(&Header::new(Op::Ready).with_filename(&req.filename)).await?;
+    let Prepared { staged, mut file, held, prefix, path } = prepared;
+    let mut ready = Header::new(Op::Ready).with_filename(&req.filename);
+    ready.offset = Some(held);
+    if held > 0 {
+        ready.md5 = Some(prefix.clone().finish());
+    }
+    conn.writer.write_header(&ready).await?;
 
     let data = conn.reader.expect_header().await?;
     if data.op != Op::Data {
         return Err(ConnError::Unexpected { got: data.op, expected: "data" });
     }
+    // The client resumes at our offset when its own prefix matches, or
+    // starts over at 0; nothing else is valid.
+    let (start, md5) = match data.offset.unwrap_or(0) {
+        0 => (0, Md5::new()),
+        o if o == held => (held, prefix),
+        other => {
+            // Stay in step: the body still follows.
+            conn.reader.skip_body(data.total_size).await?;
+            let msg = format!("data for {path} starts at {other}, but the server holds {held} bytes");
+            return refuse(conn, outcome, RequestError::new(ErrorCode::BadRequest, msg)).await;
+        }
+    };
+    if start == 0 {
+        let reset = file.set_len(0).and_then(|()| file.rewind());
+        if let Err(e) = reset {
+            conn.reader.skip_body(data.total_size).await?;
+            return refuse(conn, outcome, RequestError::from_io(&e, &path)).await;
+        }
+    }
     let len = data.total_size;
-    let copied = receive_into(&mut conn.reader.body(len), len, file, &ProgressBar::hidden()).await;
+    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, &ProgressBar::hidden()).await;
     let received = match copied {
         Ok(md5) => md5,
-        // The client vanished mid-body: dropping `staged` removes the
-        // temporary, and the connection is over.
+        // The client vanished mid-body: the partial keeps what arrived, for
+        // the next run to resume.
         Err(CopyError::Read { .. } | CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
         Err(CopyError::Write { done, source }) => {
             // Our disk failed (full, say). Tell the client at once, so it can
             // stop sending, then stay in step by discarding the rest.
-            drop(staged);
+            staged.discard();
             outcome.bytes = done;
             let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
             conn.reader.skip_body(len - done).await?;
@@ -47,8 +89,19 @@ pub(crate) async fn handle(
     };
     outcome.bytes = len;
 
-    let sent = expect_done(conn).await?;
+    let sent = match expect_done(conn).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            // A peer that breaks the protocol here gets nothing kept; one that
+            // merely vanished may resume (its bytes are checked then).
+            if matches!(e, ConnError::Frame(_) | ConnError::Unexpected { .. }) {
+                staged.discard();
+            }
+            return Err(e);
+        }
+    };
     if sent.as_ref() != Some(&received) {
+        staged.discard();
         let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
         let msg = format!("md5 mismatch for {path} (sent {sent}, received {received}): nothing was saved");
         return refuse(conn, outcome, RequestError::new(ErrorCode::Md5Mismatch, msg)).await;
@@ -62,51 +115,52 @@ pub(crate) async fn handle(
         Err(CommitError::Io(e)) => return refuse(conn, outcome, RequestError::from_io(&e, &path)).await,
     }
     let mut ok = Header::new(Op::Ok).with_filename(&req.filename).with_md5(received);
-    ok.size = Some(len);
+    ok.size = Some(start + len);
     conn.writer.write_header(&ok).await?;
     Ok(outcome)
 }
 
-/// Checks the request and creates the temporary, before any body is sent.
-async fn prepare(
-    shared: &Arc<Shared>,
-    req: &Header,
-) -> Result<(Staged, std::fs::File, String), RequestError> {
+/// Checks the request and opens the partial, before any body is sent.
+async fn prepare(shared: &Arc<Shared>, req: &Header) -> Result<Prepared, RequestError> {
     let path =
         RemotePath::parse(&req.filename).map_err(|e| RequestError::new(ErrorCode::BadPath, e.to_string()))?;
-    let shown = path.to_string();
     if path.is_root() {
         return Err(RequestError::new(ErrorCode::BadPath, "put needs a file name, not the root"));
     }
-    let (force, task_shared) = (req.force, shared.clone());
+    let (force, resume, size, task_shared) = (req.force, req.resume, req.size, shared.clone());
     tokio::task::spawn_blocking(move || {
+        let shown = path.to_string();
         match task_shared.root.kind_of(&path) {
             Ok(Some(true)) => {
-                let msg = format!("remote path is a directory: {path} (end it with / to put inside it)");
+                let msg = format!("remote path is a directory: {shown} (end it with / to put inside it)");
                 return Err(RequestError::new(ErrorCode::WrongType, msg));
             }
-            Ok(Some(false)) if !force => return Err(exists(&path.to_string())),
+            Ok(Some(false)) if !force => return Err(exists(&shown)),
             Ok(_) => {}
-            Err(e) => return Err(RequestError::from_io(&e, &path.to_string())),
+            Err(e) => return Err(RequestError::from_io(&e, &shown)),
         }
-        let (staged, file) =
-            task_shared.root.stage(&path).map_err(|e| RequestError::from_io(&e, &path.to_string()))?;
-        Ok((staged, file, path.to_string()))
+        let (staged, mut file, held) = task_shared.root.stage(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                // A missing file here is a parent that could not be made.
+                RequestError::new(ErrorCode::NotFound, format!("cannot create {shown}: a parent is missing"))
+            } else {
+                RequestError::from_io(&e, &shown)
+            }
+        })?;
+        // Resume only what can be a prefix of the incoming file.
+        let usable = resume && size.is_some_and(|s| held <= s);
+        let (held, prefix) = match usable.then(|| hash_prefix(&mut file, held)) {
+            Some(Ok(prefix)) if held > 0 => (held, prefix),
+            _ => (0, Md5::new()),
+        };
+        Ok(Prepared { staged, file, held, prefix, path: shown })
     })
     .await
     .expect("staging does not panic")
-    .map_err(|e| {
-        if e.code == ErrorCode::NotFound {
-            // A missing file here is a parent that could not be made.
-            RequestError::new(ErrorCode::NotFound, format!("cannot create {shown}: a parent is missing"))
-        } else {
-            e
-        }
-    })
 }
 
 /// Reads the `done` frame that ends a body and returns the sender's digest.
-async fn expect_done(conn: &mut Connection) -> Result<Option<crate::protocol::Md5Hex>, ConnError> {
+async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
     let done = conn.reader.expect_header().await?;
     if done.op != Op::Done {
         return Err(ConnError::Unexpected { got: done.op, expected: "done" });
