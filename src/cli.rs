@@ -33,11 +33,14 @@ pub struct Cli {
 pub enum Command {
     /// Serve a directory to xfer clients.
     Serve(ServeArgs),
-    /// Send a local file to the server.
+    /// Send a local file (or, with -r, a directory tree) to the server.
     Put {
         /// Replace the remote file if it exists (atomically).
         #[arg(short, long)]
         force: bool,
+        /// Send a whole directory tree.
+        #[arg(short, long)]
+        recursive: bool,
         /// Start over instead of resuming an interrupted transfer.
         #[arg(long)]
         no_resume: bool,
@@ -47,11 +50,14 @@ pub enum Command {
         /// name]; ending in / puts the file inside that directory.
         remote: Option<String>,
     },
-    /// Fetch a file from the server.
+    /// Fetch a file (or, with -r, a directory tree) from the server.
     Get {
         /// Replace the local file if it exists (atomically).
         #[arg(short, long)]
         force: bool,
+        /// Fetch a whole directory tree.
+        #[arg(short, long)]
+        recursive: bool,
         /// Start over instead of resuming an interrupted transfer.
         #[arg(long)]
         no_resume: bool,

@@ -117,6 +117,19 @@ impl RemotePath {
     }
 }
 
+impl RemotePath {
+    /// `self/rel`, checked like any client-supplied path.
+    pub fn join(&self, rel: &str) -> Result<RemotePath, PathError> {
+        let joined = RemotePath::parse(rel)?;
+        if joined.is_root() {
+            return Err(PathError::Empty);
+        }
+        let mut parts = self.parts.clone();
+        parts.extend(joined.parts);
+        Ok(RemotePath { parts })
+    }
+}
+
 impl std::fmt::Display for RemotePath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.parts.join("/"))
@@ -224,6 +237,49 @@ impl Root {
         Ok(out)
     }
 
+    /// Creates `p` and its missing parents as directories.
+    pub fn create_dir_all(&self, p: &RemotePath) -> io::Result<()> {
+        self.dir.create_dir_all(p.to_path())
+    }
+
+    /// Sets a directory's permission bits and modification time.
+    pub fn set_dir_meta(&self, p: &RemotePath, mode: u32, mtime: i64) -> io::Result<()> {
+        // Opened for reading (not as a path-only handle), so that fchmod
+        // and futimens work on it.
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        let file = self.dir.open_with(p.to_path(), &opts)?.into_std();
+        crate::tree::apply_meta(&file, mode, mtime)
+    }
+
+    /// Makes `p` a symlink to `target` (checked by the caller to stay in
+    /// its tree). An existing symlink there is replaced only with `replace`.
+    pub fn symlink(&self, p: &RemotePath, target: &str, replace: bool) -> io::Result<()> {
+        match self.dir.symlink_metadata(p.to_path()) {
+            Ok(m) if m.file_type().is_symlink() && replace => self.dir.remove_file(p.to_path())?,
+            Ok(m) if m.file_type().is_symlink() => {
+                if self.dir.read_link_contents(p.to_path())?.as_os_str() == target {
+                    return Ok(());
+                }
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            Ok(_) => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.dir.symlink_contents(target, p.to_path())
+    }
+
+    /// Lists the tree under directory `p`, directories before their
+    /// contents, symlinks not followed. Returns the manifest and a warning
+    /// for each item left out (special files, links out of the tree).
+    pub fn walk(&self, p: &RemotePath) -> io::Result<(Vec<crate::tree::TreeEntry>, Vec<String>)> {
+        let dir = self.dir.open_dir(p.to_path())?;
+        let (mut entries, mut warnings) = (Vec::new(), Vec::new());
+        walk_in(&dir, "", 0, &mut entries, &mut warnings)?;
+        Ok((entries, warnings))
+    }
+
     /// Removes partial files not written to for `max_age`: transfers that
     /// were interrupted and never resumed. Returns how many were removed.
     pub fn remove_stale_temps(&self, max_age: Duration) -> usize {
@@ -257,6 +313,61 @@ fn remove_temps_in(dir: &Dir, depth: usize, max_age: Duration) -> usize {
         }
     }
     removed
+}
+
+fn walk_in(
+    dir: &Dir,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<crate::tree::TreeEntry>,
+    warnings: &mut Vec<String>,
+) -> io::Result<()> {
+    use crate::protocol::EntryKind;
+    use cap_std::fs::PermissionsExt;
+    let mut items: Vec<_> = dir.entries()?.collect::<Result<_, _>>()?;
+    items.sort_by_key(|e| e.file_name());
+    for e in items {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(TEMP_SUFFIX) {
+            continue;
+        }
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let meta = e.metadata()?;
+        let ft = meta.file_type();
+        let mut entry = crate::tree::TreeEntry {
+            rel: rel.clone(),
+            kind: EntryKind::File,
+            size: 0,
+            mode: meta.permissions().mode() & crate::tree::MODE_MASK,
+            mtime: mtime_secs(&meta),
+            target: None,
+        };
+        if ft.is_dir() {
+            if depth >= MAX_SCAN_DEPTH {
+                warnings.push(format!("{rel}: too deep, skipped"));
+                continue;
+            }
+            entry.kind = EntryKind::Dir;
+            out.push(entry);
+            walk_in(&e.open_dir()?, &rel, depth + 1, out, warnings)?;
+        } else if ft.is_file() {
+            entry.size = meta.len();
+            out.push(entry);
+        } else if ft.is_symlink() {
+            let target = dir.read_link_contents(&name)?;
+            match target.to_str() {
+                Some(t) if crate::tree::link_stays_inside(&rel, t) => {
+                    entry.kind = EntryKind::Symlink;
+                    entry.target = Some(t.to_string());
+                    out.push(entry);
+                }
+                _ => warnings.push(format!("{rel}: symlink leads out of the tree, skipped")),
+            }
+        } else {
+            warnings.push(format!("{rel}: special file, skipped"));
+        }
+    }
+    Ok(())
 }
 
 fn mtime_secs(meta: &cap_std::fs::Metadata) -> i64 {

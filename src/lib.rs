@@ -9,6 +9,7 @@
 //! - [`connection`]: the only code that reads or writes a socket.
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
 //! - [`digest`]: the one MD5 implementation everything uses.
+//! - [`tree`]: walking directory trees into manifests, and their rules.
 //! - [`fs`]: safe remote paths, the served root, temporaries and commits.
 //! - [`server`]: listener, per-connection handler, one module per request.
 //! - [`client`]: connecting, and one module per client command.
@@ -27,6 +28,7 @@ pub mod fs;
 pub mod protocol;
 pub mod server;
 pub mod transfer;
+pub mod tree;
 pub mod ui;
 
 use cli::{Cli, Command, ServeArgs};
@@ -59,11 +61,21 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
 
 async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     match command {
-        Command::Put { force, no_resume, local, remote } => {
+        Command::Put { force, recursive: true, no_resume, local, remote } => {
+            let flags = client::Flags { force, resume: !no_resume };
+            let report = client::put_tree(opts, &local, remote.as_deref(), flags).await?;
+            return Ok(if report.failed > 0 { error::EXIT_FAILURE } else { 0 });
+        }
+        Command::Get { force, recursive: true, no_resume, remote, local } => {
+            let flags = client::Flags { force, resume: !no_resume };
+            let report = client::get_tree(opts, &remote, local.as_deref(), flags).await?;
+            return Ok(if report.failed > 0 { error::EXIT_FAILURE } else { 0 });
+        }
+        Command::Put { force, recursive: false, no_resume, local, remote } => {
             let flags = client::Flags { force, resume: !no_resume };
             client::put(opts, &local, remote.as_deref(), flags).await?
         }
-        Command::Get { force, no_resume, remote, local } => {
+        Command::Get { force, recursive: false, no_resume, remote, local } => {
             let target =
                 local.map(|p| if p.as_os_str() == "-" { GetTarget::Stdout } else { GetTarget::Path(p) });
             client::get(opts, &remote, target, client::Flags { force, resume: !no_resume }).await?

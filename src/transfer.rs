@@ -58,36 +58,51 @@ pub enum CopyError {
     },
 }
 
-/// A chunk travelling between the stages, and the channel that brings it
-/// back for reuse, so buffers are allocated once per transfer.
+/// The buffers of one transfer: allocated on first need (at most
+/// [`BUFFERS`], each no larger than the body), then passed back and forth,
+/// so a small file costs a small allocation and a large one no more than
+/// four chunks.
 struct Pool {
-    /// Buffers ready for the producing stage.
-    free: Vec<Vec<u8>>,
+    /// Buffers allocated so far.
+    made: usize,
+    /// Capacity of each buffer: a chunk, or the whole body if smaller.
+    size: usize,
     /// Buffers the consuming stage has finished with.
     returned: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 impl Pool {
-    fn new() -> (Pool, mpsc::UnboundedSender<Vec<u8>>) {
+    fn new(len: u64) -> (Pool, mpsc::UnboundedSender<Vec<u8>>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let free = (0..BUFFERS).map(|_| Vec::with_capacity(CHUNK)).collect();
-        (Pool { free, returned: rx }, tx)
+        let size = len.min(CHUNK as u64) as usize;
+        (Pool { made: 0, size, returned: rx }, tx)
+    }
+
+    /// A fresh buffer while fewer than [`BUFFERS`] exist.
+    fn fresh(&mut self) -> Option<Vec<u8>> {
+        if let Ok(b) = self.returned.try_recv() {
+            return Some(b);
+        }
+        (self.made < BUFFERS).then(|| {
+            self.made += 1;
+            Vec::with_capacity(self.size)
+        })
     }
 
     /// An empty buffer, waiting (async) for one to come back if all are out.
     async fn take(&mut self) -> Option<Vec<u8>> {
-        if let Some(b) = self.free.pop() {
-            return Some(b);
+        match self.fresh() {
+            Some(b) => Some(b),
+            None => self.returned.recv().await,
         }
-        self.returned.recv().await
     }
 
     /// The same, from a blocking thread.
     fn take_blocking(&mut self) -> Option<Vec<u8>> {
-        if let Some(b) = self.free.pop() {
-            return Some(b);
+        match self.fresh() {
+            Some(b) => Some(b),
+            None => self.returned.blocking_recv(),
         }
-        self.returned.blocking_recv()
     }
 }
 
@@ -121,7 +136,7 @@ pub async fn send_file<W>(
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
-    let (mut pool, give_back) = Pool::new();
+    let (mut pool, give_back) = Pool::new(len);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
     let reader = tokio::task::spawn_blocking(move || -> Result<Md5Hex, CopyError> {
         let (mut file, mut md5) = (file, md5);
@@ -180,7 +195,7 @@ where
     R: AsyncRead + Unpin + ?Sized,
     S: Write + Send + 'static,
 {
-    let (mut pool, give_back) = Pool::new();
+    let (mut pool, give_back) = Pool::new(len);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
     let writer = tokio::task::spawn_blocking(move || -> Result<Md5Hex, (u64, io::Error)> {
         let (mut sink, mut md5) = (sink, md5);

@@ -32,6 +32,29 @@ impl Ui {
         bar
     }
 
+    /// One bar for a whole tree: bytes of all its files, and files done.
+    pub fn tree_bar(&self, total_bytes: u64, files: u64) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total_bytes);
+        let style = ProgressStyle::with_template(
+            "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(format!("0/{files} files"));
+        bar
+    }
+
+    /// Prints the one-line summary of a tree transfer on stderr.
+    pub fn tree_summary(&self, verb: &str, name: &str, r: &crate::client::TreeReport, elapsed: Duration) {
+        if !self.quiet {
+            eprintln!("{}", tree_summary_line(verb, name, r, elapsed));
+        }
+    }
+
     /// Says that a transfer continues from an earlier, interrupted one.
     pub fn resuming(&self, name: &str, offset: u64) {
         if !self.quiet {
@@ -55,6 +78,21 @@ pub fn summary_line(verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: 
         "{verb} {}  {} in {secs:.2} s ({}/s)  md5 {md5} verified",
         escape(name),
         human_bytes(bytes as f64),
+        human_bytes(rate)
+    )
+}
+
+/// `put -r src  12 files copied, 3 skipped, 0 failed, 4.0 MiB in 0.10 s (40.0 MiB/s)`
+pub fn tree_summary_line(verb: &str, name: &str, r: &crate::client::TreeReport, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { r.bytes as f64 / secs } else { 0.0 };
+    format!(
+        "{verb} -r {}  {} files copied, {} skipped, {} failed, {} in {secs:.2} s ({}/s)",
+        escape(name),
+        r.sent,
+        r.skipped,
+        r.failed,
+        human_bytes(r.bytes as f64),
         human_bytes(rate)
     )
 }

@@ -4,11 +4,13 @@ mod exec;
 mod get;
 mod ls;
 mod put;
+mod tree;
 
 pub use exec::{exec, session, ExecOptions};
 pub use get::{get, GetTarget};
 pub use ls::ls;
 pub use put::put;
+pub use tree::{get_tree, put_tree, TreeReport};
 
 use crate::auth::{self, Role, Token};
 use crate::connection::Connection;

@@ -243,6 +243,10 @@ mod tests {
                 Op::Stderr,
                 Op::Exit,
                 Op::Error,
+                Op::PutTree,
+                Op::GetTree,
+                Op::Have,
+                Op::Want,
             ])
         }
 

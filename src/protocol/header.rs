@@ -55,6 +55,17 @@ pub enum Op {
     Exit,
     /// A request failed: `code` and `message` say why.
     Error,
+    /// Client request: make the directory `filename` a copy of the tree
+    /// described by the `entry` frames that follow.
+    PutTree,
+    /// Client request: send the tree at `filename`.
+    GetTree,
+    /// A file the receiving side already has: its size, and MD5 when the
+    /// size matches (tree transfers).
+    Have,
+    /// A file the client wants sent, with its own MD5 if it has a copy of
+    /// the same size (get_tree).
+    Want,
 }
 
 impl fmt::Display for Op {
@@ -183,6 +194,15 @@ pub struct Header {
     /// HMAC-SHA256 proof of the token, 64 hex digits (`auth`, `welcome`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Permission bits (`entry`, `data` in trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Where a symlink points (`entry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The file was already identical and was not sent (`ok` in trees).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skipped: bool,
     /// Where a body starts in its file: bytes a resumed transfer skips
     /// (`ready`, `get`, `data`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -251,6 +271,9 @@ impl Header {
             mac: None,
             offset: None,
             resume: false,
+            mode: None,
+            target: None,
+            skipped: false,
             force: false,
             size: None,
             mtime: None,

@@ -1,7 +1,7 @@
 //! One connection: greet, then read requests and dispatch them until the
 //! peer leaves, breaks the protocol, or the server shuts down.
 
-use super::{exec, get, ls, put, Shared};
+use super::{exec, get, ls, put, tree, Shared};
 use crate::auth::{self, Role};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
@@ -120,6 +120,8 @@ async fn serve_requests(
             Op::Get => get::handle(conn, shared, req).await?,
             Op::Ls => ls::handle(conn, shared, req).await?,
             Op::Exec => exec::handle(conn, shared, req).await?,
+            Op::PutTree => tree::put_tree(conn, shared, req).await?,
+            Op::GetTree => tree::get_tree(conn, shared, req).await?,
             _ => {
                 // Every frame announces its body, so a stray one can be
                 // skipped and the connection stays in step.

@@ -9,6 +9,7 @@ mod get;
 mod handler;
 mod ls;
 mod put;
+mod tree;
 
 use crate::auth::{FailureLimiter, Token};
 use crate::fs::Root;

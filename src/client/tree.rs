@@ -1,0 +1,398 @@
+//! `xfer put -r` and `xfer get -r`: whole trees in one pipelined exchange.
+//!
+//! The manifest goes first; the other side answers with what it already
+//! has, so identical files (same size and MD5) are skipped. Then the files
+//! stream back to back, no round trip per file, while results come back on
+//! the same connection. Each file is verified and committed on its own.
+
+use super::{unexpected_reply, Client, Flags, Options};
+use crate::digest::Md5;
+use crate::error::{ConnError, Error};
+use crate::fs::{escape, CommitError, RemotePath, Staged};
+use crate::protocol::{EntryKind, Header, Md5Hex, Op};
+use crate::transfer::{hash_prefix, receive_into, send_file, CopyError};
+use crate::tree::{self, TreeEntry};
+use indicatif::ProgressBar;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a tree transfer did, for its summary line and exit code.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TreeReport {
+    /// Files sent and committed.
+    pub sent: u64,
+    /// Files skipped because the destination already had them, identical.
+    pub skipped: u64,
+    /// Files that failed (each reported on stderr).
+    pub failed: u64,
+    /// Body bytes moved.
+    pub bytes: u64,
+}
+
+fn warn(opts: &Options, msg: &str) {
+    if !opts.ui.quiet {
+        eprintln!("xfer: warning: {}", escape(msg));
+    }
+}
+
+fn file_failed(report: &mut TreeReport, rel: &str, msg: &str) {
+    report.failed += 1;
+    eprintln!("xfer: error: {}: {}", escape(rel), escape(msg));
+}
+
+/// The default name of a tree's copy: the last component of `path`.
+fn last_name(path: &str) -> Option<&str> {
+    path.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..")
+}
+
+/// Sends the tree at `local` to `remote` (default: `local`'s name).
+pub async fn put_tree(
+    opts: &Options,
+    local: &Path,
+    remote: Option<&str>,
+    flags: Flags,
+) -> Result<TreeReport, Error> {
+    let shown = local.to_string_lossy();
+    let name = last_name(&shown).ok_or_else(|| Error::Usage(format!("{shown} does not name a directory")))?;
+    let remote = remote.unwrap_or(name).trim_end_matches('/').to_string();
+    if !local.is_dir() {
+        return Err(Error::Usage(format!("{} is not a directory", local.display())));
+    }
+    let owned = local.to_path_buf();
+    let (entries, warnings) = tokio::task::spawn_blocking(move || tree::walk_local(&owned))
+        .await
+        .expect("walking does not panic")
+        .map_err(|e| Error::local(local, e))?;
+    for w in &warnings {
+        warn(opts, w);
+    }
+
+    let started = Instant::now();
+    let mut client = Client::connect(opts).await?;
+    let conn = &mut client.conn;
+    let mut req = Header::new(Op::PutTree).with_filename(&remote);
+    req.force = flags.force;
+    conn.writer.write_header(&req).await?;
+    let reply = conn.reader.expect_header().await?;
+    if reply.op != Op::Ready {
+        return Err(unexpected_reply(reply, "ready"));
+    }
+    for e in &entries {
+        conn.writer.write_header(&e.to_header()).await?;
+    }
+    conn.writer.write_header(&Header::new(Op::End)).await?;
+
+    // What the server has already, and what it refused in the manifest.
+    let mut report = TreeReport::default();
+    let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
+    let mut refused = std::collections::HashSet::new();
+    loop {
+        let h = conn.reader.expect_header().await?;
+        match h.op {
+            Op::Have => {
+                have.insert(h.filename.clone(), (h.size.unwrap_or(0), h.md5));
+            }
+            Op::Error => {
+                file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("failed"));
+                refused.insert(h.filename);
+            }
+            Op::End => break,
+            _ => return Err(unexpected_reply(h, "have or end")),
+        }
+    }
+
+    // Decide per file: send it, skip it (identical), or refuse (exists).
+    let mut to_send = Vec::new();
+    for e in entries.into_iter().filter(|e| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
+        match have.remove(&e.rel) {
+            None => to_send.push(e),
+            Some((size, Some(theirs))) if size == e.size => {
+                let path = tree::local_path(local, &e.rel);
+                let ours = tokio::task::spawn_blocking(move || {
+                    let mut f = std::fs::File::open(&path)?;
+                    hash_prefix(&mut f, size).map(Md5::finish)
+                })
+                .await
+                .expect("hashing does not panic");
+                match ours {
+                    Ok(ours) if ours == theirs => report.skipped += 1,
+                    _ if flags.force => to_send.push(e),
+                    _ => file_failed(
+                        &mut report,
+                        &e.rel,
+                        "remote file exists and differs (use --force to replace it)",
+                    ),
+                }
+            }
+            Some(_) if flags.force => to_send.push(e),
+            Some(_) => {
+                file_failed(&mut report, &e.rel, "remote file exists and differs (use --force to replace it)")
+            }
+        }
+    }
+
+    // Send every file back to back while reading the results.
+    let total: u64 = to_send.iter().map(|e| e.size).sum();
+    let bar = opts.ui.tree_bar(total, to_send.len() as u64);
+    let count = to_send.len();
+    let (reader, writer) = (&mut conn.reader, &mut conn.writer);
+    let sending = async {
+        let mut sent_bytes = 0u64;
+        for e in &to_send {
+            let path = tree::local_path(local, &e.rel);
+            // A file that vanished or became unreadable since the walk: say
+            // so, and go on with the others.
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(err) => {
+                    eprintln!("xfer: error: {}: {}", escape(&e.rel), crate::error::plain_io(&err));
+                    continue;
+                }
+            };
+            let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(e.size);
+            data.mode = Some(e.mode);
+            data.mtime = Some(e.mtime);
+            writer.write_header(&data).await?;
+            let md5 = match send_file(file, e.size, Md5::new(), writer.body_writer(), &bar).await {
+                Ok(md5) => md5,
+                Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source).into()),
+                // The file changed under us: the frame cannot be completed.
+                Err(err) => return Err(Error::Usage(format!("{}: {err}; stopping", path.display()))),
+            };
+            writer.write_header(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5)).await?;
+            sent_bytes += e.size;
+        }
+        writer.write_header(&Header::new(Op::End)).await?;
+        Ok::<u64, Error>(sent_bytes)
+    };
+    let receiving = async {
+        let mut results = TreeReport::default();
+        loop {
+            let h = reader.expect_header().await?;
+            match h.op {
+                Op::Ok => {
+                    results.sent += 1;
+                    bar.set_message(format!("{}/{count} files", results.sent + results.failed));
+                }
+                Op::Error => file_failed(&mut results, &h.filename, h.message.as_deref().unwrap_or("failed")),
+                Op::End => return Ok::<_, Error>(results),
+                _ => return Err(unexpected_reply(h, "ok, error or end")),
+            }
+        }
+    };
+    let (bytes, results) = tokio::try_join!(sending, receiving)?;
+    bar.finish_and_clear();
+    // Files we could not even open count as failed too.
+    let unopened = count as u64 - results.sent - results.failed;
+    report.sent = results.sent;
+    report.failed += results.failed + unopened;
+    report.bytes = bytes;
+    opts.ui.tree_summary("put", &remote, &report, started.elapsed());
+    Ok(report)
+}
+
+/// Fetches the tree at `remote` into `local` (default: `remote`'s name).
+pub async fn get_tree(
+    opts: &Options,
+    remote: &str,
+    local: Option<&Path>,
+    flags: Flags,
+) -> Result<TreeReport, Error> {
+    let name =
+        last_name(remote).ok_or_else(|| Error::Usage(format!("{remote:?} does not name a directory")))?;
+    let top: PathBuf = local.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
+    std::fs::create_dir_all(&top).map_err(|e| Error::local(&top, e))?;
+
+    let started = Instant::now();
+    let mut client = Client::connect(opts).await?;
+    let conn = &mut client.conn;
+    let mut req = Header::new(Op::GetTree).with_filename(remote);
+    req.force = flags.force;
+    conn.writer.write_header(&req).await?;
+
+    // The manifest. Every name is checked as strictly as the server checks
+    // ours: a hostile server cannot make us write outside `top`.
+    let mut report = TreeReport::default();
+    let mut files = HashMap::new();
+    let mut dirs = Vec::new();
+    let mut wants = Vec::new();
+    loop {
+        let h = conn.reader.expect_header().await?;
+        match h.op {
+            Op::Entry => {}
+            Op::End => break,
+            _ => return Err(unexpected_reply(h, "entry or end")),
+        }
+        let Some(e) = TreeEntry::from_header(&h) else { continue };
+        if RemotePath::parse(&e.rel).map_or(true, |p| p.is_root()) {
+            file_failed(&mut report, &e.rel, "unsafe name from the server, skipped");
+            continue;
+        }
+        let path = tree::local_path(&top, &e.rel);
+        match e.kind {
+            EntryKind::Dir => match std::fs::create_dir_all(&path) {
+                Ok(()) => dirs.push(e),
+                Err(err) => file_failed(&mut report, &e.rel, &crate::error::plain_io(&err)),
+            },
+            EntryKind::Symlink => make_link(opts, &mut report, &path, &e, flags.force),
+            EntryKind::File => {
+                match want_for(&path, &e, flags.force).await {
+                    Ok(Some(w)) => wants.push(w),
+                    Ok(None) => {}
+                    Err(msg) => file_failed(&mut report, &e.rel, &msg),
+                }
+                files.insert(e.rel.clone(), e);
+            }
+            EntryKind::Other => {}
+        }
+    }
+    let total: u64 = wants.iter().filter_map(|w: &Header| files.get(&w.filename)).map(|e| e.size).sum();
+    let count = wants.len() as u64;
+    for w in &wants {
+        conn.writer.write_header(w).await?;
+    }
+    conn.writer.write_header(&Header::new(Op::End)).await?;
+
+    let bar = opts.ui.tree_bar(total, count);
+    let mut answered = 0u64;
+    loop {
+        let h = conn.reader.expect_header().await?;
+        match h.op {
+            Op::End => break,
+            Op::Ok if h.skipped => report.skipped += 1,
+            Op::Error => file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("failed")),
+            Op::Data => {
+                let Some(e) = files.get(&h.filename) else {
+                    return Err(
+                        ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
+                    );
+                };
+                let path = tree::local_path(&top, &e.rel);
+                match receive_file(conn, &path, &h, e, flags.force, &bar).await? {
+                    Ok(()) => {
+                        report.sent += 1;
+                        report.bytes += h.total_size;
+                    }
+                    Err(msg) => file_failed(&mut report, &e.rel, &msg),
+                }
+            }
+            _ => return Err(unexpected_reply(h, "data, ok, error or end")),
+        }
+        answered += 1;
+        bar.set_message(format!("{answered}/{count} files"));
+    }
+    bar.finish_and_clear();
+    // Directory modes and times last, deepest first.
+    for d in dirs.iter().rev() {
+        if let Ok(f) = std::fs::File::open(tree::local_path(&top, &d.rel)) {
+            let _ = tree::apply_meta(&f, d.mode, d.mtime);
+        }
+    }
+    opts.ui.tree_summary("get", remote, &report, started.elapsed());
+    Ok(report)
+}
+
+/// The `want` frame for a file of the manifest, `None` if ours is already
+/// identical is for the server to say (we send our MD5), or an error when
+/// ours differs in size and we may not replace it.
+async fn want_for(path: &Path, e: &TreeEntry, force: bool) -> Result<Option<Header>, String> {
+    let mut want = Header::new(Op::Want).with_filename(&e.rel);
+    match std::fs::symlink_metadata(path) {
+        Err(_) => return Ok(Some(want)),
+        Ok(m) if !m.is_file() => return Err("exists and is not a regular file".to_string()),
+        Ok(m) if m.len() == e.size => {
+            let (owned, size) = (path.to_path_buf(), e.size);
+            let ours = tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::File::open(&owned)?;
+                hash_prefix(&mut f, size).map(Md5::finish)
+            })
+            .await
+            .expect("hashing does not panic");
+            want.md5 = ours.ok();
+        }
+        Ok(_) if !force => return Err("exists and differs (use --force to replace it)".to_string()),
+        Ok(_) => {}
+    }
+    Ok(Some(want))
+}
+
+/// Makes a symlink of the tree, if its target stays inside the tree.
+fn make_link(opts: &Options, report: &mut TreeReport, path: &Path, e: &TreeEntry, force: bool) {
+    let Some(target) = e.target.as_deref().filter(|t| tree::link_stays_inside(&e.rel, t)) else {
+        warn(opts, &format!("{}: symlink leads out of the tree, skipped", e.rel));
+        return;
+    };
+    if let Ok(existing) = std::fs::read_link(path) {
+        if existing.as_os_str() == target {
+            return;
+        }
+        if !force {
+            return file_failed(report, &e.rel, "exists (use --force to replace it)");
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    if let Err(err) = std::os::unix::fs::symlink(target, path) {
+        file_failed(report, &e.rel, &crate::error::plain_io(&err));
+    }
+}
+
+/// Receives one file's body and `done` frame into its partial beside
+/// `path`, verifies and commits it. The outer error is a broken connection;
+/// the inner one a failure of this file alone.
+async fn receive_file(
+    conn: &mut crate::connection::Connection,
+    path: &Path,
+    data: &Header,
+    e: &TreeEntry,
+    force: bool,
+    bar: &ProgressBar,
+) -> Result<Result<(), String>, Error> {
+    let len = data.total_size;
+    let staged = Staged::beside(path);
+    let (staged, file) = match staged {
+        Ok((staged, file, _)) => (Some(staged), file),
+        // Cannot write here: still read the body, to stay in step.
+        Err(err) => {
+            conn.reader.skip_body(len).await?;
+            conn.reader.expect_header().await?;
+            return Ok(Err(crate::error::plain_io(&err)));
+        }
+    };
+    let handle = file.try_clone().map_err(|err| Error::local(path, err))?;
+    file.set_len(0).map_err(|err| Error::local(path, err))?;
+    let copied = receive_into(&mut conn.reader.body(len), len, file, Md5::new(), bar).await;
+    let received = match copied {
+        Ok(md5) => md5,
+        Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
+        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body").into()),
+        Err(CopyError::Write { done, source }) => {
+            conn.reader.skip_body(len - done).await?;
+            conn.reader.expect_header().await?;
+            if let Some(s) = staged {
+                s.discard();
+            }
+            return Ok(Err(crate::error::plain_io(&source)));
+        }
+    };
+    let done = conn.reader.expect_header().await?;
+    if done.op != Op::Done {
+        return Err(unexpected_reply(done, "done"));
+    }
+    let staged = staged.expect("staged above");
+    if done.md5.as_ref() != Some(&received) {
+        staged.discard();
+        let sent = done.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+        return Ok(Err(format!("md5 mismatch (sent {sent}, received {received}): nothing was saved")));
+    }
+    let mode = data.mode.unwrap_or(e.mode);
+    let mtime = data.mtime.unwrap_or(e.mtime);
+    if let Err(err) = tree::apply_meta(&handle, mode, mtime) {
+        return Ok(Err(crate::error::plain_io(&err)));
+    }
+    Ok(match staged.commit(force) {
+        Ok(()) => Ok(()),
+        Err(CommitError::Exists) => Err("exists (use --force to replace it)".to_string()),
+        Err(CommitError::Io(err)) => Err(crate::error::plain_io(&err)),
+    })
+}

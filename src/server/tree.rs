@@ -1,0 +1,375 @@
+//! `put_tree` and `get_tree`: whole directory trees in one pipelined
+//! exchange. Every file carries its own header and MD5 and is verified and
+//! committed on its own; one failing file is reported and the rest go on.
+
+use super::handler::{refuse, Outcome};
+use super::Shared;
+use crate::connection::Connection;
+use crate::digest::Md5;
+use crate::error::{ConnError, RequestError};
+use crate::fs::{CommitError, RemotePath, Root};
+use crate::protocol::{EntryKind, ErrorCode, Header, Md5Hex, Op};
+use crate::transfer::{hash_prefix, receive_into, send_file, CopyError};
+use crate::tree::{self, TreeEntry};
+use indicatif::ProgressBar;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Entries a manifest may hold: bounds the server's memory for one tree
+/// (a few hundred bytes each) while allowing trees far larger than
+/// /usr/include's 8,000 files.
+const MAX_ENTRIES: usize = 1_000_000;
+
+/// Runs blocking filesystem work on the blocking pool.
+async fn blocking<T: Send + 'static>(shared: &Arc<Shared>, f: impl FnOnce(&Root) -> T + Send + 'static) -> T {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&shared.root)).await.expect("filesystem work does not panic")
+}
+
+fn bad_path(e: impl std::fmt::Display) -> RequestError {
+    RequestError::new(ErrorCode::BadPath, e.to_string())
+}
+
+/// An `error` frame about one file of a tree.
+fn file_error(rel: &str, err: &RequestError) -> Header {
+    Header::error(err.code, err.message.clone()).with_filename(rel)
+}
+
+pub(crate) async fn put_tree(
+    conn: &mut Connection,
+    shared: &Arc<Shared>,
+    req: Header,
+) -> Result<Outcome, ConnError> {
+    let mut outcome = Outcome::new(&req.filename);
+    let top = match RemotePath::parse(&req.filename) {
+        Ok(p) => p,
+        Err(e) => return refuse(conn, outcome, bad_path(e)).await,
+    };
+    let made = {
+        let top = top.clone();
+        blocking(shared, move |root| root.create_dir_all(&top)).await
+    };
+    if let Err(e) = made {
+        return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await;
+    }
+    conn.writer.write_header(&Header::new(Op::Ready).with_filename(&req.filename)).await?;
+
+    // The manifest: make directories and symlinks now, note the files, and
+    // tell the client which files we already have (with their MD5 when the
+    // size matches, so identical ones need not be sent).
+    let mut manifest = Vec::new();
+    loop {
+        let h = conn.reader.expect_header().await?;
+        conn.reader.skip_body(h.total_size).await?;
+        match h.op {
+            Op::Entry if manifest.len() < MAX_ENTRIES => manifest.extend(TreeEntry::from_header(&h)),
+            Op::Entry => {
+                return Err(ConnError::Unexpected { got: h.op, expected: "at most a million entries" })
+            }
+            Op::End => break,
+            other => return Err(ConnError::Unexpected { got: other, expected: "entry or end" }),
+        }
+    }
+    let (force, task_top) = (req.force, top.clone());
+    let (replies, files, dirs) =
+        blocking(shared, move |root| apply_manifest(root, &task_top, manifest, force)).await;
+    for r in &replies {
+        conn.writer.write_header(r).await?;
+    }
+    conn.writer.write_header(&Header::new(Op::End)).await?;
+
+    // The files, one after another, each answered as soon as it is done.
+    loop {
+        let h = conn.reader.expect_header().await?;
+        match h.op {
+            Op::End => break,
+            Op::Data => {}
+            other => return Err(ConnError::Unexpected { got: other, expected: "data or end" }),
+        }
+        let meta = files.get(&h.filename).cloned();
+        let reply = receive_one(conn, shared, &top, &h, meta, force).await?;
+        if reply.op == Op::Ok {
+            outcome.bytes += h.total_size;
+        }
+        conn.writer.write_header(&reply).await?;
+    }
+    // Directory modes and times last, deepest first: writing into a
+    // directory changes its time.
+    blocking(shared, move |root| {
+        for (path, mode, mtime) in dirs.iter().rev() {
+            let _ = root.set_dir_meta(path, *mode, *mtime);
+        }
+    })
+    .await;
+    conn.writer.write_header(&Header::new(Op::End)).await?;
+    Ok(outcome)
+}
+
+/// A directory of the tree, with the mode and time to give it at the end.
+type DirMeta = (RemotePath, u32, i64);
+
+/// Creates the manifest's directories and symlinks; returns the `have` and
+/// `error` frames for the client, the files expected, and the directories.
+fn apply_manifest(
+    root: &Root,
+    top: &RemotePath,
+    manifest: Vec<TreeEntry>,
+    force: bool,
+) -> (Vec<Header>, HashMap<String, TreeEntry>, Vec<DirMeta>) {
+    let mut replies = Vec::new();
+    let mut files = HashMap::new();
+    let mut dirs = Vec::new();
+    for entry in manifest {
+        let path = match top.join(&entry.rel) {
+            Ok(p) => p,
+            Err(e) => {
+                replies.push(file_error(&entry.rel, &bad_path(e)));
+                continue;
+            }
+        };
+        let (shown, rel) = (path.to_string(), entry.rel.clone());
+        let result = match entry.kind {
+            EntryKind::Dir => root.create_dir_all(&path).map(|()| dirs.push((path, entry.mode, entry.mtime))),
+            EntryKind::Symlink => match entry.target.as_deref() {
+                Some(t) if tree::link_stays_inside(&entry.rel, t) => root.symlink(&path, t, force),
+                _ => {
+                    let msg = format!("{shown}: symlink leads out of the tree");
+                    replies.push(file_error(&entry.rel, &RequestError::new(ErrorCode::BadPath, msg)));
+                    continue;
+                }
+            },
+            EntryKind::File => {
+                if let Some(have) = existing(root, &path, &entry) {
+                    replies.push(have);
+                }
+                files.insert(entry.rel.clone(), entry);
+                Ok(())
+            }
+            EntryKind::Other => continue,
+        };
+        if let Err(e) = result {
+            let err = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                RequestError::new(
+                    ErrorCode::Exists,
+                    format!("remote file exists: {shown} (use --force to replace it)"),
+                )
+            } else {
+                RequestError::from_io(&e, &shown)
+            };
+            replies.push(file_error(&rel, &err));
+        }
+    }
+    (replies, files, dirs)
+}
+
+/// A `have` frame if a regular file is already at `path`: its size, and its
+/// MD5 when the size is the one coming.
+fn existing(root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Header> {
+    let (mut file, size, _) = root.open_read(path).ok()?;
+    let mut have = Header::new(Op::Have).with_filename(&entry.rel);
+    have.size = Some(size);
+    if size == entry.size {
+        have.md5 = hash_prefix(&mut file, size).ok().map(Md5::finish);
+    }
+    Some(have)
+}
+
+/// Receives one file of a tree: its `data` body and `done` frame. Returns
+/// the reply for it (`ok` or `error`); only connection failures are errors.
+async fn receive_one(
+    conn: &mut Connection,
+    shared: &Arc<Shared>,
+    top: &RemotePath,
+    data: &Header,
+    meta: Option<TreeEntry>,
+    force: bool,
+) -> Result<Header, ConnError> {
+    let rel = data.filename.clone();
+    let len = data.total_size;
+    let staged = match (meta, top.join(&rel)) {
+        (Some(meta), Ok(path)) => {
+            let shown = path.to_string();
+            match blocking(shared, move |root| root.stage(&path)).await {
+                Ok((staged, file, _)) => Ok((staged, file, meta, shown)),
+                Err(e) => Err(RequestError::from_io(&e, &shown)),
+            }
+        }
+        (None, _) => Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest"))),
+        (_, Err(e)) => Err(bad_path(e)),
+    };
+    let (staged, file, meta, shown) = match staged {
+        Ok(s) => s,
+        Err(err) => {
+            conn.reader.skip_body(len).await?;
+            expect_done(conn).await?;
+            return Ok(file_error(&rel, &err));
+        }
+    };
+    // Keep a handle to set the mode and time once the bytes are in.
+    let handle = file.try_clone();
+    let copied =
+        receive_into(&mut conn.reader.body(len), len, file, Md5::new(), &ProgressBar::hidden()).await;
+    let received = match copied {
+        Ok(md5) => md5,
+        Err(CopyError::Read { .. } | CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
+        Err(CopyError::Write { done, source }) => {
+            staged.discard();
+            conn.reader.skip_body(len - done).await?;
+            expect_done(conn).await?;
+            return Ok(file_error(&rel, &RequestError::from_io(&source, &shown)));
+        }
+    };
+    let sent = expect_done(conn).await?;
+    if sent.as_ref() != Some(&received) {
+        staged.discard();
+        let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+        let msg = format!("md5 mismatch for {shown} (sent {sent}, received {received}): nothing was saved");
+        return Ok(file_error(&rel, &RequestError::new(ErrorCode::Md5Mismatch, msg)));
+    }
+    let committed = tokio::task::spawn_blocking(move || {
+        if let Ok(h) = handle {
+            tree::apply_meta(&h, meta.mode, meta.mtime)?;
+        }
+        staged.commit(force).map_err(|e| match e {
+            CommitError::Exists => std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            CommitError::Io(e) => e,
+        })
+    })
+    .await
+    .expect("commit does not panic");
+    match committed {
+        Ok(()) => Ok(Header::new(Op::Ok).with_filename(&rel).with_md5(received)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let msg = format!("remote file exists: {shown} (use --force to replace it)");
+            Ok(file_error(&rel, &RequestError::new(ErrorCode::Exists, msg)))
+        }
+        Err(e) => Ok(file_error(&rel, &RequestError::from_io(&e, &shown))),
+    }
+}
+
+async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
+    let done = conn.reader.expect_header().await?;
+    if done.op != Op::Done {
+        return Err(ConnError::Unexpected { got: done.op, expected: "done" });
+    }
+    conn.reader.skip_body(done.total_size).await?;
+    Ok(done.md5)
+}
+
+pub(crate) async fn get_tree(
+    conn: &mut Connection,
+    shared: &Arc<Shared>,
+    req: Header,
+) -> Result<Outcome, ConnError> {
+    let mut outcome = Outcome::new(&req.filename);
+    let top = match RemotePath::parse(&req.filename) {
+        Ok(p) => p,
+        Err(e) => return refuse(conn, outcome, bad_path(e)).await,
+    };
+    let task_top = top.clone();
+    let walked = blocking(shared, move |root| root.walk(&task_top)).await;
+    let (entries, _warnings) = match walked {
+        Ok(w) => w,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let err = RequestError::new(ErrorCode::NotFound, format!("remote directory not found: {top}"));
+            return refuse(conn, outcome, err).await;
+        }
+        Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
+    };
+    for e in &entries {
+        conn.writer.write_header(&e.to_header()).await?;
+    }
+    conn.writer.write_header(&Header::new(Op::End)).await?;
+
+    // The client says which files it wants (with its MD5 where it has a
+    // copy of the same size); then they stream back to back.
+    let mut wants = Vec::new();
+    loop {
+        let h = conn.reader.expect_header().await?;
+        conn.reader.skip_body(h.total_size).await?;
+        match h.op {
+            Op::Want if wants.len() < MAX_ENTRIES => wants.push(h),
+            Op::End => break,
+            other => return Err(ConnError::Unexpected { got: other, expected: "want or end" }),
+        }
+    }
+    let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
+    for want in wants {
+        let rel = want.filename.clone();
+        let Some(entry) = meta.get(&rel).filter(|e| e.kind == EntryKind::File).cloned() else {
+            let err = RequestError::new(ErrorCode::NotFound, format!("{rel} is not a file of the tree"));
+            conn.writer.write_header(&file_error(&rel, &err)).await?;
+            continue;
+        };
+        outcome.bytes += send_one(conn, shared, &top, &rel, &entry, want.md5, req.force).await?;
+    }
+    conn.writer.write_header(&Header::new(Op::End)).await?;
+    Ok(outcome)
+}
+
+/// Sends one file of a tree, or says it is identical to the client's copy,
+/// or why it cannot be sent. Returns the body bytes sent.
+async fn send_one(
+    conn: &mut Connection,
+    shared: &Arc<Shared>,
+    top: &RemotePath,
+    rel: &str,
+    entry: &TreeEntry,
+    theirs: Option<Md5Hex>,
+    force: bool,
+) -> Result<u64, ConnError> {
+    let path = match top.join(rel) {
+        Ok(p) => p,
+        Err(e) => {
+            conn.writer.write_header(&file_error(rel, &bad_path(e))).await?;
+            return Ok(0);
+        }
+    };
+    let shown = path.to_string();
+    let opened = blocking(shared, move |root| {
+        let (mut file, size, mtime) = root.open_read(&path)?;
+        // Compare with the client's copy first, if it has one.
+        let same = match &theirs {
+            Some(theirs) => Some(hash_prefix(&mut file, size)?.finish() == *theirs),
+            None => None,
+        };
+        std::io::Seek::rewind(&mut file)?;
+        Ok::<_, std::io::Error>((file, size, mtime, same))
+    })
+    .await;
+    let (file, size, mtime, same) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            conn.writer.write_header(&file_error(rel, &RequestError::from_io(&e, &shown))).await?;
+            return Ok(0);
+        }
+    };
+    match same {
+        Some(true) => {
+            let mut ok = Header::new(Op::Ok).with_filename(rel);
+            ok.skipped = true;
+            conn.writer.write_header(&ok).await?;
+            return Ok(0);
+        }
+        Some(false) if !force => {
+            let msg = format!("{rel} exists and differs (use --force to replace it)");
+            conn.writer.write_header(&file_error(rel, &RequestError::new(ErrorCode::Exists, msg))).await?;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let mut data = Header::new(Op::Data).with_filename(rel).with_body(size);
+    data.mode = Some(entry.mode);
+    data.mtime = Some(mtime);
+    conn.writer.write_header(&data).await?;
+    let md5 = match send_file(file, size, Md5::new(), conn.writer.body_writer(), &ProgressBar::hidden()).await
+    {
+        Ok(md5) => md5,
+        Err(CopyError::Write { source, .. } | CopyError::Read { source, .. }) => {
+            return Err(ConnError::Io(source))
+        }
+        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
+    };
+    conn.writer.write_header(&Header::new(Op::Done).with_filename(rel).with_md5(md5)).await?;
+    Ok(size)
+}

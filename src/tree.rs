@@ -1,0 +1,213 @@
+//! Directory trees: walking one into a manifest of entries, and the rules
+//! both sides apply to what a tree may contain.
+//!
+//! A manifest lists directories before what they hold. Regular files,
+//! directories and symlinks whose target stays inside the tree are kept;
+//! anything else is skipped with a warning naming it.
+
+use crate::protocol::{EntryKind, Header, Op};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Permission bits carried for files and directories: rwx for all three
+/// classes. setuid, setgid and sticky are never carried.
+pub const MODE_MASK: u32 = 0o777;
+
+/// How deep a walk descends; deeper trees are refused rather than risking
+/// the stack on a hostile layout.
+const MAX_DEPTH: usize = 256;
+
+/// One item of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Path relative to the tree's top, `/`-separated.
+    pub rel: String,
+    /// What it is: `File`, `Dir` or `Symlink`.
+    pub kind: EntryKind,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Permission bits, masked with [`MODE_MASK`].
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Where a symlink points, as stored in it.
+    pub target: Option<String>,
+}
+
+impl TreeEntry {
+    /// The `entry` frame describing this item.
+    pub fn to_header(&self) -> Header {
+        let mut h = Header::new(Op::Entry).with_filename(&self.rel);
+        h.kind = Some(self.kind);
+        h.size = Some(self.size);
+        h.mode = Some(self.mode);
+        h.mtime = Some(self.mtime);
+        h.target = self.target.clone();
+        h
+    }
+
+    /// The item an `entry` frame describes; `None` if it is not one.
+    pub fn from_header(h: &Header) -> Option<TreeEntry> {
+        let kind = h.kind?;
+        if !matches!(kind, EntryKind::File | EntryKind::Dir | EntryKind::Symlink) {
+            return None;
+        }
+        Some(TreeEntry {
+            rel: h.filename.clone(),
+            kind,
+            size: h.size.unwrap_or(0),
+            mode: h.mode.unwrap_or(0o644) & MODE_MASK,
+            mtime: h.mtime.unwrap_or(0),
+            target: h.target.clone(),
+        })
+    }
+}
+
+/// Walks a local directory. Returns the manifest and a warning for every
+/// item left out (special files, symlinks leading out of the tree, names
+/// that are not UTF-8).
+pub fn walk_local(top: &Path) -> std::io::Result<(Vec<TreeEntry>, Vec<String>)> {
+    let mut entries = Vec::new();
+    let mut warnings = Vec::new();
+    walk_dir(top, "", 0, &mut entries, &mut warnings)?;
+    Ok((entries, warnings))
+}
+
+fn walk_dir(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<TreeEntry>,
+    warnings: &mut Vec<String>,
+) -> std::io::Result<()> {
+    if depth > MAX_DEPTH {
+        warnings.push(format!("{prefix}: deeper than {MAX_DEPTH} levels, skipped"));
+        return Ok(());
+    }
+    let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            warnings.push(format!("{}: name is not UTF-8, skipped", e.path().display()));
+            continue;
+        };
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let meta = std::fs::symlink_metadata(e.path())?;
+        let ft = meta.file_type();
+        let mut entry = TreeEntry {
+            rel: rel.clone(),
+            kind: EntryKind::File,
+            size: 0,
+            mode: meta.permissions().mode() & MODE_MASK,
+            mtime: meta.mtime(),
+            target: None,
+        };
+        if ft.is_dir() {
+            entry.kind = EntryKind::Dir;
+            out.push(entry);
+            walk_dir(&e.path(), &rel, depth + 1, out, warnings)?;
+        } else if ft.is_file() {
+            entry.size = meta.len();
+            out.push(entry);
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(e.path())?;
+            match target.to_str() {
+                Some(t) if link_stays_inside(&rel, t) => {
+                    entry.kind = EntryKind::Symlink;
+                    entry.target = Some(t.to_string());
+                    out.push(entry);
+                }
+                _ => warnings
+                    .push(format!("{rel}: symlink to {} leads out of the tree, skipped", target.display())),
+            }
+        } else {
+            warnings.push(format!("{rel}: special file, skipped"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a symlink at `rel` (inside a tree) pointing to `target` resolves
+/// inside the same tree, judged on the names alone: relative, and never
+/// climbing above the tree's top.
+pub fn link_stays_inside(rel: &str, target: &str) -> bool {
+    let target = Path::new(target);
+    if target.is_absolute() || target.as_os_str().is_empty() {
+        return false;
+    }
+    // Depth of the link's directory below the top.
+    let mut depth = rel.split('/').count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Sets a file's (or directory's) permission bits, masked with
+/// [`MODE_MASK`], and modification time.
+pub fn apply_meta(file: &std::fs::File, mode: u32, mtime: i64) -> std::io::Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode & MODE_MASK))?;
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+    file.set_times(std::fs::FileTimes::new().set_modified(when))
+}
+
+/// `top` joined with a `/`-separated relative path.
+pub fn local_path(top: &Path, rel: &str) -> PathBuf {
+    rel.split('/').fold(top.to_path_buf(), |p, part| p.join(part))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_inside_the_tree_are_told_from_links_out_of_it() {
+        assert!(link_stays_inside("a", "b"));
+        assert!(link_stays_inside("d/a", "../b"));
+        assert!(link_stays_inside("d/e/a", "../../b/c"));
+        assert!(link_stays_inside("a", "./b"));
+        assert!(!link_stays_inside("a", "../b"));
+        assert!(!link_stays_inside("d/a", "../../b"));
+        assert!(!link_stays_inside("a", "/etc/passwd"));
+        assert!(!link_stays_inside("a", "b/../../c"));
+        assert!(!link_stays_inside("a", ""));
+    }
+
+    #[test]
+    fn walk_lists_dirs_first_and_skips_what_it_must() {
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path();
+        std::fs::create_dir_all(top.join("d/e")).unwrap();
+        std::fs::write(top.join("d/f"), b"abc").unwrap();
+        std::os::unix::fs::symlink("f", top.join("d/in")).unwrap();
+        std::os::unix::fs::symlink("/etc", top.join("out")).unwrap();
+        std::os::unix::fs::symlink("loop", top.join("loop")).unwrap();
+        assert!(std::process::Command::new("mkfifo").arg(top.join("fifo")).status().unwrap().success());
+        let (entries, warnings) = walk_local(top).unwrap();
+        let rels: Vec<_> = entries.iter().map(|e| (e.rel.as_str(), e.kind)).collect();
+        assert_eq!(
+            rels,
+            [
+                ("d", EntryKind::Dir),
+                ("d/e", EntryKind::Dir),
+                ("d/f", EntryKind::File),
+                ("d/in", EntryKind::Symlink),
+                ("loop", EntryKind::Symlink),
+            ]
+        );
+        assert_eq!(entries[2].size, 3);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.starts_with("fifo: special file")));
+        assert!(warnings.iter().any(|w| w.starts_with("out: symlink to /etc leads out")));
+    }
+}

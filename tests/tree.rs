@@ -1,0 +1,207 @@
+//! `put -r` and `get -r`: whole trees, byte for byte, with modes, times,
+//! inside symlinks and empty directories; hostile trees; identical files
+//! skipped on a re-run; one bad file never spoils the others.
+
+mod common;
+
+use common::fake::{self, Proof};
+use common::proxy::{Damage, Direction, Proxy};
+use common::{fixture, pattern, raw, tree, xfer, TestServer};
+use predicates::prelude::*;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// Builds the fixture tree: nested and empty directories, several modes
+/// (one with setuid, never carried), inside and outside symlinks, a link
+/// loop, unicode names, and files of assorted sizes.
+fn make_tree(top: &Path) {
+    fs::create_dir_all(top.join("a/b/c")).unwrap();
+    fs::create_dir_all(top.join("empty/nested-empty")).unwrap();
+    fs::copy(fixture("hello.txt"), top.join("hello.txt")).unwrap();
+    fs::copy(fixture("ünïcødé 名前.txt"), top.join("a/ünïcødé 名前.txt")).unwrap();
+    fs::copy(fixture("all-bytes.bin"), top.join("a/b/all-bytes.bin")).unwrap();
+    fs::copy(fixture("empty"), top.join("a/b/c/empty")).unwrap();
+    fs::write(top.join("a/b/c/big.bin"), pattern(2 * 1024 * 1024 + 7, 1)).unwrap();
+    fs::write(top.join("script.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(top.join("script.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(top.join("secret"), b"s").unwrap();
+    fs::set_permissions(top.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(top.join("suid"), b"x").unwrap();
+    fs::set_permissions(top.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(top.join("a/b"), fs::Permissions::from_mode(0o750)).unwrap();
+    symlink("hello.txt", top.join("link-in")).unwrap();
+    symlink("../../hello.txt", top.join("a/b/link-up")).unwrap();
+    symlink("loop", top.join("loop")).unwrap();
+    symlink("/etc", top.join("link-out")).unwrap();
+    symlink("../outside", top.join("link-climb")).unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    let f = fs::File::options().write(true).open(top.join("hello.txt")).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(old)).unwrap();
+}
+
+/// Asserts `copy` mirrors `orig`: same entries (minus the links that lead
+/// out), same bytes, modes without setuid/setgid, file times, link targets.
+fn assert_mirrors(orig: &Path, copy: &Path) {
+    let expected: Vec<_> = tree(orig).into_iter().filter(|p| p != "link-out" && p != "link-climb").collect();
+    assert_eq!(tree(copy), expected);
+    for rel in expected {
+        let (a, b) = (orig.join(&rel), copy.join(&rel));
+        let (ma, mb) = (fs::symlink_metadata(&a).unwrap(), fs::symlink_metadata(&b).unwrap());
+        assert_eq!(ma.file_type(), mb.file_type(), "{rel}");
+        if ma.file_type().is_symlink() {
+            assert_eq!(fs::read_link(&a).unwrap(), fs::read_link(&b).unwrap(), "{rel}");
+            continue;
+        }
+        assert_eq!(ma.mode() & 0o777, mb.mode() & 0o7777, "mode of {rel}");
+        if ma.is_file() {
+            assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{rel}");
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {rel}");
+        }
+    }
+}
+
+#[test]
+fn trees_round_trip_with_modes_times_links_and_empty_dirs() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("link-out: symlink to /etc leads out of the tree, skipped"))
+        .stderr(predicate::str::contains("link-climb: symlink to ../outside leads out of the tree, skipped"))
+        .stderr(predicate::str::contains("put -r src  8 files copied, 0 skipped, 0 failed"));
+    assert_mirrors(&work.path().join("src"), &server.path("src"));
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "src", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("get -r src  8 files copied, 0 skipped, 0 failed"));
+    assert_mirrors(&work.path().join("src"), &work.path().join("back"));
+    assert!(!tree(work.path()).iter().any(|p| p.ends_with(".xfer-part")), "no partials left");
+}
+
+#[test]
+fn a_rerun_skips_identical_files_and_force_replaces_changed_ones() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    make_tree(&work.path().join("src"));
+    xfer(server.addr, work.path()).args(["put", "-r", "src", "dst"]).assert().success();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src", "dst"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("0 files copied, 8 skipped, 0 failed"));
+    fs::write(work.path().join("src/secret"), b"changed").unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src", "dst"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("xfer: error: secret: remote file exists and differs (use --force"))
+        .stderr(predicate::str::contains("0 files copied, 7 skipped, 1 failed"));
+    assert_eq!(fs::read(server.path("dst/secret")).unwrap(), b"s");
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "-f", "src", "dst"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("1 files copied, 7 skipped, 0 failed"));
+    assert_eq!(fs::read(server.path("dst/secret")).unwrap(), b"changed");
+
+    // The same on the way back.
+    xfer(server.addr, work.path()).args(["get", "-r", "dst", "back"]).assert().success();
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "dst", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("0 files copied, 8 skipped, 0 failed"));
+    fs::write(work.path().join("back/hello.txt"), b"local edit").unwrap();
+    xfer(server.addr, work.path()).args(["get", "-r", "dst", "back"]).assert().code(1);
+    assert_eq!(fs::read(work.path().join("back/hello.txt")).unwrap(), b"local edit");
+    xfer(server.addr, work.path()).args(["get", "-r", "-f", "dst", "back"]).assert().success();
+    assert_eq!(fs::read(work.path().join("back/hello.txt")).unwrap(), b"hello, xfer\n");
+}
+
+#[test]
+fn one_bad_name_fails_alone() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("good.txt"), b"good").unwrap();
+    fs::write(src.join("bad\nname"), b"bad").unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("control characters are not allowed"))
+        .stderr(predicate::str::contains("1 files copied, 0 skipped, 1 failed"));
+    assert_eq!(tree(&server.path("src")), ["good.txt"]);
+}
+
+#[test]
+fn damaged_files_are_each_refused_and_nothing_is_committed() {
+    let server = TestServer::start();
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::FlipBodyByte);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for i in 0..3 {
+        fs::write(src.join(format!("f{i}")), pattern(1000 + i, i as u64)).unwrap();
+    }
+    xfer(proxy.addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("md5 mismatch for src/f0"))
+        .stderr(predicate::str::contains("0 files copied, 0 skipped, 3 failed"));
+    assert!(tree(&server.path("src")).is_empty(), "{:?}", tree(&server.path("src")));
+}
+
+#[test]
+fn a_hostile_server_cannot_place_files_outside_the_target() {
+    let (addr, _) = fake::serve_once(Proof::Genuine, |s| {
+        raw::recv(s); // get_tree
+        for name in ["../evil", "/tmp/evil-abs", "ok/../../evil2", "fine"] {
+            let e = serde_json::json!({"op": "entry", "filename": name, "kind": "file", "size": 4, "mode": 420, "mtime": 0});
+            raw::send(s, &e.to_string());
+        }
+        let link = serde_json::json!({"op": "entry", "filename": "esc", "kind": "symlink", "target": "../../etc/passwd"});
+        raw::send(s, &link.to_string());
+        raw::send(s, r#"{"op":"end"}"#);
+        // Whatever the client asks for, push a file with a hostile name.
+        while let Some(h) = raw::try_recv(s) {
+            if h.contains(r#""op":"end""#) {
+                break;
+            }
+        }
+        raw::send(s, r#"{"op":"data","filename":"../evil","total_size":4}"#);
+        std::io::Write::write_all(s, b"evil").unwrap();
+        raw::send(s, r#"{"op":"done","filename":"../evil","md5":"3c3c2a3fdd1c6ad7c8ba8d83b3a8df75"}"#);
+        raw::send(s, r#"{"op":"end"}"#);
+    });
+    let work = tempfile::tempdir().unwrap();
+    let out = xfer(addr, work.path()).args(["get", "-r", "t"]).assert().code(1);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("unsafe name from the server"), "{stderr}");
+    let entries = tree(work.path());
+    assert!(entries.iter().all(|p| p == "t" || p.starts_with("t/")), "{entries:?}");
+    assert!(!work.path().join("t/esc").exists(), "a link out of the tree was made");
+}
+
+#[test]
+fn missing_or_wrong_tree_arguments_are_plain_errors() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "nope"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: nope is not a directory\n");
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "nope"])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: remote directory not found: nope\n");
+}
