@@ -9,7 +9,7 @@ use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Root};
 use crate::protocol::{EntryKind, ErrorCode, Header, Md5Hex, Op};
-use crate::transfer::{hash_prefix, receive_into, send_file, CopyError};
+use crate::transfer::{hash_prefix, receive_into, send_file, CopyError, INLINE_MAX};
 use crate::tree::{self, TreeEntry};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -24,6 +24,22 @@ const MAX_ENTRIES: usize = 1_000_000;
 async fn blocking<T: Send + 'static>(shared: &Arc<Shared>, f: impl FnOnce(&Root) -> T + Send + 'static) -> T {
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || f(&shared.root)).await.expect("filesystem work does not panic")
+}
+
+/// The same, but for the few quick syscalls around a small file (open,
+/// lock, link, chmod): done in place, since the hop to the blocking pool
+/// and back costs more than they do; thousands of small files in a tree
+/// made that hop the largest cost.
+async fn quick<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    small: bool,
+    f: impl FnOnce(&Root) -> T + Send + 'static,
+) -> T {
+    if small {
+        f(&shared.root)
+    } else {
+        blocking(shared, f).await
+    }
 }
 
 fn bad_path(e: impl std::fmt::Display) -> RequestError {
@@ -189,7 +205,7 @@ async fn receive_one(
     let staged = match (meta, top.join(&rel)) {
         (Some(meta), Ok(path)) => {
             let shown = path.to_string();
-            match blocking(shared, move |root| root.stage(&path)).await {
+            match quick(shared, len <= INLINE_MAX, move |root| root.stage(&path)).await {
                 Ok((staged, file, _)) => Ok((staged, file, meta, shown)),
                 Err(e) => Err(RequestError::from_io(&e, &shown)),
             }
@@ -226,7 +242,7 @@ async fn receive_one(
         let msg = format!("md5 mismatch for {shown} (sent {sent}, received {received}): nothing was saved");
         return Ok(file_error(&rel, &RequestError::new(ErrorCode::Md5Mismatch, msg)));
     }
-    let committed = tokio::task::spawn_blocking(move || {
+    let committed = quick(shared, len <= INLINE_MAX, move |_| {
         if let Ok(h) = handle {
             tree::apply_meta(&h, meta.mode, meta.mtime)?;
         }
@@ -235,8 +251,7 @@ async fn receive_one(
             CommitError::Io(e) => e,
         })
     })
-    .await
-    .expect("commit does not panic");
+    .await;
     match committed {
         Ok(()) => Ok(Header::new(Op::Ok).with_filename(&rel).with_md5(received)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -326,7 +341,7 @@ async fn send_one(
         }
     };
     let shown = path.to_string();
-    let opened = blocking(shared, move |root| {
+    let opened = quick(shared, entry.size <= INLINE_MAX, move |root| {
         let (mut file, size, mtime) = root.open_read(&path)?;
         // Compare with the client's copy first, if it has one.
         let same = match &theirs {
