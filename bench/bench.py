@@ -19,6 +19,7 @@ SIZE_MIB = int(os.environ.get("SIZE_MIB", "1024"))
 RUNS = int(os.environ.get("RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("LATENCY_RUNS", "50"))
 TOKEN = "bench-token"
+TREE = Path(os.environ.get("TREE", "/usr/include"))
 
 
 def free_port():
@@ -144,6 +145,14 @@ class Bench:
         def rm(*paths):
             return lambda: [Path(p).unlink(missing_ok=True) for p in paths]
 
+        def rmtree(*paths):
+            return lambda: [shutil.rmtree(p, ignore_errors=True) for p in paths]
+
+        counter = iter(range(1_000_000))
+
+        def fresh(stem):
+            return f"{stem}-{next(counter)}"
+
         def nc_put():
             rm(out)()
             recv = subprocess.Popen(["nc", "-l", "127.0.0.1", str(nc_port)], stdout=open(out, "wb"))
@@ -168,17 +177,39 @@ class Bench:
                 ("rsync daemon get (md5)", rm(out), ["rsync", "--checksum-choice=md5", f"{rs}/big.bin", str(out)]),
                 ("xfer exec cat > /dev/null", None, x + ["exec", "-n", f"cat {big}"]),
             ],
+            "tree": [
+                # Each run writes a tree into a directory of its own, never
+                # deleted until the end: creating files where thousands were
+                # just deleted costs ext4 seconds (its recently-deleted inode
+                # check), which would swamp what is measured.
+                ("xfer put -r", None, lambda: x + ["put", "-r", str(TREE), fresh("tree")]),
+                ("rsync daemon put -a", None, lambda: ["rsync", "-a", f"{TREE}/", f"{rs}/{fresh('t')}/"]),
+                ("rsync over ssh put -a", None, lambda: ["rsync", "-a", "-e", ssh_e, f"{TREE}/", f"127.0.0.1:{w / fresh('s')}/"]),
+                ("xfer get -r", None, lambda: x + ["get", "-r", "seed", str(w / fresh("back"))]),
+                ("rsync daemon get -a", None, lambda: ["rsync", "-a", f"{rs}/seed/", f"{w / fresh('back')}/"]),
+                ("rsync over ssh get -a", None, lambda: ["rsync", "-a", "-e", ssh_e, f"127.0.0.1:{TREE}/", f"{w / fresh('back')}/"]),
+                ("xfer put -r, nothing changed", None, x + ["put", "-r", str(TREE), "seed"]),
+                ("rsync daemon put -a, nothing changed", None, ["rsync", "-a", f"{TREE}/", f"{rs}/seed/"]),
+            ],
         }
 
     def time_case(self, name, prepare, cmd, background=None):
+        # Trees: xfer exits 1 when it skipped unreadable or special files,
+        # as rsync exits 23; both still moved the rest.
+        check = not name.startswith(("xfer put -r", "xfer get -r", "rsync"))
         if prepare:
             prepare()
+        if callable(cmd):
+            cmd = cmd()
         recv = background() if background else None
         client_rss_file = self.work / "rss"
         if name.startswith("xfer"):
             reset_peak_rss(self.xfer_server.pid)
         t = time.perf_counter()
-        run(["/usr/bin/time", "-f", "%M", "-o", str(client_rss_file)] + cmd, env=self.env)
+        subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", str(client_rss_file)] + cmd,
+            env=self.env, check=check, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
         if recv:
             recv.wait()
         secs = time.perf_counter() - t
@@ -207,11 +238,17 @@ class Bench:
         self.start_sshd()
         self.start_rsyncd()
         cases = self.cases()
-        # Warm-up: one run of each xfer direction, not counted.
+        # Warm-up: one run of each xfer direction, not counted; and the tree
+        # each tool fetches back ("seed") on both servers.
         run([str(XFER), "-q", "-s", self.xfer_addr, "put", "-f", str(self.big)], env=self.env)
+        if TREE.is_dir():
+            run([str(XFER), "-q", "-s", self.xfer_addr, "put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
+            run(["rsync", "-a", f"{TREE}/", f"rsync://127.0.0.1:{self.rsync_port}/bench/seed/"])
+        else:
+            cases.pop("tree")
         for r in range(RUNS):
             print(f"round {r + 1}/{RUNS}", file=sys.stderr)
-            for group in ("put", "get"):
+            for group in cases:
                 for case in cases[group]:
                     self.time_case(*case)
         self.latency()
@@ -228,7 +265,7 @@ def fmt_table(b):
     lines = []
     def row(name, ref):
         t = statistics.median(b.results[name])
-        rate = f"{mib / t:.0f}" if not name.endswith("true") else ""
+        rate = f"{mib / t:.0f}" if not name.endswith("true") and " -r" not in name and " -a" not in name else ""
         ratio = f"{t / ref:.2f}" if ref else ""
         rss = b.rss.get(name)
         rss_s = f"{rss[0] / 1024:.1f} / {rss[1] / 1024:.1f}" if rss else ""
@@ -243,7 +280,13 @@ def fmt_table(b):
          ["xfer get", "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
           "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
         ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "ssh 127.0.0.1 true"]),
+        (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "rsync daemon put -a", "rsync over ssh put -a"]),
+        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", "rsync daemon get -a", "rsync over ssh get -a"]),
+        (f"Tree put again, nothing changed: {TREE}", "xfer put -r, nothing changed",
+         ["xfer put -r, nothing changed", "rsync daemon put -a, nothing changed"]),
     ]:
+        if ref_name not in b.results:
+            continue
         ref = statistics.median(b.results[ref_name])
         lines += [f"### {group}", "", head] + [row(n, ref) for n in names] + [""]
     return "\n".join(lines)

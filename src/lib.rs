@@ -115,7 +115,15 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     config.partial_max_age = Duration::from_secs(args.partial_max_age.saturating_mul(3600));
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };
-    let rt = tokio::runtime::Runtime::new().map_err(|e| serve_err(error::plain_io(&e)))?;
+    limit_malloc_arenas();
+    // Blocking threads hash and write files; 64 keeps far more transfers
+    // moving than 2 cores can feed, while each idle thread's stack and heap
+    // stay bounded (tokio's default allows 512).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+        .map_err(|e| serve_err(error::plain_io(&e)))?;
     let served = rt.block_on(async {
         let listener =
             tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| serve_err(error::plain_io(&e)))?;
@@ -128,6 +136,20 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     rt.shutdown_timeout(Duration::from_secs(1));
     served?;
     Ok(0)
+}
+
+/// glibc gives each thread that allocates its own heap arena and keeps
+/// freed chunks there, so a server whose blocking threads each once held
+/// 1 MiB buffers kept tens of MiB resident after a tree transfer (measured
+/// 32 MiB peak for a 1 GiB put that follows one, against 18 MiB fresh).
+/// Two arenas are enough for two cores.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; it is called before any
+    // thread of ours exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.
