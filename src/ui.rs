@@ -21,13 +21,7 @@ impl Ui {
         if self.quiet {
             return ProgressBar::hidden();
         }
-        let bar = ProgressBar::new(len);
-        let style = ProgressStyle::with_template(
-            "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> ");
-        bar.set_style(style);
+        let bar = ProgressBar::new(len).with_style(bytes_style());
         bar.set_message(escape(name));
         bar
     }
@@ -37,13 +31,7 @@ impl Ui {
         if self.quiet {
             return ProgressBar::hidden();
         }
-        let bar = ProgressBar::new(total_bytes);
-        let style = ProgressStyle::with_template(
-            "{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .expect("the template is valid")
-        .progress_chars("=> ");
-        bar.set_style(style);
+        let bar = ProgressBar::new(total_bytes).with_style(bytes_style());
         bar.set_message(format!("0/{files} files"));
         bar
     }
@@ -68,6 +56,13 @@ impl Ui {
             eprintln!("{}", summary_line(verb, name, bytes, elapsed, md5));
         }
     }
+}
+
+/// Bytes done and total, rate and ETA, after a message (name or files).
+fn bytes_style() -> ProgressStyle {
+    ProgressStyle::with_template("{msg} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+        .expect("the template is valid")
+        .progress_chars("=> ")
 }
 
 /// `put report.pdf  12.3 MiB in 0.41 s (30.0 MiB/s)  md5 … verified`

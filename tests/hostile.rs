@@ -8,13 +8,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// Peak resident memory of this process (the server runs in it), in KiB.
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A normal put and get on a fresh connection.
 fn still_serves(server: &TestServer, case: &str) {
     let work = tempfile::tempdir().unwrap();
@@ -51,7 +44,7 @@ fn frame(json: &[u8]) -> Vec<u8> {
 #[test]
 fn malformed_and_lying_frames_never_hurt_the_server() {
     let server = TestServer::start();
-    let baseline = vm_hwm_kib();
+    let baseline = common::vm_hwm_kib();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated length prefix", vec![0, 0]),
         ("length 0xFFFFFFFF", vec![0xff, 0xff, 0xff, 0xff]),
@@ -97,7 +90,7 @@ fn malformed_and_lying_frames_never_hurt_the_server() {
     }
     assert!(!server.path("pwned").exists());
     assert!(!server.path("short").exists());
-    let grown = vm_hwm_kib().saturating_sub(baseline);
+    let grown = common::vm_hwm_kib().saturating_sub(baseline);
     assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB over the hostile cases");
 }
 

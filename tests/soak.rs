@@ -12,12 +12,6 @@ use xfer::ui::Ui;
 const CLIENTS: usize = 64;
 const ROUNDS: usize = 3;
 
-fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn sixty_four_clients_at_once() {
     let server = TestServer::start();
@@ -71,7 +65,7 @@ fn sixty_four_clients_at_once() {
         }
         total
     });
-    let peak = vm_hwm_kib();
+    let peak = common::vm_hwm_kib();
     eprintln!(
         "soak: {CLIENTS} clients x {ROUNDS} rounds, {} MiB verified in {:.2} s, peak RSS of the process (server and clients) {} MiB",
         moved / (1024 * 1024),

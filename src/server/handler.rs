@@ -5,7 +5,7 @@ use super::{exec, get, ls, put, tree, Shared};
 use crate::auth::{self, Role};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
+use crate::protocol::{ErrorCode, Header, Md5Hex, Op, PROTOCOL_VERSION};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +39,16 @@ pub(crate) async fn refuse(
     conn.writer.write_header(&Header::error(err.code, err.message.clone())).await?;
     outcome.error = Some(err);
     Ok(outcome)
+}
+
+/// Reads the `done` frame that ends a body and returns the sender's digest.
+pub(crate) async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
+    let done = conn.reader.expect_header().await?;
+    if done.op != Op::Done {
+        return Err(ConnError::Unexpected { got: done.op, expected: "done" });
+    }
+    conn.reader.skip_body(done.total_size).await?;
+    Ok(done.md5)
 }
 
 /// Serves one connection to the end. Never panics on peer input; every

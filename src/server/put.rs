@@ -2,13 +2,13 @@
 //! the sender's MD5 of the whole file, then commit it by rename. A partial
 //! left by an interrupted put is offered back for resuming.
 
-use super::handler::{refuse, Outcome};
+use super::handler::{expect_done, refuse, Outcome};
 use super::Shared;
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Staged};
-use crate::protocol::{ErrorCode, Header, Md5Hex, Op};
+use crate::protocol::{ErrorCode, Header, Op};
 use crate::transfer::{hash_prefix, receive_into, CopyError};
 use indicatif::ProgressBar;
 use std::io::Seek;
@@ -157,16 +157,6 @@ async fn prepare(shared: &Arc<Shared>, req: &Header) -> Result<Prepared, Request
     })
     .await
     .expect("staging does not panic")
-}
-
-/// Reads the `done` frame that ends a body and returns the sender's digest.
-async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
-    let done = conn.reader.expect_header().await?;
-    if done.op != Op::Done {
-        return Err(ConnError::Unexpected { got: done.op, expected: "done" });
-    }
-    conn.reader.skip_body(done.total_size).await?;
-    Ok(done.md5)
 }
 
 fn exists(path: &str) -> RequestError {

@@ -2,7 +2,7 @@
 //! exchange. Every file carries its own header and MD5 and is verified and
 //! committed on its own; one failing file is reported and the rest go on.
 
-use super::handler::{refuse, Outcome};
+use super::handler::{expect_done, refuse, Outcome};
 use super::Shared;
 use crate::connection::Connection;
 use crate::digest::Md5;
@@ -260,15 +260,6 @@ async fn receive_one(
         }
         Err(e) => Ok(file_error(&rel, &RequestError::from_io(&e, &shown))),
     }
-}
-
-async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
-    let done = conn.reader.expect_header().await?;
-    if done.op != Op::Done {
-        return Err(ConnError::Unexpected { got: done.op, expected: "done" });
-    }
-    conn.reader.skip_body(done.total_size).await?;
-    Ok(done.md5)
 }
 
 pub(crate) async fn get_tree(
