@@ -484,11 +484,6 @@ impl Staged {
         Staged::open_partial(Dir::open_ambient_dir(parent, ambient_authority())?, name)
     }
 
-    /// Whether the destination exists now.
-    pub fn destination_exists(&self) -> bool {
-        self.dir.symlink_metadata(&self.name).is_ok()
-    }
-
     /// Removes the partial: its bytes are bad or useless.
     pub fn discard(mut self) {
         self.keep = false;

@@ -2,7 +2,7 @@
 //! MD5 in a `done` frame. A client holding a verified prefix gets the rest.
 
 use super::handler::{refuse, Outcome};
-use super::Shared;
+use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
@@ -32,10 +32,7 @@ pub(crate) async fn handle(
         Err(e) => return refuse(conn, outcome, RequestError::new(ErrorCode::BadPath, e.to_string())).await,
     };
     let shown = path.to_string();
-    let task_shared = shared.clone();
-    let opened = tokio::task::spawn_blocking(move || task_shared.root.open_read(&path))
-        .await
-        .expect("open does not panic");
+    let opened = blocking(shared, move |root| root.open_read(&path)).await;
     let (mut file, len, mtime) = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {

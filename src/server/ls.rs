@@ -1,7 +1,7 @@
 //! `ls`: stream a directory's entries, one `entry` frame each, then `end`.
 
 use super::handler::{refuse, Outcome};
-use super::Shared;
+use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
 use crate::fs::RemotePath;
@@ -19,10 +19,7 @@ pub(crate) async fn handle(
         Err(e) => return refuse(conn, outcome, RequestError::new(ErrorCode::BadPath, e.to_string())).await,
     };
     let shown = if path.is_root() { ".".to_string() } else { path.to_string() };
-    let task_shared = shared.clone();
-    let listed = tokio::task::spawn_blocking(move || task_shared.root.list(&path))
-        .await
-        .expect("listing does not panic");
+    let listed = blocking(shared, move |root| root.list(&path)).await;
     let entries = match listed {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -111,16 +111,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     Ok(())
 }
 
+/// Runs blocking filesystem work on the served root on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Root) -> T + Send + 'static,
+) -> T {
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || f(&shared.root)).await.expect("filesystem work does not panic")
+}
+
 /// Removes stale partials every hour (or every `partial_max_age`, if shorter).
 async fn sweep_partials(shared: Arc<Shared>) {
     let every = shared.config.partial_max_age.clamp(Duration::from_secs(1), Duration::from_secs(3600));
     loop {
         tokio::time::sleep(every).await;
-        let task_shared = shared.clone();
         let max_age = shared.config.partial_max_age;
-        let removed = tokio::task::spawn_blocking(move || task_shared.root.remove_stale_temps(max_age))
-            .await
-            .unwrap_or(0);
+        let removed = blocking(&shared, move |root| root.remove_stale_temps(max_age)).await;
         if removed > 0 {
             info!(removed, "removed stale partial files");
         }

@@ -3,7 +3,7 @@
 //! committed on its own; one failing file is reported and the rest go on.
 
 use super::handler::{expect_done, refuse, Outcome};
-use super::Shared;
+use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
@@ -19,12 +19,6 @@ use std::sync::Arc;
 /// (a few hundred bytes each) while allowing trees far larger than
 /// /usr/include's 8,000 files.
 const MAX_ENTRIES: usize = 1_000_000;
-
-/// Runs blocking filesystem work on the blocking pool.
-async fn blocking<T: Send + 'static>(shared: &Arc<Shared>, f: impl FnOnce(&Root) -> T + Send + 'static) -> T {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || f(&shared.root)).await.expect("filesystem work does not panic")
-}
 
 /// The same, but for the few quick syscalls around a small file (open,
 /// lock, link, chmod): done in place, since the hop to the blocking pool
