@@ -80,6 +80,9 @@ pub(crate) async fn handle(
         Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
     };
     outcome.bytes = body;
-    conn.writer.write_header(&Header::new(Op::Done).with_filename(&req.filename).with_md5(md5)).await?;
+    conn.writer
+        .write_header(&Header::new(Op::Done).with_filename(&req.filename).with_md5(md5.clone()))
+        .await?;
+    outcome.md5 = Some(md5);
     Ok(outcome)
 }

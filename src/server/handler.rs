@@ -21,12 +21,14 @@ pub(crate) struct Outcome {
     pub bytes: u64,
     /// Why it failed, if it did (already sent to the client).
     pub error: Option<RequestError>,
+    /// The verified MD5 of the file moved, so the log names it too.
+    pub md5: Option<Md5Hex>,
 }
 
 impl Outcome {
     /// A request on `path` that has moved nothing yet.
     pub fn new(path: &str) -> Self {
-        Outcome { path: path.to_string(), bytes: 0, error: None }
+        Outcome { path: path.to_string(), bytes: 0, error: None, md5: None }
     }
 }
 
@@ -143,7 +145,10 @@ async fn serve_requests(
         let ms = started.elapsed().as_millis() as u64;
         let path = crate::fs::escape(&outcome.path);
         match &outcome.error {
-            None => info!(peer = %conn.peer, %op, %path, bytes = outcome.bytes, ms, "ok"),
+            None => {
+                let md5 = outcome.md5.as_ref().map_or("-", Md5Hex::as_str);
+                info!(peer = %conn.peer, %op, %path, bytes = outcome.bytes, ms, %md5, "ok")
+            }
             Some(e) => {
                 info!(peer = %conn.peer, %op, %path, bytes = outcome.bytes, ms, code = ?e.code, "refused: {}", e.message)
             }

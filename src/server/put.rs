@@ -114,9 +114,10 @@ pub(crate) async fn handle(
         Err(CommitError::Exists) => return refuse(conn, outcome, exists(&path)).await,
         Err(CommitError::Io(e)) => return refuse(conn, outcome, RequestError::from_io(&e, &path)).await,
     }
-    let mut ok = Header::new(Op::Ok).with_filename(&req.filename).with_md5(received);
+    let mut ok = Header::new(Op::Ok).with_filename(&req.filename).with_md5(received.clone());
     ok.size = Some(start + len);
     conn.writer.write_header(&ok).await?;
+    outcome.md5 = Some(received);
     Ok(outcome)
 }
 
