@@ -3,7 +3,7 @@
 //! - [`ConnError`]: talking to the peer failed (socket, framing, sequence).
 //! - [`RequestError`]: the server refuses or fails one request; it travels to
 //!   the client as an `error` frame and the connection stays usable.
-//! - [`Error`]: what the client reports to its user, with an exit code.
+//! - [`enum@Error`]: what the client reports to its user, with an exit code.
 
 use crate::protocol::{ErrorCode, FrameError, Op};
 use std::io;

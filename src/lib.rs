@@ -10,7 +10,7 @@
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
 //! - [`digest`]: the one MD5 implementation everything uses.
 //! - [`tree`]: walking directory trees into manifests, and their rules.
-//! - [`fs`]: safe remote paths, the served root, temporaries and commits.
+//! - [`fs`]: safe remote paths, the served root, partial files and commits.
 //! - [`server`]: listener, per-connection handler, one module per request.
 //! - [`client`]: connecting, and one module per client command.
 //! - [`ui`]: progress bars and summary lines.

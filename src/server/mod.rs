@@ -1,8 +1,8 @@
 //! The server: accepts connections, bounds how many run at once, and stops
 //! cleanly when its shutdown future completes.
 //!
-//! One task per connection ([`handler`]); one module per request kind
-//! ([`put`], [`get`], [`ls`]).
+//! One task per connection (`handler`, which also authenticates); one
+//! module per request kind (`put`, `get`, `ls`, `exec`, `tree`).
 
 mod exec;
 mod get;
