@@ -1,16 +1,21 @@
 //! Streaming a file body of an exact length, hashing it with MD5 on the way.
 //!
-//! Each direction is a two-stage pipeline joined by a bounded channel of
+//! Each direction is a three-stage pipeline joined by bounded channels of
 //! reused buffers, so a side is limited by its slowest stage rather than
 //! the sum of them, and memory stays at [`BUFFERS`] chunks whatever the size:
 //!
-//! - sending ([`send_file`]): a blocking thread reads the file and hashes
-//!   each chunk; the async task writes the chunks to the socket;
+//! - sending ([`send_file`]): a blocking thread reads the file, a second
+//!   hashes each chunk, the async task writes the chunks to the socket;
 //! - receiving ([`receive_into`]): the async task reads chunks from the
-//!   socket; a blocking thread hashes each and writes it to the file.
+//!   socket, a blocking thread hashes each, a second writes it to the file.
 //!
+//! Hashing has a thread of its own because it is the longest stage (MD5
+//! runs at ~600 MiB/s here), and writing into the page cache the next
+//! (0.5-2 s per GiB of system time on this project's machines): sharing a
+//! thread, they made the receiving side the bottleneck (1 GiB put measured
+//! 4.4-4.9 s with two stages, 2.9-3.6 s with three; see BENCHMARKS.md).
 //! File I/O goes straight from our buffers to the kernel (no intermediate
-//! copy), and the hash runs on the thread that touches the file.
+//! copy).
 
 use crate::digest::Md5;
 use crate::protocol::Md5Hex;
@@ -113,6 +118,20 @@ impl Pool {
     }
 }
 
+/// Reads a whole small file (at most [`INLINE_MAX`] bytes) into memory
+/// and hashes it; `Ok(None)` if it holds more than that.
+/// `size` is what the file is expected to hold, to size the buffer once.
+pub fn read_small(file: impl Read, size: u64) -> io::Result<Option<(Vec<u8>, Md5Hex)>> {
+    let mut body = Vec::with_capacity(size.min(INLINE_MAX) as usize);
+    file.take(INLINE_MAX + 1).read_to_end(&mut body)?;
+    if body.len() as u64 > INLINE_MAX {
+        return Ok(None);
+    }
+    let mut md5 = Md5::new();
+    md5.update(&body);
+    Ok(Some((body, md5.finish())))
+}
+
 /// Hashes the first `len` bytes of `file` (a partial being resumed, or the
 /// source's matching prefix), leaving the file positioned after them.
 /// Fails with `UnexpectedEof` if the file is shorter.
@@ -128,6 +147,25 @@ pub fn hash_prefix(file: &mut std::fs::File, len: u64) -> io::Result<Md5> {
         left -= want as u64;
     }
     Ok(md5)
+}
+
+/// The middle stage of both pipelines: a blocking thread that hashes each
+/// chunk and passes it on, so hashing overlaps both the reading and the
+/// writing. Returns the MD5 of everything that went through.
+fn spawn_hasher(
+    mut md5: Md5,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+    next: mpsc::Sender<Vec<u8>>,
+) -> tokio::task::JoinHandle<Md5> {
+    tokio::task::spawn_blocking(move || {
+        while let Some(buf) = chunks.blocking_recv() {
+            md5.update(&buf);
+            if next.blocking_send(buf).is_err() {
+                break;
+            }
+        }
+        md5
+    })
 }
 
 /// Sends exactly `len` bytes of `file` (from its current position) to
@@ -162,9 +200,10 @@ where
         return Ok(md5.finish());
     }
     let (mut pool, give_back) = Pool::new(len);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
-    let reader = tokio::task::spawn_blocking(move || -> Result<Md5Hex, CopyError> {
-        let (mut file, mut md5) = (file, md5);
+    let (to_hash, hash_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
+    let (to_send, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
+        let mut file = file;
         let mut done = 0u64;
         while done < len {
             let Some(mut buf) = pool.take_blocking() else { break };
@@ -179,30 +218,32 @@ where
                     Err(source) => return Err(CopyError::Read { done: done + filled as u64, source }),
                 }
             }
-            md5.update(&buf);
             done += want as u64;
-            if tx.blocking_send(buf).is_err() {
-                // The sending side stopped (socket error); it reports why.
+            if to_hash.blocking_send(buf).is_err() {
+                // A later stage stopped (socket error); it reports why.
                 break;
             }
         }
-        Ok(md5.finish())
+        Ok(())
     });
+    let hasher = spawn_hasher(md5, hash_rx, to_send);
 
     let mut sent = 0u64;
     while let Some(buf) = rx.recv().await {
         if let Err(source) = dst.write_all(&buf).await {
             drop(rx);
             let _ = reader.await;
+            let _ = hasher.await;
             return Err(CopyError::Write { done: sent, source });
         }
         sent += buf.len() as u64;
         bar.inc(buf.len() as u64);
         let _ = give_back.send(buf);
     }
-    let md5 = reader.await.expect("the reading thread does not panic")?;
+    reader.await.expect("the reading thread does not panic")?;
+    let md5 = hasher.await.expect("the hashing thread does not panic");
     dst.flush().await.map_err(|source| CopyError::Write { done: sent, source })?;
-    Ok(md5)
+    Ok(md5.finish())
 }
 
 /// Receives exactly `len` bytes from `src` into `sink` (a file at its
@@ -237,18 +278,18 @@ where
         };
     }
     let (mut pool, give_back) = Pool::new(len);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
-    let writer = tokio::task::spawn_blocking(move || -> Result<Md5Hex, (u64, io::Error)> {
-        let (mut sink, mut md5) = (sink, md5);
+    let (tx, hash_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
+    let (to_write, mut write_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
+    let hasher = spawn_hasher(md5, hash_rx, to_write);
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), (u64, io::Error)> {
+        let mut sink = sink;
         let mut written = 0u64;
-        while let Some(buf) = rx.blocking_recv() {
-            md5.update(&buf);
+        while let Some(buf) = write_rx.blocking_recv() {
             sink.write_all(&buf).map_err(|e| (written, e))?;
             written += buf.len() as u64;
             let _ = give_back.send(buf);
         }
-        sink.flush().map_err(|e| (written, e))?;
-        Ok(md5.finish())
+        sink.flush().map_err(|e| (written, e))
     });
 
     let mut done = 0u64;
@@ -288,11 +329,12 @@ where
         }
     }
     drop(tx);
+    let md5 = hasher.await.expect("the hashing thread does not panic");
     let written = writer.await.expect("the writing thread does not panic");
     match (failed, written) {
         (Some(e), _) => Err(e),
         (None, Err((_, source))) => Err(CopyError::Write { done, source }),
-        (None, Ok(md5)) => Ok(md5),
+        (None, Ok(())) => Ok(md5.finish()),
     }
 }
 
