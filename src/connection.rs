@@ -19,7 +19,7 @@ use tokio::time::Sleep;
 
 /// Initial read buffer. Headers are small; the buffer grows only while a
 /// header is larger, up to [`protocol::MAX_HEADER_LEN`].
-const READ_BUF: usize = 8 * 1024;
+const READ_BUF: usize = 64 * 1024;
 
 /// Bodies up to this size are sent in the same write as their header, so a
 /// small exec output chunk costs one syscall and one TCP segment.
@@ -36,11 +36,19 @@ pub struct FrameReader<R> {
     idle: Option<Duration>,
 }
 
+/// Queued frames are sent once this many bytes wait: a tree's thousands of
+/// small files then cost one write and one wake-up of the peer per batch
+/// instead of three per file. Measured on /usr/include (7,911 files):
+/// see BENCHMARKS.md.
+pub const QUEUE_MAX: usize = 256 * 1024;
+
 /// Sends frames to one peer.
 pub struct FrameWriter<W> {
     /// The socket's write half.
     inner: W,
-    /// Reused scratch space for encoding headers, so sending allocates nothing.
+    /// Reused scratch space for encoding headers, so sending allocates
+    /// nothing; it also holds frames queued with [`queue`](Self::queue)
+    /// until the next write or [`flush`](Self::flush).
     scratch: Vec<u8>,
 }
 
@@ -212,6 +220,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Whether the next header has already arrived whole, so reading it will
+    /// not wait on the peer (replies queued meanwhile can wait too).
+    pub fn header_buffered(&self) -> bool {
+        matches!(protocol::frame::header_len(&self.buf), Ok(Some(len)) if self.buf.len() >= protocol::PREFIX_LEN + len)
+    }
+
     /// Reads a header, treating a clean close as an error: for the points of
     /// an exchange where the peer owes us a frame.
     pub async fn expect_header(&mut self) -> Result<Header, ConnError> {
@@ -275,38 +289,60 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         FrameWriter { inner, scratch: Vec::with_capacity(1024) }
     }
 
-    /// Sends a header. Its body, if `total_size` is not 0, must follow
-    /// through [`body_writer`](Self::body_writer).
+    /// Sends a header (after any queued frames). Its body, if `total_size`
+    /// is not 0, must follow through [`body_writer`](Self::body_writer).
     pub async fn write_header(&mut self, header: &Header) -> Result<(), ConnError> {
-        self.scratch.clear();
         protocol::encode_header(header, &mut self.scratch)?;
-        self.inner.write_all(&self.scratch).await?;
-        Ok(())
+        self.flush().await
     }
 
     /// Sends a header whose `total_size` is `body.len()`, then the body;
     /// small bodies go out in the same write.
     pub async fn write_frame(&mut self, header: &Header, body: &[u8]) -> Result<(), ConnError> {
         debug_assert_eq!(header.total_size, body.len() as u64);
-        self.scratch.clear();
         protocol::encode_header(header, &mut self.scratch)?;
         if body.len() <= COALESCE_MAX {
             self.scratch.extend_from_slice(body);
-            self.inner.write_all(&self.scratch).await?;
+            self.flush().await
         } else {
-            self.inner.write_all(&self.scratch).await?;
+            self.flush().await?;
             self.inner.write_all(body).await?;
+            Ok(())
+        }
+    }
+
+    /// Queues a frame (header and whole body) to go out with the next write;
+    /// sends the queue once it holds [`QUEUE_MAX`] bytes.
+    pub async fn queue(&mut self, header: &Header, body: &[u8]) -> Result<(), ConnError> {
+        debug_assert_eq!(header.total_size, body.len() as u64);
+        protocol::encode_header(header, &mut self.scratch)?;
+        self.scratch.extend_from_slice(body);
+        if self.scratch.len() >= QUEUE_MAX {
+            self.flush().await?;
         }
         Ok(())
     }
 
-    /// The raw stream, for writing a body announced by the last header.
+    /// Sends whatever is queued.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.scratch.is_empty() {
+            let sent = self.inner.write_all(&self.scratch).await;
+            self.scratch.clear();
+            sent?;
+        }
+        Ok(())
+    }
+
+    /// The raw stream, for writing a body announced by the last header
+    /// (which sent the queue, so nothing is pending).
     pub fn body_writer(&mut self) -> &mut W {
+        debug_assert!(self.scratch.is_empty(), "a body must not overtake queued frames");
         &mut self.inner
     }
 
     /// Closes the sending direction; the peer reads EOF after what was sent.
     pub async fn shutdown(&mut self) -> Result<(), ConnError> {
+        self.flush().await?;
         self.inner.shutdown().await?;
         Ok(())
     }
@@ -336,6 +372,32 @@ mod tests {
         assert_eq!(r.expect_header().await.unwrap().op, Op::Stdout);
         send.await.unwrap();
         assert!(r.read_header().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn queued_frames_go_out_in_order_before_the_next_write() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let mut w = FrameWriter::new(client);
+        let mut r = FrameReader::new(server);
+        w.queue(&Header::new(Op::Data).with_body(3), b"abc").await.unwrap();
+        w.queue(&Header::new(Op::Done), &[]).await.unwrap();
+        // Nothing is sent until a write or a flush.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), r.read_header()).await;
+        assert!(early.is_err(), "a queued frame went out early");
+        w.write_header(&Header::new(Op::End)).await.unwrap();
+        let h = r.expect_header().await.unwrap();
+        assert_eq!((h.op, h.total_size), (Op::Data, 3));
+        let mut body = Vec::new();
+        r.body(3).read_to_end(&mut body).await.unwrap();
+        assert_eq!(body, b"abc");
+        assert!(r.header_buffered(), "done and end arrived in the same write");
+        assert_eq!(r.expect_header().await.unwrap().op, Op::Done);
+        assert_eq!(r.expect_header().await.unwrap().op, Op::End);
+        assert!(!r.header_buffered());
+        // A full queue goes out by itself.
+        let big = vec![7u8; QUEUE_MAX];
+        w.queue(&Header::new(Op::Data).with_body(big.len() as u64), &big).await.unwrap();
+        assert_eq!(r.expect_header().await.unwrap().total_size, QUEUE_MAX as u64);
     }
 
     #[tokio::test]

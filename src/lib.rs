@@ -10,6 +10,7 @@
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
 //! - [`digest`]: the one MD5 implementation everything uses.
 //! - [`tree`]: walking directory trees into manifests, and their rules.
+//! - [`tree_writer`]: a tree's small files verified and written on a thread of their own.
 //! - [`fs`]: safe remote paths, the served root, partial files and commits.
 //! - [`server`]: listener, per-connection handler, one module per request.
 //! - [`client`]: connecting, and one module per client command.
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod server;
 pub mod transfer;
 pub mod tree;
+pub mod tree_writer;
 pub mod ui;
 
 use cli::{Cli, Command, ServeArgs};

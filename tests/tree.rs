@@ -160,6 +160,27 @@ fn damaged_files_are_each_refused_and_nothing_is_committed() {
 }
 
 #[test]
+fn damaged_downloads_are_each_refused_and_nothing_is_committed() {
+    let server = TestServer::start();
+    let src = server.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    // Small files (written whole by the tree writer) and one streamed.
+    fs::write(src.join("small0"), pattern(1000, 1)).unwrap();
+    fs::write(src.join("d/small1"), pattern(2000, 2)).unwrap();
+    fs::write(src.join("d/large"), pattern(300_000, 3)).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::FlipBodyByte);
+    let work = tempfile::tempdir().unwrap();
+    xfer(proxy.addr, work.path())
+        .args(["get", "-r", "src", "back"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("small0: md5 mismatch"))
+        .stderr(predicate::str::contains("d/large: md5 mismatch"))
+        .stderr(predicate::str::contains("0 files copied, 0 skipped, 3 failed"));
+    assert_eq!(tree(&work.path().join("back")), ["d"], "only the directory, no file or temporary");
+}
+
+#[test]
 fn a_hostile_server_cannot_place_files_outside_the_target() {
     let (addr, _) = fake::serve_once(Proof::Genuine, |s| {
         raw::recv(s); // get_tree

@@ -10,8 +10,9 @@ use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::fs::{escape, CommitError, RemotePath, Staged};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
-use crate::transfer::{hash_prefix, receive_into, send_file, CopyError};
+use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, INLINE_MAX};
 use crate::tree::{self, TreeEntry};
+use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -79,7 +80,7 @@ pub async fn put_tree(
         return Err(unexpected_reply(reply, "ready"));
     }
     for e in &entries {
-        conn.writer.write_header(&e.to_header()).await?;
+        conn.writer.queue(&e.to_header(), &[]).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
 
@@ -150,6 +151,29 @@ pub async fn put_tree(
                     continue;
                 }
             };
+            if e.size <= INLINE_MAX {
+                // Small: read whole, then queued with its `done` frame, so
+                // many files go out in one write.
+                let (body, md5) = match read_small(file, e.size) {
+                    Ok(Some(read)) => read,
+                    Ok(None) => {
+                        eprintln!("xfer: error: {}: it grew while being sent; skipped", escape(&e.rel));
+                        continue;
+                    }
+                    Err(err) => {
+                        eprintln!("xfer: error: {}: {}", escape(&e.rel), crate::error::plain_io(&err));
+                        continue;
+                    }
+                };
+                let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(body.len() as u64);
+                data.mode = Some(e.mode);
+                data.mtime = Some(e.mtime);
+                writer.queue(&data, &body).await?;
+                writer.queue(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5), &[]).await?;
+                bar.inc(body.len() as u64);
+                sent_bytes += body.len() as u64;
+                continue;
+            }
             let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(e.size);
             data.mode = Some(e.mode);
             data.mtime = Some(e.mtime);
@@ -202,7 +226,7 @@ pub async fn get_tree(
     let name =
         last_name(remote).ok_or_else(|| Error::Usage(format!("{remote:?} does not name a directory")))?;
     let top: PathBuf = local.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
-    std::fs::create_dir_all(&top).map_err(|e| Error::local(&top, e))?;
+    let fresh = make_dir(&top).map_err(|e| Error::local(&top, e))?;
 
     let started = Instant::now();
     let mut client = Client::connect(opts).await?;
@@ -217,6 +241,11 @@ pub async fn get_tree(
     let mut files = HashMap::new();
     let mut dirs = Vec::new();
     let mut wants = Vec::new();
+    // Directories (relative to `top`) made just now, so empty.
+    let mut made = std::collections::HashSet::new();
+    if fresh {
+        made.insert(String::new());
+    }
     loop {
         let h = conn.reader.expect_header().await?;
         match h.op {
@@ -231,13 +260,25 @@ pub async fn get_tree(
         }
         let path = tree::local_path(&top, &e.rel);
         match e.kind {
-            EntryKind::Dir => match std::fs::create_dir_all(&path) {
-                Ok(()) => dirs.push(e),
+            EntryKind::Dir => match make_dir(&path) {
+                Ok(new) => {
+                    if new {
+                        made.insert(e.rel.clone());
+                    }
+                    dirs.push(e)
+                }
                 Err(err) => file_failed(&mut report, &e.rel, &crate::error::plain_io(&err)),
             },
             EntryKind::Symlink => make_link(opts, &mut report, &path, &e, flags.force),
             EntryKind::File => {
-                match want_for(&path, &e, flags.force).await {
+                // In a directory made just now, nothing can be there yet.
+                let parent = e.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                let want = if made.contains(parent) {
+                    Ok(Some(Header::new(Op::Want).with_filename(&e.rel)))
+                } else {
+                    want_for(&path, &e, flags.force).await
+                };
+                match want {
                     Ok(Some(w)) => wants.push(w),
                     Ok(None) => {}
                     Err(msg) => file_failed(&mut report, &e.rel, &msg),
@@ -250,13 +291,21 @@ pub async fn get_tree(
     let total: u64 = wants.iter().filter_map(|w: &Header| files.get(&w.filename)).map(|e| e.size).sum();
     let count = wants.len() as u64;
     for w in &wants {
-        conn.writer.write_header(w).await?;
+        conn.writer.queue(w, &[]).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
 
+    // Small files are verified and written by the tree writer's threads
+    // while we read on; larger ones are streamed here.
+    let base = cap_std::fs::Dir::open_ambient_dir(&top, cap_std::ambient_authority())
+        .map_err(|err| Error::local(&top, err))?;
+    let mut small = TreeWriter::start(base, flags.force).map_err(|err| Error::local(&top, err))?;
     let bar = opts.ui.tree_bar(total, count);
     let mut answered = 0u64;
     loop {
+        for w in small.ready() {
+            small_result(&mut report, w);
+        }
         let h = conn.reader.expect_header().await?;
         match h.op {
             Op::End => break,
@@ -268,6 +317,21 @@ pub async fn get_tree(
                         ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
                     );
                 };
+                if h.total_size <= INLINE_MAX {
+                    let body = conn.reader.read_small_body(h.total_size, INLINE_MAX as usize).await?;
+                    let done = conn.reader.expect_header().await?;
+                    if done.op != Op::Done {
+                        return Err(unexpected_reply(done, "done"));
+                    }
+                    // Names were checked when the manifest came.
+                    let path = RemotePath::parse(&e.rel).map_err(|err| Error::Usage(err.to_string()))?;
+                    let meta = (h.mode.unwrap_or(e.mode), h.mtime.unwrap_or(e.mtime));
+                    bar.inc(h.total_size);
+                    small.write(SmallFile { rel: e.rel.clone(), path, body, sent: done.md5, meta }).await;
+                    answered += 1;
+                    bar.set_message(format!("{answered}/{count} files"));
+                    continue;
+                }
                 let path = tree::local_path(&top, &e.rel);
                 match receive_file(conn, &path, &h, e, flags.force, &bar).await? {
                     Ok(()) => {
@@ -282,6 +346,9 @@ pub async fn get_tree(
         answered += 1;
         bar.set_message(format!("{answered}/{count} files"));
     }
+    for w in small.finish().await {
+        small_result(&mut report, w);
+    }
     bar.finish_and_clear();
     // Directory modes and times last, deepest first.
     for d in dirs.iter().rev() {
@@ -291,6 +358,34 @@ pub async fn get_tree(
     }
     opts.ui.tree_summary("get", remote, &report, started.elapsed());
     Ok(report)
+}
+
+/// Counts a small file the tree writer is done with.
+fn small_result(report: &mut TreeReport, w: Written) {
+    match w.result {
+        Ok(_) => {
+            report.sent += 1;
+            report.bytes += w.size;
+        }
+        Err(WriteError::Mismatch { sent, received }) => {
+            let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+            let msg = format!("md5 mismatch (sent {sent}, received {received}): nothing was saved");
+            file_failed(report, &w.rel, &msg);
+        }
+        Err(WriteError::Exists) => file_failed(report, &w.rel, "exists (use --force to replace it)"),
+        Err(WriteError::Io(err)) => file_failed(report, &w.rel, &crate::error::plain_io(&err)),
+    }
+}
+
+/// Makes the directory `path` and any missing parents; says whether `path`
+/// itself was made just now (so it is empty).
+fn make_dir(path: &Path) -> std::io::Result<bool> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path).map(|()| false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The `want` frame for a file of the manifest, `None` if ours is already

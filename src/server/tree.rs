@@ -9,8 +9,9 @@ use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Root};
 use crate::protocol::{EntryKind, ErrorCode, Header, Md5Hex, Op};
-use crate::transfer::{hash_prefix, receive_into, send_file, CopyError, INLINE_MAX};
+use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, INLINE_MAX};
 use crate::tree::{self, TreeEntry};
+use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,22 +20,6 @@ use std::sync::Arc;
 /// (a few hundred bytes each) while allowing trees far larger than
 /// /usr/include's 8,000 files.
 const MAX_ENTRIES: usize = 1_000_000;
-
-/// The same, but for the few quick syscalls around a small file (open,
-/// lock, link, chmod): done in place, since the hop to the blocking pool
-/// and back costs more than they do; thousands of small files in a tree
-/// made that hop the largest cost.
-async fn quick<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    small: bool,
-    f: impl FnOnce(&Root) -> T + Send + 'static,
-) -> T {
-    if small {
-        f(&shared.root)
-    } else {
-        blocking(shared, f).await
-    }
-}
 
 fn bad_path(e: impl std::fmt::Display) -> RequestError {
     RequestError::new(ErrorCode::BadPath, e.to_string())
@@ -57,11 +42,12 @@ pub(crate) async fn put_tree(
     };
     let made = {
         let top = top.clone();
-        blocking(shared, move |root| root.create_dir_all(&top)).await
+        blocking(shared, move |root| Ok::<_, std::io::Error>((root.make_dir(&top)?, root.handle()?))).await
     };
-    if let Err(e) = made {
-        return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await;
-    }
+    let (fresh, base) = match made {
+        Ok(made) => made,
+        Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
+    };
     conn.writer.write_header(&Header::new(Op::Ready).with_filename(&req.filename)).await?;
 
     // The manifest: make directories and symlinks now, note the files, and
@@ -82,14 +68,27 @@ pub(crate) async fn put_tree(
     }
     let (force, task_top) = (req.force, top.clone());
     let (replies, files, dirs) =
-        blocking(shared, move |root| apply_manifest(root, &task_top, manifest, force)).await;
+        blocking(shared, move |root| apply_manifest(root, &task_top, fresh, manifest, force)).await;
     for r in &replies {
-        conn.writer.write_header(r).await?;
+        conn.writer.queue(r, &[]).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
 
-    // The files, one after another, each answered as soon as it is done.
+    // The files, one after another: small ones go to the tree writer's
+    // thread, larger ones are streamed here. Replies are queued while more
+    // frames are already here, and sent before waiting on the client.
+    let mut small = match TreeWriter::start(base, force) {
+        Ok(w) => w,
+        Err(e) => return Err(ConnError::Io(e)),
+    };
     loop {
+        for w in small.ready() {
+            outcome.bytes += if w.result.is_ok() { w.size } else { 0 };
+            conn.writer.queue(&small_reply(w), &[]).await?;
+        }
+        if !conn.reader.header_buffered() {
+            conn.writer.flush().await?;
+        }
         let h = conn.reader.expect_header().await?;
         match h.op {
             Op::End => break,
@@ -97,11 +96,32 @@ pub(crate) async fn put_tree(
             other => return Err(ConnError::Unexpected { got: other, expected: "data or end" }),
         }
         let meta = files.get(&h.filename).cloned();
-        let reply = receive_one(conn, shared, &top, &h, meta, force).await?;
-        if reply.op == Op::Ok {
-            outcome.bytes += h.total_size;
+        if h.total_size > INLINE_MAX {
+            let reply = receive_one(conn, shared, &top, &h, meta, force).await?;
+            if reply.op == Op::Ok {
+                outcome.bytes += h.total_size;
+            }
+            conn.writer.queue(&reply, &[]).await?;
+            continue;
         }
-        conn.writer.write_header(&reply).await?;
+        let body = conn.reader.read_small_body(h.total_size, INLINE_MAX as usize).await?;
+        let sent = expect_done(conn).await?;
+        match (meta, top.join(&h.filename)) {
+            (Some(meta), Ok(path)) => {
+                let meta = (meta.mode, meta.mtime);
+                small.write(SmallFile { rel: h.filename, path, body, sent, meta }).await;
+            }
+            (None, _) => {
+                let msg = format!("{} was not in the manifest", h.filename);
+                let err = RequestError::new(ErrorCode::BadRequest, msg);
+                conn.writer.queue(&file_error(&h.filename, &err), &[]).await?;
+            }
+            (_, Err(e)) => conn.writer.queue(&file_error(&h.filename, &bad_path(e)), &[]).await?,
+        }
+    }
+    for w in small.finish().await {
+        outcome.bytes += if w.result.is_ok() { w.size } else { 0 };
+        conn.writer.queue(&small_reply(w), &[]).await?;
     }
     // Directory modes and times last, deepest first: writing into a
     // directory changes its time.
@@ -120,15 +140,23 @@ type DirMeta = (RemotePath, u32, i64);
 
 /// Creates the manifest's directories and symlinks; returns the `have` and
 /// `error` frames for the client, the files expected, and the directories.
+/// `fresh`: `top` was made just now, so it held nothing.
 fn apply_manifest(
     root: &Root,
     top: &RemotePath,
+    fresh: bool,
     manifest: Vec<TreeEntry>,
     force: bool,
 ) -> (Vec<Header>, HashMap<String, TreeEntry>, Vec<DirMeta>) {
     let mut replies = Vec::new();
     let mut files = HashMap::new();
     let mut dirs = Vec::new();
+    // Directories (relative to `top`) made just now: files in them cannot
+    // exist yet, so looking each up would only cost time.
+    let mut made = std::collections::HashSet::new();
+    if fresh {
+        made.insert(String::new());
+    }
     for entry in manifest {
         let path = match top.join(&entry.rel) {
             Ok(p) => p,
@@ -139,7 +167,12 @@ fn apply_manifest(
         };
         let (shown, rel) = (path.to_string(), entry.rel.clone());
         let result = match entry.kind {
-            EntryKind::Dir => root.create_dir_all(&path).map(|()| dirs.push((path, entry.mode, entry.mtime))),
+            EntryKind::Dir => root.make_dir(&path).map(|new| {
+                if new {
+                    made.insert(entry.rel.clone());
+                }
+                dirs.push((path, entry.mode, entry.mtime));
+            }),
             EntryKind::Symlink => match entry.target.as_deref() {
                 Some(t) if tree::link_stays_inside(&entry.rel, t) => root.symlink(&path, t, force),
                 _ => {
@@ -149,6 +182,11 @@ fn apply_manifest(
                 }
             },
             EntryKind::File => {
+                let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                if made.contains(parent) {
+                    files.insert(entry.rel.clone(), entry);
+                    continue;
+                }
                 if let Some(have) = existing(root, &path, &entry) {
                     replies.push(have);
                 }
@@ -184,6 +222,26 @@ fn existing(root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Header>
     Some(have)
 }
 
+/// The reply for a small file the tree writer is done with.
+fn small_reply(w: Written) -> Header {
+    let shown = w.path.to_string();
+    let err = match w.result {
+        Ok(md5) => return Header::new(Op::Ok).with_filename(&w.rel).with_md5(md5),
+        Err(WriteError::Mismatch { sent, received }) => {
+            let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+            let msg =
+                format!("md5 mismatch for {shown} (sent {sent}, received {received}): nothing was saved");
+            RequestError::new(ErrorCode::Md5Mismatch, msg)
+        }
+        Err(WriteError::Exists) => RequestError::new(
+            ErrorCode::Exists,
+            format!("remote file exists: {shown} (use --force to replace it)"),
+        ),
+        Err(WriteError::Io(e)) => RequestError::from_io(&e, &shown),
+    };
+    file_error(&w.rel, &err)
+}
+
 /// Receives one file of a tree: its `data` body and `done` frame. Returns
 /// the reply for it (`ok` or `error`); only connection failures are errors.
 async fn receive_one(
@@ -199,7 +257,7 @@ async fn receive_one(
     let staged = match (meta, top.join(&rel)) {
         (Some(meta), Ok(path)) => {
             let shown = path.to_string();
-            match quick(shared, len <= INLINE_MAX, move |root| root.stage(&path)).await {
+            match blocking(shared, move |root| root.stage(&path)).await {
                 Ok((staged, file, _)) => Ok((staged, file, meta, shown)),
                 Err(e) => Err(RequestError::from_io(&e, &shown)),
             }
@@ -236,7 +294,7 @@ async fn receive_one(
         let msg = format!("md5 mismatch for {shown} (sent {sent}, received {received}): nothing was saved");
         return Ok(file_error(&rel, &RequestError::new(ErrorCode::Md5Mismatch, msg)));
     }
-    let committed = quick(shared, len <= INLINE_MAX, move |_| {
+    let committed = blocking(shared, move |_| {
         if let Ok(h) = handle {
             tree::apply_meta(&h, meta.mode, meta.mtime)?;
         }
@@ -277,7 +335,7 @@ pub(crate) async fn get_tree(
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
     };
     for e in &entries {
-        conn.writer.write_header(&e.to_header()).await?;
+        conn.writer.queue(&e.to_header(), &[]).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
 
@@ -298,7 +356,7 @@ pub(crate) async fn get_tree(
         let rel = want.filename.clone();
         let Some(entry) = meta.get(&rel).filter(|e| e.kind == EntryKind::File).cloned() else {
             let err = RequestError::new(ErrorCode::NotFound, format!("{rel} is not a file of the tree"));
-            conn.writer.write_header(&file_error(&rel, &err)).await?;
+            conn.writer.queue(&file_error(&rel, &err), &[]).await?;
             continue;
         };
         outcome.bytes += send_one(conn, shared, &top, &rel, &entry, want.md5, req.force).await?;
@@ -321,12 +379,50 @@ async fn send_one(
     let path = match top.join(rel) {
         Ok(p) => p,
         Err(e) => {
-            conn.writer.write_header(&file_error(rel, &bad_path(e))).await?;
+            conn.writer.queue(&file_error(rel, &bad_path(e)), &[]).await?;
             return Ok(0);
         }
     };
     let shown = path.to_string();
-    let opened = quick(shared, entry.size <= INLINE_MAX, move |root| {
+    if entry.size <= INLINE_MAX {
+        // Small: read whole and hashed in place (a few microseconds), then
+        // queued, so many files go out in one write.
+        let read =
+            shared.root.open_read(&path).and_then(|(file, size, mtime)| Ok((read_small(file, size)?, mtime)));
+        match read {
+            Ok((Some((body, md5)), mtime)) => {
+                let reply = match &theirs {
+                    Some(theirs) if *theirs == md5 => {
+                        let mut ok = Header::new(Op::Ok).with_filename(rel);
+                        ok.skipped = true;
+                        ok
+                    }
+                    Some(_) if !force => {
+                        let msg = format!("{rel} exists and differs (use --force to replace it)");
+                        file_error(rel, &RequestError::new(ErrorCode::Exists, msg))
+                    }
+                    _ => {
+                        let mut data = Header::new(Op::Data).with_filename(rel).with_body(body.len() as u64);
+                        data.mode = Some(entry.mode);
+                        data.mtime = Some(mtime);
+                        conn.writer.queue(&data, &body).await?;
+                        let done = Header::new(Op::Done).with_filename(rel).with_md5(md5);
+                        conn.writer.queue(&done, &[]).await?;
+                        return Ok(body.len() as u64);
+                    }
+                };
+                conn.writer.queue(&reply, &[]).await?;
+                return Ok(0);
+            }
+            // It grew past the inline size since the walk: streamed below.
+            Ok((None, _)) => {}
+            Err(e) => {
+                conn.writer.queue(&file_error(rel, &RequestError::from_io(&e, &shown)), &[]).await?;
+                return Ok(0);
+            }
+        }
+    }
+    let opened = blocking(shared, move |root| {
         let (mut file, size, mtime) = root.open_read(&path)?;
         // Compare with the client's copy first, if it has one.
         let same = match &theirs {

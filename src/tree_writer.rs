@@ -1,0 +1,208 @@
+//! A tree's small files, verified and written on a thread of their own.
+//!
+//! The side receiving a tree spends most of its time in filesystem calls
+//! (create, write, chmod, utimes, rename) for thousands of small files.
+//! Done in the connection's task, they stop it from reading the next
+//! frames; here a dedicated thread checks each body against its MD5 and
+//! writes it (see [`write_whole`](crate::fs::write_whole)) while the task
+//! goes on reading. Files are independent, so they need no ordering.
+
+use crate::digest::Md5;
+use crate::fs::{write_whole_beneath, CommitError, DirCache, RemotePath};
+use crate::protocol::Md5Hex;
+use cap_std::fs::Dir;
+use std::io;
+use tokio::sync::mpsc;
+
+/// Small files waiting for each thread: with bodies of at most
+/// [`INLINE_MAX`](crate::transfer::INLINE_MAX) (64 KiB), at most 2 MiB per
+/// thread are held; more than enough to keep it busy while the task reads.
+const QUEUED: usize = 32;
+
+/// Writing threads. Each takes whole directories (files in one directory
+/// would only queue on its lock), so two keep both cores busy while the
+/// connection's task reads. Measured on /usr/include (7,911 files): see
+/// BENCHMARKS.md.
+const THREADS: usize = 2;
+
+/// One small file, its body read whole.
+pub struct SmallFile {
+    /// The name the peer used, for its reply.
+    pub rel: String,
+    /// Where to write it, beneath the writer's base directory.
+    pub path: RemotePath,
+    /// The whole body.
+    pub body: Vec<u8>,
+    /// The MD5 the sender gave; nothing is written unless the body has it.
+    pub sent: Option<Md5Hex>,
+    /// Permission bits and modification time to give the file.
+    pub meta: (u32, i64),
+}
+
+/// What became of one file.
+#[derive(Debug)]
+pub struct Written {
+    /// The name the peer used.
+    pub rel: String,
+    /// Where it went, as shown in messages.
+    pub path: RemotePath,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The MD5 of the committed body, or why nothing was committed.
+    pub result: Result<Md5Hex, WriteError>,
+}
+
+/// Why a small file was not committed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The body does not have the sender's MD5.
+    Mismatch {
+        /// What the sender said.
+        sent: Option<Md5Hex>,
+        /// What arrived.
+        received: Md5Hex,
+    },
+    /// The destination exists and replacing was not asked.
+    Exists,
+    /// The filesystem refused.
+    Io(io::Error),
+}
+
+/// The threads writing a tree's small files, and their results.
+pub struct TreeWriter {
+    /// Files for each thread; dropped to tell them no more are coming.
+    jobs: Vec<mpsc::Sender<SmallFile>>,
+    /// What became of each file, in the order written.
+    results: mpsc::UnboundedReceiver<Written>,
+    /// The threads, joined when the tree is done.
+    threads: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TreeWriter {
+    /// Starts a writer for files beneath `base`; `replace` lets a file
+    /// replace an existing one.
+    pub fn start(base: Dir, replace: bool) -> io::Result<TreeWriter> {
+        let (tx, results) = mpsc::unbounded_channel();
+        let (mut jobs, mut threads) = (Vec::new(), Vec::new());
+        for _ in 0..THREADS {
+            let (job_tx, rx) = mpsc::channel::<SmallFile>(QUEUED);
+            threads.push(tokio::task::spawn_blocking({
+                let (base, tx) = (base.try_clone()?, tx.clone());
+                move || write_all(rx, &base, replace, &tx)
+            }));
+            jobs.push(job_tx);
+        }
+        Ok(TreeWriter { jobs, results, threads })
+    }
+
+    /// Hands a file to a thread (always the same one for a directory),
+    /// waiting while that thread is [`QUEUED`] files behind.
+    pub async fn write(&mut self, file: SmallFile) {
+        let mut lane = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&file.path.parent_path(), &mut lane);
+        let lane = std::hash::Hasher::finish(&lane) as usize % self.jobs.len();
+        // A thread only stops when its `jobs` is dropped or results are no
+        // longer read, neither of which can happen while `self` lives.
+        let _ = self.jobs[lane].send(file).await;
+    }
+
+    /// Results ready now, without waiting.
+    pub fn ready(&mut self) -> Vec<Written> {
+        let mut out = Vec::new();
+        while let Ok(w) = self.results.try_recv() {
+            out.push(w);
+        }
+        out
+    }
+
+    /// Waits for every file handed over; returns the results not yet taken.
+    pub async fn finish(self) -> Vec<Written> {
+        let TreeWriter { jobs, mut results, threads } = self;
+        drop(jobs);
+        for t in threads {
+            t.await.expect("the tree writer does not panic");
+        }
+        let mut out = Vec::new();
+        while let Ok(w) = results.try_recv() {
+            out.push(w);
+        }
+        out
+    }
+}
+
+/// One writing thread: verifies and writes each file it is given.
+fn write_all(
+    mut jobs: mpsc::Receiver<SmallFile>,
+    base: &Dir,
+    replace: bool,
+    results: &mpsc::UnboundedSender<Written>,
+) {
+    let mut dirs = DirCache::default();
+    while let Some(f) = jobs.blocking_recv() {
+        let mut md5 = Md5::new();
+        md5.update(&f.body);
+        let received = md5.finish();
+        let result = if f.sent.as_ref() != Some(&received) {
+            Err(WriteError::Mismatch { sent: f.sent, received })
+        } else {
+            match write_whole_beneath(base, &mut dirs, &f.path, &f.body, f.meta, replace) {
+                Ok(()) => Ok(received),
+                Err(CommitError::Exists) => Err(WriteError::Exists),
+                Err(CommitError::Io(e)) => Err(WriteError::Io(e)),
+            }
+        };
+        let size = f.body.len() as u64;
+        if results.send(Written { rel: f.rel, path: f.path, size, result }).is_err() {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+
+    fn small(rel: &str, body: &[u8], sent: Option<Md5Hex>) -> SmallFile {
+        let path = RemotePath::parse(rel).unwrap();
+        SmallFile { rel: rel.to_string(), path, body: body.to_vec(), sent, meta: (0o644, 0) }
+    }
+
+    fn md5_of(body: &[u8]) -> Md5Hex {
+        let mut m = Md5::new();
+        m.update(body);
+        m.finish()
+    }
+
+    #[tokio::test]
+    async fn only_bodies_with_their_md5_are_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("taken"), b"old").unwrap();
+        let base = Dir::open_ambient_dir(tmp.path(), ambient_authority()).unwrap();
+        let mut w = TreeWriter::start(base, false).unwrap();
+        w.write(small("d/good", b"good", Some(md5_of(b"good")))).await;
+        w.write(small("d/bad", b"bad", Some(md5_of(b"other")))).await;
+        w.write(small("unsigned", b"x", None)).await;
+        w.write(small("taken", b"new", Some(md5_of(b"new")))).await;
+        let mut results = w.ready();
+        results.extend(w.finish().await);
+        results.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let outcome: Vec<_> = results
+            .iter()
+            .map(|r| match &r.result {
+                Ok(_) => "ok",
+                Err(WriteError::Mismatch { .. }) => "mismatch",
+                Err(WriteError::Exists) => "exists",
+                Err(WriteError::Io(_)) => "io",
+            })
+            .collect();
+        // Sorted by name: d/bad, d/good, taken, unsigned.
+        assert_eq!(outcome, ["mismatch", "ok", "exists", "mismatch"]);
+        assert_eq!(std::fs::read(tmp.path().join("d/good")).unwrap(), b"good");
+        assert!(!tmp.path().join("d/bad").exists());
+        assert!(!tmp.path().join("unsigned").exists());
+        assert_eq!(std::fs::read(tmp.path().join("taken")).unwrap(), b"old");
+        let names: Vec<_> = std::fs::read_dir(tmp.path().join("d")).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing but the good file in d/");
+    }
+}
