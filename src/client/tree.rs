@@ -104,30 +104,39 @@ pub async fn put_tree(
     }
 
     // Decide per file: send it, skip it (identical), or refuse (exists).
+    // Files the server has at the same size are hashed here in one go (a
+    // hop to a blocking thread per file would cost more than the hashing).
     let mut to_send = Vec::new();
+    let mut compare = Vec::new();
     for e in entries.into_iter().filter(|e| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
         match have.remove(&e.rel) {
             None => to_send.push(e),
-            Some((size, Some(theirs))) if size == e.size => {
-                let path = tree::local_path(local, &e.rel);
-                let ours = tokio::task::spawn_blocking(move || {
-                    let mut f = std::fs::File::open(&path)?;
-                    hash_prefix(&mut f, size).map(Md5::finish)
-                })
-                .await
-                .expect("hashing does not panic");
-                match ours {
-                    Ok(ours) if ours == theirs => report.skipped += 1,
-                    _ if flags.force => to_send.push(e),
-                    _ => file_failed(
-                        &mut report,
-                        &e.rel,
-                        "remote file exists and differs (use --force to replace it)",
-                    ),
-                }
-            }
+            Some((size, Some(theirs))) if size == e.size => compare.push((e, theirs)),
             Some(_) if flags.force => to_send.push(e),
             Some(_) => {
+                file_failed(&mut report, &e.rel, "remote file exists and differs (use --force to replace it)")
+            }
+        }
+    }
+    let top = local.to_path_buf();
+    let compared = tokio::task::spawn_blocking(move || {
+        compare
+            .into_iter()
+            .map(|(e, theirs)| {
+                let same = std::fs::File::open(tree::local_path(&top, &e.rel))
+                    .and_then(|mut f| hash_prefix(&mut f, e.size))
+                    .is_ok_and(|ours| ours.finish() == theirs);
+                (e, same)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("hashing does not panic");
+    for (e, same) in compared {
+        match same {
+            true => report.skipped += 1,
+            false if flags.force => to_send.push(e),
+            false => {
                 file_failed(&mut report, &e.rel, "remote file exists and differs (use --force to replace it)")
             }
         }
@@ -276,7 +285,7 @@ pub async fn get_tree(
                 let want = if made.contains(parent) {
                     Ok(Some(Header::new(Op::Want).with_filename(&e.rel)))
                 } else {
-                    want_for(&path, &e, flags.force).await
+                    want_for(&path, &e, flags.force)
                 };
                 match want {
                     Ok(Some(w)) => wants.push(w),
@@ -391,20 +400,16 @@ fn make_dir(path: &Path) -> std::io::Result<bool> {
 /// The `want` frame for a file of the manifest, `None` if ours is already
 /// identical is for the server to say (we send our MD5), or an error when
 /// ours differs in size and we may not replace it.
-async fn want_for(path: &Path, e: &TreeEntry, force: bool) -> Result<Option<Header>, String> {
+/// Hashed in place: the client has nothing else to do meanwhile, and a hop
+/// to a blocking thread per file of a tree costs more than most hashes.
+fn want_for(path: &Path, e: &TreeEntry, force: bool) -> Result<Option<Header>, String> {
     let mut want = Header::new(Op::Want).with_filename(&e.rel);
     match std::fs::symlink_metadata(path) {
         Err(_) => return Ok(Some(want)),
         Ok(m) if !m.is_file() => return Err("exists and is not a regular file".to_string()),
         Ok(m) if m.len() == e.size => {
-            let (owned, size) = (path.to_path_buf(), e.size);
-            let ours = tokio::task::spawn_blocking(move || {
-                let mut f = std::fs::File::open(&owned)?;
-                hash_prefix(&mut f, size).map(Md5::finish)
-            })
-            .await
-            .expect("hashing does not panic");
-            want.md5 = ours.ok();
+            let ours = std::fs::File::open(path).and_then(|mut f| hash_prefix(&mut f, e.size));
+            want.md5 = ours.ok().map(Md5::finish);
         }
         Ok(_) if !force => return Err("exists and differs (use --force to replace it)".to_string()),
         Ok(_) => {}
