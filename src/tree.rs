@@ -69,15 +69,43 @@ impl TreeEntry {
 pub fn walk_local(top: &Path) -> std::io::Result<(Vec<TreeEntry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
-    walk_dir(top, "", 0, &mut entries, &mut warnings)?;
+    walk_dir(top, "", 0, &mut |e| entries.push(e), &mut warnings)?;
     Ok((entries, warnings))
+}
+
+/// [`walk_local`], handing the manifest over in batches of `batch`
+/// entries as the walk goes, so they can be sent while it goes on.
+/// Returns the warnings.
+pub fn walk_local_in_batches(
+    top: &Path,
+    batch: usize,
+    mut emit: impl FnMut(Vec<TreeEntry>),
+) -> std::io::Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let mut pending = Vec::with_capacity(batch);
+    walk_dir(
+        top,
+        "",
+        0,
+        &mut |e| {
+            pending.push(e);
+            if pending.len() >= batch {
+                emit(std::mem::replace(&mut pending, Vec::with_capacity(batch)));
+            }
+        },
+        &mut warnings,
+    )?;
+    if !pending.is_empty() {
+        emit(pending);
+    }
+    Ok(warnings)
 }
 
 fn walk_dir(
     dir: &Path,
     prefix: &str,
     depth: usize,
-    out: &mut Vec<TreeEntry>,
+    out: &mut dyn FnMut(TreeEntry),
     warnings: &mut Vec<String>,
 ) -> std::io::Result<()> {
     if depth > MAX_DEPTH {
@@ -92,7 +120,8 @@ fn walk_dir(
             continue;
         };
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let meta = std::fs::symlink_metadata(e.path())?;
+        // Relative to the open directory (fstatat): no path walk per entry.
+        let meta = e.metadata()?;
         let ft = meta.file_type();
         let mut entry = TreeEntry {
             rel: rel.clone(),
@@ -104,18 +133,18 @@ fn walk_dir(
         };
         if ft.is_dir() {
             entry.kind = EntryKind::Dir;
-            out.push(entry);
+            out(entry);
             walk_dir(&e.path(), &rel, depth + 1, out, warnings)?;
         } else if ft.is_file() {
             entry.size = meta.len();
-            out.push(entry);
+            out(entry);
         } else if ft.is_symlink() {
             let target = std::fs::read_link(e.path())?;
             match target.to_str() {
                 Some(t) if link_stays_inside(&rel, t) => {
                     entry.kind = EntryKind::Symlink;
                     entry.target = Some(t.to_string());
-                    out.push(entry);
+                    out(entry);
                 }
                 _ => warnings
                     .push(format!("{rel}: symlink to {} leads out of the tree, skipped", target.display())),
@@ -206,6 +235,23 @@ mod tests {
         assert!(!link_stays_inside("a", "/etc/passwd"));
         assert!(!link_stays_inside("a", "b/../../c"));
         assert!(!link_stays_inside("a", ""));
+    }
+
+    #[test]
+    fn a_walk_in_batches_is_the_same_walk() {
+        let t = tempfile::tempdir().unwrap();
+        for d in 0..3 {
+            std::fs::create_dir_all(t.path().join(format!("d{d}/sub"))).unwrap();
+            for f in 0..4 {
+                std::fs::write(t.path().join(format!("d{d}/sub/f{f}")), b"x").unwrap();
+            }
+        }
+        let (whole, _) = walk_local(t.path()).unwrap();
+        let mut batches = Vec::new();
+        walk_local_in_batches(t.path(), 5, |b| batches.push(b)).unwrap();
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= 5), "{:?}", batches.len());
+        assert_eq!(batches.concat(), whole);
+        assert_eq!(whole.len(), 3 * (2 + 4));
     }
 
     #[test]

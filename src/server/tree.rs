@@ -52,13 +52,22 @@ pub(crate) async fn put_tree(
 
     // The manifest: make directories and symlinks now, note the files, and
     // tell the client which files we already have (with their MD5 when the
-    // size matches, so identical ones need not be sent).
-    let mut manifest = Vec::new();
+    // size matches, so identical ones need not be sent). Entries are
+    // applied in batches, whenever no more are waiting, so the work here
+    // overlaps the client's walk of its tree.
+    let mut manifest = Manifest::new(fresh);
+    let (mut batch, mut count) = (Vec::new(), 0usize);
     loop {
+        if !batch.is_empty() && !conn.reader.header_buffered() {
+            manifest = apply(shared, manifest, &top, std::mem::take(&mut batch), req.force).await;
+        }
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
         match h.op {
-            Op::Entry if manifest.len() < MAX_ENTRIES => manifest.extend(TreeEntry::from_header(&h)),
+            Op::Entry if count < MAX_ENTRIES => {
+                count += 1;
+                batch.extend(TreeEntry::from_header(&h));
+            }
             Op::Entry => {
                 return Err(ConnError::Unexpected { got: h.op, expected: "at most a million entries" })
             }
@@ -66,9 +75,8 @@ pub(crate) async fn put_tree(
             other => return Err(ConnError::Unexpected { got: other, expected: "entry or end" }),
         }
     }
-    let (force, task_top) = (req.force, top.clone());
-    let (replies, files, dirs) =
-        blocking(shared, move |root| apply_manifest(root, &task_top, fresh, manifest, force)).await;
+    let force = req.force;
+    let Manifest { replies, files, dirs, .. } = apply(shared, manifest, &top, batch, force).await;
     for r in &replies {
         conn.writer.queue(r, &[]).await?;
     }
@@ -138,76 +146,100 @@ pub(crate) async fn put_tree(
 /// A directory of the tree, with the mode and time to give it at the end.
 type DirMeta = (RemotePath, u32, i64);
 
-/// Creates the manifest's directories and symlinks; returns the `have` and
-/// `error` frames for the client, the files expected, and the directories.
-/// `fresh`: `top` was made just now, so it held nothing.
-fn apply_manifest(
-    root: &Root,
-    top: &RemotePath,
-    fresh: bool,
-    manifest: Vec<TreeEntry>,
-    force: bool,
-) -> (Vec<Header>, HashMap<String, TreeEntry>, Vec<DirMeta>) {
-    let mut replies = Vec::new();
-    let mut files = HashMap::new();
-    let mut dirs = Vec::new();
-    // Directories (relative to `top`) made just now: files in them cannot
-    // exist yet, so looking each up would only cost time.
-    let mut made = std::collections::HashSet::new();
-    if fresh {
-        made.insert(String::new());
+/// What a tree's manifest has done and told so far.
+struct Manifest {
+    /// `have` and `error` frames for the client.
+    replies: Vec<Header>,
+    /// The files expected, by name.
+    files: HashMap<String, TreeEntry>,
+    /// The directories, to give their modes and times at the end.
+    dirs: Vec<DirMeta>,
+    /// Directories (relative to the top) made just now: files in them
+    /// cannot exist yet, so looking each up would only cost time.
+    made: std::collections::HashSet<String>,
+}
+
+impl Manifest {
+    /// `fresh`: the top was made just now, so it holds nothing.
+    fn new(fresh: bool) -> Manifest {
+        let mut made = std::collections::HashSet::new();
+        if fresh {
+            made.insert(String::new());
+        }
+        Manifest { replies: Vec::new(), files: HashMap::new(), dirs: Vec::new(), made }
     }
-    for entry in manifest {
-        let path = match top.join(&entry.rel) {
-            Ok(p) => p,
-            Err(e) => {
-                replies.push(file_error(&entry.rel, &bad_path(e)));
-                continue;
-            }
-        };
-        let (shown, rel) = (path.to_string(), entry.rel.clone());
-        let result = match entry.kind {
-            EntryKind::Dir => root.make_dir(&path).map(|new| {
-                if new {
-                    made.insert(entry.rel.clone());
-                }
-                dirs.push((path, entry.mode, entry.mtime));
-            }),
-            EntryKind::Symlink => match entry.target.as_deref() {
-                Some(t) if tree::link_stays_inside(&entry.rel, t) => root.symlink(&path, t, force),
-                _ => {
-                    let msg = format!("{shown}: symlink leads out of the tree");
-                    replies.push(file_error(&entry.rel, &RequestError::new(ErrorCode::BadPath, msg)));
+
+    /// Creates the directories and symlinks of `batch`, notes its files,
+    /// and adds a `have` frame for each that exists, or an `error` frame.
+    fn apply(&mut self, root: &Root, top: &RemotePath, batch: Vec<TreeEntry>, force: bool) {
+        let Manifest { replies, files, dirs, made } = self;
+        for entry in batch {
+            let path = match top.join(&entry.rel) {
+                Ok(p) => p,
+                Err(e) => {
+                    replies.push(file_error(&entry.rel, &bad_path(e)));
                     continue;
                 }
-            },
-            EntryKind::File => {
-                let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
-                if made.contains(parent) {
-                    files.insert(entry.rel.clone(), entry);
-                    continue;
-                }
-                if let Some(have) = existing(root, &path, &entry) {
-                    replies.push(have);
-                }
-                files.insert(entry.rel.clone(), entry);
-                Ok(())
-            }
-            EntryKind::Other => continue,
-        };
-        if let Err(e) = result {
-            let err = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                RequestError::new(
-                    ErrorCode::Exists,
-                    format!("remote file exists: {shown} (use --force to replace it)"),
-                )
-            } else {
-                RequestError::from_io(&e, &shown)
             };
-            replies.push(file_error(&rel, &err));
+            let (shown, rel) = (path.to_string(), entry.rel.clone());
+            let result = match entry.kind {
+                EntryKind::Dir => root.make_dir(&path).map(|new| {
+                    if new {
+                        made.insert(entry.rel.clone());
+                    }
+                    dirs.push((path, entry.mode, entry.mtime));
+                }),
+                EntryKind::Symlink => match entry.target.as_deref() {
+                    Some(t) if tree::link_stays_inside(&entry.rel, t) => root.symlink(&path, t, force),
+                    _ => {
+                        let msg = format!("{shown}: symlink leads out of the tree");
+                        replies.push(file_error(&entry.rel, &RequestError::new(ErrorCode::BadPath, msg)));
+                        continue;
+                    }
+                },
+                EntryKind::File => {
+                    let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                    if made.contains(parent) {
+                        files.insert(entry.rel.clone(), entry);
+                        continue;
+                    }
+                    if let Some(have) = existing(root, &path, &entry) {
+                        replies.push(have);
+                    }
+                    files.insert(entry.rel.clone(), entry);
+                    Ok(())
+                }
+                EntryKind::Other => continue,
+            };
+            if let Err(e) = result {
+                let err = if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    RequestError::new(
+                        ErrorCode::Exists,
+                        format!("remote file exists: {shown} (use --force to replace it)"),
+                    )
+                } else {
+                    RequestError::from_io(&e, &shown)
+                };
+                replies.push(file_error(&rel, &err));
+            }
         }
     }
-    (replies, files, dirs)
+}
+
+/// Applies a batch of entries on the blocking pool.
+async fn apply(
+    shared: &Arc<Shared>,
+    mut manifest: Manifest,
+    top: &RemotePath,
+    batch: Vec<TreeEntry>,
+    force: bool,
+) -> Manifest {
+    let top = top.clone();
+    blocking(shared, move |root| {
+        manifest.apply(root, &top, batch, force);
+        manifest
+    })
+    .await
 }
 
 /// A `have` frame if a regular file is already at `path`: its size, and its
