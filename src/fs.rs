@@ -291,14 +291,22 @@ impl Root {
         self.dir.symlink_contents(target, p.to_path())
     }
 
-    /// Lists the tree under directory `p`, directories before their
-    /// contents, symlinks not followed. Returns the manifest and a warning
-    /// for each item left out (special files, links out of the tree).
-    pub fn walk(&self, p: &RemotePath) -> io::Result<(Vec<crate::tree::TreeEntry>, Vec<String>)> {
+    /// Walks the directory `p` into a manifest (as [`crate::tree::walk_local`]
+    /// does a local one), handing the entries to `emit` in batches of
+    /// `batch` as it goes. Fails before emitting anything if `p` is not a
+    /// directory that can be read.
+    pub fn walk_in_batches(
+        &self,
+        p: &RemotePath,
+        batch: usize,
+        emit: impl FnMut(Vec<crate::tree::TreeEntry>),
+    ) -> io::Result<Vec<String>> {
         let dir = self.dir.open_dir(p.to_path())?;
-        let (mut entries, mut warnings) = (Vec::new(), Vec::new());
-        walk_in(&dir, "", 0, &mut entries, &mut warnings)?;
-        Ok((entries, warnings))
+        crate::tree::in_batches(batch, emit, |out| {
+            let mut warnings = Vec::new();
+            walk_in(&dir, "", 0, out, &mut warnings)?;
+            Ok(warnings)
+        })
     }
 
     /// Removes partial files not written to for `max_age`: transfers that
@@ -340,7 +348,7 @@ fn walk_in(
     dir: &Dir,
     prefix: &str,
     depth: usize,
-    out: &mut Vec<crate::tree::TreeEntry>,
+    out: &mut dyn FnMut(crate::tree::TreeEntry),
     warnings: &mut Vec<String>,
 ) -> io::Result<()> {
     use crate::protocol::EntryKind;
@@ -369,18 +377,18 @@ fn walk_in(
                 continue;
             }
             entry.kind = EntryKind::Dir;
-            out.push(entry);
+            out(entry);
             walk_in(&e.open_dir()?, &rel, depth + 1, out, warnings)?;
         } else if ft.is_file() {
             entry.size = meta.len();
-            out.push(entry);
+            out(entry);
         } else if ft.is_symlink() {
             let target = dir.read_link_contents(&name)?;
             match target.to_str() {
                 Some(t) if crate::tree::link_stays_inside(&rel, t) => {
                     entry.kind = EntryKind::Symlink;
                     entry.target = Some(t.to_string());
-                    out.push(entry);
+                    out(entry);
                 }
                 _ => warnings.push(format!("{rel}: symlink leads out of the tree, skipped")),
             }

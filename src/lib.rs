@@ -9,7 +9,7 @@
 //! - [`connection`]: the only code that reads or writes a socket.
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
 //! - [`digest`]: the one MD5 implementation everything uses.
-//! - [`tree`]: walking directory trees into manifests, and their rules.
+//! - [`tree`]: walking directory trees into manifests (sent while the walk goes on), and their rules.
 //! - [`tree_writer`]: a tree's small files verified and written on a thread of their own.
 //! - [`fs`]: safe remote paths, the served root, partial files and commits.
 //! - [`server`]: listener, per-connection handler, one module per request.

@@ -5,9 +5,12 @@
 //! directories and symlinks whose target stays inside the tree are kept;
 //! anything else is skipped with a warning naming it.
 
+use crate::connection::FrameWriter;
+use crate::error::ConnError;
 use crate::protocol::{EntryKind, Header, Op};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use tokio::io::AsyncWrite;
 
 /// Permission bits carried for files and directories: rwx for all three
 /// classes. setuid, setgid and sticky are never carried.
@@ -16,6 +19,13 @@ pub const MODE_MASK: u32 = 0o777;
 /// How deep a walk descends; deeper trees are refused rather than risking
 /// the stack on a hostile layout.
 const MAX_DEPTH: usize = 256;
+
+/// Entries per batch of a manifest sent while the walk goes on: about
+/// 30 KB of frames, one write each.
+pub const BATCH: usize = 256;
+
+/// Batches a walk may run ahead of the socket.
+pub const BATCHES_AHEAD: usize = 8;
 
 /// One item of a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,26 +89,64 @@ pub fn walk_local(top: &Path) -> std::io::Result<(Vec<TreeEntry>, Vec<String>)> 
 pub fn walk_local_in_batches(
     top: &Path,
     batch: usize,
-    mut emit: impl FnMut(Vec<TreeEntry>),
+    emit: impl FnMut(Vec<TreeEntry>),
 ) -> std::io::Result<Vec<String>> {
-    let mut warnings = Vec::new();
+    in_batches(batch, emit, |out| {
+        let mut warnings = Vec::new();
+        walk_dir(top, "", 0, out, &mut warnings)?;
+        Ok(warnings)
+    })
+}
+
+/// Runs `walk` on a blocking thread and sends what it finds as `entry`
+/// frames, batch by batch as it goes, so the peer can start on them (make
+/// directories) while the walk goes on. `walk` hands its batches to the
+/// function it is given. Returns the entries sent and the walk's result.
+pub async fn send_walk<W, T>(
+    writer: &mut FrameWriter<W>,
+    walk: impl FnOnce(&mut dyn FnMut(Vec<TreeEntry>)) -> std::io::Result<T> + Send + 'static,
+) -> Result<(Vec<TreeEntry>, std::io::Result<T>), ConnError>
+where
+    W: AsyncWrite + Unpin,
+    T: Send + 'static,
+{
+    let (batches, mut walked) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+    let walker = tokio::task::spawn_blocking(move || {
+        walk(&mut |batch| {
+            // The receiving side only goes away on a connection error,
+            // which it reports.
+            let _ = batches.blocking_send(batch);
+        })
+    });
+    let mut entries = Vec::new();
+    while let Some(batch) = walked.recv().await {
+        for e in &batch {
+            writer.queue(&e.to_header(), &[]).await?;
+        }
+        writer.flush().await?;
+        entries.extend(batch);
+    }
+    Ok((entries, walker.await.expect("walking does not panic")))
+}
+
+/// Runs `walk`, which reports each entry it finds to the function it is
+/// given, and hands the entries to `emit` in batches of `batch`.
+pub fn in_batches<T>(
+    batch: usize,
+    mut emit: impl FnMut(Vec<TreeEntry>),
+    walk: impl FnOnce(&mut dyn FnMut(TreeEntry)) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     let mut pending = Vec::with_capacity(batch);
-    walk_dir(
-        top,
-        "",
-        0,
-        &mut |e| {
-            pending.push(e);
-            if pending.len() >= batch {
-                emit(std::mem::replace(&mut pending, Vec::with_capacity(batch)));
-            }
-        },
-        &mut warnings,
-    )?;
+    let found = walk(&mut |e| {
+        pending.push(e);
+        if pending.len() >= batch {
+            emit(std::mem::replace(&mut pending, Vec::with_capacity(batch)));
+        }
+    })?;
     if !pending.is_empty() {
         emit(pending);
     }
-    Ok(warnings)
+    Ok(found)
 }
 
 fn walk_dir(

@@ -42,13 +42,6 @@ fn file_failed(report: &mut TreeReport, rel: &str, msg: &str) {
     eprintln!("xfer: error: {}: {}", escape(rel), escape(msg));
 }
 
-/// Entries per batch of a streamed manifest: about 30 KB of frames, one
-/// write each.
-const WALK_BATCH: usize = 256;
-
-/// Batches the walk may run ahead of the socket.
-const WALK_BATCHES: usize = 8;
-
 /// The default name of a tree's copy: the last component of `path`.
 fn last_name(path: &str) -> Option<&str> {
     path.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..")
@@ -80,24 +73,11 @@ pub async fn put_tree(
 
     // The manifest goes out batch by batch as the walk finds it, so the
     // server makes directories while we are still walking.
-    let (batches, mut walked) = tokio::sync::mpsc::channel::<Vec<TreeEntry>>(WALK_BATCHES);
     let owned = local.to_path_buf();
-    let walker = tokio::task::spawn_blocking(move || {
-        tree::walk_local_in_batches(&owned, WALK_BATCH, |batch| {
-            // The receiving side only goes away on a connection error,
-            // which it reports.
-            let _ = batches.blocking_send(batch);
-        })
-    });
-    let mut entries = Vec::new();
-    while let Some(batch) = walked.recv().await {
-        for e in &batch {
-            conn.writer.queue(&e.to_header(), &[]).await?;
-        }
-        conn.writer.flush().await?;
-        entries.extend(batch);
-    }
-    let warnings = walker.await.expect("walking does not panic").map_err(|e| Error::local(local, e))?;
+    let (entries, walked) =
+        tree::send_walk(&mut conn.writer, move |emit| tree::walk_local_in_batches(&owned, tree::BATCH, emit))
+            .await?;
+    let warnings = walked.map_err(|e| Error::local(local, e))?;
     for w in &warnings {
         warn(opts, w);
     }

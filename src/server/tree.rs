@@ -356,18 +356,20 @@ pub(crate) async fn get_tree(
         Ok(p) => p,
         Err(e) => return refuse(conn, outcome, bad_path(e)).await,
     };
-    let task_top = top.clone();
-    let walked = blocking(shared, move |root| root.walk(&task_top)).await;
-    let (entries, _warnings) = match walked {
-        Ok(w) => w,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    // The manifest goes out batch by batch as the walk finds it, so the
+    // client makes directories while we are still walking.
+    let walker = {
+        let (shared, top) = (shared.clone(), top.clone());
+        move |emit: &mut dyn FnMut(Vec<TreeEntry>)| shared.root.walk_in_batches(&top, tree::BATCH, emit)
+    };
+    let (entries, walked) = tree::send_walk(&mut conn.writer, walker).await?;
+    match walked {
+        Ok(_warnings) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries.is_empty() => {
             let err = RequestError::new(ErrorCode::NotFound, format!("remote directory not found: {top}"));
             return refuse(conn, outcome, err).await;
         }
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
-    };
-    for e in &entries {
-        conn.writer.queue(&e.to_header(), &[]).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
 
