@@ -269,9 +269,12 @@ def fmt_table(b):
         ratio = f"{t / ref:.2f}" if ref else ""
         rss = b.rss.get(name)
         rss_s = f"{rss[0] / 1024:.1f} / {rss[1] / 1024:.1f}" if rss else ""
-        shown = f"{t:.3f}" if t >= 0.1 else f"{t * 1000:.2f} ms"
-        return f"| {name} | {shown} | {rate} | {ratio} | {rss_s} |"
-    head = "| tool | median (s) | MiB/s | ratio to xfer | peak RSS client / server (MiB) |\n|---|---|---|---|---|"
+        def secs(v):
+            return f"{v:.3f}" if t >= 0.1 else f"{v * 1000:.2f} ms"
+        spread = f"{secs(min(b.results[name]))} – {secs(max(b.results[name]))}"
+        return f"| {name} | {secs(t)} | {spread} | {rate} | {ratio} | {rss_s} |"
+    head = ("| tool | median (s) | fastest – slowest | MiB/s | ratio to xfer | peak RSS client / server (MiB) |\n"
+            "|---|---|---|---|---|---|")
     for group, ref_name, names in [
         ("Put (upload) of %d MiB" % mib, "xfer put",
          ["xfer put", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",

@@ -19,10 +19,11 @@ use tokio::sync::mpsc;
 /// thread are held; more than enough to keep it busy while the task reads.
 const QUEUED: usize = 32;
 
-/// Writing threads. Each takes whole directories (files in one directory
-/// would only queue on its lock), so two keep both cores busy while the
-/// connection's task reads. Measured on /usr/include (7,911 files): see
-/// BENCHMARKS.md.
+/// Writing threads: two keep both cores busy while the connection's task
+/// reads. Each file goes to the one with the fewest waiting: giving each
+/// thread whole directories (to spare the directory's lock) left one idle
+/// while the other worked through a large directory (/usr/include/linux:
+/// 539 files).
 const THREADS: usize = 2;
 
 /// One small file, its body read whole.
@@ -95,15 +96,13 @@ impl TreeWriter {
         Ok(TreeWriter { jobs, results, threads })
     }
 
-    /// Hands a file to a thread (always the same one for a directory),
-    /// waiting while that thread is [`QUEUED`] files behind.
+    /// Hands a file to the thread with the fewest waiting, waiting while
+    /// even that one is [`QUEUED`] files behind.
     pub async fn write(&mut self, file: SmallFile) {
-        let mut lane = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&file.path.parent_path(), &mut lane);
-        let lane = std::hash::Hasher::finish(&lane) as usize % self.jobs.len();
+        let lane = self.jobs.iter().max_by_key(|j| j.capacity()).expect("at least one thread");
         // A thread only stops when its `jobs` is dropped or results are no
         // longer read, neither of which can happen while `self` lives.
-        let _ = self.jobs[lane].send(file).await;
+        let _ = lane.send(file).await;
     }
 
     /// Results ready now, without waiting.
