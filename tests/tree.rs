@@ -180,6 +180,47 @@ fn damaged_downloads_are_each_refused_and_nothing_is_committed() {
     assert_eq!(tree(&work.path().join("back")), ["d"], "only the directory, no file or temporary");
 }
 
+/// After a cut part way through a tree, every file at its name is whole
+/// and no temporary is left; a re-run completes the rest.
+fn assert_cut_leaves_only_whole_files(src: &Path, dst: &Path) {
+    for rel in tree(dst) {
+        assert!(!rel.contains(".xfer-part"), "temporary left behind: {rel}");
+        let path = dst.join(&rel);
+        if path.is_file() {
+            assert_eq!(fs::read(&path).unwrap(), fs::read(src.join(&rel)).unwrap(), "{rel} is not whole");
+        }
+    }
+}
+
+#[test]
+fn a_cut_tree_leaves_only_whole_files_and_a_rerun_completes_it() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    for i in 0..200 {
+        let dir = src.join(format!("d{}", i % 7));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}")), pattern(1000 + i, i as u64)).unwrap();
+    }
+    // Up: the connection to the server is cut after about half the bytes.
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(120_000));
+    xfer(proxy.addr, work.path()).args(["put", "-r", "src"]).assert().failure();
+    assert_cut_leaves_only_whole_files(&src, &server.path("src"));
+    let files = |dir: &Path| tree(dir).iter().filter(|r| dir.join(r).is_file()).count();
+    assert!(files(&server.path("src")) < 200, "the cut came after the last file");
+    xfer(server.addr, work.path()).args(["put", "-r", "src"]).assert().success();
+    assert_eq!(tree(&server.path("src")), tree(&src));
+    assert_cut_leaves_only_whole_files(&src, &server.path("src"));
+
+    // Down: the same, cut on the way to the client.
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(120_000));
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    assert_cut_leaves_only_whole_files(&src, &work.path().join("back"));
+    assert!(files(&work.path().join("back")) < 200, "the cut came after the last file");
+    xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+    assert_eq!(tree(&work.path().join("back")), tree(&src));
+}
+
 #[test]
 fn a_hostile_server_cannot_place_files_outside_the_target() {
     let (addr, _) = fake::serve_once(Proof::Genuine, |s| {
