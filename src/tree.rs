@@ -73,28 +73,40 @@ impl TreeEntry {
     }
 }
 
-/// Walks a local directory. Returns the manifest and a warning for every
-/// item left out (special files, symlinks leading out of the tree, names
-/// that are not UTF-8).
-pub fn walk_local(top: &Path) -> std::io::Result<(Vec<TreeEntry>, Vec<String>)> {
+/// What a local walk left out, and why.
+#[derive(Debug, Default)]
+pub struct LeftOut {
+    /// Left out by the rules (special files, symlinks leading out of the
+    /// tree, names that are not UTF-8): warnings.
+    pub skipped: Vec<String>,
+    /// Could not be read (a subdirectory without permission, say): errors,
+    /// counted as failed files, as rsync counts them in its exit code 23.
+    pub unreadable: Vec<String>,
+}
+
+/// Walks a local directory. Returns the manifest and what was left out.
+/// Only an unreadable `top` is an error: anything below it that cannot be
+/// read is left out and reported, and an entry that vanishes during the
+/// walk is simply not listed.
+pub fn walk_local(top: &Path) -> std::io::Result<(Vec<TreeEntry>, LeftOut)> {
     let mut entries = Vec::new();
-    let mut warnings = Vec::new();
-    walk_dir(top, "", 0, &mut |e| entries.push(e), &mut warnings)?;
-    Ok((entries, warnings))
+    let mut left = LeftOut::default();
+    walk_dir(top, "", 0, &mut |e| entries.push(e), &mut left)?;
+    Ok((entries, left))
 }
 
 /// [`walk_local`], handing the manifest over in batches of `batch`
 /// entries as the walk goes, so they can be sent while it goes on.
-/// Returns the warnings.
+/// Returns what was left out.
 pub fn walk_local_in_batches(
     top: &Path,
     batch: usize,
     emit: impl FnMut(Vec<TreeEntry>),
-) -> std::io::Result<Vec<String>> {
+) -> std::io::Result<LeftOut> {
     in_batches(batch, emit, |out| {
-        let mut warnings = Vec::new();
-        walk_dir(top, "", 0, out, &mut warnings)?;
-        Ok(warnings)
+        let mut left = LeftOut::default();
+        walk_dir(top, "", 0, out, &mut left)?;
+        Ok(left)
     })
 }
 
@@ -154,22 +166,39 @@ fn walk_dir(
     prefix: &str,
     depth: usize,
     out: &mut dyn FnMut(TreeEntry),
-    warnings: &mut Vec<String>,
+    left: &mut LeftOut,
 ) -> std::io::Result<()> {
+    use crate::error::plain_io;
     if depth > MAX_DEPTH {
-        warnings.push(format!("{prefix}: deeper than {MAX_DEPTH} levels, skipped"));
+        left.skipped.push(format!("{prefix}: deeper than {MAX_DEPTH} levels, skipped"));
         return Ok(());
     }
-    let mut names: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    let listed = std::fs::read_dir(dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    let mut names = match listed {
+        Ok(names) => names,
+        Err(e) if depth == 0 => return Err(e),
+        Err(e) => {
+            left.unreadable.push(format!("{prefix}: cannot read this directory: {}", plain_io(&e)));
+            return Ok(());
+        }
+    };
     names.sort_by_key(|e| e.file_name());
     for e in names {
         let Some(name) = e.file_name().to_str().map(str::to_string) else {
-            warnings.push(format!("{}: name is not UTF-8, skipped", e.path().display()));
+            left.skipped.push(format!("{}: name is not UTF-8, skipped", e.path().display()));
             continue;
         };
         let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         // Relative to the open directory (fstatat): no path walk per entry.
-        let meta = e.metadata()?;
+        let meta = match e.metadata() {
+            Ok(meta) => meta,
+            // Deleted since the directory was listed: not part of the tree.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                left.unreadable.push(format!("{rel}: {}", plain_io(&e)));
+                continue;
+            }
+        };
         let ft = meta.file_type();
         let mut entry = TreeEntry {
             rel: rel.clone(),
@@ -182,23 +211,30 @@ fn walk_dir(
         if ft.is_dir() {
             entry.kind = EntryKind::Dir;
             out(entry);
-            walk_dir(&e.path(), &rel, depth + 1, out, warnings)?;
+            walk_dir(&e.path(), &rel, depth + 1, out, left)?;
         } else if ft.is_file() {
             entry.size = meta.len();
             out(entry);
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(e.path())?;
+            let target = match std::fs::read_link(e.path()) {
+                Ok(t) => t,
+                Err(e) => {
+                    left.unreadable.push(format!("{rel}: {}", plain_io(&e)));
+                    continue;
+                }
+            };
             match target.to_str() {
                 Some(t) if link_stays_inside(&rel, t) => {
                     entry.kind = EntryKind::Symlink;
                     entry.target = Some(t.to_string());
                     out(entry);
                 }
-                _ => warnings
+                _ => left
+                    .skipped
                     .push(format!("{rel}: symlink to {} leads out of the tree, skipped", target.display())),
             }
         } else {
-            warnings.push(format!("{rel}: special file, skipped"));
+            left.skipped.push(format!("{rel}: special file, skipped"));
         }
     }
     Ok(())
@@ -312,7 +348,8 @@ mod tests {
         std::os::unix::fs::symlink("/etc", top.join("out")).unwrap();
         std::os::unix::fs::symlink("loop", top.join("loop")).unwrap();
         assert!(std::process::Command::new("mkfifo").arg(top.join("fifo")).status().unwrap().success());
-        let (entries, warnings) = walk_local(top).unwrap();
+        let (entries, left) = walk_local(top).unwrap();
+        let warnings = left.skipped;
         let rels: Vec<_> = entries.iter().map(|e| (e.rel.as_str(), e.kind)).collect();
         assert_eq!(
             rels,

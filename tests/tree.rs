@@ -222,6 +222,46 @@ fn a_cut_tree_leaves_only_whole_files_and_a_rerun_completes_it() {
 }
 
 #[test]
+fn an_unreadable_subdirectory_fails_alone_and_the_rest_goes() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("locked")).unwrap();
+    fs::create_dir_all(src.join("open")).unwrap();
+    fs::write(src.join("locked/secret"), b"s").unwrap();
+    fs::write(src.join("open/a"), b"a").unwrap();
+    fs::write(src.join("top"), b"t").unwrap();
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    // Root reads any directory: run the client as nobody, on a tree nobody owns.
+    let as_root = fs::metadata("/proc/self").unwrap().uid() == 0;
+    let mut cmd = if as_root {
+        fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for p in [&src, &src.join("locked"), &src.join("open"), &src.join("open/a"), &src.join("top")] {
+            std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(assert_cmd::cargo::cargo_bin("xfer"));
+        c
+    } else {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
+    };
+    let out = cmd
+        .args(["put", "-r", "src"])
+        .current_dir(work.path())
+        .env("XFER_SERVER", server.addr.to_string())
+        .env("XFER_TOKEN", common::TOKEN)
+        .output()
+        .unwrap();
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("locked: cannot read this directory: permission denied"), "{stderr}");
+    assert!(stderr.contains("2 files copied, 0 skipped, 1 failed"), "{stderr}");
+    assert_eq!(tree(&server.path("src")), ["locked", "open", "open/a", "top"]);
+}
+
+#[test]
 fn a_hostile_server_cannot_place_files_outside_the_target() {
     let (addr, _) = fake::serve_once(Proof::Genuine, |s| {
         raw::recv(s); // get_tree

@@ -77,14 +77,18 @@ pub async fn put_tree(
     let (entries, walked) =
         tree::send_walk(&mut conn.writer, move |emit| tree::walk_local_in_batches(&owned, tree::BATCH, emit))
             .await?;
-    let warnings = walked.map_err(|e| Error::local(local, e))?;
-    for w in &warnings {
+    let left = walked.map_err(|e| Error::local(local, e))?;
+    for w in &left.skipped {
         warn(opts, w);
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
 
     // What the server has already, and what it refused in the manifest.
     let mut report = TreeReport::default();
+    for msg in &left.unreadable {
+        report.failed += 1;
+        eprintln!("xfer: error: {}", escape(msg));
+    }
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut refused = std::collections::HashSet::new();
     loop {
