@@ -583,11 +583,13 @@ pub fn write_whole_beneath(
     write_whole(dirs.open(base, &p.parent_path())?, name, body, meta, replace)
 }
 
-/// Writes `body` (whole, already verified) to `name` in `dir` atomically:
-/// a one-off hidden temporary, then its mode and modification time
-/// (`meta`), then a rename into place that, without `replace`, fails with
+/// Writes `body` (whole, already verified) to `name` in `dir` atomically,
+/// with its mode and modification time (`meta`): into an unnamed file
+/// linked in under `name` once complete (see `write_unnamed`), or, where
+/// that cannot be done and to replace a file, a one-off hidden temporary
+/// renamed into place. Without `replace` it fails with
 /// [`CommitError::Exists`] rather than overwrite. Nothing is left behind on
-/// failure. Six syscalls for a small file of a tree, where staging through
+/// failure. Five syscalls for a small file of a tree, where staging through
 /// [`Staged`] costs over twenty.
 pub fn write_whole(
     dir: &Dir,
