@@ -97,7 +97,7 @@ impl TreeWriter {
     }
 
     /// Hands a file to the thread with the fewest waiting, waiting while
-    /// even that one is [`QUEUED`] files behind.
+    /// even that one is `QUEUED` files behind.
     pub async fn write(&mut self, file: SmallFile) {
         let lane = self.jobs.iter().max_by_key(|j| j.capacity()).expect("at least one thread");
         // A thread only stops when its `jobs` is dropped or results are no
