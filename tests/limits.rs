@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{eventually, md5_hex, pattern, raw, tree, xfer, xfer_process, TestServer};
+use common::{
+    eventually, exit_code_within, md5_hex, pattern, raw, spawn_server_process, tree, xfer, xfer_process,
+    TestServer,
+};
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
@@ -128,38 +131,15 @@ fn full_disk_is_a_clear_error_and_leaves_nothing() {
     drop(server);
 }
 
-/// Starts the real binary as a server with a short grace period.
-fn spawn_server(root: &Path, grace: &str) -> (std::process::Child, std::net::SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = xfer_process(addr, root)
-        .args(["serve", "--listen", &addr.to_string(), "--root", ".", "--grace", grace])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()));
-    (child, addr)
-}
-
 fn terminate(child: &std::process::Child) {
     use nix::sys::signal::{kill, Signal};
     kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
 }
 
-/// Waits for the process to exit, at most `limit`.
-fn exit_code_within(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let mut code = None;
-    eventually(limit, || {
-        code = child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
-        code.is_some()
-    });
-    code
-}
-
 #[test]
 fn shutdown_lets_a_transfer_in_flight_finish() {
     let root = tempfile::tempdir().unwrap();
-    let (mut server, addr) = spawn_server(root.path(), "10");
+    let (mut server, addr) = spawn_server_process(root.path(), "10");
     let body = pattern(1_000_000, 2);
     let mut s = raw::connect(addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
@@ -181,7 +161,7 @@ fn shutdown_lets_a_transfer_in_flight_finish() {
 #[test]
 fn shutdown_aborts_what_outlives_the_grace_period() {
     let root = tempfile::tempdir().unwrap();
-    let (mut server, addr) = spawn_server(root.path(), "1");
+    let (mut server, addr) = spawn_server_process(root.path(), "1");
     let mut s = raw::connect(addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);

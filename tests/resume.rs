@@ -5,7 +5,9 @@
 mod common;
 
 use common::proxy::{Damage, Direction, Proxy};
-use common::{eventually, pattern, tree, xfer, TestServer};
+use common::{
+    eventually, exit_code_within, pattern, spawn_server_process, tree, xfer, xfer_process, TestServer,
+};
 use predicates::prelude::*;
 use std::fs;
 use std::path::Path;
@@ -88,6 +90,128 @@ fn get_resumes_after_cuts_at_several_points() {
         assert_eq!(fs::read(work.path().join("big.iso")).unwrap(), data, "cut at {frac}");
         assert_eq!(tree(work.path()), ["big.iso"]);
     }
+}
+
+/// Where the proxy holds a transfer still before a side is killed: three
+/// quarters of the stream, so whole chunks are already on disk.
+fn stall_point() -> Damage {
+    Damage::StallAfter(SIZE as u64 * 3 / 4)
+}
+
+/// Waits until the partial at `path` holds data and has stopped growing for
+/// 300 ms (the transfer stands at the proxy's stall); returns its length.
+fn settled_len(path: &Path) -> u64 {
+    let (mut last, mut since) = (0, std::time::Instant::now());
+    let settled = eventually(Duration::from_secs(10), || {
+        let now = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+        last > 0 && since.elapsed() >= Duration::from_millis(300)
+    });
+    assert!(settled, "the partial at {} never settled", path.display());
+    last
+}
+
+fn quiet(cmd: &mut std::process::Command) -> std::process::Child {
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap()
+}
+
+/// Re-runs `op` of big.iso against `addr` from `work`, checks that it
+/// resumed at `held`, and that `dest` then holds `data` and nothing else.
+fn resumes(addr: std::net::SocketAddr, work: &Path, op: &str, held: u64, dest: &Path, data: &[u8]) {
+    assert!(held > 0 && held < SIZE as u64, "partial of {held} bytes");
+    xfer(addr, work)
+        .args([op, "big.iso"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("resuming big.iso at {}\n", human_bytes(held as f64))));
+    assert_eq!(fs::read(dest.join("big.iso")).unwrap(), data);
+    assert_eq!(tree(dest), ["big.iso"], "the partial is gone once committed");
+}
+
+fn kill(child: &mut std::process::Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Kills the server process; the client must notice and fail.
+fn kill_server_under(client: &mut std::process::Child, server: &mut std::process::Child) {
+    kill(server);
+    let code = exit_code_within(client, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "the client saw the server go");
+}
+
+#[test]
+fn put_resumes_after_the_client_is_killed() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(SIZE, 11);
+    fs::write(work.path().join("big.iso"), &data).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToServer, stall_point());
+    let mut client = quiet(xfer_process(proxy.addr, work.path()).args(["put", "big.iso"]));
+    let partial = server.root.path().join(".big.iso.xfer-part");
+    settled_len(&partial);
+    kill(&mut client);
+    // The server sees the connection close, keeps what arrived and lets go.
+    let released =
+        eventually(Duration::from_secs(5), || fs::File::open(&partial).is_ok_and(|f| f.try_lock().is_ok()));
+    assert!(released, "the server still holds the partial");
+    assert!(!server.path("big.iso").exists(), "nothing at the final name");
+    let held = partial_len(server.root.path(), "big.iso");
+    resumes(server.addr, work.path(), "put", held, server.root.path(), &data);
+}
+
+#[test]
+fn put_resumes_after_the_server_is_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut server, addr) = spawn_server_process(root.path(), "1");
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(SIZE, 12);
+    fs::write(work.path().join("big.iso"), &data).unwrap();
+    let proxy = Proxy::start(addr, Direction::ToServer, stall_point());
+    let mut client = quiet(xfer_process(proxy.addr, work.path()).args(["put", "big.iso"]));
+    let held = settled_len(&root.path().join(".big.iso.xfer-part"));
+    kill_server_under(&mut client, &mut server);
+    assert_eq!(partial_len(root.path(), "big.iso"), held, "a killed server writes nothing more");
+    assert!(!root.path().join("big.iso").exists(), "nothing at the final name");
+
+    let (mut again, addr) = spawn_server_process(root.path(), "1");
+    resumes(addr, work.path(), "put", held, root.path(), &data);
+    kill(&mut again);
+}
+
+#[test]
+fn get_resumes_after_the_client_is_killed() {
+    let server = TestServer::start();
+    let data = pattern(SIZE, 13);
+    fs::write(server.path("big.iso"), &data).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToClient, stall_point());
+    let mut client = quiet(xfer_process(proxy.addr, work.path()).args(["get", "big.iso"]));
+    let held = settled_len(&work.path().join(".big.iso.xfer-part"));
+    kill(&mut client);
+    assert_eq!(partial_len(work.path(), "big.iso"), held);
+    assert!(!work.path().join("big.iso").exists(), "nothing at the final name");
+    resumes(server.addr, work.path(), "get", held, work.path(), &data);
+}
+
+#[test]
+fn get_resumes_after_the_server_is_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let data = pattern(SIZE, 14);
+    fs::write(root.path().join("big.iso"), &data).unwrap();
+    let (mut server, addr) = spawn_server_process(root.path(), "1");
+    let work = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(addr, Direction::ToClient, stall_point());
+    let mut client = quiet(xfer_process(proxy.addr, work.path()).args(["get", "big.iso"]));
+    settled_len(&work.path().join(".big.iso.xfer-part"));
+    kill_server_under(&mut client, &mut server);
+    assert!(!work.path().join("big.iso").exists(), "nothing at the final name");
+
+    let (mut again, addr) = spawn_server_process(root.path(), "1");
+    resumes(addr, work.path(), "get", partial_len(work.path(), "big.iso"), work.path(), &data);
+    kill(&mut again);
 }
 
 #[test]

@@ -104,6 +104,31 @@ pub fn xfer_process(addr: SocketAddr, cwd: &Path) -> std::process::Command {
     cmd
 }
 
+/// Starts the real binary as a server on `root` with a `grace` period (in
+/// seconds) for shutdown, for tests that signal or kill it.
+pub fn spawn_server_process(root: &Path, grace: &str) -> (std::process::Child, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = xfer_process(addr, root)
+        .args(["serve", "--listen", &addr.to_string(), "--root", ".", "--grace", grace])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()));
+    (child, addr)
+}
+
+/// Waits for the process to exit, at most `limit`; its exit code (-1 if a
+/// signal ended it), or `None` if it is still running.
+pub fn exit_code_within(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let mut code = None;
+    eventually(limit, || {
+        code = child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
+        code.is_some()
+    });
+    code
+}
+
 /// Deterministic pseudo-random bytes (no two runs differ, no RNG crate).
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -23,6 +23,11 @@ pub enum Damage {
     FlipBodyByte,
     /// Close both sides after this many bytes have passed.
     CutAfter(u64),
+    /// Pass this many bytes, then hold the rest back (reading and dropping
+    /// it) while keeping the connection open: the transfer stands still at
+    /// a known point until a test kills one side, whose closing then ends
+    /// the relay.
+    StallAfter(u64),
 }
 
 /// A running proxy; it stops with its thread's runtime when dropped.
@@ -71,12 +76,18 @@ async fn relay(client: TcpStream, target: SocketAddr, dir: Direction, damage: Da
                 // Dropping both halves here closes the damaged direction;
                 // returning from `relay` drops the rest.
             }
+            Damage::StallAfter(n) => {
+                let mut bad_r = bad_r;
+                let mut bad_w = bad_w;
+                let _ = tokio::io::copy(&mut (&mut bad_r).take(n), &mut bad_w).await;
+                let _ = tokio::io::copy(&mut bad_r, &mut tokio::io::sink()).await;
+            }
         }
     };
     // Whichever side finishes first ends the relay; for a cut this drops
     // every half, as a vanished peer would.
     match damage {
-        Damage::CutAfter(_) => {
+        Damage::CutAfter(_) | Damage::StallAfter(_) => {
             tokio::select! { _ = good => {}, _ = bad => {} }
         }
         Damage::FlipBodyByte => {
