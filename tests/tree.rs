@@ -6,7 +6,7 @@ mod common;
 
 use common::fake::{self, Proof};
 use common::proxy::{Damage, Direction, Proxy};
-use common::{fixture, pattern, raw, tree, xfer, TestServer};
+use common::{fixture, md5_hex, pattern, raw, tree, xfer, TestServer};
 use predicates::prelude::*;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
@@ -306,4 +306,25 @@ fn missing_or_wrong_tree_arguments_are_plain_errors() {
         .assert()
         .code(1)
         .stderr("xfer: error: remote directory not found: nope\n");
+}
+
+/// A tree cut inside a large file, whose source then shrinks: the re-run
+/// must give exactly the new file, not the new bytes over the old partial.
+#[test]
+fn a_rerun_after_a_cut_large_file_shrank_commits_only_the_new_bytes() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), pattern(3 << 20, 1)).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["put", "-r", "src"]).assert().failure();
+    assert!(!server.path("src/big.bin").exists());
+
+    let new = pattern(200_000, 2);
+    fs::write(src.join("big.bin"), &new).unwrap();
+    xfer(server.addr, work.path()).args(["put", "-r", "src"]).assert().success();
+    let got = fs::read(server.path("src/big.bin")).unwrap();
+    assert_eq!((got.len(), md5_hex(&got)), (new.len(), md5_hex(&new)), "stale bytes of the partial kept");
+    assert_eq!(tree(&server.path("src")), ["big.bin"], "no partial left");
 }

@@ -305,6 +305,13 @@ async fn receive_one(
             return Ok(file_error(&rel, &err));
         }
     };
+    // A partial left by an interrupted run may be longer than this file:
+    // its bytes must not outlive the write.
+    if let Err(e) = file.set_len(0) {
+        conn.reader.skip_body(len).await?;
+        expect_done(conn).await?;
+        return Ok(file_error(&rel, &RequestError::from_io(&e, &shown)));
+    }
     // Keep a handle to set the mode and time once the bytes are in.
     let handle = file.try_clone();
     let copied =
