@@ -215,6 +215,17 @@ impl Root {
         Staged::open_partial(self.dir.open_dir(&parent)?, name)
     }
 
+    /// The partial beside `p` if there is one to resume (see
+    /// [`Staged::existing_partial`]); a missing parent means none.
+    pub fn existing_partial(&self, p: &RemotePath) -> io::Result<Option<Partial>> {
+        let name = p.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::IsADirectory))?;
+        match self.dir.open_dir(p.parent_path()) {
+            Ok(dir) => Staged::existing_partial(dir, name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The entries of a directory, sorted by name, temporaries hidden.
     pub fn list(&self, p: &RemotePath) -> io::Result<Vec<ListEntry>> {
         use crate::protocol::EntryKind;
@@ -452,25 +463,48 @@ impl Staged {
     /// `.NAME.RANDOM.xfer-part` instead (never resumed). Returns the
     /// partial's current length.
     pub fn open_partial(dir: Dir, name: &str) -> io::Result<Partial> {
-        let base = temp_base(name);
-        let temp = format!(".{base}{TEMP_SUFFIX}");
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true);
-        let file = File::into_std(dir.open_with(&temp, &opts)?);
-        match file.try_lock() {
-            Ok(()) => {
-                let len = file.metadata()?.len();
-                let lock = Some(file.try_clone()?);
-                let staged =
-                    Staged { dir, temp, name: name.to_string(), keep: true, committed: false, _lock: lock };
-                Ok((staged, file, len))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
+        match Staged::lock_partial(&dir, name, true)? {
+            Some((temp, file)) => Ok(Staged::well_known(dir, temp, name, file)?),
+            None => {
                 let (staged, file) = Staged::create(dir, name)?;
                 Ok((staged, file, 0))
             }
+        }
+    }
+
+    /// The partial for destination `name` in `dir` if one is there, not
+    /// in use by another transfer, and not empty: what a tree offers to
+    /// resume. Never creates one.
+    pub fn existing_partial(dir: Dir, name: &str) -> io::Result<Option<Partial>> {
+        let Some((temp, file)) = Staged::lock_partial(&dir, name, false)? else { return Ok(None) };
+        let partial = Staged::well_known(dir, temp, name, file)?;
+        Ok((partial.2 > 0).then_some(partial))
+    }
+
+    /// Opens and locks `.NAME.xfer-part`; `None` if another transfer holds
+    /// it, or if it is missing and `create` is false.
+    fn lock_partial(dir: &Dir, name: &str, create: bool) -> io::Result<Option<(String, std::fs::File)>> {
+        let temp = format!(".{}{TEMP_SUFFIX}", temp_base(name));
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(create);
+        let file = match dir.open_with(&temp, &opts) {
+            Ok(f) => File::into_std(f),
+            Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(Some((temp, file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
+    }
+
+    /// The well-known partial `temp`, locked, with its length.
+    fn well_known(dir: Dir, temp: String, name: &str, file: std::fs::File) -> io::Result<Partial> {
+        let len = file.metadata()?.len();
+        let lock = Some(file.try_clone()?);
+        let staged = Staged { dir, temp, name: name.to_string(), keep: true, committed: false, _lock: lock };
+        Ok((staged, file, len))
     }
 
     /// Creates a one-off `.NAME.RANDOM.xfer-part` in `dir`, removed when
@@ -502,15 +536,15 @@ impl Staged {
     /// The partial file beside a local path (the client's side, where the
     /// user chose the path and it is not confined).
     pub fn beside(path: &Path) -> io::Result<Partial> {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        Staged::open_partial(Dir::open_ambient_dir(parent, ambient_authority())?, name)
+        let (dir, name) = local_dir_and_name(path)?;
+        Staged::open_partial(dir, name)
+    }
+
+    /// The partial beside a local path if there is one to resume (see
+    /// [`existing_partial`](Staged::existing_partial)).
+    pub fn existing_beside(path: &Path) -> io::Result<Option<Partial>> {
+        let (dir, name) = local_dir_and_name(path)?;
+        Staged::existing_partial(dir, name)
     }
 
     /// Removes the partial: its bytes are bad or useless.
@@ -529,6 +563,19 @@ impl Staged {
         self.committed = true;
         Ok(())
     }
+}
+
+/// The directory holding a local path, opened, and the path's file name.
+fn local_dir_and_name(path: &Path) -> io::Result<(Dir, &str)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((Dir::open_ambient_dir(parent, ambient_authority())?, name))
 }
 
 impl Drop for Staged {

@@ -6,8 +6,11 @@
 //! anything else is skipped with a warning naming it.
 
 use crate::connection::FrameWriter;
+use crate::digest::Md5;
 use crate::error::ConnError;
+use crate::fs::{Partial, Staged};
 use crate::protocol::{EntryKind, Header, Op};
+use crate::transfer::hash_prefix;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use tokio::io::AsyncWrite;
@@ -26,6 +29,44 @@ pub const BATCH: usize = 256;
 
 /// Batches a walk may run ahead of the socket.
 pub const BATCHES_AHEAD: usize = 8;
+
+/// Partials a tree transfer holds open (locked) to resume; beyond this,
+/// files start over. Each holds a file descriptor until its file comes.
+pub const MAX_RESUMABLE: usize = 64;
+
+/// A partial of a large file of a tree, kept to be resumed: locked,
+/// positioned after the bytes it holds, with their MD5 ready to continue.
+pub struct Resumable {
+    /// The partial's guard, to commit it.
+    pub staged: Staged,
+    /// The partial, open for writing after its `held` bytes.
+    pub file: std::fs::File,
+    /// Bytes it holds.
+    pub held: u64,
+    /// MD5 of those bytes.
+    pub prefix: Md5,
+}
+
+impl Resumable {
+    /// The partial of a file of `size` bytes, if it can be resumed: it
+    /// holds some of the bytes but not all (a longer one is no prefix).
+    pub fn check(partial: Partial, size: u64) -> Option<Resumable> {
+        let (staged, mut file, held) = partial;
+        if held == 0 || held >= size {
+            return None;
+        }
+        let prefix = hash_prefix(&mut file, held).ok()?;
+        Some(Resumable { staged, file, held, prefix })
+    }
+
+    /// Gives the partial up to start over: emptied, at offset 0.
+    pub fn restart(self) -> std::io::Result<(Staged, std::fs::File)> {
+        let Resumable { staged, mut file, .. } = self;
+        file.set_len(0)?;
+        std::io::Seek::rewind(&mut file)?;
+        Ok((staged, file))
+    }
+}
 
 /// One item of a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,11 +6,12 @@ mod common;
 
 use common::fake::{self, Proof};
 use common::proxy::{Damage, Direction, Proxy};
-use common::{fixture, md5_hex, pattern, raw, tree, xfer, TestServer};
+use common::{eventually, fixture, md5_hex, pattern, raw, tree, xfer, TestServer};
 use predicates::prelude::*;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
+use xfer::ui::human_bytes;
 
 /// Builds the fixture tree: nested and empty directories, several modes
 /// (one with setuid, never carried), inside and outside symlinks, a link
@@ -327,4 +328,120 @@ fn a_rerun_after_a_cut_large_file_shrank_commits_only_the_new_bytes() {
     let got = fs::read(server.path("src/big.bin")).unwrap();
     assert_eq!((got.len(), md5_hex(&got)), (new.len(), md5_hex(&new)), "stale bytes of the partial kept");
     assert_eq!(tree(&server.path("src")), ["big.bin"], "no partial left");
+}
+
+/// Length of the partial an interrupted run left for `name` in `dir`, once
+/// no transfer holds it any more (the server lets go a moment after a cut).
+fn released_partial_len(dir: &Path, name: &str) -> u64 {
+    let partial = dir.join(format!(".{name}.xfer-part"));
+    let released = eventually(std::time::Duration::from_secs(5), || {
+        fs::File::open(&partial).is_ok_and(|f| f.try_lock().is_ok())
+    });
+    assert!(released, "no partial left at {}, or still held", partial.display());
+    fs::metadata(&partial).unwrap().len()
+}
+
+/// A tree with a 3 MiB file in a subdirectory and a small one after it.
+fn tree_with_a_large_file(src: &Path, seed: u64) -> Vec<u8> {
+    fs::create_dir_all(src.join("d")).unwrap();
+    let big = pattern(3 << 20, seed);
+    fs::write(src.join("d/big.bin"), &big).unwrap();
+    fs::write(src.join("small.txt"), b"small").unwrap();
+    big
+}
+
+fn assert_same_file(got: &Path, want: &[u8]) {
+    let got = fs::read(got).unwrap();
+    assert_eq!((got.len(), md5_hex(&got)), (want.len(), md5_hex(want)));
+}
+
+#[test]
+fn a_tree_cut_inside_a_large_file_resumes_it_both_ways() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let big = tree_with_a_large_file(&src, 3);
+    // What the re-run moves: the rest of the large file and the small one.
+    let rest = |held: u64| {
+        format!(
+            "2 files copied, 0 skipped, 0 failed, {} in",
+            human_bytes((big.len() as u64 - held + 5) as f64)
+        )
+    };
+
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["put", "-r", "src"]).assert().failure();
+    let held = released_partial_len(&server.path("src/d"), "big.bin");
+    assert!(held > 0 && held < big.len() as u64, "partial of {held} bytes");
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("resuming d/big.bin at {}\n", human_bytes(held as f64))))
+        .stderr(predicate::str::contains(rest(held)));
+    assert_same_file(&server.path("src/d/big.bin"), &big);
+    assert_eq!(tree(&server.path("src")), tree(&src), "no partial left");
+
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    let held = released_partial_len(&work.path().join("back/d"), "big.bin");
+    assert!(held > 0 && held < big.len() as u64, "partial of {held} bytes");
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "src", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("resuming d/big.bin at {}\n", human_bytes(held as f64))))
+        .stderr(predicate::str::contains(rest(held)));
+    assert_same_file(&work.path().join("back/d/big.bin"), &big);
+    assert_eq!(tree(&work.path().join("back")), tree(&src), "no partial left");
+}
+
+/// A large file that changed between runs is not spliced onto the old
+/// partial: the re-run starts it over, both ways, and says nothing of
+/// resuming; so does --no-resume with an unchanged one.
+#[test]
+fn a_changed_large_file_in_a_tree_starts_over() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut big = tree_with_a_large_file(&src, 4);
+
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["put", "-r", "src"]).assert().failure();
+    assert!(released_partial_len(&server.path("src/d"), "big.bin") > 0);
+    big[10] ^= 0xff;
+    fs::write(src.join("d/big.bin"), &big).unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resuming").not());
+    assert_same_file(&server.path("src/d/big.bin"), &big);
+    assert_eq!(tree(&server.path("src")), tree(&src));
+
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    assert!(released_partial_len(&work.path().join("back/d"), "big.bin") > 0);
+    big[20] ^= 0xff;
+    fs::write(server.path("src/d/big.bin"), &big).unwrap();
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "src", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resuming").not());
+    assert_same_file(&work.path().join("back/d/big.bin"), &big);
+    assert_eq!(tree(&work.path().join("back")), tree(&src));
+
+    // Unchanged, but --no-resume: whole again.
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
+    fs::remove_dir_all(work.path().join("back")).unwrap();
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    assert!(released_partial_len(&work.path().join("back/d"), "big.bin") > 0);
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "--no-resume", "src", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("resuming").not());
+    assert_same_file(&work.path().join("back/d/big.bin"), &big);
+    assert_eq!(tree(&work.path().join("back")), tree(&src));
 }

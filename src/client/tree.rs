@@ -11,7 +11,7 @@ use crate::error::{ConnError, Error};
 use crate::fs::{escape, CommitError, RemotePath, Staged};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, INLINE_MAX};
-use crate::tree::{self, TreeEntry};
+use crate::tree::{self, Resumable, TreeEntry};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -90,12 +90,18 @@ pub async fn put_tree(
         eprintln!("xfer: error: {}", escape(msg));
     }
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
+    let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
     let mut refused = std::collections::HashSet::new();
     loop {
         let h = conn.reader.expect_header().await?;
         match h.op {
             Op::Have => {
                 have.insert(h.filename.clone(), (h.size.unwrap_or(0), h.md5));
+            }
+            Op::Partial => {
+                if let (Some(offset), Some(md5)) = (h.offset, h.md5) {
+                    offered.insert(h.filename, (offset, md5));
+                }
             }
             Op::Error => {
                 file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("failed"));
@@ -106,14 +112,21 @@ pub async fn put_tree(
         }
     }
 
-    // Decide per file: send it, skip it (identical), or refuse (exists).
-    // Files the server has at the same size are hashed here in one go (a
-    // hop to a blocking thread per file would cost more than the hashing).
+    // Decide per file: send it, skip it (identical), resume it, or refuse
+    // (exists). Files the server has at the same size, or part of, are
+    // hashed here in one go (a hop to a blocking thread per file would
+    // cost more than the hashing).
     let mut to_send = Vec::new();
     let mut compare = Vec::new();
+    let mut prefixes = Vec::new();
     for e in entries.into_iter().filter(|e| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
         match have.remove(&e.rel) {
-            None => to_send.push(e),
+            None => match offered.remove(&e.rel) {
+                Some((offset, theirs)) if offset > 0 && offset < e.size && flags.resume => {
+                    prefixes.push((e, offset, theirs))
+                }
+                _ => to_send.push(e),
+            },
             Some((size, Some(theirs))) if size == e.size => compare.push((e, theirs)),
             Some(_) if flags.force => to_send.push(e),
             Some(_) => {
@@ -122,8 +135,8 @@ pub async fn put_tree(
         }
     }
     let top = local.to_path_buf();
-    let compared = tokio::task::spawn_blocking(move || {
-        compare
+    let (compared, prefixes) = tokio::task::spawn_blocking(move || {
+        let compared = compare
             .into_iter()
             .map(|(e, theirs)| {
                 let same = std::fs::File::open(tree::local_path(&top, &e.rel))
@@ -131,10 +144,32 @@ pub async fn put_tree(
                     .is_ok_and(|ours| ours.finish() == theirs);
                 (e, same)
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        // A partial is resumed only if it is a prefix of our file now: the
+        // file stays open after those bytes, with their MD5 to go on from.
+        let prefixes = prefixes
+            .into_iter()
+            .map(|(e, offset, theirs)| {
+                let resume = std::fs::File::open(tree::local_path(&top, &e.rel))
+                    .and_then(|mut f| Ok((hash_prefix(&mut f, offset)?, f)))
+                    .ok()
+                    .filter(|(ours, _)| ours.clone().finish() == theirs)
+                    .map(|(ours, f)| (f, offset, ours));
+                (e, resume)
+            })
+            .collect::<Vec<_>>();
+        (compared, prefixes)
     })
     .await
     .expect("hashing does not panic");
+    let mut resumes = HashMap::new();
+    for (e, resume) in prefixes {
+        if let Some((file, offset, md5)) = resume {
+            opts.ui.resuming(&e.rel, offset);
+            resumes.insert(e.rel.clone(), (file, offset, md5));
+        }
+        to_send.push(e);
+    }
     for (e, same) in compared {
         match same {
             true => report.skipped += 1,
@@ -146,7 +181,7 @@ pub async fn put_tree(
     }
 
     // Send every file back to back while reading the results.
-    let total: u64 = to_send.iter().map(|e| e.size).sum();
+    let total: u64 = to_send.iter().map(|e| e.size - resumes.get(&e.rel).map_or(0, |r| r.1)).sum();
     let bar = opts.ui.tree_bar(total, to_send.len() as u64);
     let count = to_send.len();
     let (reader, writer) = (&mut conn.reader, &mut conn.writer);
@@ -154,6 +189,15 @@ pub async fn put_tree(
         let mut sent_bytes = 0u64;
         for e in &to_send {
             let path = tree::local_path(local, &e.rel);
+            if let Some((file, offset, md5)) = resumes.remove(&e.rel) {
+                let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(e.size - offset);
+                (data.offset, data.mode, data.mtime) = (Some(offset), Some(e.mode), Some(e.mtime));
+                writer.write_header(&data).await?;
+                let md5 = send_large(file, e.size - offset, md5, writer, &bar, &path).await?;
+                writer.write_header(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5)).await?;
+                sent_bytes += e.size - offset;
+                continue;
+            }
             // A file that vanished or became unreadable since the walk: say
             // so, and go on with the others.
             let file = match std::fs::File::open(&path) {
@@ -190,12 +234,7 @@ pub async fn put_tree(
             data.mode = Some(e.mode);
             data.mtime = Some(e.mtime);
             writer.write_header(&data).await?;
-            let md5 = match send_file(file, e.size, Md5::new(), writer.body_writer(), &bar).await {
-                Ok(md5) => md5,
-                Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source).into()),
-                // The file changed under us: the frame cannot be completed.
-                Err(err) => return Err(Error::Usage(format!("{}: {err}; stopping", path.display()))),
-            };
+            let md5 = send_large(file, e.size, Md5::new(), writer, &bar, &path).await?;
             writer.write_header(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5)).await?;
             sent_bytes += e.size;
         }
@@ -228,6 +267,24 @@ pub async fn put_tree(
     Ok(report)
 }
 
+/// Sends `len` bytes of a large file of the tree from where `file` stands;
+/// `md5` has seen what came before. A file that changes under us stops
+/// the tree: its frame cannot be completed.
+async fn send_large(
+    file: std::fs::File,
+    len: u64,
+    md5: Md5,
+    writer: &mut crate::connection::Writer,
+    bar: &ProgressBar,
+    path: &Path,
+) -> Result<Md5Hex, Error> {
+    match send_file(file, len, md5, writer.body_writer(), bar).await {
+        Ok(md5) => Ok(md5),
+        Err(CopyError::Write { source, .. }) => Err(ConnError::Io(source).into()),
+        Err(err) => Err(Error::Usage(format!("{}: {err}; stopping", path.display()))),
+    }
+}
+
 /// Fetches the tree at `remote` into `local` (default: `remote`'s name).
 pub async fn get_tree(
     opts: &Options,
@@ -253,6 +310,8 @@ pub async fn get_tree(
     let mut files = HashMap::new();
     let mut dirs = Vec::new();
     let mut wants = Vec::new();
+    // Partials of earlier runs offered to the server for resuming.
+    let mut resumable: HashMap<String, Resumable> = HashMap::new();
     // Directories (relative to `top`) made just now, so empty.
     let mut made = std::collections::HashSet::new();
     if fresh {
@@ -291,7 +350,12 @@ pub async fn get_tree(
                     want_for(&path, &e, flags.force)
                 };
                 match want {
-                    Ok(Some(w)) => wants.push(w),
+                    Ok(Some(mut w)) => {
+                        if w.md5.is_none() && flags.resume && !made.contains(parent) {
+                            offer_partial(&path, &e, &mut w, &mut resumable);
+                        }
+                        wants.push(w)
+                    }
                     Ok(None) => {}
                     Err(msg) => file_failed(&mut report, &e.rel, &msg),
                 }
@@ -300,7 +364,10 @@ pub async fn get_tree(
             EntryKind::Other => {}
         }
     }
-    let total: u64 = wants.iter().filter_map(|w: &Header| files.get(&w.filename)).map(|e| e.size).sum();
+    let total: u64 = wants
+        .iter()
+        .filter_map(|w: &Header| Some(files.get(&w.filename)?.size - w.offset.unwrap_or(0)))
+        .sum();
     let count = wants.len() as u64;
     for w in &wants {
         conn.writer.queue(w, &[]).await?;
@@ -329,7 +396,12 @@ pub async fn get_tree(
                         ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
                     );
                 };
-                if h.total_size <= INLINE_MAX {
+                let partial = resumable.remove(&h.filename);
+                if h.total_size <= INLINE_MAX && h.offset.is_none() {
+                    // Not resumed after all (the file shrank): its partial is stale.
+                    if let Some(p) = partial {
+                        p.staged.discard();
+                    }
                     let body = conn.reader.read_small_body(h.total_size, INLINE_MAX as usize).await?;
                     let done = conn.reader.expect_header().await?;
                     if done.op != Op::Done {
@@ -345,7 +417,10 @@ pub async fn get_tree(
                     continue;
                 }
                 let path = tree::local_path(&top, &e.rel);
-                match receive_file(conn, &path, &h, e, flags.force, &bar).await? {
+                if let Some(offset) = h.offset {
+                    bar.suspend(|| opts.ui.resuming(&e.rel, offset));
+                }
+                match receive_file(conn, &path, &h, e, partial, flags.force, &bar).await? {
                     Ok(()) => {
                         report.sent += 1;
                         report.bytes += h.total_size;
@@ -440,21 +515,55 @@ fn make_link(opts: &Options, report: &mut TreeReport, path: &Path, e: &TreeEntry
     }
 }
 
+/// Offers the partial an interrupted run left beside `path` for resuming,
+/// in its `want` frame, if it can be resumed and fewer than
+/// [`tree::MAX_RESUMABLE`] are held already.
+fn offer_partial(path: &Path, e: &TreeEntry, want: &mut Header, held: &mut HashMap<String, Resumable>) {
+    if e.size <= INLINE_MAX || held.len() >= tree::MAX_RESUMABLE {
+        return;
+    }
+    let Some(r) = Staged::existing_beside(path).ok().flatten().and_then(|p| Resumable::check(p, e.size))
+    else {
+        return;
+    };
+    want.offset = Some(r.held);
+    want.md5 = Some(r.prefix.clone().finish());
+    held.insert(e.rel.clone(), r);
+}
+
 /// Receives one file's body and `done` frame into its partial beside
-/// `path`, verifies and commits it. The outer error is a broken connection;
-/// the inner one a failure of this file alone.
+/// `path` (from `data.offset` on in `partial` if the server resumes it),
+/// verifies and commits it. The outer error is a broken connection or a
+/// server that resumes what we did not offer; the inner one a failure of
+/// this file alone.
 async fn receive_file(
     conn: &mut crate::connection::Connection,
     path: &Path,
     data: &Header,
     e: &TreeEntry,
+    partial: Option<Resumable>,
     force: bool,
     bar: &ProgressBar,
 ) -> Result<Result<(), String>, Error> {
     let len = data.total_size;
-    let staged = Staged::beside(path);
-    let (staged, file) = match staged {
-        Ok((staged, file, _)) => (Some(staged), file),
+    let started = match (data.offset, partial) {
+        (Some(offset), Some(r)) if r.held == offset && offset.checked_add(len) == Some(e.size) => {
+            Ok((r.staged, r.file, r.prefix))
+        }
+        (Some(_), _) => {
+            return Err(
+                ConnError::Unexpected { got: Op::Data, expected: "data from an offset we offered" }.into()
+            )
+        }
+        (None, Some(r)) => r.restart().map(|(staged, file)| (staged, file, Md5::new())),
+        (None, None) => Staged::beside(path).and_then(|(staged, file, _)| {
+            // A longer partial's bytes must not outlive the write.
+            file.set_len(0)?;
+            Ok((staged, file, Md5::new()))
+        }),
+    };
+    let (staged, file, md5) = match started {
+        Ok(s) => s,
         // Cannot write here: still read the body, to stay in step.
         Err(err) => {
             conn.reader.skip_body(len).await?;
@@ -463,8 +572,7 @@ async fn receive_file(
         }
     };
     let handle = file.try_clone().map_err(|err| Error::local(path, err))?;
-    file.set_len(0).map_err(|err| Error::local(path, err))?;
-    let copied = receive_into(&mut conn.reader.body(len), len, file, Md5::new(), bar).await;
+    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, bar).await;
     let received = match copied {
         Ok(md5) => md5,
         Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
@@ -472,9 +580,7 @@ async fn receive_file(
         Err(CopyError::Write { done, source }) => {
             conn.reader.skip_body(len - done).await?;
             conn.reader.expect_header().await?;
-            if let Some(s) = staged {
-                s.discard();
-            }
+            staged.discard();
             return Ok(Err(crate::error::plain_io(&source)));
         }
     };
@@ -482,7 +588,6 @@ async fn receive_file(
     if done.op != Op::Done {
         return Err(unexpected_reply(done, "done"));
     }
-    let staged = staged.expect("staged above");
     if done.md5.as_ref() != Some(&received) {
         staged.discard();
         let sent = done.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());

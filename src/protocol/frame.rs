@@ -247,6 +247,7 @@ mod tests {
                 Op::GetTree,
                 Op::Have,
                 Op::Want,
+                Op::Partial,
             ])
         }
 

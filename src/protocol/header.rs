@@ -64,8 +64,12 @@ pub enum Op {
     /// size matches (tree transfers).
     Have,
     /// A file the client wants sent, with its own MD5 if it has a copy of
-    /// the same size (get_tree).
+    /// the same size, or `offset` and the MD5 of that many bytes if it
+    /// holds a partial to resume (get_tree).
     Want,
+    /// A partial the server holds for a file of the tree: its first
+    /// `offset` bytes, of MD5 `md5`, which the client may resume (put_tree).
+    Partial,
 }
 
 impl fmt::Display for Op {

@@ -7,10 +7,10 @@ use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::fs::{CommitError, RemotePath, Root};
-use crate::protocol::{EntryKind, ErrorCode, Header, Md5Hex, Op};
+use crate::fs::{CommitError, RemotePath, Root, Staged};
+use crate::protocol::{EntryKind, ErrorCode, Header, Op};
 use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, INLINE_MAX};
-use crate::tree::{self, TreeEntry};
+use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -76,7 +76,8 @@ pub(crate) async fn put_tree(
         }
     }
     let force = req.force;
-    let Manifest { replies, files, dirs, .. } = apply(shared, manifest, &top, batch, force).await;
+    let Manifest { replies, files, dirs, mut resumable, .. } =
+        apply(shared, manifest, &top, batch, force).await;
     for r in &replies {
         conn.writer.queue(r, &[]).await?;
     }
@@ -104,8 +105,9 @@ pub(crate) async fn put_tree(
             other => return Err(ConnError::Unexpected { got: other, expected: "data or end" }),
         }
         let meta = files.get(&h.filename).cloned();
-        if h.total_size > INLINE_MAX {
-            let reply = receive_one(conn, shared, &top, &h, meta, force).await?;
+        if h.total_size > INLINE_MAX || h.offset.is_some() {
+            let partial = resumable.remove(&h.filename);
+            let reply = receive_one(conn, shared, &top, &h, meta, partial, force).await?;
             if reply.op == Op::Ok {
                 outcome.bytes += h.total_size;
             }
@@ -157,6 +159,9 @@ struct Manifest {
     /// Directories (relative to the top) made just now: files in them
     /// cannot exist yet, so looking each up would only cost time.
     made: std::collections::HashSet<String>,
+    /// Partials offered to the client for resuming (a `partial` frame
+    /// each), held locked until their file comes.
+    resumable: HashMap<String, Resumable>,
 }
 
 impl Manifest {
@@ -166,13 +171,20 @@ impl Manifest {
         if fresh {
             made.insert(String::new());
         }
-        Manifest { replies: Vec::new(), files: HashMap::new(), dirs: Vec::new(), made }
+        Manifest {
+            replies: Vec::new(),
+            files: HashMap::new(),
+            dirs: Vec::new(),
+            made,
+            resumable: HashMap::new(),
+        }
     }
 
     /// Creates the directories and symlinks of `batch`, notes its files,
-    /// and adds a `have` frame for each that exists, or an `error` frame.
+    /// and adds a `have` frame for each that exists, a `partial` frame for
+    /// each that an interrupted run left part of, or an `error` frame.
     fn apply(&mut self, root: &Root, top: &RemotePath, batch: Vec<TreeEntry>, force: bool) {
-        let Manifest { replies, files, dirs, made } = self;
+        let Manifest { replies, files, dirs, made, resumable } = self;
         for entry in batch {
             let path = match top.join(&entry.rel) {
                 Ok(p) => p,
@@ -205,6 +217,12 @@ impl Manifest {
                     }
                     if let Some(have) = existing(root, &path, &entry) {
                         replies.push(have);
+                    } else if let Some(r) = resumable_partial(root, &path, &entry, resumable.len()) {
+                        let mut offer = Header::new(Op::Partial).with_filename(&entry.rel);
+                        offer.offset = Some(r.held);
+                        offer.md5 = Some(r.prefix.clone().finish());
+                        replies.push(offer);
+                        resumable.insert(entry.rel.clone(), r);
                     }
                     files.insert(entry.rel.clone(), entry);
                     Ok(())
@@ -254,6 +272,15 @@ fn existing(root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Header>
     Some(have)
 }
 
+/// The partial an interrupted run left for a large file of the tree, if it
+/// can be resumed and fewer than [`MAX_RESUMABLE`] are held already.
+fn resumable_partial(root: &Root, path: &RemotePath, entry: &TreeEntry, held: usize) -> Option<Resumable> {
+    if entry.size <= INLINE_MAX || held >= MAX_RESUMABLE {
+        return None;
+    }
+    Resumable::check(root.existing_partial(path).ok()??, entry.size)
+}
+
 /// The reply for a small file the tree writer is done with.
 fn small_reply(w: Written) -> Header {
     let shown = w.path.to_string();
@@ -274,30 +301,34 @@ fn small_reply(w: Written) -> Header {
     file_error(&w.rel, &err)
 }
 
-/// Receives one file of a tree: its `data` body and `done` frame. Returns
-/// the reply for it (`ok` or `error`); only connection failures are errors.
+/// Receives one file of a tree: its `data` body and `done` frame, from
+/// `data.offset` on in `partial` if the client resumes it. Returns the
+/// reply for it (`ok` or `error`); only connection failures are errors.
 async fn receive_one(
     conn: &mut Connection,
     shared: &Arc<Shared>,
     top: &RemotePath,
     data: &Header,
     meta: Option<TreeEntry>,
+    partial: Option<Resumable>,
     force: bool,
 ) -> Result<Header, ConnError> {
     let rel = data.filename.clone();
     let len = data.total_size;
+    let offset = data.offset.unwrap_or(0);
     let staged = match (meta, top.join(&rel)) {
         (Some(meta), Ok(path)) => {
             let shown = path.to_string();
-            match blocking(shared, move |root| root.stage(&path)).await {
-                Ok((staged, file, _)) => Ok((staged, file, meta, shown)),
-                Err(e) => Err(RequestError::from_io(&e, &shown)),
-            }
+            let size = meta.size;
+            let started = blocking(shared, move |root| start_file(root, &path, partial, offset, len, size))
+                .await
+                .map_err(|e| e.unwrap_or_else(|e| RequestError::from_io(&e, &shown)));
+            started.map(|(staged, file, md5)| (staged, file, md5, meta, shown))
         }
         (None, _) => Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest"))),
         (_, Err(e)) => Err(bad_path(e)),
     };
-    let (staged, file, meta, shown) = match staged {
+    let (staged, file, md5, meta, shown) = match staged {
         Ok(s) => s,
         Err(err) => {
             conn.reader.skip_body(len).await?;
@@ -305,17 +336,9 @@ async fn receive_one(
             return Ok(file_error(&rel, &err));
         }
     };
-    // A partial left by an interrupted run may be longer than this file:
-    // its bytes must not outlive the write.
-    if let Err(e) = file.set_len(0) {
-        conn.reader.skip_body(len).await?;
-        expect_done(conn).await?;
-        return Ok(file_error(&rel, &RequestError::from_io(&e, &shown)));
-    }
     // Keep a handle to set the mode and time once the bytes are in.
     let handle = file.try_clone();
-    let copied =
-        receive_into(&mut conn.reader.body(len), len, file, Md5::new(), &ProgressBar::hidden()).await;
+    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, &ProgressBar::hidden()).await;
     let received = match copied {
         Ok(md5) => md5,
         Err(CopyError::Read { .. } | CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
@@ -400,23 +423,67 @@ pub(crate) async fn get_tree(
             conn.writer.queue(&file_error(&rel, &err), &[]).await?;
             continue;
         };
-        outcome.bytes += send_one(conn, shared, &top, &rel, &entry, want.md5, req.force).await?;
+        outcome.bytes += send_one(conn, shared, &top, &rel, &entry, &want, req.force).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
     Ok(outcome)
 }
 
+/// The partial a tree's large file is written into, positioned where the
+/// body starts, with the MD5 of what comes before it: the offered
+/// `partial` when the client resumes it (`offset` is what it holds, and
+/// the body the rest of a file of `size` bytes), else an emptied one.
+/// The outer error is a request the client got wrong.
+fn start_file(
+    root: &Root,
+    path: &RemotePath,
+    partial: Option<Resumable>,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<(Staged, std::fs::File, Md5), Result<RequestError, std::io::Error>> {
+    if offset > 0 {
+        return match partial {
+            Some(r) if r.held == offset && offset.checked_add(len) == Some(size) => {
+                Ok((r.staged, r.file, r.prefix))
+            }
+            other => {
+                let held = other.map_or(0, |r| r.held);
+                let msg = format!("data for {path} starts at {offset}, but the server offered {held} bytes");
+                Err(Ok(RequestError::new(ErrorCode::BadRequest, msg)))
+            }
+        };
+    }
+    let (staged, file) = match partial {
+        Some(r) => r.restart().map_err(Err)?,
+        None => {
+            // A partial left by an interrupted run may be longer than this
+            // file: its bytes must not outlive the write.
+            let (staged, file, _) = root.stage(path).map_err(Err)?;
+            file.set_len(0).map_err(Err)?;
+            (staged, file)
+        }
+    };
+    Ok((staged, file, Md5::new()))
+}
+
 /// Sends one file of a tree, or says it is identical to the client's copy,
-/// or why it cannot be sent. Returns the body bytes sent.
+/// or why it cannot be sent; resumes it when `want` offers a partial that
+/// is a prefix of it. Returns the body bytes sent.
 async fn send_one(
     conn: &mut Connection,
     shared: &Arc<Shared>,
     top: &RemotePath,
     rel: &str,
     entry: &TreeEntry,
-    theirs: Option<Md5Hex>,
+    want: &Header,
     force: bool,
 ) -> Result<u64, ConnError> {
+    // With an offset, the client's MD5 is of its partial, not of a copy.
+    let (theirs, partial) = match want.offset {
+        Some(offset) => (None, want.md5.clone().map(|md5| (offset, md5))),
+        None => (want.md5.clone(), None),
+    };
     let path = match top.join(rel) {
         Ok(p) => p,
         Err(e) => {
@@ -465,16 +532,23 @@ async fn send_one(
     }
     let opened = blocking(shared, move |root| {
         let (mut file, size, mtime) = root.open_read(&path)?;
-        // Compare with the client's copy first, if it has one.
+        // Compare with the client's copy first, if it has one; or with its
+        // partial, to go on after it if it is a prefix of this file.
         let same = match &theirs {
             Some(theirs) => Some(hash_prefix(&mut file, size)?.finish() == *theirs),
             None => None,
         };
+        if let Some((offset, md5)) = partial.filter(|(offset, _)| *offset > 0 && *offset < size) {
+            let prefix = hash_prefix(&mut file, offset)?;
+            if prefix.clone().finish() == md5 {
+                return Ok((file, size, mtime, same, (offset, prefix)));
+            }
+        }
         std::io::Seek::rewind(&mut file)?;
-        Ok::<_, std::io::Error>((file, size, mtime, same))
+        Ok::<_, std::io::Error>((file, size, mtime, same, (0, Md5::new())))
     })
     .await;
-    let (file, size, mtime, same) = match opened {
+    let (file, size, mtime, same, (offset, prefix)) = match opened {
         Ok(o) => o,
         Err(e) => {
             conn.writer.write_header(&file_error(rel, &RequestError::from_io(&e, &shown))).await?;
@@ -495,12 +569,14 @@ async fn send_one(
         }
         _ => {}
     }
-    let mut data = Header::new(Op::Data).with_filename(rel).with_body(size);
+    let mut data = Header::new(Op::Data).with_filename(rel).with_body(size - offset);
     data.mode = Some(entry.mode);
     data.mtime = Some(mtime);
+    data.offset = (offset > 0).then_some(offset);
     conn.writer.write_header(&data).await?;
-    let md5 = match send_file(file, size, Md5::new(), conn.writer.body_writer(), &ProgressBar::hidden()).await
-    {
+    let sent =
+        send_file(file, size - offset, prefix, conn.writer.body_writer(), &ProgressBar::hidden()).await;
+    let md5 = match sent {
         Ok(md5) => md5,
         Err(CopyError::Write { source, .. } | CopyError::Read { source, .. }) => {
             return Err(ConnError::Io(source))
@@ -508,5 +584,5 @@ async fn send_one(
         Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
     };
     conn.writer.write_header(&Header::new(Op::Done).with_filename(rel).with_md5(md5)).await?;
-    Ok(size)
+    Ok(size - offset)
 }
