@@ -320,9 +320,8 @@ async fn receive_one(
         (Some(meta), Ok(path)) => {
             let shown = path.to_string();
             let size = meta.size;
-            let started = blocking(shared, move |root| start_file(root, &path, partial, offset, len, size))
-                .await
-                .map_err(|e| e.unwrap_or_else(|e| RequestError::from_io(&e, &shown)));
+            let started =
+                blocking(shared, move |root| start_file(root, &path, partial, offset, len, size)).await;
             started.map(|(staged, file, md5)| (staged, file, md5, meta, shown))
         }
         (None, _) => Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest"))),
@@ -433,7 +432,6 @@ pub(crate) async fn get_tree(
 /// body starts, with the MD5 of what comes before it: the offered
 /// `partial` when the client resumes it (`offset` is what it holds, and
 /// the body the rest of a file of `size` bytes), else an emptied one.
-/// The outer error is a request the client got wrong.
 fn start_file(
     root: &Root,
     path: &RemotePath,
@@ -441,7 +439,7 @@ fn start_file(
     offset: u64,
     len: u64,
     size: u64,
-) -> Result<(Staged, std::fs::File, Md5), Result<RequestError, std::io::Error>> {
+) -> Result<(Staged, std::fs::File, Md5), RequestError> {
     if offset > 0 {
         return match partial {
             Some(r) if r.held == offset && offset.checked_add(len) == Some(size) => {
@@ -450,20 +448,20 @@ fn start_file(
             other => {
                 let held = other.map_or(0, |r| r.held);
                 let msg = format!("data for {path} starts at {offset}, but the server offered {held} bytes");
-                Err(Ok(RequestError::new(ErrorCode::BadRequest, msg)))
+                Err(RequestError::new(ErrorCode::BadRequest, msg))
             }
         };
     }
-    let (staged, file) = match partial {
-        Some(r) => r.restart().map_err(Err)?,
-        None => {
-            // A partial left by an interrupted run may be longer than this
-            // file: its bytes must not outlive the write.
-            let (staged, file, _) = root.stage(path).map_err(Err)?;
-            file.set_len(0).map_err(Err)?;
-            (staged, file)
-        }
+    let emptied = match partial {
+        Some(r) => r.restart(),
+        // A partial left by an interrupted run may be longer than this
+        // file: its bytes must not outlive the write.
+        None => root.stage(path).and_then(|(staged, file, _)| {
+            file.set_len(0)?;
+            Ok((staged, file))
+        }),
     };
+    let (staged, file) = emptied.map_err(|e| RequestError::from_io(&e, &path.to_string()))?;
     Ok((staged, file, Md5::new()))
 }
 
