@@ -68,6 +68,41 @@ impl Resumable {
     }
 }
 
+/// Threads that hash the files of a re-run side by side: while one side
+/// compares, the other waits for its answer, so both cores are free.
+const HASHERS: usize = 2;
+
+/// Fewer items than this are not worth starting threads for.
+const PAR_MIN: usize = 16;
+
+/// `f` applied to every item, on [`HASHERS`] threads taking the next item
+/// as each finishes (file sizes vary); the results in the items' order.
+pub fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    if items.len() < PAR_MIN {
+        return items.into_iter().map(f).collect();
+    }
+    let slots: Vec<Mutex<(Option<T>, Option<R>)>> =
+        items.into_iter().map(|t| Mutex::new((Some(t), None))).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..HASHERS {
+            s.spawn(|| {
+                while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let item = slot.lock().expect("no panics while holding it").0.take();
+                    let done = item.map(&f);
+                    slot.lock().expect("no panics while holding it").1 = done;
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| m.into_inner().expect("no panics while holding it").1.expect("every item is done"))
+        .collect()
+}
+
 /// One item of a tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeEntry {
@@ -348,6 +383,19 @@ pub fn local_path(top: &Path, rel: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn par_map_keeps_the_order_and_does_every_item_once() {
+        for n in [0, 1, PAR_MIN - 1, PAR_MIN, 1000] {
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            let out = par_map((0..n).collect(), |i: usize| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                i * 2
+            });
+            assert_eq!(out, (0..n).map(|i| i * 2).collect::<Vec<_>>());
+            assert_eq!(calls.into_inner(), n);
+        }
+    }
 
     #[test]
     fn links_inside_the_tree_are_told_from_links_out_of_it() {

@@ -445,3 +445,52 @@ fn a_changed_large_file_in_a_tree_starts_over() {
     assert_same_file(&work.path().join("back/d/big.bin"), &big);
     assert_eq!(tree(&work.path().join("back")), tree(&src));
 }
+
+/// Enough files that a re-run compares them on several threads: each is
+/// still judged on its own, both ways.
+#[test]
+fn a_rerun_of_many_files_judges_each_one() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let name = |i: usize| format!("d{}/f{i}", i % 3);
+    for i in 0..40 {
+        fs::create_dir_all(src.join(format!("d{}", i % 3))).unwrap();
+        fs::write(src.join(name(i)), pattern(100 + i * 997, i as u64)).unwrap();
+    }
+    xfer(server.addr, work.path()).args(["put", "-r", "src"]).assert().success();
+    let summary = |copied, skipped| format!("{copied} files copied, {skipped} skipped, 0 failed");
+    for (args, dir) in [
+        (["put", "-r", "-f", "src", "src"], server.path("src")),
+        (["get", "-r", "-f", "src", "back"], work.path().join("back")),
+    ] {
+        if args[0] == "get" {
+            xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+        }
+        xfer(server.addr, work.path())
+            .args(args)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains(summary(0, 40)));
+        // Three files change, keeping their sizes, on the side that sends.
+        let from = if args[0] == "put" { src.clone() } else { server.path("src") };
+        for i in [5, 17, 38] {
+            let mut data = fs::read(from.join(name(i))).unwrap();
+            data[0] ^= 0xff;
+            fs::write(from.join(name(i)), &data).unwrap();
+        }
+        xfer(server.addr, work.path())
+            .args(args)
+            .assert()
+            .success()
+            .stderr(predicate::str::contains(summary(3, 37)));
+        for i in 0..40 {
+            assert_eq!(
+                fs::read(dir.join(name(i))).unwrap(),
+                fs::read(from.join(name(i))).unwrap(),
+                "{}",
+                name(i)
+            );
+        }
+    }
+}

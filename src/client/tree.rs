@@ -136,15 +136,12 @@ pub async fn put_tree(
     }
     let top = local.to_path_buf();
     let (compared, prefixes) = tokio::task::spawn_blocking(move || {
-        let compared = compare
-            .into_iter()
-            .map(|(e, theirs)| {
-                let same = std::fs::File::open(tree::local_path(&top, &e.rel))
-                    .and_then(|mut f| hash_prefix(&mut f, e.size))
-                    .is_ok_and(|ours| ours.finish() == theirs);
-                (e, same)
-            })
-            .collect::<Vec<_>>();
+        let compared = tree::par_map(compare, |(e, theirs)| {
+            let same = std::fs::File::open(tree::local_path(&top, &e.rel))
+                .and_then(|mut f| hash_prefix(&mut f, e.size))
+                .is_ok_and(|ours| ours.finish() == theirs);
+            (e, same)
+        });
         // A partial is resumed only if it is a prefix of our file now: the
         // file stays open after those bytes, with their MD5 to go on from.
         let prefixes = prefixes
@@ -310,6 +307,8 @@ pub async fn get_tree(
     let mut files = HashMap::new();
     let mut dirs = Vec::new();
     let mut wants = Vec::new();
+    // Files that may exist here already, with where they go.
+    let mut lookups = Vec::new();
     // Partials of earlier runs offered to the server for resuming.
     let mut resumable: HashMap<String, Resumable> = HashMap::new();
     // Directories (relative to `top`) made just now, so empty.
@@ -342,26 +341,38 @@ pub async fn get_tree(
             },
             EntryKind::Symlink => make_link(opts, &mut report, &path, &e, flags.force),
             EntryKind::File => {
-                // In a directory made just now, nothing can be there yet.
+                // In a directory made just now, nothing can be there yet;
+                // elsewhere, looked up (and hashed) together below.
                 let parent = e.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
-                let want = if made.contains(parent) {
-                    Ok(Some(Header::new(Op::Want).with_filename(&e.rel)))
+                if made.contains(parent) {
+                    wants.push(Header::new(Op::Want).with_filename(&e.rel));
                 } else {
-                    want_for(&path, &e, flags.force)
-                };
-                match want {
-                    Ok(Some(mut w)) => {
-                        if w.md5.is_none() && flags.resume && !made.contains(parent) {
-                            offer_partial(&path, &e, &mut w, &mut resumable);
-                        }
-                        wants.push(w)
-                    }
-                    Ok(None) => {}
-                    Err(msg) => file_failed(&mut report, &e.rel, &msg),
+                    lookups.push((path, e.clone()));
                 }
                 files.insert(e.rel.clone(), e);
             }
             EntryKind::Other => {}
+        }
+    }
+    let force = flags.force;
+    let found = tokio::task::spawn_blocking(move || {
+        tree::par_map(lookups, |(path, e)| {
+            let want = want_for(&path, &e, force);
+            (path, e, want)
+        })
+    })
+    .await
+    .expect("hashing does not panic");
+    for (path, e, want) in found {
+        match want {
+            Ok(Some(mut w)) => {
+                if w.md5.is_none() && flags.resume {
+                    offer_partial(&path, &e, &mut w, &mut resumable);
+                }
+                wants.push(w)
+            }
+            Ok(None) => {}
+            Err(msg) => file_failed(&mut report, &e.rel, &msg),
         }
     }
     let total: u64 = wants
@@ -478,8 +489,6 @@ fn make_dir(path: &Path) -> std::io::Result<bool> {
 /// The `want` frame for a file of the manifest, `None` if ours is already
 /// identical is for the server to say (we send our MD5), or an error when
 /// ours differs in size and we may not replace it.
-/// Hashed in place: the client has nothing else to do meanwhile, and a hop
-/// to a blocking thread per file of a tree costs more than most hashes.
 fn want_for(path: &Path, e: &TreeEntry, force: bool) -> Result<Option<Header>, String> {
     let mut want = Header::new(Op::Want).with_filename(&e.rel);
     match std::fs::symlink_metadata(path) {

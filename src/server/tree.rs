@@ -185,6 +185,8 @@ impl Manifest {
     /// each that an interrupted run left part of, or an `error` frame.
     fn apply(&mut self, root: &Root, top: &RemotePath, batch: Vec<TreeEntry>, force: bool) {
         let Manifest { replies, files, dirs, made, resumable } = self;
+        // Files that may exist already, looked up (and hashed) together.
+        let mut lookups = Vec::new();
         for entry in batch {
             let path = match top.join(&entry.rel) {
                 Ok(p) => p,
@@ -215,17 +217,8 @@ impl Manifest {
                         files.insert(entry.rel.clone(), entry);
                         continue;
                     }
-                    if let Some(have) = existing(root, &path, &entry) {
-                        replies.push(have);
-                    } else if let Some(r) = resumable_partial(root, &path, &entry, resumable.len()) {
-                        let mut offer = Header::new(Op::Partial).with_filename(&entry.rel);
-                        offer.offset = Some(r.held);
-                        offer.md5 = Some(r.prefix.clone().finish());
-                        replies.push(offer);
-                        resumable.insert(entry.rel.clone(), r);
-                    }
-                    files.insert(entry.rel.clone(), entry);
-                    Ok(())
+                    lookups.push((path, entry));
+                    continue;
                 }
                 EntryKind::Other => continue,
             };
@@ -240,6 +233,19 @@ impl Manifest {
                 };
                 replies.push(file_error(&rel, &err));
             }
+        }
+        let found = tree::par_map(lookups, |(path, entry)| (existing(root, &path, &entry), path, entry));
+        for (have, path, entry) in found {
+            if let Some(have) = have {
+                replies.push(have);
+            } else if let Some(r) = resumable_partial(root, &path, &entry, resumable.len()) {
+                let mut offer = Header::new(Op::Partial).with_filename(&entry.rel);
+                offer.offset = Some(r.held);
+                offer.md5 = Some(r.prefix.clone().finish());
+                replies.push(offer);
+                resumable.insert(entry.rel.clone(), r);
+            }
+            files.insert(entry.rel.clone(), entry);
         }
     }
 }
@@ -415,6 +421,7 @@ pub(crate) async fn get_tree(
         }
     }
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
+    let identical = identical_to_theirs(shared, &top, &wants).await;
     for want in wants {
         let rel = want.filename.clone();
         let Some(entry) = meta.get(&rel).filter(|e| e.kind == EntryKind::File).cloned() else {
@@ -422,6 +429,12 @@ pub(crate) async fn get_tree(
             conn.writer.queue(&file_error(&rel, &err), &[]).await?;
             continue;
         };
+        if identical.contains(&rel) {
+            let mut ok = Header::new(Op::Ok).with_filename(&rel);
+            ok.skipped = true;
+            conn.writer.queue(&ok, &[]).await?;
+            continue;
+        }
         outcome.bytes += send_one(conn, shared, &top, &rel, &entry, &want, req.force).await?;
     }
     conn.writer.write_header(&Header::new(Op::End)).await?;
@@ -463,6 +476,32 @@ fn start_file(
     };
     let (staged, file) = emptied.map_err(|e| RequestError::from_io(&e, &path.to_string()))?;
     Ok((staged, file, Md5::new()))
+}
+
+/// The wanted files the client already has a copy of with the same MD5
+/// as ours: all compared before any is sent, side by side, since the
+/// client only waits meanwhile.
+async fn identical_to_theirs(
+    shared: &Arc<Shared>,
+    top: &RemotePath,
+    wants: &[Header],
+) -> std::collections::HashSet<String> {
+    let checks: Vec<_> = wants
+        .iter()
+        .filter(|w| w.offset.is_none())
+        .filter_map(|w| Some((w.filename.clone(), top.join(&w.filename).ok()?, w.md5.clone()?)))
+        .collect();
+    if checks.is_empty() {
+        return Default::default();
+    }
+    blocking(shared, move |root| {
+        let same = tree::par_map(checks, |(rel, path, theirs)| {
+            let ours = root.open_read(&path).and_then(|(mut file, size, _)| hash_prefix(&mut file, size));
+            ours.is_ok_and(|ours| ours.finish() == theirs).then_some(rel)
+        });
+        same.into_iter().flatten().collect()
+    })
+    .await
 }
 
 /// Sends one file of a tree, or says it is identical to the client's copy,
