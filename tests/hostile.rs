@@ -31,7 +31,9 @@ fn send_raw(server: &TestServer, authenticate: bool, bytes: &[u8]) -> Vec<u8> {
     let _ = s.shutdown(std::net::Shutdown::Write);
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut back = Vec::new();
-    let _ = s.read_to_end(&mut back);
+    // Enough for any answer to these cases; more means the server was
+    // made to send far more than it should.
+    let _ = s.take(8 << 20).read_to_end(&mut back);
     back
 }
 
@@ -81,6 +83,21 @@ fn malformed_and_lying_frames_never_hurt_the_server() {
         ("HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ("a megabyte of zeros", vec![0; 1024 * 1024]),
         ("exec on a server without it", frame(br#"{"op":"exec","command":"touch pwned"}"#)),
+        (
+            "put_tree data resuming a partial never offered",
+            [
+                frame(br#"{"op":"put_tree","filename":"up"}"#),
+                frame(br#"{"op":"entry","filename":"g","kind":"file","size":100000,"mode":420,"mtime":0}"#),
+                frame(br#"{"op":"end"}"#),
+                frame(
+                    br#"{"op":"data","filename":"g","offset":50000,"total_size":50000,"mode":420,"mtime":0}"#,
+                ),
+                vec![7; 50000],
+                frame(br#"{"op":"done","filename":"g","md5":null}"#),
+                frame(br#"{"op":"end"}"#),
+            ]
+            .concat(),
+        ),
     ];
     for (name, bytes) in &cases {
         for authenticate in [true, false] {
@@ -90,8 +107,25 @@ fn malformed_and_lying_frames_never_hurt_the_server() {
     }
     assert!(!server.path("pwned").exists());
     assert!(!server.path("short").exists());
+    assert!(!server.path("up/g").exists(), "a resume never offered must not commit");
     let grown = common::vm_hwm_kib().saturating_sub(baseline);
     assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB over the hostile cases");
+}
+
+#[test]
+fn a_tree_client_cannot_have_one_file_sent_over_and_over() {
+    let server = TestServer::start();
+    std::fs::create_dir(server.path("tree")).unwrap();
+    std::fs::write(server.path("tree/f"), vec![1; 100_000]).unwrap();
+    let flood = [
+        frame(br#"{"op":"get_tree","filename":"tree"}"#),
+        frame(br#"{"op":"want","filename":"f"}"#).repeat(100_000),
+        frame(br#"{"op":"end"}"#),
+    ]
+    .concat();
+    let back = send_raw(&server, true, &flood);
+    assert!(back.len() < 1 << 20, "the server sent {} bytes for one 100 KB file", back.len());
+    still_serves(&server, "a flood of wants");
 }
 
 #[test]

@@ -415,7 +415,15 @@ pub(crate) async fn get_tree(
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
         match h.op {
-            Op::Want if wants.len() < MAX_ENTRIES => wants.push(h),
+            // One want per item of the tree at most: more can only be a
+            // client trying to make us send the same file over and over.
+            Op::Want if wants.len() < entries.len() => wants.push(h),
+            Op::Want => {
+                return Err(ConnError::Unexpected {
+                    got: h.op,
+                    expected: "at most one want per item of the tree",
+                })
+            }
             Op::End => break,
             other => return Err(ConnError::Unexpected { got: other, expected: "want or end" }),
         }
