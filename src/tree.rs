@@ -30,6 +30,11 @@ pub const BATCH: usize = 256;
 /// Batches a walk may run ahead of the socket.
 pub const BATCHES_AHEAD: usize = 8;
 
+/// Entries a manifest may hold, on either side: bounds the memory for one
+/// tree (a few hundred bytes each) while allowing trees far larger than
+/// /usr/include's 8,000 files.
+pub const MAX_ENTRIES: usize = 1_000_000;
+
 /// Partials a tree transfer holds open (locked) to resume; beyond this,
 /// files start over. Each holds a file descriptor until its file comes.
 pub const MAX_RESUMABLE: usize = 64;

@@ -294,6 +294,35 @@ fn a_hostile_server_cannot_place_files_outside_the_target() {
 }
 
 #[test]
+fn a_hostile_server_cannot_answer_more_files_than_were_sent() {
+    let (addr, _) = fake::serve_once(Proof::Genuine, |s| {
+        raw::recv(s); // put_tree
+        raw::send(s, r#"{"op":"ready"}"#);
+        while let Some(h) = raw::try_recv(s) {
+            if h.contains(r#""op":"end""#) {
+                break;
+            }
+        }
+        // Until the client hangs up.
+        for i in 0..10_000 {
+            let json = format!(r#"{{"op":"have","filename":"f{i}","size":1}}"#);
+            let frame = [&(json.len() as u32).to_be_bytes()[..], json.as_bytes()].concat();
+            if std::io::Write::write_all(s, &frame).is_err() {
+                break;
+            }
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir(work.path().join("src")).unwrap();
+    fs::write(work.path().join("src/one"), b"1").unwrap();
+    xfer(addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("at most one answer per item sent"));
+}
+
+#[test]
 fn missing_or_wrong_tree_arguments_are_plain_errors() {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();

@@ -92,8 +92,15 @@ pub async fn put_tree(
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
     let mut refused = std::collections::HashSet::new();
-    loop {
+    for answered in 0.. {
         let h = conn.reader.expect_header().await?;
+        if answered > entries.len() && h.op != Op::End {
+            // At most one answer per item we sent: a server sending more
+            // could only be trying to fill our memory.
+            return Err(
+                ConnError::Unexpected { got: h.op, expected: "at most one answer per item sent" }.into()
+            );
+        }
         match h.op {
             Op::Have => {
                 have.insert(h.filename.clone(), (h.size.unwrap_or(0), h.md5));
@@ -319,7 +326,8 @@ pub async fn get_tree(
     loop {
         let h = conn.reader.expect_header().await?;
         match h.op {
-            Op::Entry => {}
+            Op::Entry if files.len() + dirs.len() < tree::MAX_ENTRIES => {}
+            Op::Entry => return Err(unexpected_reply(h, "at most a million entries")),
             Op::End => break,
             _ => return Err(unexpected_reply(h, "entry or end")),
         }

@@ -16,11 +16,6 @@ use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Entries a manifest may hold: bounds the server's memory for one tree
-/// (a few hundred bytes each) while allowing trees far larger than
-/// /usr/include's 8,000 files.
-const MAX_ENTRIES: usize = 1_000_000;
-
 fn bad_path(e: impl std::fmt::Display) -> RequestError {
     RequestError::new(ErrorCode::BadPath, e.to_string())
 }
@@ -64,7 +59,7 @@ pub(crate) async fn put_tree(
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
         match h.op {
-            Op::Entry if count < MAX_ENTRIES => {
+            Op::Entry if count < tree::MAX_ENTRIES => {
                 count += 1;
                 batch.extend(TreeEntry::from_header(&h));
             }
