@@ -77,10 +77,12 @@ impl Resumable {
 /// compares, the other waits for its answer, so both cores are free.
 const HASHERS: usize = 2;
 
-/// Fewer items than this are not worth starting threads for.
+/// Fewer items than this are not worth starting threads for: starting and
+/// joining two costs about 80 µs here (2,000 rounds), the time to open and
+/// hash three /usr/include files of average size (14 KiB).
 const PAR_MIN: usize = 16;
 
-/// `f` applied to every item, on [`HASHERS`] threads taking the next item
+/// `f` applied to every item, on two threads taking the next item
 /// as each finishes (file sizes vary); the results in the items' order.
 pub fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     use std::sync::atomic::{AtomicUsize, Ordering};
