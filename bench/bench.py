@@ -390,11 +390,14 @@ xxh128, with `--checksum-choice=md5` it verifies with MD5 as xfer does;
 on both ends); `xfer exec cat` streams through a pipe and hashes on both
 ends, writing to /dev/null.
 
-A single file cannot reach the targets against md5sum and scp here:
-both ends must hash every byte, about 1.6 CPU-s per GiB each with the
-fastest MD5 measured, and moving the bytes through both kernels costs at
-least 1.3 CPU-s more, so client and server sharing two cores need at
-least 2.25 s per GiB, more than half of scp's time or 1.5 times md5sum's.
+Why the single-file targets are out of reach here: both ends must hash
+every byte (about 1.6 CPU-s per GiB each with the fastest MD5 measured),
+and with the copies through both kernels and the page cache a 1 GiB put
+keeps the two cores busy for about 5 CPU-s (/proc/stat over the
+transfer), so client and server sharing them need at least 2.5 s: more
+than half of scp's time (3.4-4.8 s on this machine), and within a few
+percent of 1.5 times md5sum's or 0.8 times the MD5 rsync daemon's, with
+no room for two processes' scheduling gaps.
 
 Run it a few minutes after deleting many files (after `cargo test`, say):
 on ext4 without a journal, as on this machine, creating files where
