@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Hours after which partial files of interrupted transfers are removed.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
     pub partial_max_age: u64,
+    /// Digests of files read whole that are remembered, so that sending an
+    /// unchanged file again does not hash it again (0: hash every time).
+    #[arg(long, default_value_t = 65536, value_name = "FILES")]
+    pub digest_cache: usize,
     /// Seconds requests in flight may take to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,

@@ -13,7 +13,7 @@ use cap_std::fs::{Dir, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 /// Suffix of every temporary xfer writes. Names ending in it are reserved:
@@ -187,14 +187,16 @@ impl Root {
         &self.path
     }
 
-    /// Opens a regular file for reading, with its size and mtime.
-    pub fn open_read(&self, p: &RemotePath) -> io::Result<(std::fs::File, u64, i64)> {
-        let file = self.dir.open(p.to_path())?;
+    /// Opens a regular file for reading, with what its metadata says.
+    pub fn open_read(&self, p: &RemotePath) -> io::Result<Opened> {
+        let file = self.dir.open(p.to_path())?.into_std();
         let meta = file.metadata()?;
         if meta.is_dir() {
             return Err(io::Error::from(io::ErrorKind::IsADirectory));
         }
-        Ok((file.into_std(), meta.len(), mtime_secs(&meta)))
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        let stamp = Stamp::of(&meta, SystemTime::now());
+        Ok(Opened { file, size: meta.len(), mtime: mtime.map_or(0, |d| d.as_secs() as i64), stamp })
     }
 
     /// Whether `p` exists, and is a directory (symlinks are not followed).
@@ -415,6 +417,65 @@ fn mtime_secs(meta: &cap_std::fs::Metadata) -> i64 {
         .ok()
         .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A file of the root opened for reading.
+#[derive(Debug)]
+pub struct Opened {
+    /// The file, at its start.
+    pub file: std::fs::File,
+    /// Its size when opened.
+    pub size: u64,
+    /// Its modification time (seconds since the epoch), passed on to copies.
+    pub mtime: i64,
+    /// This version of the file, to find a digest remembered from an
+    /// earlier read; `None` if it changed too recently to be told apart
+    /// from a next change (see [`Stamp::of`]).
+    pub stamp: Option<Stamp>,
+}
+
+/// One version of a file: which file it is, its size, and its modification
+/// and change times to the nanosecond. Writing, truncating or renaming a
+/// file sets its change time to the present, and no user can set it back,
+/// so bytes that change give a new stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// The device and inode: which file this is.
+    pub file: (u64, u64),
+    /// Its size in bytes.
+    size: u64,
+    /// Modification time (seconds, nanoseconds).
+    mtime: (i64, i64),
+    /// Change time (seconds, nanoseconds).
+    ctime: (i64, i64),
+}
+
+/// How long ago a file must have last changed for its stamp to be trusted.
+/// Filesystems with coarse timestamps (a clock tick, at most 10 ms on
+/// Linux) give two writes within one tick the same change time: a stamp
+/// read in the tick of a write could match the file after a second one.
+/// A second is far beyond any tick.
+const SETTLED: Duration = Duration::from_secs(1);
+
+impl Stamp {
+    /// The stamp of a file with metadata `meta`, read at `now`; `None`
+    /// if it last changed less than [`SETTLED`] before.
+    pub fn of(meta: &std::fs::Metadata, now: SystemTime) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let changed = UNIX_EPOCH.checked_add(Duration::new(
+            u64::try_from(meta.ctime()).ok()?,
+            u32::try_from(meta.ctime_nsec()).ok()?,
+        ))?;
+        if now.duration_since(changed).map_or(true, |ago| ago < SETTLED) {
+            return None;
+        }
+        Some(Stamp {
+            file: (meta.dev(), meta.ino()),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
 }
 
 /// Why a staged file could not be committed.

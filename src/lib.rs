@@ -115,6 +115,7 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     config.max_connections = args.max_connections.max(1);
     config.grace = Duration::from_secs(args.grace);
     config.partial_max_age = Duration::from_secs(args.partial_max_age.saturating_mul(3600));
+    config.digest_cache = args.digest_cache;
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };
     limit_malloc_arenas();

@@ -119,17 +119,25 @@ impl Pool {
 }
 
 /// Reads a whole small file (at most [`INLINE_MAX`] bytes) into memory
-/// and hashes it; `Ok(None)` if it holds more than that.
-/// `size` is what the file is expected to hold, to size the buffer once.
-pub fn read_small(file: impl Read, size: u64) -> io::Result<Option<(Vec<u8>, Md5Hex)>> {
+/// and hashes it, unless its digest is `known` already; `Ok(None)` if it
+/// holds more than that. `size` is what the file is expected to hold, to
+/// size the buffer once.
+pub fn read_small(
+    file: impl Read,
+    size: u64,
+    known: Option<Md5Hex>,
+) -> io::Result<Option<(Vec<u8>, Md5Hex)>> {
     let mut body = Vec::with_capacity(size.min(INLINE_MAX) as usize);
     file.take(INLINE_MAX + 1).read_to_end(&mut body)?;
     if body.len() as u64 > INLINE_MAX {
         return Ok(None);
     }
-    let mut md5 = Md5::new();
-    md5.update(&body);
-    Ok(Some((body, md5.finish())))
+    let md5 = known.unwrap_or_else(|| {
+        let mut md5 = Md5::new();
+        md5.update(&body);
+        md5.finish()
+    });
+    Ok(Some((body, md5)))
 }
 
 /// Hashes the first `len` bytes of `file` (a partial being resumed, or the
@@ -173,13 +181,24 @@ fn spawn_hasher(
     })
 }
 
+/// The MD5 a sent body is announced with.
+#[derive(Clone)]
+pub enum Digest {
+    /// Computed while sending, by an MD5 that has seen what came before
+    /// (a resumed prefix, or nothing).
+    Compute(Md5),
+    /// Known already: the file is unchanged since all its bytes were last
+    /// hashed. The receiver checks the bytes against it all the same.
+    Known(Md5Hex),
+}
+
 /// Sends exactly `len` bytes of `file` (from its current position) to
-/// `dst`, then flushes it. `md5` has seen what came before (a resumed
-/// prefix, or nothing); returns the MD5 of that and these bytes.
+/// `dst`, then flushes it; returns the MD5 of the whole file as `digest`
+/// gives or computes it.
 pub async fn send_file<W>(
     file: std::fs::File,
     len: u64,
-    md5: Md5,
+    digest: Digest,
     dst: &mut W,
     bar: &ProgressBar,
 ) -> Result<Md5Hex, CopyError>
@@ -187,7 +206,7 @@ where
     W: AsyncWrite + Unpin + ?Sized,
 {
     if len <= INLINE_MAX {
-        let (mut file, mut md5) = (file, md5);
+        let mut file = file;
         let mut buf = vec![0u8; len as usize];
         let mut filled = 0;
         while filled < buf.len() {
@@ -198,15 +217,28 @@ where
                 Err(source) => return Err(CopyError::Read { done: filled as u64, source }),
             }
         }
-        md5.update(&buf);
+        let md5 = match digest {
+            Digest::Compute(mut md5) => {
+                md5.update(&buf);
+                md5.finish()
+            }
+            Digest::Known(md5) => md5,
+        };
         dst.write_all(&buf).await.map_err(|source| CopyError::Write { done: 0, source })?;
         dst.flush().await.map_err(|source| CopyError::Write { done: len, source })?;
         bar.inc(len);
-        return Ok(md5.finish());
+        return Ok(md5);
     }
     let (mut pool, give_back) = Pool::new(len);
-    let (to_hash, hash_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
     let (to_send, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
+    // Read chunks go to the hashing thread, or straight to the socket.
+    let (read_tx, hasher) = match digest {
+        Digest::Compute(md5) => {
+            let (to_hash, hash_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
+            (to_hash, Err(spawn_hasher(md5, hash_rx, to_send)))
+        }
+        Digest::Known(md5) => (to_send, Ok(md5)),
+    };
     let reader = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
         let mut file = file;
         let mut done = 0u64;
@@ -224,21 +256,22 @@ where
                 }
             }
             done += want as u64;
-            if to_hash.blocking_send(buf).is_err() {
+            if read_tx.blocking_send(buf).is_err() {
                 // A later stage stopped (socket error); it reports why.
                 break;
             }
         }
         Ok(())
     });
-    let hasher = spawn_hasher(md5, hash_rx, to_send);
 
     let mut sent = 0u64;
     while let Some(buf) = rx.recv().await {
         if let Err(source) = dst.write_all(&buf).await {
             drop(rx);
             let _ = reader.await;
-            let _ = hasher.await;
+            if let Err(hashing) = hasher {
+                let _ = hashing.await;
+            }
             return Err(CopyError::Write { done: sent, source });
         }
         sent += buf.len() as u64;
@@ -246,9 +279,12 @@ where
         let _ = give_back.send(buf);
     }
     reader.await.expect("the reading thread does not panic")?;
-    let md5 = hasher.await.expect("the hashing thread does not panic");
+    let md5 = match hasher {
+        Ok(known) => known,
+        Err(hashing) => hashing.await.expect("the hashing thread does not panic").finish(),
+    };
     dst.flush().await.map_err(|source| CopyError::Write { done: sent, source })?;
-    Ok(md5.finish())
+    Ok(md5)
 }
 
 /// Receives exactly `len` bytes from `src` into `sink` (a file at its
@@ -383,15 +419,36 @@ mod tests {
     async fn send_file_sends_exactly_len_and_hashes_it() {
         let data = odd_data();
         let mut dst = Vec::new();
-        let md5 =
-            send_file(temp_with(&data), data.len() as u64, Md5::new(), &mut dst, &ProgressBar::hidden())
-                .await
-                .unwrap();
+        let md5 = send_file(
+            temp_with(&data),
+            data.len() as u64,
+            Digest::Compute(Md5::new()),
+            &mut dst,
+            &ProgressBar::hidden(),
+        )
+        .await
+        .unwrap();
         assert_eq!(dst, data);
         assert_eq!(md5.to_string(), md5_of(&data));
         let mut dst = Vec::new();
-        send_file(temp_with(&data), 10, Md5::new(), &mut dst, &ProgressBar::hidden()).await.unwrap();
+        send_file(temp_with(&data), 10, Digest::Compute(Md5::new()), &mut dst, &ProgressBar::hidden())
+            .await
+            .unwrap();
         assert_eq!(dst, &data[..10]);
+    }
+
+    #[tokio::test]
+    async fn a_known_digest_is_sent_as_given_with_the_bytes_unchanged() {
+        let known = Md5Hex::try_from("0123456789abcdef0123456789abcdef".to_string()).unwrap();
+        for data in [odd_data(), b"small".to_vec()] {
+            let mut dst = Vec::new();
+            let digest = Digest::Known(known.clone());
+            let len = data.len() as u64;
+            let md5 =
+                send_file(temp_with(&data), len, digest, &mut dst, &ProgressBar::hidden()).await.unwrap();
+            assert_eq!(dst, data);
+            assert_eq!(md5, known);
+        }
     }
 
     #[tokio::test]
@@ -415,10 +472,15 @@ mod tests {
         let mut prefix = Md5::new();
         prefix.update(head);
         let mut dst = Vec::new();
-        let md5 =
-            send_file(temp_with(tail), tail.len() as u64, prefix.clone(), &mut dst, &ProgressBar::hidden())
-                .await
-                .unwrap();
+        let md5 = send_file(
+            temp_with(tail),
+            tail.len() as u64,
+            Digest::Compute(prefix.clone()),
+            &mut dst,
+            &ProgressBar::hidden(),
+        )
+        .await
+        .unwrap();
         assert_eq!(md5.to_string(), md5_of(&data));
         let md5 = receive_into(
             &mut &tail[..],
@@ -438,7 +500,9 @@ mod tests {
     #[tokio::test]
     async fn empty_bodies_hash_to_the_md5_of_nothing() {
         let mut dst = Vec::new();
-        let md5 = send_file(temp_with(b""), 0, Md5::new(), &mut dst, &ProgressBar::hidden()).await.unwrap();
+        let md5 = send_file(temp_with(b""), 0, Digest::Compute(Md5::new()), &mut dst, &ProgressBar::hidden())
+            .await
+            .unwrap();
         assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
         let md5 = receive_into(&mut &b""[..], 0, Shared::default(), Md5::new(), &ProgressBar::hidden())
             .await
@@ -448,9 +512,15 @@ mod tests {
 
     #[tokio::test]
     async fn short_sources_are_errors() {
-        let err = send_file(temp_with(b"abc"), 10, Md5::new(), &mut Vec::new(), &ProgressBar::hidden())
-            .await
-            .unwrap_err();
+        let err = send_file(
+            temp_with(b"abc"),
+            10,
+            Digest::Compute(Md5::new()),
+            &mut Vec::new(),
+            &ProgressBar::hidden(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
         let err = receive_into(&mut &b"abc"[..], 10, Shared::default(), Md5::new(), &ProgressBar::hidden())
             .await

@@ -180,3 +180,51 @@ fn many_clients_at_once_all_verify() {
         h.join().unwrap();
     }
 }
+
+/// Rewrites `path` in place at the same size (one byte changed) and sets
+/// its modification time back: only its change time tells.
+fn rewrite_in_place(path: &std::path::Path) {
+    let mtime = fs::metadata(path).unwrap().modified().unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    bytes[7] ^= 0xff;
+    let mut f = fs::File::options().write(true).open(path).unwrap();
+    f.write_all(&bytes).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+/// The server remembers the digests of files it sent whole, so that it
+/// need not hash them again; a file rewritten since (same size, same
+/// mtime) must go out with its new digest, by get and by get -r, large
+/// files and small.
+#[test]
+fn remembered_digests_are_not_used_for_rewritten_files() {
+    let server = TestServer::start();
+    fs::create_dir(server.path("d")).unwrap();
+    fs::write(server.path("d/large"), pattern(SIZE, 3)).unwrap();
+    fs::write(server.path("d/small"), pattern(1000, 4)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let fetch_all = |round: &str| {
+        xfer(server.addr, work.path()).args(["get", "d/large", &format!("large{round}")]).assert().success();
+        xfer(server.addr, work.path()).args(["get", "-r", "d", &format!("tree{round}")]).assert().success();
+        for (copy, source) in [
+            (format!("large{round}"), "d/large"),
+            (format!("tree{round}/large"), "d/large"),
+            (format!("tree{round}/small"), "d/small"),
+        ] {
+            let same = fs::read(work.path().join(&copy)).unwrap() == fs::read(server.path(source)).unwrap();
+            assert!(same, "round {round}: {copy} differs from {source}");
+        }
+    };
+    // Only files unchanged for a second have their digests remembered.
+    std::thread::sleep(Duration::from_millis(1100));
+    fetch_all("1");
+    // Sent again with the remembered digests: the client checks them.
+    fetch_all("2");
+    rewrite_in_place(&server.path("d/large"));
+    rewrite_in_place(&server.path("d/small"));
+    // Same device, inode, size and mtime as remembered; a second later,
+    // the change time is old enough to be trusted, and differs.
+    std::thread::sleep(Duration::from_millis(1100));
+    fetch_all("3");
+    fetch_all("4");
+}

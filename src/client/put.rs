@@ -5,7 +5,7 @@ use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::protocol::{Header, Op};
-use crate::transfer::{hash_prefix, send_file, CopyError};
+use crate::transfer::{hash_prefix, send_file, CopyError, Digest};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
     // The server may refuse part way (its disk filled): watch for its reply
     // while sending, and stop at once when it comes.
     let copied = tokio::select! {
-        res = send_file(file, len - offset, md5, conn.writer.body_writer(), &bar) => res,
+        res = send_file(file, len - offset, Digest::Compute(md5), conn.writer.body_writer(), &bar) => res,
         early = conn.reader.expect_header() => {
             bar.abandon();
             return Err(unexpected_reply(early?, "ok"));

@@ -10,7 +10,7 @@ use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::fs::{escape, CommitError, RemotePath, Staged};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
-use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, INLINE_MAX};
+use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, Digest, INLINE_MAX};
 use crate::tree::{self, Resumable, TreeEntry};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
@@ -214,7 +214,7 @@ pub async fn put_tree(
             if e.size <= INLINE_MAX {
                 // Small: read whole, then queued with its `done` frame, so
                 // many files go out in one write.
-                let (body, md5) = match read_small(file, e.size) {
+                let (body, md5) = match read_small(file, e.size, None) {
                     Ok(Some(read)) => read,
                     Ok(None) => {
                         eprintln!("xfer: error: {}: it grew while being sent; skipped", escape(&e.rel));
@@ -282,7 +282,7 @@ async fn send_large(
     bar: &ProgressBar,
     path: &Path,
 ) -> Result<Md5Hex, Error> {
-    match send_file(file, len, md5, writer.body_writer(), bar).await {
+    match send_file(file, len, Digest::Compute(md5), writer.body_writer(), bar).await {
         Ok(md5) => Ok(md5),
         Err(CopyError::Write { source, .. }) => Err(ConnError::Io(source).into()),
         Err(err) => Err(Error::Usage(format!("{}: {err}; stopping", path.display()))),

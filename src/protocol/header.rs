@@ -119,7 +119,23 @@ pub struct Md5Hex(String);
 impl Md5Hex {
     /// Formats a raw 16-byte digest.
     pub fn from_digest(bytes: &[u8; 16]) -> Self {
-        Md5Hex(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let hex: String = bytes
+            .iter()
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
+            .map(char::from)
+            .collect();
+        Md5Hex(hex)
+    }
+
+    /// The raw 16-byte digest.
+    pub fn to_digest(&self) -> [u8; 16] {
+        let nibble = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
+        let mut out = [0u8; 16];
+        for (o, pair) in out.iter_mut().zip(self.0.as_bytes().chunks_exact(2)) {
+            *o = nibble(pair[0]) << 4 | nibble(pair[1]);
+        }
+        out
     }
 
     /// The 32 hex digits.
@@ -325,6 +341,15 @@ impl Header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn md5_hex_round_trips_raw_digests() {
+        let raw: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+        let hex = Md5Hex::from_digest(&raw);
+        assert_eq!(hex.as_str(), "a580efca311c7ba68de8d7321944a38e");
+        assert_eq!(hex.to_digest(), raw);
+        assert!(Md5Hex::try_from(hex.as_str().to_string()).is_ok());
+    }
 
     #[test]
     fn md5_hex_accepts_only_lowercase_32_hex() {

@@ -1,5 +1,6 @@
-//! `get`: stream a file as one `data` body, hashing as it goes, then send its
-//! MD5 in a `done` frame. A client holding a verified prefix gets the rest.
+//! `get`: stream a file as one `data` body, hashing as it goes (unless its
+//! digest is remembered from an earlier read), then send its MD5 in a
+//! `done` frame. A client holding a verified prefix gets the rest.
 
 use super::handler::{refuse, Outcome};
 use super::{blocking, Shared};
@@ -8,7 +9,7 @@ use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::RemotePath;
 use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, send_file, CopyError};
+use crate::transfer::{hash_prefix, send_file, CopyError, Digest};
 use indicatif::ProgressBar;
 use std::io::Seek;
 use std::sync::Arc;
@@ -33,8 +34,8 @@ pub(crate) async fn handle(
     };
     let shown = path.to_string();
     let opened = blocking(shared, move |root| root.open_read(&path)).await;
-    let (mut file, len, mtime) = match opened {
-        Ok(f) => f,
+    let (mut file, len, mtime, stamp) = match opened {
+        Ok(o) => (o.file, o.size, o.mtime, o.stamp),
         Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
             let err = RequestError::new(ErrorCode::WrongType, format!("remote path is a directory: {shown}"));
             return refuse(conn, outcome, err).await;
@@ -42,7 +43,7 @@ pub(crate) async fn handle(
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,
     };
     // Resume where the client's partial ends, if its prefix is ours.
-    let (offset, md5) = match (req.offset, &req.md5) {
+    let (offset, digest) = match (req.offset, &req.md5) {
         (Some(held), Some(theirs)) if held > 0 && held <= len => {
             let (mut f, theirs) = (file, theirs.clone());
             let checked = tokio::task::spawn_blocking(move || {
@@ -53,11 +54,11 @@ pub(crate) async fn handle(
             .expect("hashing does not panic");
             file = checked.0;
             match checked.1 {
-                Ok(prefix) if prefix.clone().finish() == theirs => (held, prefix),
-                _ => (0, Md5::new()),
+                Ok(prefix) if prefix.clone().finish() == theirs => (held, Digest::Compute(prefix)),
+                _ => (0, remembered(shared, stamp.as_ref())),
             }
         }
-        _ => (0, Md5::new()),
+        _ => (0, remembered(shared, stamp.as_ref())),
     };
     if offset == 0 {
         if let Err(e) = file.rewind() {
@@ -70,7 +71,10 @@ pub(crate) async fn handle(
     data.offset = Some(offset);
     conn.writer.write_header(&data).await?;
 
-    let md5 = match send_file(file, body, md5, conn.writer.body_writer(), &ProgressBar::hidden()).await {
+    // A digest computed over the whole file is worth remembering.
+    let whole = offset == 0 && matches!(digest, Digest::Compute(_));
+    let sent = send_file(file, body, digest, conn.writer.body_writer(), &ProgressBar::hidden()).await;
+    let md5 = match sent {
         Ok(md5) => md5,
         // The file shrank or became unreadable after its size was announced:
         // the body cannot be completed, so the connection must end. The
@@ -79,10 +83,19 @@ pub(crate) async fn handle(
         Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
         Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
     };
+    if whole {
+        shared.digests.remember(stamp, &md5);
+    }
     outcome.bytes = body;
     conn.writer
         .write_header(&Header::new(Op::Done).with_filename(&req.filename).with_md5(md5.clone()))
         .await?;
     outcome.md5 = Some(md5);
     Ok(outcome)
+}
+
+/// The digest to send the whole file `stamp` with: the remembered one, or
+/// one computed on the way.
+pub(super) fn remembered(shared: &Shared, stamp: Option<&crate::fs::Stamp>) -> Digest {
+    shared.digests.get(stamp).map_or_else(|| Digest::Compute(Md5::new()), Digest::Known)
 }

@@ -4,6 +4,7 @@
 //! One task per connection (`handler`, which also authenticates); one
 //! module per request kind (`put`, `get`, `ls`, `exec`, `tree`).
 
+mod digests;
 mod exec;
 mod get;
 mod handler;
@@ -13,6 +14,7 @@ mod tree;
 
 use crate::auth::{FailureLimiter, Token};
 use crate::fs::Root;
+use digests::Digests;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ pub struct Config {
     /// Partial files of interrupted transfers older than this are removed
     /// (at start and every hour) instead of waiting to be resumed.
     pub partial_max_age: Duration,
+    /// How many digests of files read whole are remembered (see
+    /// `digests`); 0 hashes every file every time it is sent.
+    pub digest_cache: usize,
 }
 
 impl Config {
@@ -55,6 +60,7 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(30)),
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 3600),
+            digest_cache: 65536,
         }
     }
 }
@@ -67,6 +73,8 @@ pub(crate) struct Shared {
     pub config: Config,
     /// Slows down clients that keep failing authentication.
     pub limiter: FailureLimiter,
+    /// Digests of unchanged files, so sending them again does not hash them.
+    pub digests: Digests,
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting and
@@ -81,7 +89,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
         info!(removed, "removed stale partial files");
     }
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
-    let shared = Arc::new(Shared { root, config, limiter: FailureLimiter::default() });
+    let digests = Digests::new(config.digest_cache);
+    let shared = Arc::new(Shared { root, config, limiter: FailureLimiter::default(), digests });
     let sweeper = tokio::spawn(sweep_partials(shared.clone()));
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);

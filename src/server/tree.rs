@@ -7,9 +7,9 @@ use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::fs::{CommitError, RemotePath, Root, Staged};
+use crate::fs::{CommitError, Opened, RemotePath, Root, Staged, Stamp};
 use crate::protocol::{EntryKind, ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, INLINE_MAX};
+use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, Digest, INLINE_MAX};
 use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
@@ -264,7 +264,7 @@ async fn apply(
 /// A `have` frame if a regular file is already at `path`: its size, and its
 /// MD5 when the size is the one coming.
 fn existing(root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Header> {
-    let (mut file, size, _) = root.open_read(path).ok()?;
+    let Opened { mut file, size, .. } = root.open_read(path).ok()?;
     let mut have = Header::new(Op::Have).with_filename(&entry.rel);
     have.size = Some(size);
     if size == entry.size {
@@ -497,10 +497,15 @@ async fn identical_to_theirs(
     if checks.is_empty() {
         return Default::default();
     }
+    let digests = shared.clone();
     blocking(shared, move |root| {
         let same = tree::par_map(checks, |(rel, path, theirs)| {
-            let ours = root.open_read(&path).and_then(|(mut file, size, _)| hash_prefix(&mut file, size));
-            ours.is_ok_and(|ours| ours.finish() == theirs).then_some(rel)
+            let ours = root.open_read(&path).and_then(|mut o| {
+                let md5 = hash_prefix(&mut o.file, o.size)?.finish();
+                digests.digests.remember(o.stamp, &md5);
+                Ok(md5)
+            });
+            ours.is_ok_and(|ours| ours == theirs).then_some(rel)
         });
         same.into_iter().flatten().collect()
     })
@@ -533,10 +538,18 @@ async fn send_one(
     };
     let shown = path.to_string();
     if entry.size <= INLINE_MAX {
-        // Small: read whole and hashed in place (a few microseconds), then
-        // queued, so many files go out in one write.
-        let read =
-            shared.root.open_read(&path).and_then(|(file, size, mtime)| Ok((read_small(file, size)?, mtime)));
+        // Small: read whole and hashed in place (a few microseconds; none
+        // if its digest is remembered), then queued, so many files go out
+        // in one write.
+        let read = shared.root.open_read(&path).and_then(|o| {
+            let known = shared.digests.get(o.stamp.as_ref());
+            let fresh = known.is_none();
+            let read = read_small(o.file, o.size, known)?;
+            if let (true, Some((_, md5))) = (fresh, &read) {
+                shared.digests.remember(o.stamp, md5);
+            }
+            Ok((read, o.mtime))
+        });
         match read {
             Ok((Some((body, md5)), mtime)) => {
                 let reply = match &theirs {
@@ -570,25 +583,39 @@ async fn send_one(
             }
         }
     }
+    let digests = shared.clone();
     let opened = blocking(shared, move |root| {
-        let (mut file, size, mtime) = root.open_read(&path)?;
+        let Opened { mut file, size, mtime, stamp } = root.open_read(&path)?;
         // Compare with the client's copy first, if it has one; or with its
         // partial, to go on after it if it is a prefix of this file.
-        let same = match &theirs {
-            Some(theirs) => Some(hash_prefix(&mut file, size)?.finish() == *theirs),
+        let ours = match &theirs {
+            Some(_) => {
+                let md5 = hash_prefix(&mut file, size)?.finish();
+                digests.digests.remember(stamp, &md5);
+                Some(md5)
+            }
             None => None,
         };
+        let same = theirs.map(|theirs| ours.as_ref() == Some(&theirs));
+        let mut send =
+            ToSend { file, size, mtime, same, offset: 0, digest: Digest::Compute(Md5::new()), stamp };
         if let Some((offset, md5)) = partial.filter(|(offset, _)| *offset > 0 && *offset < size) {
-            let prefix = hash_prefix(&mut file, offset)?;
+            let prefix = hash_prefix(&mut send.file, offset)?;
             if prefix.clone().finish() == md5 {
-                return Ok((file, size, mtime, same, (offset, prefix)));
+                send.offset = offset;
+                send.digest = Digest::Compute(prefix);
+                return Ok(send);
             }
         }
-        std::io::Seek::rewind(&mut file)?;
-        Ok::<_, std::io::Error>((file, size, mtime, same, (0, Md5::new())))
+        std::io::Seek::rewind(&mut send.file)?;
+        // The whole file goes: its digest may be known already.
+        if let Some(md5) = ours.or_else(|| digests.digests.get(stamp.as_ref())) {
+            send.digest = Digest::Known(md5);
+        }
+        Ok::<_, std::io::Error>(send)
     })
     .await;
-    let (file, size, mtime, same, (offset, prefix)) = match opened {
+    let ToSend { file, size, mtime, same, offset, digest, stamp } = match opened {
         Ok(o) => o,
         Err(e) => {
             conn.writer.write_header(&file_error(rel, &RequestError::from_io(&e, &shown))).await?;
@@ -614,8 +641,9 @@ async fn send_one(
     data.mtime = Some(mtime);
     data.offset = (offset > 0).then_some(offset);
     conn.writer.write_header(&data).await?;
+    let whole = offset == 0 && matches!(digest, Digest::Compute(_));
     let sent =
-        send_file(file, size - offset, prefix, conn.writer.body_writer(), &ProgressBar::hidden()).await;
+        send_file(file, size - offset, digest, conn.writer.body_writer(), &ProgressBar::hidden()).await;
     let md5 = match sent {
         Ok(md5) => md5,
         Err(CopyError::Write { source, .. } | CopyError::Read { source, .. }) => {
@@ -623,6 +651,27 @@ async fn send_one(
         }
         Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
     };
+    if whole {
+        shared.digests.remember(stamp, &md5);
+    }
     conn.writer.write_header(&Header::new(Op::Done).with_filename(rel).with_md5(md5)).await?;
     Ok(size - offset)
+}
+
+/// A large file of a tree about to be sent.
+struct ToSend {
+    /// The file, positioned where the body starts.
+    file: std::fs::File,
+    /// Its size when opened.
+    size: u64,
+    /// Its modification time, for the client's copy.
+    mtime: i64,
+    /// Whether it is identical to the client's copy, if the client has one.
+    same: Option<bool>,
+    /// Where the body starts: the end of the client's partial, or 0.
+    offset: u64,
+    /// The MD5 the file is announced with.
+    digest: Digest,
+    /// Its version, to remember a digest computed on the way.
+    stamp: Option<Stamp>,
 }
