@@ -24,6 +24,10 @@ TREE_RUNS = int(os.environ.get("TREE_RUNS", "5"))
 LATENCY_RUNS = int(os.environ.get("LATENCY_RUNS", "50"))
 TOKEN = "bench-token"
 TREE = Path(os.environ.get("TREE", "/usr/include"))
+# The same gets from a server that remembers no digests (--digest-cache 0),
+# so it hashes every byte it sends, as on a first read.
+COLD_GET = "xfer get, server hashing"
+COLD_GET_TREE = "xfer get -r, server hashing"
 
 
 def free_port():
@@ -93,6 +97,16 @@ class Bench:
             env=self.env,
         )
         self.xfer_addr = f"127.0.0.1:{self.xfer_port}"
+        # The same root served without remembered digests: what a get costs
+        # when the server must hash the file (first read, or changed).
+        self.cold_port = free_port()
+        self.cold_server = self.start(
+            [str(XFER), "serve", "--listen", f"127.0.0.1:{self.cold_port}", "--root", str(self.xfer_root),
+             "--digest-cache", "0"],
+            self.cold_port,
+            env=self.env,
+        )
+        self.cold_addr = f"127.0.0.1:{self.cold_port}"
 
     def start_sshd(self):
         d = self.work / "ssh"
@@ -141,6 +155,7 @@ class Bench:
     def cases(self):
         w, big = self.work, str(self.big)
         x = [str(XFER), "-q", "-s", self.xfer_addr]
+        cold = [str(XFER), "-q", "-s", self.cold_addr]
         ssh_e = "ssh -p %d %s" % (self.ssh_port, " ".join(self.ssh))
         rs = f"rsync://127.0.0.1:{self.rsync_port}/bench"
         out = w / "out.bin"
@@ -174,7 +189,8 @@ class Bench:
                 ("md5sum (hashing ceiling)", None, ["md5sum", big]),
             ],
             "get": [
-                ("xfer get", rm(out), x + ["get", "big.bin", str(out)]),
+                ("xfer get", rm(out), x + ["get", "seed.bin", str(out)]),
+                (COLD_GET, rm(out), cold + ["get", "seed.bin", str(out)]),
                 ("scp get", rm(out), ["scp", "-q", "-P", str(self.ssh_port)] + self.ssh + [f"127.0.0.1:{big}", str(out)]),
                 ("rsync over ssh get", rm(out), ["rsync", "-e", ssh_e, f"127.0.0.1:{big}", str(out)]),
                 ("rsync daemon get (xxh128)", rm(out), ["rsync", f"{rs}/big.bin", str(out)]),
@@ -190,6 +206,7 @@ class Bench:
                 ("rsync daemon put -a", None, lambda: ["rsync", "-a", f"{TREE}/", f"{rs}/{fresh('t')}/"]),
                 ("rsync over ssh put -a", None, lambda: ["rsync", "-a", "-e", ssh_e, f"{TREE}/", f"127.0.0.1:{w / fresh('s')}/"]),
                 ("xfer get -r", None, lambda: x + ["get", "-r", "seed", str(w / fresh("back"))]),
+                (COLD_GET_TREE, None, lambda: cold + ["get", "-r", "seed", str(w / fresh("back"))]),
                 ("rsync daemon get -a", None, lambda: ["rsync", "-a", f"{rs}/seed/", f"{w / fresh('back')}/"]),
                 ("rsync over ssh get -a", None, lambda: ["rsync", "-a", "-e", ssh_e, f"127.0.0.1:{TREE}/", f"{w / fresh('back')}/"]),
                 ("xfer put -r, nothing changed", None, x + ["put", "-r", str(TREE), "seed"]),
@@ -207,8 +224,9 @@ class Bench:
             cmd = cmd()
         recv = background() if background else None
         client_rss_file = self.work / "rss"
+        server = self.cold_server if name in (COLD_GET, COLD_GET_TREE) else self.xfer_server
         if name.startswith("xfer"):
-            reset_peak_rss(self.xfer_server.pid)
+            reset_peak_rss(server.pid)
         t = time.perf_counter()
         subprocess.run(
             ["/usr/bin/time", "-f", "%M", "-o", str(client_rss_file)] + cmd,
@@ -220,7 +238,7 @@ class Bench:
         self.results.setdefault(name, []).append(secs)
         if name.startswith("xfer"):
             client = int(client_rss_file.read_text().split()[-1])
-            server = peak_rss_kib(self.xfer_server.pid)
+            server = peak_rss_kib(server.pid)
             old = self.rss.get(name, (0, 0))
             self.rss[name] = (max(old[0], client), max(old[1], server))
 
@@ -244,9 +262,21 @@ class Bench:
         cases = self.cases()
         # Warm-up: one run of each xfer direction, not counted; and the tree
         # each tool fetches back ("seed") on both servers.
-        run([str(XFER), "-q", "-s", self.xfer_addr, "put", "-f", str(self.big)], env=self.env)
+        # What xfer fetches is put once and fetched once here, so the
+        # server has its digests for every counted run (the cold server
+        # never does); `xfer put` replaces big.bin in every round.
+        x = [str(XFER), "-q", "-s", self.xfer_addr]
+        run(x + ["put", "-f", str(self.big)], env=self.env)
+        run(x + ["put", "-f", str(self.big), "seed.bin"], env=self.env)
         if TREE.is_dir():
-            run([str(XFER), "-q", "-s", self.xfer_addr, "put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
+            run(x + ["put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
+        # Digests are remembered only for files unchanged for a second.
+        time.sleep(1.5)
+        run(x + ["get", "seed.bin", str(self.work / "out.bin")], env=self.env)
+        (self.work / "out.bin").unlink()
+        if TREE.is_dir():
+            subprocess.run(x + ["get", "-r", "seed", str(self.work / "warm")], env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             run(["rsync", "-a", f"{TREE}/", f"rsync://127.0.0.1:{self.rsync_port}/bench/seed/"])
         else:
             cases.pop("tree")
@@ -287,11 +317,11 @@ def fmt_table(b):
          ["xfer put", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",
           "rsync daemon put (md5)", "rsync over ssh put", "scp put"]),
         ("Get (download) of %d MiB" % mib, "xfer get",
-         ["xfer get", "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
+         ["xfer get", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
           "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
         ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "ssh 127.0.0.1 true"]),
         (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "rsync daemon put -a", "rsync over ssh put -a"]),
-        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", "rsync daemon get -a", "rsync over ssh get -a"]),
+        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", COLD_GET_TREE, "rsync daemon get -a", "rsync over ssh get -a"]),
         (f"Tree put again, nothing changed: {TREE}", "xfer put -r, nothing changed",
          ["xfer put -r, nothing changed", "rsync daemon put -a, nothing changed"]),
     ]:
@@ -318,7 +348,10 @@ def fmt_targets(b):
         ratio(ours, "md5sum (hashing ceiling)", 1.5, f"{op} ≤ 1.5 × md5sum")
         ratio(ours, f"rsync daemon {op} (md5)", 0.8, f"{op} ≤ 0.8 × rsync daemon with MD5")
         ratio(ours, f"scp {op}", 0.5, f"{op} ≤ 0.5 × scp")
-    rss = [v for k, v in b.rss.items() if k in ("xfer put", "xfer get")]
+    ratio(COLD_GET, "md5sum (hashing ceiling)", 1.5, "get, server hashing, ≤ 1.5 × md5sum")
+    ratio(COLD_GET, "rsync daemon get (md5)", 0.8, "get, server hashing, ≤ 0.8 × rsync daemon with MD5")
+    ratio(COLD_GET, "scp get", 0.5, "get, server hashing, ≤ 0.5 × scp")
+    rss = [v for k, v in b.rss.items() if k in ("xfer put", "xfer get", COLD_GET)]
     if rss:
         client, server = max(r[0] for r in rss) / 1024, max(r[1] for r in rss) / 1024
         ok = client <= 32 and server <= 32
@@ -330,6 +363,8 @@ def fmt_targets(b):
                             ("get", "rsync daemon get -a", "rsync over ssh get -a")]:
         ratio(f"xfer {op} -r", daemon, 1.0, f"{op} -r ≤ 1.0 × rsync daemon")
         ratio(f"xfer {op} -r", ssh, 0.5, f"{op} -r ≤ 0.5 × rsync over ssh")
+    ratio(COLD_GET_TREE, "rsync daemon get -a", 1.0, "get -r, server hashing every file, ≤ 1.0 × rsync daemon")
+    ratio(COLD_GET_TREE, "rsync over ssh get -a", 0.5, "get -r, server hashing every file, ≤ 0.5 × rsync over ssh")
     return "\n".join(lines) + "\n"
 
 
@@ -390,14 +425,21 @@ xxh128, with `--checksum-choice=md5` it verifies with MD5 as xfer does;
 on both ends); `xfer exec cat` streams through a pipe and hashes on both
 ends, writing to /dev/null.
 
-Why the single-file targets are out of reach here: both ends must hash
-every byte (about 1.6 CPU-s per GiB each with the fastest MD5 measured),
-and with the copies through both kernels and the page cache a 1 GiB put
-keeps the two cores busy for about 5 CPU-s (/proc/stat over the
-transfer), so client and server sharing them need at least 2.5 s: more
-than half of scp's time (3.4-4.8 s on this machine), and within a few
-percent of 1.5 times md5sum's or 0.8 times the MD5 rsync daemon's, with
-no room for two processes' scheduling gaps.
+`xfer get` and `xfer get -r` fetch files the server has sent before,
+unchanged since: it sends the digests it remembered (README, "Remembered
+digests") and only the client hashes, checking every byte as always.
+The rows marked "server hashing" are the same fetches from a second
+server on the same root started with `--digest-cache 0`, which hashes
+every byte it sends, as on a first read or after a change.
+
+Why the single-file targets are out of reach here for a put (and a get
+whose server must hash): both ends hash every byte (about 1.6 CPU-s per
+GiB each with the fastest MD5 measured), and with the copies through both
+kernels and the page cache a 1 GiB put keeps the two cores busy for about
+5 CPU-s (/proc/stat over the transfer), so client and server sharing them
+need at least 2.5 s: more than half of scp's time (3.4-4.8 s on this
+machine), and within a few percent of 1.5 times md5sum's or 0.8 times the
+MD5 rsync daemon's, with no room for two processes' scheduling gaps.
 
 Run it a few minutes after deleting many files (after `cargo test`, say):
 on ext4 without a journal, as on this machine, creating files where
