@@ -44,6 +44,9 @@ pub enum Command {
         /// Start over instead of resuming an interrupted transfer.
         #[arg(long)]
         no_resume: bool,
+        /// Have the server flush what it saves to disk before saying so.
+        #[arg(long)]
+        fsync: bool,
         /// The local file.
         local: PathBuf,
         /// Remote path, relative to the server's root [default: LOCAL's
@@ -61,6 +64,9 @@ pub enum Command {
         /// Start over instead of resuming an interrupted transfer.
         #[arg(long)]
         no_resume: bool,
+        /// Flush what is saved here to disk before finishing.
+        #[arg(long)]
+        fsync: bool,
         /// Remote path, relative to the server's root.
         remote: String,
         /// Local path or directory [default: REMOTE's name here]; - writes
@@ -108,6 +114,10 @@ pub struct ServeArgs {
     /// Hours after which partial files of interrupted transfers are removed.
     #[arg(long, default_value_t = 24, value_name = "HOURS")]
     pub partial_max_age: u64,
+    /// Flush every file received to disk before reporting it saved, as if
+    /// every client asked with --fsync.
+    #[arg(long)]
+    pub fsync: bool,
     /// Digests of files read whole that are remembered, so that sending an
     /// unchanged file again does not hash it again (0: hash every time).
     #[arg(long, default_value_t = 65536, value_name = "FILES")]

@@ -63,24 +63,24 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
 
 async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     match command {
-        Command::Put { force, recursive: true, no_resume, local, remote } => {
-            let flags = client::Flags { force, resume: !no_resume };
+        Command::Put { force, recursive: true, no_resume, fsync, local, remote } => {
+            let flags = client::Flags { force, resume: !no_resume, fsync };
             let report = client::put_tree(opts, &local, remote.as_deref(), flags).await?;
             return Ok(if report.failed > 0 { error::EXIT_FAILURE } else { 0 });
         }
-        Command::Get { force, recursive: true, no_resume, remote, local } => {
-            let flags = client::Flags { force, resume: !no_resume };
+        Command::Get { force, recursive: true, no_resume, fsync, remote, local } => {
+            let flags = client::Flags { force, resume: !no_resume, fsync };
             let report = client::get_tree(opts, &remote, local.as_deref(), flags).await?;
             return Ok(if report.failed > 0 { error::EXIT_FAILURE } else { 0 });
         }
-        Command::Put { force, recursive: false, no_resume, local, remote } => {
-            let flags = client::Flags { force, resume: !no_resume };
+        Command::Put { force, recursive: false, no_resume, fsync, local, remote } => {
+            let flags = client::Flags { force, resume: !no_resume, fsync };
             client::put(opts, &local, remote.as_deref(), flags).await?
         }
-        Command::Get { force, recursive: false, no_resume, remote, local } => {
+        Command::Get { force, recursive: false, no_resume, fsync, remote, local } => {
             let target =
                 local.map(|p| if p.as_os_str() == "-" { GetTarget::Stdout } else { GetTarget::Path(p) });
-            client::get(opts, &remote, target, client::Flags { force, resume: !no_resume }).await?
+            client::get(opts, &remote, target, client::Flags { force, resume: !no_resume, fsync }).await?
         }
         Command::Ls { remote_dir } => {
             client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?
@@ -116,6 +116,7 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     config.grace = Duration::from_secs(args.grace);
     config.partial_max_age = Duration::from_secs(args.partial_max_age.saturating_mul(3600));
     config.digest_cache = args.digest_cache;
+    config.fsync = args.fsync;
     config.idle_timeout = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let serve_err = |reason: String| Error::Serve { addr: args.listen.clone(), reason };
     limit_malloc_arenas();

@@ -36,7 +36,7 @@ fn sixty_four_clients_at_once() {
                             &opts,
                             &local,
                             Some(&remote),
-                            client::Flags { force: false, resume: true },
+                            client::Flags { force: false, resume: true, fsync: false },
                         )
                         .await
                         .unwrap();
@@ -45,7 +45,7 @@ fn sixty_four_clients_at_once() {
                             &opts,
                             &remote,
                             Some(GetTarget::Path(back.clone())),
-                            client::Flags { force: false, resume: true },
+                            client::Flags { force: false, resume: true, fsync: false },
                         )
                         .await
                         .unwrap();

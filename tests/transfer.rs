@@ -229,3 +229,35 @@ fn bad_remote_paths_are_refused_with_the_reason() {
     }
     assert!(tree(server.root.path()).is_empty());
 }
+
+/// `--fsync` on every command, and a server that flushes every commit
+/// (`serve --fsync`): files and trees arrive whole. The flushes run on
+/// every path; one refused (as `fsync` on a path-only handle is) fails
+/// the transfer.
+#[test]
+fn flushed_transfers_arrive_whole() {
+    for (server, flag) in
+        [(TestServer::start(), Some("--fsync")), (TestServer::start_with(|c| c.fsync = true), None)]
+    {
+        let work = tempfile::tempdir().unwrap();
+        let data = pattern(300_000, 7);
+        fs::write(work.path().join("f.bin"), &data).unwrap();
+        fs::create_dir_all(work.path().join("t/d")).unwrap();
+        fs::write(work.path().join("t/d/small"), b"small").unwrap();
+        fs::write(work.path().join("t/big"), &data).unwrap();
+        let run = |args: &[&str]| {
+            let mut cmd = xfer(server.addr, work.path());
+            cmd.args(args).args(flag).assert().success();
+        };
+        run(&["put", "f.bin"]);
+        run(&["put", "-r", "t"]);
+        assert_eq!(fs::read(server.path("f.bin")).unwrap(), data);
+        assert_eq!(tree(&server.path("t")), ["big", "d", "d/small"]);
+        let run = |args: &[&str]| xfer(server.addr, work.path()).args(args).arg("--fsync").assert().success();
+        run(&["get", "f.bin", "back.bin"]);
+        run(&["get", "-r", "t", "back"]);
+        assert_eq!(fs::read(work.path().join("back.bin")).unwrap(), data);
+        assert_eq!(fs::read(work.path().join("back/big")).unwrap(), data);
+        assert_eq!(fs::read(work.path().join("back/d/small")).unwrap(), b"small");
+    }
+}

@@ -121,7 +121,11 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
         return Err(Error::Md5Mismatch { name: remote.to_string(), sent, received: received.to_string() });
     }
     if let (Some(staged), Some(path)) = (staged, &target) {
-        match staged.commit(flags.force) {
+        let committed = match flags.fsync {
+            true => staged.commit_durably(flags.force),
+            false => staged.commit(flags.force),
+        };
+        match committed {
             Ok(()) => {}
             Err(CommitError::Exists) => return Err(Error::LocalExists(path.clone())),
             Err(CommitError::Io(e)) => return Err(Error::local(path, e)),

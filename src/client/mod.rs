@@ -44,6 +44,9 @@ pub struct Flags {
     /// Continue from the partial an interrupted run left (`--no-resume`
     /// turns this off).
     pub resume: bool,
+    /// Flush committed files to disk before reporting success: ours on a
+    /// get, the server's on a put.
+    pub fsync: bool,
 }
 
 /// A greeted connection to a server.

@@ -34,6 +34,7 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
     let conn = &mut client.conn;
     let mut req = Header::new(Op::Put).with_filename(&remote);
     req.force = flags.force;
+    req.fsync = flags.fsync;
     req.resume = flags.resume;
     req.size = Some(len);
     conn.writer.write_header(&req).await?;

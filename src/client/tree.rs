@@ -65,6 +65,7 @@ pub async fn put_tree(
     let conn = &mut client.conn;
     let mut req = Header::new(Op::PutTree).with_filename(&remote);
     req.force = flags.force;
+    req.fsync = flags.fsync;
     conn.writer.write_header(&req).await?;
     let reply = conn.reader.expect_header().await?;
     if reply.op != Op::Ready {
@@ -460,6 +461,13 @@ pub async fn get_tree(
     for d in dirs.iter().rev() {
         if let Ok(f) = std::fs::File::open(tree::local_path(&top, &d.rel)) {
             let _ = tree::apply_meta(&f, d.mode, d.mtime);
+        }
+    }
+    if flags.fsync {
+        let synced = cap_std::fs::Dir::open_ambient_dir(&top, cap_std::ambient_authority())
+            .and_then(|dir| crate::fs::sync_filesystem(&dir));
+        if let Err(err) = synced {
+            file_failed(&mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
         }
     }
     opts.ui.tree_summary("get", remote, &report, started.elapsed());

@@ -233,6 +233,9 @@ pub struct Header {
     /// Replace an existing destination (`put`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+    /// Flush what is committed to disk before saying so (`put`, `put_tree`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fsync: bool,
     /// Size of the file in a listing, or being sent (`entry`, `put`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -295,6 +298,7 @@ impl Header {
             target: None,
             skipped: false,
             force: false,
+            fsync: false,
             size: None,
             mtime: None,
             kind: None,

@@ -43,6 +43,9 @@ pub struct Config {
     /// Partial files of interrupted transfers older than this are removed
     /// (at start and every hour) instead of waiting to be resumed.
     pub partial_max_age: Duration,
+    /// Whether every commit is flushed to disk before it is reported, for
+    /// every client (clients can also ask for it per request).
+    pub fsync: bool,
     /// How many digests of files read whole are remembered (see
     /// `digests`); 0 hashes every file every time it is sent.
     pub digest_cache: usize,
@@ -61,6 +64,7 @@ impl Config {
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 3600),
             digest_cache: 65536,
+            fsync: false,
         }
     }
 }

@@ -106,9 +106,13 @@ pub(crate) async fn handle(
         let msg = format!("md5 mismatch for {path} (sent {sent}, received {received}): nothing was saved");
         return refuse(conn, outcome, RequestError::new(ErrorCode::Md5Mismatch, msg)).await;
     }
-    let force = req.force;
-    let committed =
-        tokio::task::spawn_blocking(move || staged.commit(force)).await.expect("commit does not panic");
+    let (force, durable) = (req.force, req.fsync || shared.config.fsync);
+    let committed = tokio::task::spawn_blocking(move || match durable {
+        true => staged.commit_durably(force),
+        false => staged.commit(force),
+    })
+    .await
+    .expect("commit does not panic");
     match committed {
         Ok(()) => {}
         Err(CommitError::Exists) => return refuse(conn, outcome, exists(&path)).await,

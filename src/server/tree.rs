@@ -129,13 +129,24 @@ pub(crate) async fn put_tree(
         conn.writer.queue(&small_reply(w), &[]).await?;
     }
     // Directory modes and times last, deepest first: writing into a
-    // directory changes its time.
-    blocking(shared, move |root| {
+    // directory changes its time. Then, if asked, everything to disk
+    // before the final `end` says the tree is done.
+    let durable = req.fsync || shared.config.fsync;
+    let synced = blocking(shared, move |root| {
         for (path, mode, mtime) in dirs.iter().rev() {
             let _ = root.set_dir_meta(path, *mode, *mtime);
         }
+        match durable {
+            true => root.handle().and_then(|dir| crate::fs::sync_filesystem(&dir)),
+            false => Ok(()),
+        }
     })
     .await;
+    if let Err(e) = synced {
+        // Counted by the client as a failure: the tree is not known to be on disk.
+        let err = RequestError::from_io(&e, &top.to_string());
+        conn.writer.queue(&file_error(&req.filename, &err), &[]).await?;
+    }
     conn.writer.write_header(&Header::new(Op::End)).await?;
     Ok(outcome)
 }
