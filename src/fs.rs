@@ -459,7 +459,7 @@ const SETTLED: Duration = Duration::from_secs(1);
 
 impl Stamp {
     /// The stamp of a file with metadata `meta`, read at `now`; `None`
-    /// if it last changed less than [`SETTLED`] before.
+    /// if it last changed less than a second before (see `SETTLED`).
     pub fn of(meta: &std::fs::Metadata, now: SystemTime) -> Option<Stamp> {
         use std::os::unix::fs::MetadataExt;
         let changed = UNIX_EPOCH.checked_add(Duration::new(
