@@ -17,8 +17,10 @@ use std::sync::Mutex;
 /// Digests remembered by the server, at most a set number of them.
 #[derive(Debug)]
 pub(crate) struct Digests {
-    /// Most digests held (0: none). When full, all are forgotten: about 90
-    /// bytes each, so 65,536 of them hold about 6 MiB.
+    /// Most digests held (0: none). When full, all are forgotten. A slot
+    /// takes 89 bytes and the table keeps a power of two of them, at most
+    /// 7/8 full: up to 57,344 digests fit in 65,536 slots (5.6 MiB), one
+    /// more doubles it, so the default stays at 50,000.
     limit: usize,
     /// Each file's digest (by device and inode), with the version of the
     /// file it is the digest of.
@@ -107,6 +109,15 @@ mod tests {
         let digests = Digests::new(10);
         digests.remember(None, &md5(MD5_ABC));
         assert_eq!(digests.known.lock().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_default_fits_the_table_it_grows_to() {
+        // 50,000 entries fit 65,536 slots of a key and a `Remembered`.
+        let slot = std::mem::size_of::<((u64, u64), Remembered)>() + 1;
+        assert_eq!(slot, 89);
+        let table: HashMap<(u64, u64), Remembered> = HashMap::with_capacity(50_000);
+        assert!(table.capacity() >= 50_000 && table.capacity() < 65_536, "{}", table.capacity());
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(30)),
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 3600),
-            digest_cache: 65536,
+            digest_cache: 50_000,
             fsync: false,
         }
     }
