@@ -3,7 +3,8 @@
 //!
 //! Hashing is the longest stage of sending (MD5 runs at ~600 MiB/s here):
 //! measured on a 7,911-file tree fetched again, the server's CPU time went
-//! from 0.53 to 0.37 s. A remembered digest is only ever sent as the claim
+//! from 0.44-0.47 to 0.22-0.24 s, and for a 1 GiB file from 2.3-2.6 to
+//! 0.27-0.44 s. A remembered digest is only ever sent as the claim
 //! the client checks the bytes against (`done.md5`): should a file change
 //! without its [`Stamp`] showing it, the client reports a mismatch and
 //! commits nothing. It never decides that two files are identical; those

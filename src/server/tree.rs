@@ -553,7 +553,8 @@ async fn send_one(
         // if its digest is remembered), then queued, so many files go out
         // in one write.
         let read = shared.root.open_read(&path).and_then(|o| {
-            let known = shared.digests.get(o.stamp.as_ref());
+            // Compared with the client's copy below: then it is hashed.
+            let known = if theirs.is_none() { shared.digests.get(o.stamp.as_ref()) } else { None };
             let fresh = known.is_none();
             let read = read_small(o.file, o.size, known)?;
             if let (true, Some((_, md5))) = (fresh, &read) {
