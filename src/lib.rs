@@ -8,7 +8,8 @@
 //! - [`protocol`]: header types and the pure frame codec (no I/O).
 //! - [`connection`]: the only code that reads or writes a socket.
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
-//! - [`digest`]: the one MD5 implementation everything uses.
+//! - [`digest`]: the one MD5 implementation everything uses, and
+//!   [`md5_many`](digest::md5_many) for many small bodies at once.
 //! - [`tree`]: walking directory trees into manifests (sent while the walk goes on), and their rules.
 //! - [`tree_writer`]: a tree's small files verified and written on a thread of their own.
 //! - [`fs`]: safe remote paths, the served root, partial files and commits.

@@ -17,7 +17,7 @@
 //! File I/O goes straight from our buffers to the kernel (no intermediate
 //! copy).
 
-use crate::digest::Md5;
+use crate::digest::{md5_many, Md5};
 use crate::protocol::Md5Hex;
 use indicatif::ProgressBar;
 use std::io::{self, Read, Write};
@@ -118,20 +118,74 @@ impl Pool {
     }
 }
 
-/// Reads a whole small file (at most [`INLINE_MAX`] bytes) into memory
-/// and hashes it, unless its digest is `known` already; `Ok(None)` if it
-/// holds more than that. `size` is what the file is expected to hold, to
-/// size the buffer once.
+/// Small bodies waiting to be hashed together by [`md5_many`], which
+/// hashes 16 side by side and keeps its lanes busy only with many to choose
+/// from. /usr/include's small files, by batch size: 16: 57-90 ms, 64:
+/// 27-46 ms, 128: 23-40 ms, all 7,581 at once: 21-39 ms (one at a time:
+/// 129-140 ms). Capped in bytes too, so memory stays bounded.
+pub struct HashBatch<T> {
+    /// Bodies read, in arrival order.
+    waiting: Vec<T>,
+    /// Their total size.
+    bytes: usize,
+}
+
+impl<T: AsRef<[u8]>> HashBatch<T> {
+    /// Files per batch (see the type's figures).
+    const FILES: usize = 128;
+    /// Bytes per batch: 2 MiB holds 128 files of /usr/include's 16 KiB
+    /// average; the bound matters only when many are near 64 KiB.
+    const BYTES: usize = 2 << 20;
+
+    /// An empty batch.
+    pub fn new() -> Self {
+        HashBatch { waiting: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds a body; says whether the batch is full and should be hashed now.
+    pub fn push(&mut self, item: T) -> bool {
+        self.bytes += item.as_ref().len();
+        self.waiting.push(item);
+        self.waiting.len() >= Self::FILES || self.bytes >= Self::BYTES
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Every waiting body with its MD5, in the order they came; empties the batch.
+    pub fn hash(&mut self) -> Vec<(T, Md5Hex)> {
+        let bodies: Vec<&[u8]> = self.waiting.iter().map(AsRef::as_ref).collect();
+        let digests = md5_many(&bodies);
+        self.bytes = 0;
+        self.waiting.drain(..).zip(digests).collect()
+    }
+}
+
+impl<T: AsRef<[u8]>> Default for HashBatch<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads a whole file of at most `max` bytes into memory; `Ok(None)` if
+/// it holds more than that. `size` is what the file is expected to hold,
+/// to size the buffer once.
+pub fn read_whole(file: impl Read, size: u64, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut body = Vec::with_capacity(size.min(max) as usize);
+    file.take(max + 1).read_to_end(&mut body)?;
+    Ok((body.len() as u64 <= max).then_some(body))
+}
+
+/// [`read_whole`], and the body's MD5 unless it is `known` already.
 pub fn read_small(
     file: impl Read,
     size: u64,
+    max: u64,
     known: Option<Md5Hex>,
 ) -> io::Result<Option<(Vec<u8>, Md5Hex)>> {
-    let mut body = Vec::with_capacity(size.min(INLINE_MAX) as usize);
-    file.take(INLINE_MAX + 1).read_to_end(&mut body)?;
-    if body.len() as u64 > INLINE_MAX {
-        return Ok(None);
-    }
+    let Some(body) = read_whole(file, size, max)? else { return Ok(None) };
     let md5 = known.unwrap_or_else(|| {
         let mut md5 = Md5::new();
         md5.update(&body);

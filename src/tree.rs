@@ -27,6 +27,13 @@ const MAX_DEPTH: usize = 256;
 /// 30 KB of frames, one write each.
 pub const BATCH: usize = 256;
 
+/// Files of a tree up to this size are read whole, hashed many at once
+/// and written by the tree writer's threads, instead of streamed through
+/// a pipeline of threads of their own: /usr/include's 330 files over
+/// 64 KiB (38 MB) took 0.32-0.34 s streamed, 1 ms each, a third of the
+/// whole tree's time. Above this, a file is worth resuming.
+pub const WHOLE_MAX: u64 = 1024 * 1024;
+
 /// Batches a walk may run ahead of the socket.
 pub const BATCHES_AHEAD: usize = 8;
 

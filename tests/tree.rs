@@ -338,8 +338,9 @@ fn missing_or_wrong_tree_arguments_are_plain_errors() {
         .stderr("xfer: error: remote directory not found: nope\n");
 }
 
-/// A tree cut inside a large file, whose source then shrinks: the re-run
-/// must give exactly the new file, not the new bytes over the old partial.
+/// A tree cut inside a large file, whose source then shrinks to a size
+/// sent whole: the re-run must give exactly the new file, not the new
+/// bytes over the old partial, and leave no partial, both ways.
 #[test]
 fn a_rerun_after_a_cut_large_file_shrank_commits_only_the_new_bytes() {
     let server = TestServer::start();
@@ -359,6 +360,15 @@ fn a_rerun_after_a_cut_large_file_shrank_commits_only_the_new_bytes() {
     let got = fs::read(server.path("src/big.bin")).unwrap();
     assert_eq!((got.len(), md5_hex(&got)), (new.len(), md5_hex(&new)), "stale bytes of the partial kept");
     assert_eq!(tree(&server.path("src")), ["big.bin"], "no partial left");
+
+    fs::write(server.path("src/big.bin"), pattern(3 << 20, 3)).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    assert!(released_partial_len(&work.path().join("back"), "big.bin") > 0);
+    fs::write(server.path("src/big.bin"), &new).unwrap();
+    xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+    assert_same_file(&work.path().join("back/big.bin"), &new);
+    assert_eq!(tree(&work.path().join("back")), ["big.bin"], "no partial left");
 }
 
 /// Length of the partial an interrupted run left for `name` in `dir`, once

@@ -10,7 +10,8 @@ use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::fs::{escape, CommitError, RemotePath, Staged};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
-use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, Digest, INLINE_MAX};
+use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
+use crate::tree::WHOLE_MAX;
 use crate::tree::{self, Resumable, TreeEntry};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
@@ -192,6 +193,7 @@ pub async fn put_tree(
     let (reader, writer) = (&mut conn.reader, &mut conn.writer);
     let sending = async {
         let mut sent_bytes = 0u64;
+        let mut small = HashBatch::new();
         for e in &to_send {
             let path = tree::local_path(local, &e.rel);
             if let Some((file, offset, md5)) = resumes.remove(&e.rel) {
@@ -212,11 +214,12 @@ pub async fn put_tree(
                     continue;
                 }
             };
-            if e.size <= INLINE_MAX {
-                // Small: read whole, then queued with its `done` frame, so
-                // many files go out in one write.
-                let (body, md5) = match read_small(file, e.size, None) {
-                    Ok(Some(read)) => read,
+            if e.size <= WHOLE_MAX {
+                // Small: read whole, hashed with others (see `HashBatch`),
+                // then queued with its `done` frame, so many files go out
+                // in one write.
+                let body = match read_whole(file, e.size, WHOLE_MAX) {
+                    Ok(Some(body)) => body,
                     Ok(None) => {
                         eprintln!("xfer: error: {}: it grew while being sent; skipped", escape(&e.rel));
                         continue;
@@ -226,13 +229,9 @@ pub async fn put_tree(
                         continue;
                     }
                 };
-                let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(body.len() as u64);
-                data.mode = Some(e.mode);
-                data.mtime = Some(e.mtime);
-                writer.queue(&data, &body).await?;
-                writer.queue(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5), &[]).await?;
-                bar.inc(body.len() as u64);
-                sent_bytes += body.len() as u64;
+                if small.push(Outgoing { entry: e, body }) {
+                    sent_bytes += send_small(&mut small, writer, &bar).await?;
+                }
                 continue;
             }
             let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(e.size);
@@ -243,6 +242,7 @@ pub async fn put_tree(
             writer.write_header(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5)).await?;
             sent_bytes += e.size;
         }
+        sent_bytes += send_small(&mut small, writer, &bar).await?;
         writer.write_header(&Header::new(Op::End)).await?;
         Ok::<u64, Error>(sent_bytes)
     };
@@ -270,6 +270,40 @@ pub async fn put_tree(
     report.bytes = bytes;
     opts.ui.tree_summary("put", &remote, &report, started.elapsed());
     Ok(report)
+}
+
+/// A small file of the tree, read and waiting for its MD5.
+struct Outgoing<'a> {
+    /// What the walk found.
+    entry: &'a TreeEntry,
+    /// Its whole body.
+    body: Vec<u8>,
+}
+
+impl AsRef<[u8]> for Outgoing<'_> {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Hashes the small files waiting in `batch` and queues each behind its
+/// header, with its `done` frame. Returns the body bytes queued.
+async fn send_small(
+    batch: &mut HashBatch<Outgoing<'_>>,
+    writer: &mut crate::connection::Writer,
+    bar: &ProgressBar,
+) -> Result<u64, Error> {
+    let mut bytes = 0;
+    for (Outgoing { entry: e, body }, md5) in batch.hash() {
+        let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(body.len() as u64);
+        data.mode = Some(e.mode);
+        data.mtime = Some(e.mtime);
+        writer.queue(&data, &body).await?;
+        writer.queue(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5), &[]).await?;
+        bar.inc(body.len() as u64);
+        bytes += body.len() as u64;
+    }
+    Ok(bytes)
 }
 
 /// Sends `len` bytes of a large file of the tree from where `file` stands;
@@ -417,12 +451,12 @@ pub async fn get_tree(
                     );
                 };
                 let partial = resumable.remove(&h.filename);
-                if h.total_size <= INLINE_MAX && h.offset.is_none() {
+                if h.total_size <= WHOLE_MAX && h.offset.is_none() {
                     // Not resumed after all (the file shrank): its partial is stale.
                     if let Some(p) = partial {
                         p.staged.discard();
                     }
-                    let body = conn.reader.read_small_body(h.total_size, INLINE_MAX as usize).await?;
+                    let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
                     let done = conn.reader.expect_header().await?;
                     if done.op != Op::Done {
                         return Err(unexpected_reply(done, "done"));
@@ -436,6 +470,8 @@ pub async fn get_tree(
                     bar.set_message(format!("{answered}/{count} files"));
                     continue;
                 }
+                // The threads write what waits while this one streams.
+                small.flush().await;
                 let path = tree::local_path(&top, &e.rel);
                 if let Some(offset) = h.offset {
                     bar.suspend(|| opts.ui.resuming(&e.rel, offset));
@@ -542,15 +578,18 @@ fn make_link(opts: &Options, report: &mut TreeReport, path: &Path, e: &TreeEntry
 
 /// Offers the partial an interrupted run left beside `path` for resuming,
 /// in its `want` frame, if it can be resumed and fewer than
-/// [`tree::MAX_RESUMABLE`] are held already.
+/// [`tree::MAX_RESUMABLE`] are held already. One left for a file now sent
+/// whole (it shrank) is removed: nothing would ever resume or replace it.
 fn offer_partial(path: &Path, e: &TreeEntry, want: &mut Header, held: &mut HashMap<String, Resumable>) {
-    if e.size <= INLINE_MAX || held.len() >= tree::MAX_RESUMABLE {
+    if e.size > WHOLE_MAX && held.len() >= tree::MAX_RESUMABLE {
         return;
     }
-    let Some(r) = Staged::existing_beside(path).ok().flatten().and_then(|p| Resumable::check(p, e.size))
-    else {
+    let Some(partial) = Staged::existing_beside(path).ok().flatten() else { return };
+    if e.size <= WHOLE_MAX {
+        partial.0.discard();
         return;
-    };
+    }
+    let Some(r) = Resumable::check(partial, e.size) else { return };
     want.offset = Some(r.held);
     want.md5 = Some(r.prefix.clone().finish());
     held.insert(e.rel.clone(), r);

@@ -9,8 +9,8 @@ use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, Opened, RemotePath, Root, Staged, Stamp};
 use crate::protocol::{EntryKind, ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, Digest, INLINE_MAX};
-use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE};
+use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, Digest};
+use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -100,7 +100,9 @@ pub(crate) async fn put_tree(
             other => return Err(ConnError::Unexpected { got: other, expected: "data or end" }),
         }
         let meta = files.get(&h.filename).cloned();
-        if h.total_size > INLINE_MAX || h.offset.is_some() {
+        if h.total_size > WHOLE_MAX || h.offset.is_some() {
+            // The threads write what waits while this one streams.
+            small.flush().await;
             let partial = resumable.remove(&h.filename);
             let reply = receive_one(conn, shared, &top, &h, meta, partial, force).await?;
             if reply.op == Op::Ok {
@@ -109,7 +111,7 @@ pub(crate) async fn put_tree(
             conn.writer.queue(&reply, &[]).await?;
             continue;
         }
-        let body = conn.reader.read_small_body(h.total_size, INLINE_MAX as usize).await?;
+        let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
         let sent = expect_done(conn).await?;
         match (meta, top.join(&h.filename)) {
             (Some(meta), Ok(path)) => {
@@ -285,12 +287,19 @@ fn existing(root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Header>
 }
 
 /// The partial an interrupted run left for a large file of the tree, if it
-/// can be resumed and fewer than [`MAX_RESUMABLE`] are held already.
+/// can be resumed and fewer than [`MAX_RESUMABLE`] are held already. One
+/// left for a file now sent whole (it shrank) is removed: nothing would
+/// ever resume or replace it.
 fn resumable_partial(root: &Root, path: &RemotePath, entry: &TreeEntry, held: usize) -> Option<Resumable> {
-    if entry.size <= INLINE_MAX || held >= MAX_RESUMABLE {
+    if entry.size > WHOLE_MAX && held >= MAX_RESUMABLE {
         return None;
     }
-    Resumable::check(root.existing_partial(path).ok()??, entry.size)
+    let partial = root.existing_partial(path).ok()??;
+    if entry.size <= WHOLE_MAX {
+        partial.0.discard();
+        return None;
+    }
+    Resumable::check(partial, entry.size)
 }
 
 /// The reply for a small file the tree writer is done with.
@@ -548,15 +557,15 @@ async fn send_one(
         }
     };
     let shown = path.to_string();
-    if entry.size <= INLINE_MAX {
-        // Small: read whole and hashed in place (a few microseconds; none
-        // if its digest is remembered), then queued, so many files go out
-        // in one write.
+    if entry.size <= WHOLE_MAX {
+        // Small: read whole and hashed in place (at most 1.7 ms, for 1 MiB;
+        // nothing if its digest is remembered), then queued, so many files
+        // go out in one write.
         let read = shared.root.open_read(&path).and_then(|o| {
             // Compared with the client's copy below: then it is hashed.
             let known = if theirs.is_none() { shared.digests.get(o.stamp.as_ref()) } else { None };
             let fresh = known.is_none();
-            let read = read_small(o.file, o.size, known)?;
+            let read = read_small(o.file, o.size, WHOLE_MAX, known)?;
             if let (true, Some((_, md5))) = (fresh, &read) {
                 shared.digests.remember(o.stamp, md5);
             }

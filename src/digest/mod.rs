@@ -12,6 +12,9 @@
 use crate::protocol::Md5Hex;
 use std::sync::OnceLock;
 
+mod lanes;
+pub use lanes::md5_many;
+
 /// An MD5 computation in progress. Nothing is set up until the first bytes.
 #[derive(Clone)]
 pub struct Md5(Option<Inner>);
@@ -62,7 +65,7 @@ struct Ssl {
 fn ssl() -> Option<&'static Ssl> {
     static SSL: OnceLock<Option<Ssl>> = OnceLock::new();
     SSL.get_or_init(|| {
-        if std::env::var_os("XFER_MD5").is_some_and(|v| v == "rust") {
+        if forced_rust() {
             return None;
         }
         // SAFETY: libcrypto's initialisers are safe to run in any process,
@@ -79,6 +82,12 @@ fn ssl() -> Option<&'static Ssl> {
         }
     })
     .as_ref()
+}
+
+/// Whether `XFER_MD5=rust` asks for the md-5 crate alone (to compare, or
+/// where the faster paths are in doubt).
+fn forced_rust() -> bool {
+    std::env::var_os("XFER_MD5").is_some_and(|v| v == "rust")
 }
 
 fn new_inner() -> Inner {
