@@ -307,18 +307,22 @@ impl Root {
     /// Walks the directory `p` into a manifest (as [`crate::tree::walk_local`]
     /// does a local one), handing the entries to `emit` in batches of
     /// `batch` as it goes. Fails before emitting anything if `p` is not a
-    /// directory that can be read.
+    /// directory that can be read. Returns the walk's warnings, and the
+    /// permission bits and modification time of `p` itself.
     pub fn walk_in_batches(
         &self,
         p: &RemotePath,
         batch: usize,
         emit: impl FnMut(Vec<crate::tree::TreeEntry>),
-    ) -> io::Result<Vec<String>> {
+    ) -> io::Result<(Vec<String>, (u32, i64))> {
+        use cap_std::fs::PermissionsExt;
         let dir = self.dir.open_dir(p.to_path())?;
+        let meta = dir.dir_metadata()?;
+        let top = (meta.permissions().mode() & crate::tree::MODE_MASK, mtime_secs(&meta));
         crate::tree::in_batches(batch, emit, |out| {
             let mut warnings = Vec::new();
             walk_in(&dir, "", 0, out, &mut warnings)?;
-            Ok(warnings)
+            Ok((warnings, top))
         })
     }
 

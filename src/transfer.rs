@@ -178,22 +178,6 @@ pub fn read_whole(file: impl Read, size: u64, max: u64) -> io::Result<Option<Vec
     Ok((body.len() as u64 <= max).then_some(body))
 }
 
-/// [`read_whole`], and the body's MD5 unless it is `known` already.
-pub fn read_small(
-    file: impl Read,
-    size: u64,
-    max: u64,
-    known: Option<Md5Hex>,
-) -> io::Result<Option<(Vec<u8>, Md5Hex)>> {
-    let Some(body) = read_whole(file, size, max)? else { return Ok(None) };
-    let md5 = known.unwrap_or_else(|| {
-        let mut md5 = Md5::new();
-        md5.update(&body);
-        md5.finish()
-    });
-    Ok(Some((body, md5)))
-}
-
 /// Hashes the first `len` bytes of `file` (a partial being resumed, or the
 /// source's matching prefix), leaving the file positioned after them.
 /// Fails with `UnexpectedEof` if the file is shorter.

@@ -39,14 +39,21 @@ fn make_tree(top: &Path) {
     let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
     let f = fs::File::options().write(true).open(top.join("hello.txt")).unwrap();
     f.set_times(fs::FileTimes::new().set_modified(old)).unwrap();
+    // Directories last (adding to one moves its time), the top too.
+    for (dir, secs) in [("a/b", 1_400_000_000), ("empty", 1_300_000_000), ("", 1_200_000_000)] {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        fs::File::open(top.join(dir)).unwrap().set_times(fs::FileTimes::new().set_modified(time)).unwrap();
+    }
+    fs::set_permissions(top, fs::Permissions::from_mode(0o750)).unwrap();
 }
 
 /// Asserts `copy` mirrors `orig`: same entries (minus the links that lead
-/// out), same bytes, modes without setuid/setgid, file times, link targets.
+/// out), same bytes, modes without setuid/setgid, times of files and
+/// directories (the top's too), link targets.
 fn assert_mirrors(orig: &Path, copy: &Path) {
     let expected: Vec<_> = tree(orig).into_iter().filter(|p| p != "link-out" && p != "link-climb").collect();
     assert_eq!(tree(copy), expected);
-    for rel in expected {
+    for rel in std::iter::once(String::new()).chain(expected) {
         let (a, b) = (orig.join(&rel), copy.join(&rel));
         let (ma, mb) = (fs::symlink_metadata(&a).unwrap(), fs::symlink_metadata(&b).unwrap());
         assert_eq!(ma.file_type(), mb.file_type(), "{rel}");
@@ -54,10 +61,10 @@ fn assert_mirrors(orig: &Path, copy: &Path) {
             assert_eq!(fs::read_link(&a).unwrap(), fs::read_link(&b).unwrap(), "{rel}");
             continue;
         }
-        assert_eq!(ma.mode() & 0o777, mb.mode() & 0o7777, "mode of {rel}");
+        assert_eq!(ma.mode() & 0o777, mb.mode() & 0o7777, "mode of {rel:?}");
+        assert_eq!(ma.mtime(), mb.mtime(), "mtime of {rel:?}");
         if ma.is_file() {
             assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "{rel}");
-            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {rel}");
         }
     }
 }

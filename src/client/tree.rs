@@ -83,7 +83,13 @@ pub async fn put_tree(
     for w in &left.skipped {
         warn(opts, w);
     }
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    // The top's own mode and time, for the server to give its copy last.
+    let mut end = Header::new(Op::End);
+    if let Ok(meta) = std::fs::metadata(local) {
+        use std::os::unix::fs::MetadataExt;
+        (end.mode, end.mtime) = (Some(meta.mode() & tree::MODE_MASK), Some(meta.mtime()));
+    }
+    conn.writer.write_header(&end).await?;
 
     // What the server has already, and what it refused in the manifest.
     let mut report = TreeReport::default();
@@ -358,12 +364,13 @@ pub async fn get_tree(
     if fresh {
         made.insert(String::new());
     }
-    loop {
+    // The top's own mode and time, from the manifest's `end`.
+    let top_meta = loop {
         let h = conn.reader.expect_header().await?;
         match h.op {
             Op::Entry if files.len() + dirs.len() < tree::MAX_ENTRIES => {}
             Op::Entry => return Err(unexpected_reply(h, "at most a million entries")),
-            Op::End => break,
+            Op::End => break h.mode.zip(h.mtime),
             _ => return Err(unexpected_reply(h, "entry or end")),
         }
         let Some(e) = TreeEntry::from_header(&h) else { continue };
@@ -396,7 +403,7 @@ pub async fn get_tree(
             }
             EntryKind::Other => {}
         }
-    }
+    };
     let force = flags.force;
     let found = tokio::task::spawn_blocking(move || {
         tree::par_map(lookups, |(path, e)| {
@@ -493,10 +500,12 @@ pub async fn get_tree(
         small_result(&mut report, w);
     }
     bar.finish_and_clear();
-    // Directory modes and times last, deepest first.
-    for d in dirs.iter().rev() {
-        if let Ok(f) = std::fs::File::open(tree::local_path(&top, &d.rel)) {
-            let _ = tree::apply_meta(&f, d.mode, d.mtime);
+    // Directory modes and times last, deepest first, the top's after all.
+    let top_meta = top_meta.map(|(mode, mtime)| (top.clone(), mode, mtime));
+    let dir_metas = dirs.iter().rev().map(|d| (tree::local_path(&top, &d.rel), d.mode, d.mtime));
+    for (path, mode, mtime) in dir_metas.chain(top_meta) {
+        if let Ok(f) = std::fs::File::open(path) {
+            let _ = tree::apply_meta(&f, mode, mtime);
         }
     }
     if flags.fsync {

@@ -9,7 +9,7 @@ use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, Opened, RemotePath, Root, Staged, Stamp};
 use crate::protocol::{EntryKind, ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, read_small, receive_into, send_file, CopyError, Digest};
+use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
 use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
@@ -52,7 +52,8 @@ pub(crate) async fn put_tree(
     // overlaps the client's walk of its tree.
     let mut manifest = Manifest::new(fresh);
     let (mut batch, mut count) = (Vec::new(), 0usize);
-    loop {
+    // The top's own mode and time, from the manifest's `end`.
+    let top_meta = loop {
         if !batch.is_empty() && !conn.reader.header_buffered() {
             manifest = apply(shared, manifest, &top, std::mem::take(&mut batch), req.force).await;
         }
@@ -66,10 +67,10 @@ pub(crate) async fn put_tree(
             Op::Entry => {
                 return Err(ConnError::Unexpected { got: h.op, expected: "at most a million entries" })
             }
-            Op::End => break,
+            Op::End => break h.mode.zip(h.mtime),
             other => return Err(ConnError::Unexpected { got: other, expected: "entry or end" }),
         }
-    }
+    };
     let force = req.force;
     let Manifest { replies, files, dirs, mut resumable, .. } =
         apply(shared, manifest, &top, batch, force).await;
@@ -134,8 +135,9 @@ pub(crate) async fn put_tree(
     // directory changes its time. Then, if asked, everything to disk
     // before the final `end` says the tree is done.
     let durable = req.fsync || shared.config.fsync;
+    let top_meta = top_meta.filter(|_| !top.is_root()).map(|(mode, mtime)| (top.clone(), mode, mtime));
     let synced = blocking(shared, move |root| {
-        for (path, mode, mtime) in dirs.iter().rev() {
+        for (path, mode, mtime) in dirs.iter().rev().chain(&top_meta) {
             let _ = root.set_dir_meta(path, *mode, *mtime);
         }
         match durable {
@@ -413,15 +415,19 @@ pub(crate) async fn get_tree(
         move |emit: &mut dyn FnMut(Vec<TreeEntry>)| shared.root.walk_in_batches(&top, tree::BATCH, emit)
     };
     let (entries, walked) = tree::send_walk(&mut conn.writer, walker).await?;
+    let mut end = Header::new(Op::End);
     match walked {
-        Ok(_warnings) => {}
+        // The top's own mode and time, for the client to give its copy
+        // last (the root's are not the client's business).
+        Ok((_warnings, (mode, mtime))) if !top.is_root() => (end.mode, end.mtime) = (Some(mode), Some(mtime)),
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries.is_empty() => {
             let err = RequestError::new(ErrorCode::NotFound, format!("remote directory not found: {top}"));
             return refuse(conn, outcome, err).await;
         }
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
     }
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    conn.writer.write_header(&end).await?;
 
     // The client says which files it wants (with its MD5 where it has a
     // copy of the same size); then they stream back to back.
@@ -445,6 +451,8 @@ pub(crate) async fn get_tree(
     }
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
     let identical = identical_to_theirs(shared, &top, &wants).await;
+    // Small files read and waiting to be hashed together; sent once they are.
+    let mut unhashed = HashBatch::new();
     for want in wants {
         let rel = want.filename.clone();
         let Some(entry) = meta.get(&rel).filter(|e| e.kind == EntryKind::File).cloned() else {
@@ -458,8 +466,10 @@ pub(crate) async fn get_tree(
             conn.writer.queue(&ok, &[]).await?;
             continue;
         }
-        outcome.bytes += send_one(conn, shared, &top, &rel, &entry, &want, req.force).await?;
+        outcome.bytes +=
+            send_one(conn, shared, &top, (&rel, &entry, &want), req.force, &mut unhashed).await?;
     }
+    send_hashed(conn, shared, &mut unhashed).await?;
     conn.writer.write_header(&Header::new(Op::End)).await?;
     Ok(outcome)
 }
@@ -532,17 +542,56 @@ async fn identical_to_theirs(
     .await
 }
 
-/// Sends one file of a tree, or says it is identical to the client's copy,
-/// or why it cannot be sent; resumes it when `want` offers a partial that
-/// is a prefix of it. Returns the body bytes sent.
+/// A small file of a tree read for sending, its digest neither remembered
+/// nor computed yet: hashed with others (see [`HashBatch`]), then sent.
+struct Unhashed {
+    /// Its name in the tree.
+    rel: String,
+    /// Permission bits, for its `data` frame.
+    mode: u32,
+    /// Modification time when it was read.
+    mtime: i64,
+    /// The version read, to remember its digest by.
+    stamp: Option<Stamp>,
+    /// The whole body.
+    body: Vec<u8>,
+}
+
+impl AsRef<[u8]> for Unhashed {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// Hashes the small files waiting, remembers their digests and queues each
+/// with its `done` frame.
+async fn send_hashed(
+    conn: &mut Connection,
+    shared: &Shared,
+    batch: &mut HashBatch<Unhashed>,
+) -> Result<(), ConnError> {
+    for (Unhashed { rel, mode, mtime, stamp, body }, md5) in batch.hash() {
+        shared.digests.remember(stamp, &md5);
+        let mut data = Header::new(Op::Data).with_filename(&rel).with_body(body.len() as u64);
+        (data.mode, data.mtime) = (Some(mode), Some(mtime));
+        conn.writer.queue(&data, &body).await?;
+        conn.writer.queue(&Header::new(Op::Done).with_filename(&rel).with_md5(md5), &[]).await?;
+    }
+    Ok(())
+}
+
+/// Sends one file of a tree (`rel`, what the walk found of it, and the
+/// client's `want`), or says it is identical to the client's copy, or why
+/// it cannot be sent; resumes it when `want` offers a partial that is a
+/// prefix of it. A small file whose digest is not remembered may wait in
+/// `unhashed`. Returns the body bytes sent.
 async fn send_one(
     conn: &mut Connection,
     shared: &Arc<Shared>,
     top: &RemotePath,
-    rel: &str,
-    entry: &TreeEntry,
-    want: &Header,
+    (rel, entry, want): (&str, &TreeEntry, &Header),
     force: bool,
+    unhashed: &mut HashBatch<Unhashed>,
 ) -> Result<u64, ConnError> {
     // With an offset, the client's MD5 is of its partial, not of a copy.
     let (theirs, partial) = match want.offset {
@@ -558,21 +607,30 @@ async fn send_one(
     };
     let shown = path.to_string();
     if entry.size <= WHOLE_MAX {
-        // Small: read whole and hashed in place (at most 1.7 ms, for 1 MiB;
-        // nothing if its digest is remembered), then queued, so many files
-        // go out in one write.
+        // Small: read whole, then queued, so many files go out in one
+        // write. Its digest is the remembered one, or computed with other
+        // files' (see `Unhashed`), or here if it is compared with the
+        // client's copy.
         let read = shared.root.open_read(&path).and_then(|o| {
-            // Compared with the client's copy below: then it is hashed.
             let known = if theirs.is_none() { shared.digests.get(o.stamp.as_ref()) } else { None };
-            let fresh = known.is_none();
-            let read = read_small(o.file, o.size, WHOLE_MAX, known)?;
-            if let (true, Some((_, md5))) = (fresh, &read) {
-                shared.digests.remember(o.stamp, md5);
-            }
-            Ok((read, o.mtime))
+            Ok((read_whole(o.file, o.size, WHOLE_MAX)?, known, o.stamp, o.mtime))
         });
         match read {
-            Ok((Some((body, md5)), mtime)) => {
+            Ok((Some(body), None, stamp, mtime)) if theirs.is_none() => {
+                let size = body.len() as u64;
+                if unhashed.push(Unhashed { rel: rel.to_string(), mode: entry.mode, mtime, stamp, body }) {
+                    send_hashed(conn, shared, unhashed).await?;
+                }
+                return Ok(size);
+            }
+            Ok((Some(body), known, stamp, mtime)) => {
+                let md5 = known.unwrap_or_else(|| {
+                    let mut md5 = Md5::new();
+                    md5.update(&body);
+                    let md5 = md5.finish();
+                    shared.digests.remember(stamp, &md5);
+                    md5
+                });
                 let reply = match &theirs {
                     Some(theirs) if *theirs == md5 => {
                         let mut ok = Header::new(Op::Ok).with_filename(rel);
@@ -597,13 +655,15 @@ async fn send_one(
                 return Ok(0);
             }
             // It grew past the inline size since the walk: streamed below.
-            Ok((None, _)) => {}
+            Ok((None, ..)) => {}
             Err(e) => {
                 conn.writer.queue(&file_error(rel, &RequestError::from_io(&e, &shown)), &[]).await?;
                 return Ok(0);
             }
         }
     }
+    // What waits goes out before a long stream.
+    send_hashed(conn, shared, unhashed).await?;
     let digests = shared.clone();
     let opened = blocking(shared, move |root| {
         let Opened { mut file, size, mtime, stamp } = root.open_read(&path)?;
