@@ -6,10 +6,10 @@
 //! anything else is skipped with a warning naming it.
 
 use crate::connection::FrameWriter;
-use crate::digest::Md5;
+use crate::digest::{md5_many, Md5};
 use crate::error::ConnError;
 use crate::fs::{Partial, Staged};
-use crate::protocol::{EntryKind, Header, Op};
+use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::hash_prefix;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -115,6 +115,78 @@ pub fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Ve
         .into_iter()
         .map(|m| m.into_inner().expect("no panics while holding it").1.expect("every item is done"))
         .collect()
+}
+
+/// Items hashed by one thread at a time in [`par_hash`]: enough bodies for
+/// [`md5_many`](crate::digest::md5_many) to keep its lanes busy (see
+/// [`HashBatch`](crate::transfer::HashBatch)).
+const HASH_CHUNK: usize = 128;
+
+/// Bytes of small bodies a [`par_hash`] thread holds before hashing them.
+const HASH_CHUNK_BYTES: usize = 2 << 20;
+
+/// The MD5 of a file for each item, many computed at once. `open` gives an
+/// item's file, positioned at its start, and how many bytes of it to hash
+/// (fewer there is an error), or `None` when there is nothing to hash; it
+/// may note what it found in the item. Files of up to [`WHOLE_MAX`] bytes
+/// are read whole and hashed together, larger ones streamed, on two
+/// threads taking the next chunk of items as each finishes. Results in
+/// the items' order.
+pub fn par_hash<T: Send>(
+    items: Vec<T>,
+    open: impl Fn(&mut T) -> Option<std::io::Result<(std::fs::File, u64)>> + Sync,
+) -> Vec<(T, Option<std::io::Result<Md5Hex>>)> {
+    let mut chunks = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(HASH_CHUNK).collect::<Vec<_>>());
+    }
+    par_map(chunks, |chunk| hash_chunk(chunk, &open)).into_iter().flatten().collect()
+}
+
+/// [`par_hash`] for one chunk, on one thread.
+fn hash_chunk<T>(
+    chunk: Vec<T>,
+    open: impl Fn(&mut T) -> Option<std::io::Result<(std::fs::File, u64)>>,
+) -> Vec<(T, Option<std::io::Result<Md5Hex>>)> {
+    use std::io::Read;
+    let mut out: Vec<(T, Option<std::io::Result<Md5Hex>>)> = Vec::with_capacity(chunk.len());
+    // Small bodies read, by their place in `out`.
+    let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut held = 0;
+    let hash = |small: &mut Vec<(usize, Vec<u8>)>, out: &mut Vec<(T, Option<_>)>| {
+        let bodies: Vec<&[u8]> = small.iter().map(|(_, body)| body.as_slice()).collect();
+        for (md5, (at, _)) in md5_many(&bodies).into_iter().zip(small.iter()) {
+            out[*at].1 = Some(Ok(md5));
+        }
+        small.clear();
+    };
+    for mut item in chunk {
+        let result = match open(&mut item) {
+            None => None,
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok((mut file, len))) if len <= WHOLE_MAX => {
+                let mut body = vec![0; len as usize];
+                match file.read_exact(&mut body) {
+                    Ok(()) => {
+                        held += body.len();
+                        small.push((out.len(), body));
+                        // Filled in once hashed.
+                        None
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Some(Ok((mut file, len))) => Some(hash_prefix(&mut file, len).map(Md5::finish)),
+        };
+        out.push((item, result));
+        if held >= HASH_CHUNK_BYTES {
+            hash(&mut small, &mut out);
+            held = 0;
+        }
+    }
+    hash(&mut small, &mut out);
+    out
 }
 
 /// One item of a tree.
@@ -409,6 +481,41 @@ mod tests {
             assert_eq!(out, (0..n).map(|i| i * 2).collect::<Vec<_>>());
             assert_eq!(calls.into_inner(), n);
         }
+    }
+
+    #[test]
+    fn par_hash_hashes_each_file_in_order_whatever_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sizes around the whole-read limit, empty ones, and enough items
+        // for several chunks and a flush on bytes within one.
+        let mut sizes: Vec<u64> = (0..300).map(|i| (i * 7919) % 40_000).collect();
+        sizes.extend([0, WHOLE_MAX, WHOLE_MAX + 1, 3 << 20]);
+        sizes.extend([WHOLE_MAX; 3]);
+        let mut items = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let body: Vec<u8> = (0..size).map(|b| (b as usize * 31 + i) as u8).collect();
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &body).unwrap();
+            let mut md5 = Md5::new();
+            md5.update(&body);
+            items.push((path, size, Some(md5.finish())));
+        }
+        // Nothing to hash; a file shorter than asked; a missing one.
+        items.push((dir.path().join("f0"), u64::MAX, None));
+        items.push((dir.path().join("f1"), sizes[1] + 1, None));
+        items.push((dir.path().join("missing"), 1, None));
+        let n = items.len();
+        let out = par_hash(items, |(path, size, _)| {
+            (*size != u64::MAX).then(|| std::fs::File::open(&*path).map(|f| (f, *size)))
+        });
+        assert_eq!(out.len(), n);
+        for ((path, _, want), got) in &out[..n - 3] {
+            assert_eq!(got.as_ref().map(|r| r.as_ref().ok()), Some(want.as_ref()), "{}", path.display());
+        }
+        assert!(out[n - 3].1.is_none(), "nothing to hash");
+        let short = out[n - 2].1.as_ref().unwrap().as_ref().unwrap_err();
+        assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(out[n - 1].1.as_ref().unwrap().is_err(), "missing file");
     }
 
     #[test]

@@ -151,12 +151,13 @@ pub async fn put_tree(
     }
     let top = local.to_path_buf();
     let (compared, prefixes) = tokio::task::spawn_blocking(move || {
-        let compared = tree::par_map(compare, |(e, theirs)| {
-            let same = std::fs::File::open(tree::local_path(&top, &e.rel))
-                .and_then(|mut f| hash_prefix(&mut f, e.size))
-                .is_ok_and(|ours| ours.finish() == theirs);
-            (e, same)
-        });
+        let open = |(e, _): &mut (TreeEntry, Md5Hex)| {
+            Some(std::fs::File::open(tree::local_path(&top, &e.rel)).map(|f| (f, e.size)))
+        };
+        let compared: Vec<_> = tree::par_hash(compare, open)
+            .into_iter()
+            .map(|((e, theirs), ours)| (e, matches!(ours, Some(Ok(ours)) if ours == theirs)))
+            .collect();
         // A partial is resumed only if it is a prefix of our file now: the
         // file stays open after those bytes, with their MD5 to go on from.
         let prefixes = prefixes
@@ -406,14 +407,15 @@ pub async fn get_tree(
     };
     let force = flags.force;
     let found = tokio::task::spawn_blocking(move || {
-        tree::par_map(lookups, |(path, e)| {
-            let want = want_for(&path, &e, force);
-            (path, e, want)
-        })
+        let lookups = lookups.into_iter().map(|(path, e)| (path, e, Ok(None))).collect();
+        tree::par_hash(lookups, |(path, e, want)| want_for(path, e, force, want))
     })
     .await
     .expect("hashing does not panic");
-    for (path, e, want) in found {
+    for ((path, e, mut want), ours) in found {
+        if let (Ok(Some(w)), Some(ours)) = (&mut want, ours) {
+            w.md5 = ours.ok();
+        }
         match want {
             Ok(Some(mut w)) => {
                 if w.md5.is_none() && flags.resume {
@@ -547,22 +549,30 @@ fn make_dir(path: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// The `want` frame for a file of the manifest, `None` if ours is already
-/// identical is for the server to say (we send our MD5), or an error when
-/// ours differs in size and we may not replace it.
-fn want_for(path: &Path, e: &TreeEntry, force: bool) -> Result<Option<Header>, String> {
-    let mut want = Header::new(Op::Want).with_filename(&e.rel);
+/// Sets `want` to the `want` frame for a file of the manifest, or to an
+/// error when ours differs in size and we may not replace it; returns our
+/// copy to hash when it has the same size (whether it is identical is for
+/// the server to say, from our MD5).
+fn want_for(
+    path: &Path,
+    e: &TreeEntry,
+    force: bool,
+    want: &mut Result<Option<Header>, String>,
+) -> Option<std::io::Result<(std::fs::File, u64)>> {
+    *want = Ok(Some(Header::new(Op::Want).with_filename(&e.rel)));
     match std::fs::symlink_metadata(path) {
-        Err(_) => return Ok(Some(want)),
-        Ok(m) if !m.is_file() => return Err("exists and is not a regular file".to_string()),
-        Ok(m) if m.len() == e.size => {
-            let ours = std::fs::File::open(path).and_then(|mut f| hash_prefix(&mut f, e.size));
-            want.md5 = ours.ok().map(Md5::finish);
+        Err(_) => None,
+        Ok(m) if !m.is_file() => {
+            *want = Err("exists and is not a regular file".to_string());
+            None
         }
-        Ok(_) if !force => return Err("exists and differs (use --force to replace it)".to_string()),
-        Ok(_) => {}
+        Ok(m) if m.len() == e.size => Some(std::fs::File::open(path).map(|f| (f, e.size))),
+        Ok(_) if !force => {
+            *want = Err("exists and differs (use --force to replace it)".to_string());
+            None
+        }
+        Ok(_) => None,
     }
-    Ok(Some(want))
 }
 
 /// Makes a symlink of the tree, if its target stays inside the tree.

@@ -244,9 +244,11 @@ impl Manifest {
                 replies.push(file_error(&rel, &err));
             }
         }
-        let found = tree::par_map(lookups, |(path, entry)| (existing(root, &path, &entry), path, entry));
-        for (have, path, entry) in found {
-            if let Some(have) = have {
+        let lookups = lookups.into_iter().map(|(path, entry)| (path, entry, None)).collect();
+        let found = tree::par_hash(lookups, |(path, entry, have)| existing(root, path, entry, have));
+        for ((path, entry, have), ours) in found {
+            if let Some(mut have) = have {
+                have.md5 = ours.and_then(Result::ok);
                 replies.push(have);
             } else if let Some(r) = resumable_partial(root, &path, &entry, resumable.len()) {
                 let mut offer = Header::new(Op::Partial).with_filename(&entry.rel);
@@ -276,16 +278,20 @@ async fn apply(
     .await
 }
 
-/// A `have` frame if a regular file is already at `path`: its size, and its
-/// MD5 when the size is the one coming.
-fn existing(root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Header> {
-    let Opened { mut file, size, .. } = root.open_read(path).ok()?;
-    let mut have = Header::new(Op::Have).with_filename(&entry.rel);
-    have.size = Some(size);
-    if size == entry.size {
-        have.md5 = hash_prefix(&mut file, size).ok().map(Md5::finish);
-    }
-    Some(have)
+/// Sets `have` to a `have` frame if a regular file is already at `path`,
+/// with its size; returns it to hash when the size is the one coming (its
+/// MD5 goes in the frame).
+fn existing(
+    root: &Root,
+    path: &RemotePath,
+    entry: &TreeEntry,
+    have: &mut Option<Header>,
+) -> Option<std::io::Result<(std::fs::File, u64)>> {
+    let Opened { file, size, .. } = root.open_read(path).ok()?;
+    let mut frame = Header::new(Op::Have).with_filename(&entry.rel);
+    frame.size = Some(size);
+    *have = Some(frame);
+    (size == entry.size).then_some(Ok((file, size)))
 }
 
 /// The partial an interrupted run left for a large file of the tree, if it
@@ -522,22 +528,30 @@ async fn identical_to_theirs(
     let checks: Vec<_> = wants
         .iter()
         .filter(|w| w.offset.is_none())
-        .filter_map(|w| Some((w.filename.clone(), top.join(&w.filename).ok()?, w.md5.clone()?)))
+        .filter_map(|w| Some((w.filename.clone(), top.join(&w.filename).ok()?, w.md5.clone()?, None)))
         .collect();
     if checks.is_empty() {
         return Default::default();
     }
     let digests = shared.clone();
     blocking(shared, move |root| {
-        let same = tree::par_map(checks, |(rel, path, theirs)| {
-            let ours = root.open_read(&path).and_then(|mut o| {
-                let md5 = hash_prefix(&mut o.file, o.size)?.finish();
-                digests.digests.remember(o.stamp, &md5);
-                Ok(md5)
-            });
-            ours.is_ok_and(|ours| ours == theirs).then_some(rel)
+        // Each file's stamp is noted as it is opened, to remember its digest by.
+        let hashed = tree::par_hash(checks, |(_, path, _, stamp)| {
+            Some(root.open_read(path).map(|o| {
+                *stamp = o.stamp;
+                (o.file, o.size)
+            }))
         });
-        same.into_iter().flatten().collect()
+        let mut same = std::collections::HashSet::new();
+        for ((rel, _, theirs, stamp), ours) in hashed {
+            if let Some(Ok(ours)) = ours {
+                digests.digests.remember(stamp, &ours);
+                if ours == theirs {
+                    same.insert(rel);
+                }
+            }
+        }
+        same
     })
     .await
 }
