@@ -1,17 +1,20 @@
-//! The MD5s of many bodies at once, eight side by side in AVX2 registers.
+//! The MD5s of many bodies at once, sixteen side by side in two AVX2
+//! registers.
 //!
 //! MD5 is a chain of dependent steps, so one body cannot be hashed faster
 //! than about 5 cycles a byte (libcrypto: 610-635 MiB/s here). A tree is
 //! thousands of small bodies that do not depend on each other, though: in
 //! the eight 32-bit lanes of a 256-bit register, eight of them take the same
-//! steps for the price of one. Each lane takes the next body as soon as it
-//! is done with one, longest bodies first so no lane is left with a long
-//! one at the end.
+//! steps for the price of one, and a second register's steps fill the
+//! first's waits. Each lane takes the next body as soon as it is done with
+//! one, longest bodies first so no lane is left with a long one at the end.
+//! /usr/include's 7,581 files up to 64 KiB: 21-25 ms, against 129-140 ms
+//! one at a time.
 
 use crate::protocol::Md5Hex;
 
-/// The MD5 of each body, in order. Eight lanes at once where the CPU has
-/// AVX2 (and `XFER_MD5` is not `rust`), one body at a time otherwise.
+/// The MD5 of each body, in order. Sixteen at once where the CPU has AVX2
+/// (and `XFER_MD5` is not `rust`), one body at a time otherwise.
 pub fn md5_many(bodies: &[&[u8]]) -> Vec<Md5Hex> {
     #[cfg(target_arch = "x86_64")]
     if bodies.len() > 1 && std::arch::is_x86_feature_detected!("avx2") && !super::forced_rust() {
@@ -211,12 +214,13 @@ mod x86 {
     /// fills that wait (2.0 → 3.0 GB/s on /usr/include's small files).
     #[target_feature(enable = "avx2")]
     fn compress<const G: usize>(state: &mut [[u32; LANES]; 4], blocks: &[&[u8; 64]; LANES]) {
+        const { assert!(G == 1 || G == 2, "one or two registers of the 16 lanes") };
         let m: [[[__m256i; 8]; 2]; G] = std::array::from_fn(|g| {
             let group: [&[u8; 64]; 8] = std::array::from_fn(|l| blocks[g * 8 + l]);
             [transpose(&group, 0), transpose(&group, 1)]
         });
         let m = |g: usize, i: usize| m[g][i / 8][i % 8];
-        // SAFETY: each row of `state` is 16 u32s, 64 bytes, and g < 2.
+        // SAFETY: each row of `state` is 16 u32s, 64 bytes, and g < G ≤ 2.
         let load =
             |row: &[u32; LANES], g: usize| unsafe { _mm256_loadu_si256(row.as_ptr().add(g * 8).cast()) };
         let mut a: [__m256i; G] = std::array::from_fn(|g| load(&state[0], g));
