@@ -8,7 +8,7 @@
 //! goes on reading. Files are independent, so they need no ordering.
 //!
 //! Bodies are hashed before they are handed over, many at once (see
-//! [`HashBatch`]): five times less CPU than one at a time on a thread.
+//! [`HashBatch`]): 3.5-6 times less CPU than one at a time on a thread.
 
 use crate::fs::{write_whole_beneath, CommitError, DirCache, RemotePath};
 use crate::protocol::Md5Hex;
@@ -25,8 +25,8 @@ const QUEUED: usize = 32;
 
 /// Bytes of bodies handed over and not yet written, all threads together,
 /// in KiB: bodies of up to [`WHOLE_MAX`] (1 MiB) would otherwise let the
-/// queues hold 64 MiB. 8 MiB is 32 of /usr/include's average 16 KiB
-/// file per thread and more.
+/// queues hold 64 MiB. 8 MiB is far more than the files per thread
+/// allowed take on /usr/include (64 of 16 KiB on average: 1 MiB).
 const QUEUED_KIB: usize = 8 * 1024;
 
 /// Writing threads: two keep both cores busy while the connection's task
