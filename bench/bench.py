@@ -22,7 +22,10 @@ RUNS = int(os.environ.get("RUNS", "3"))
 # steadier median for little time.
 TREE_RUNS = int(os.environ.get("TREE_RUNS", "5"))
 LATENCY_RUNS = int(os.environ.get("LATENCY_RUNS", "50"))
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789abcdef0123456789"
+# An older xfer binary to measure in the same run (XFER_BASELINE=path):
+# rows "…, baseline" against its own server, e.g. the build before a change.
+BASELINE = os.environ.get("XFER_BASELINE")
 TREE = Path(os.environ.get("TREE", "/usr/include"))
 # The same gets from a server that remembers no digests (--digest-cache 0),
 # so it hashes every byte it sends, as on a first read.
@@ -91,8 +94,10 @@ class Bench:
     def start_xfer(self):
         self.xfer_port = free_port()
         self.xfer_root = self.work / "xfer-root"
+        key = ["--key-file", str(self.work / "server-key.pem")]
         self.xfer_server = self.start(
-            [str(XFER), "serve", "--listen", f"127.0.0.1:{self.xfer_port}", "--root", str(self.xfer_root), "--allow-exec"],
+            [str(XFER), "serve", "--listen", f"127.0.0.1:{self.xfer_port}", "--root", str(self.xfer_root), "--allow-exec"]
+            + key,
             self.xfer_port,
             env=self.env,
         )
@@ -102,11 +107,22 @@ class Bench:
         self.cold_port = free_port()
         self.cold_server = self.start(
             [str(XFER), "serve", "--listen", f"127.0.0.1:{self.cold_port}", "--root", str(self.xfer_root),
-             "--digest-cache", "0"],
+             "--digest-cache", "0"] + key,
             self.cold_port,
             env=self.env,
         )
         self.cold_addr = f"127.0.0.1:{self.cold_port}"
+        self.base_server = None
+        if BASELINE:
+            self.base_port = free_port()
+            self.base_root = self.work / "base-root"
+            self.base_server = self.start(
+                [BASELINE, "serve", "--listen", f"127.0.0.1:{self.base_port}", "--root", str(self.base_root),
+                 "--allow-exec"],
+                self.base_port,
+                env=self.env,
+            )
+            self.base = [BASELINE, "-q", "-s", f"127.0.0.1:{self.base_port}"]
 
     def start_sshd(self):
         d = self.work / "ssh"
@@ -178,7 +194,13 @@ class Bench:
             wait_port_or_listen(nc_port)
             return recv
 
-        return {
+        base = []
+        if BASELINE:
+            base = [
+                ("put", ("xfer put, baseline", rm(self.base_root / "big.bin"), self.base + ["put", big])),
+                ("get", ("xfer get, baseline", rm(out), self.base + ["get", "seed.bin", str(out)])),
+            ]
+        cases = {
             "put": [
                 ("xfer put", rm(self.xfer_root / "big.bin"), x + ["put", big]),
                 ("scp put", rm(out), ["scp", "-q", "-P", str(self.ssh_port)] + self.ssh + [big, f"127.0.0.1:{out}"]),
@@ -213,6 +235,9 @@ class Bench:
                 ("rsync daemon put -a, nothing changed", None, ["rsync", "-a", f"{TREE}/", f"{rs}/seed/"]),
             ],
         }
+        for group, case in base:
+            cases[group].insert(1, case)
+        return cases
 
     def time_case(self, name, prepare, cmd, background=None):
         # Trees: xfer exits 1 when it skipped unreadable or special files,
@@ -225,8 +250,13 @@ class Bench:
         recv = background() if background else None
         client_rss_file = self.work / "rss"
         server = self.cold_server if name in (COLD_GET, COLD_GET_TREE) else self.xfer_server
+        if name.endswith("baseline"):
+            server = self.base_server
         if name.startswith("xfer"):
             reset_peak_rss(server.pid)
+        # Every tool starts from the same writeback state: rsync's put took
+        # 0.6 s after a sync and 1.4 s behind another tool's dirty gigabyte.
+        os.sync()
         t = time.perf_counter()
         subprocess.run(
             ["/usr/bin/time", "-f", "%M", "-o", str(client_rss_file)] + cmd,
@@ -246,8 +276,11 @@ class Bench:
         x = [str(XFER), "-q", "-s", self.xfer_addr, "exec", "-n", "true"]
         s = ["ssh", "-p", str(self.ssh_port)] + self.ssh + ["-n", "127.0.0.1", "true"]
         ssh_runs = min(LATENCY_RUNS, 20)
+        tools = [("xfer exec true", x), ("ssh 127.0.0.1 true", s)]
+        if BASELINE:
+            tools.insert(1, ("xfer exec true, baseline", self.base + ["exec", "-n", "true"]))
         for i in range(LATENCY_RUNS):
-            for name, cmd in [("xfer exec true", x), ("ssh 127.0.0.1 true", s)]:
+            for name, cmd in tools:
                 if name.startswith("ssh") and i >= ssh_runs:
                     continue
                 t = time.perf_counter()
@@ -268,12 +301,18 @@ class Bench:
         x = [str(XFER), "-q", "-s", self.xfer_addr]
         run(x + ["put", "-f", str(self.big)], env=self.env)
         run(x + ["put", "-f", str(self.big), "seed.bin"], env=self.env)
+        if BASELINE:
+            run(self.base + ["put", "-f", str(self.big)], env=self.env)
+            run(self.base + ["put", "-f", str(self.big), "seed.bin"], env=self.env)
         if TREE.is_dir():
             run(x + ["put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
         # Digests are remembered only for files unchanged for a second.
         time.sleep(1.5)
         run(x + ["get", "seed.bin", str(self.work / "out.bin")], env=self.env)
         (self.work / "out.bin").unlink()
+        if BASELINE:
+            run(self.base + ["get", "seed.bin", str(self.work / "out.bin")], env=self.env)
+            (self.work / "out.bin").unlink()
         if TREE.is_dir():
             subprocess.run(x + ["get", "-r", "seed", str(self.work / "warm")], env=self.env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -314,12 +353,12 @@ def fmt_table(b):
             "|---|---|---|---|---|---|")
     for group, ref_name, names in [
         ("Put (upload) of %d MiB" % mib, "xfer put",
-         ["xfer put", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",
+         ["xfer put", "xfer put, baseline", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",
           "rsync daemon put (md5)", "rsync over ssh put", "scp put"]),
         ("Get (download) of %d MiB" % mib, "xfer get",
-         ["xfer get", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
+         ["xfer get", "xfer get, baseline", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
           "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
-        ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "ssh 127.0.0.1 true"]),
+        ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "xfer exec true, baseline", "ssh 127.0.0.1 true"]),
         (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "rsync daemon put -a", "rsync over ssh put -a"]),
         (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", COLD_GET_TREE, "rsync daemon get -a", "rsync over ssh get -a"]),
         (f"Tree put again, nothing changed: {TREE}", "xfer put -r, nothing changed",
@@ -328,7 +367,7 @@ def fmt_table(b):
         if ref_name not in b.results:
             continue
         ref = statistics.median(b.results[ref_name])
-        lines += [f"### {group}", "", head] + [row(n, ref) for n in names] + [""]
+        lines += [f"### {group}", "", head] + [row(n, ref) for n in names if n in b.results] + [""]
     return "\n".join(lines)
 
 
@@ -345,6 +384,7 @@ def fmt_targets(b):
 
     for op in ["put", "get"]:
         ours = f"xfer {op}"
+        ratio(ours, f"xfer {op}, baseline", 1.1, f"{op} ≤ 1.1 × the baseline build (TLS's cost)")
         ratio(ours, "md5sum (hashing ceiling)", 1.5, f"{op} ≤ 1.5 × md5sum")
         ratio(ours, f"rsync daemon {op} (md5)", 0.8, f"{op} ≤ 0.8 × rsync daemon with MD5")
         ratio(ours, f"scp {op}", 0.5, f"{op} ≤ 0.5 × scp")
@@ -410,7 +450,10 @@ config, and stops them after). Every tool moves the same {SIZE_MIB} MiB
 random file over 127.0.0.1, page cache warm, tools alternating in each
 of {RUNS} rounds ({TREE_RUNS} for trees); the table shows medians. Command latency is the median
 of {LATENCY_RUNS} runs of `xfer exec true` and {min(LATENCY_RUNS, 20)} of
-`ssh 127.0.0.1 true`, each the whole client process.
+`ssh 127.0.0.1 true`, each the whole client process. Every timed run
+starts after a `sync` (untimed), so no tool pays for another's writeback.
+Rows marked "baseline" (when run with `XFER_BASELINE=path`) are an older
+xfer build against its own server, in the same rounds.
 Peak RSS: client from `/usr/bin/time`, server from its VmHWM (reset
 before each run).
 

@@ -14,8 +14,8 @@ pub struct Cli {
     #[arg(short, long, global = true, env = "XFER_SERVER", default_value = DEFAULT_ADDR)]
     pub server: String,
 
-    /// File holding the shared token [default: $XFER_TOKEN, then
-    /// $XDG_CONFIG_HOME/xfer/token or ~/.config/xfer/token].
+    /// File holding the shared token [default: $XFER_TOKEN (the token
+    /// itself), then $XDG_CONFIG_HOME/xfer/token or ~/.config/xfer/token].
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
@@ -33,6 +33,13 @@ pub struct Cli {
 pub enum Command {
     /// Serve a directory to xfer clients.
     Serve(ServeArgs),
+    /// Print the token, to copy to a client host (made if there is none).
+    Token {
+        /// Replace it with a new random one first (a running server keeps
+        /// the old one until it is restarted).
+        #[arg(long)]
+        new: bool,
+    },
     /// Send a local file (or, with -r, a directory tree) to the server.
     Put {
         /// Replace the remote file if it exists (atomically).
@@ -102,7 +109,11 @@ pub struct ServeArgs {
     /// Directory to serve (created if missing).
     #[arg(long, default_value = "xfer-root")]
     pub root: PathBuf,
-    /// Connections served at once; further ones wait their turn.
+    /// The TLS private key and certificate, made on first start [default:
+    /// server-key.pem beside the token file].
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Authenticated connections served at once; further ones wait their turn.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
     /// Allow clients to run commands (`xfer exec`) in the root directory.

@@ -1,4 +1,5 @@
-//! The only code that touches a socket: frames in, frames out, bodies streamed.
+//! The only code that touches a connection's bytes: frames in, frames out,
+//! bodies streamed, all inside TLS.
 //!
 //! A [`Connection`] splits into a [`FrameReader`] and a [`FrameWriter`] so
 //! that one task can send (stdin, a file body) while another receives.
@@ -12,9 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::time::Sleep;
 
 /// Bytes asked of the socket per read. A tree's small files arrive as
@@ -57,12 +56,12 @@ pub struct FrameWriter<W> {
     scratch: Vec<u8>,
 }
 
-/// The receiving half of a TCP connection.
-pub type Reader = FrameReader<Idle<OwnedReadHalf>>;
-/// The sending half of a TCP connection.
-pub type Writer = FrameWriter<Idle<OwnedWriteHalf>>;
+/// The receiving half of a connection.
+pub type Reader = FrameReader<Idle<ReadHalf<crate::tls::Stream>>>;
+/// The sending half of a connection.
+pub type Writer = FrameWriter<Idle<WriteHalf<crate::tls::Stream>>>;
 
-/// Both halves of a TCP connection, plus who is on the other end.
+/// Both halves of a TLS connection, plus who is on the other end.
 pub struct Connection {
     /// Incoming frames.
     pub reader: Reader,
@@ -73,17 +72,10 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps a connected socket. Small frames (headers, exec chunks) must not
-    /// wait for Nagle's algorithm, so `TCP_NODELAY` is set.
-    pub fn new(stream: TcpStream) -> std::io::Result<Self> {
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        let (r, w) = stream.into_split();
-        Ok(Connection {
-            reader: FrameReader::new(Idle::new(r)),
-            writer: FrameWriter::new(Idle::new(w)),
-            peer,
-        })
+    /// Wraps an established TLS connection to `peer`.
+    pub fn new(stream: crate::tls::Stream, peer: SocketAddr) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Connection { reader: FrameReader::new(Idle::new(r)), writer: FrameWriter::new(Idle::new(w)), peer }
     }
 
     /// Gives up on the peer when it makes no progress for `limit`: no

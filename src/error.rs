@@ -110,9 +110,26 @@ pub enum Error {
         /// Our version.
         ours: u32,
     },
-    /// The server did not accept our token, or could not prove its own.
-    #[error("authentication failed")]
+    /// The peer answered, but not as an xfer server does.
+    #[error("{addr} is not an xfer server ({reason})")]
+    NotXfer {
+        /// The address as the user gave it.
+        addr: String,
+        /// What it did instead, in plain words.
+        reason: String,
+    },
+    /// The server did not accept our token.
+    #[error("authentication failed: the server refused this token (check that the client and the server use the same one)")]
     AuthFailed,
+    /// The server could not prove that it holds the token on this channel.
+    #[error(
+        "authentication failed: the server did not prove it holds the token, so nothing was sent \
+         (an impostor, or someone relaying the connection)"
+    )]
+    ServerNotProven,
+    /// The server's TLS identity could not be had.
+    #[error("{0}")]
+    Identity(#[from] crate::tls::IdentityError),
     /// No token could be found or made.
     #[error("{0}")]
     Token(#[from] crate::auth::TokenError),
@@ -162,8 +179,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Connect { .. }
+            | Error::NotXfer { .. }
             | Error::Version { .. }
             | Error::AuthFailed
+            | Error::ServerNotProven
+            | Error::Identity(_)
             | Error::Token(_)
             | Error::ExecDisabled
             | Error::NotRun(_) => EXIT_CONNECT,

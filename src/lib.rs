@@ -4,16 +4,21 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (clap).
-//! - [`auth`]: the shared token and the challenge-response that proves it.
+//! - [`private_file`]: files only their owner may read (token, server key).
+//! - [`tls`]: TLS 1.3 under every connection: the server's certificate,
+//!   both sides' configurations, the channel binding.
+//! - [`auth`]: the shared token and the challenge-response that proves it,
+//!   bound to the TLS channel.
 //! - [`protocol`]: header types and the pure frame codec (no I/O).
-//! - [`connection`]: the only code that reads or writes a socket.
+//! - [`connection`]: the only code that reads or writes a connection.
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
 //! - [`digest`]: the one MD5 implementation everything uses, and
 //!   [`md5_many`](digest::md5_many) for many small bodies at once.
 //! - [`tree`]: walking directory trees into manifests (sent while the walk goes on), and their rules.
 //! - [`tree_writer`]: a tree's small files verified and written on a thread of their own.
 //! - [`fs`]: safe remote paths, the served root, partial files and commits.
-//! - [`server`]: listener, per-connection handler, one module per request.
+//! - [`server`]: listener, admission of unauthenticated connections,
+//!   per-connection handler, one module per request.
 //! - [`client`]: connecting, and one module per client command.
 //! - [`ui`]: progress bars and summary lines.
 //! - [`error`]: error types per phase, messages and exit codes.
@@ -27,8 +32,10 @@ pub mod connection;
 pub mod digest;
 pub mod error;
 pub mod fs;
+pub mod private_file;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod transfer;
 pub mod tree;
 pub mod tree_writer;
@@ -44,6 +51,17 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
     let token_file = cli.token_file.as_deref();
     match cli.command {
         Command::Serve(args) => serve(args, token_file),
+        Command::Token { new } => {
+            let token = if new {
+                let (token, path) = auth::replace_token(token_file)?;
+                eprintln!("xfer: wrote a new token to {} (restart xfer serve to use it)", path.display());
+                token
+            } else {
+                auth::load_token(token_file, true)?.0
+            };
+            println!("{}", token.reveal());
+            Ok(0)
+        }
         // A client does one thing at a time: a single-threaded runtime starts
         // faster and the hashing thread comes from the blocking pool.
         command => {
@@ -94,7 +112,7 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
             let how = client::ExecOptions { stdin: !no_stdin, timeout };
             return client::exec(opts, &command, how).await;
         }
-        Command::Serve(_) => unreachable!("serve is handled by run"),
+        Command::Serve(_) | Command::Token { .. } => unreachable!("handled by run"),
     }
     Ok(0)
 }
@@ -102,16 +120,27 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
 fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Error> {
     init_logging();
     let (token, source) = auth::load_token(token_file, true)?;
-    match source {
-        auth::TokenSource::Created(path) => {
-            tracing::info!(path = %path.display(), "created a new token; copy this file to client hosts")
-        }
+    match &source {
+        auth::TokenSource::Created(path) => tracing::info!(
+            path = %path.display(),
+            "created a new token; `xfer token` prints it to copy to client hosts"
+        ),
         auth::TokenSource::Default(path) | auth::TokenSource::File(path) => {
             tracing::info!(path = %path.display(), "using token file")
         }
         auth::TokenSource::Env => tracing::info!("using token from {}", auth::TOKEN_ENV),
     }
+    let key_path = args.key_file.clone().or_else(|| source.key_path()).ok_or(auth::TokenError::NoHome)?;
+    let (identity, made) = tls::Identity::load_or_create(&key_path)?;
+    let fingerprint = identity.fingerprint();
+    let key = key_path.display();
+    if made {
+        tracing::info!(key = %key, "made a new TLS key; certificate SHA-256 fingerprint {fingerprint}");
+    } else {
+        tracing::info!(key = %key, "TLS certificate SHA-256 fingerprint {fingerprint}");
+    }
     let mut config = server::Config::new(&args.root, token);
+    config.identity = identity;
     config.allow_exec = args.allow_exec;
     config.max_connections = args.max_connections.max(1);
     config.grace = Duration::from_secs(args.grace);

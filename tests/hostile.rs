@@ -23,13 +23,14 @@ fn send_raw(server: &TestServer, authenticate: bool, bytes: &[u8]) -> Vec<u8> {
     let mut s = if authenticate {
         raw::connect(server.addr)
     } else {
-        let mut s = TcpStream::connect(server.addr).unwrap();
+        let mut s = raw::tls_connect(server.addr);
         raw::recv(&mut s);
         s
     };
     let _ = s.write_all(bytes);
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.flush();
+    raw::shutdown_write(&mut s);
+    s.sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut back = Vec::new();
     // Enough for any answer to these cases; more means the server was
     // made to send far more than it should.

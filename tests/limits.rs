@@ -17,15 +17,15 @@ fn idle_server() -> TestServer {
 }
 
 /// Whether the server closed `s` (within a bound, so a failure cannot hang).
-fn closed_by_server(s: &mut TcpStream) -> bool {
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+fn closed_by_server(s: &mut raw::Tls) -> bool {
+    s.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     raw::try_recv(s).is_none()
 }
 
 #[test]
 fn silent_connection_before_authentication_is_closed() {
     let server = idle_server();
-    let mut s = TcpStream::connect(server.addr).unwrap();
+    let mut s = raw::tls_connect(server.addr);
     raw::recv(&mut s);
     assert!(closed_by_server(&mut s));
 }

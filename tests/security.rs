@@ -7,7 +7,7 @@ use common::fake::{self, Proof};
 use common::{eventually, raw, tree, xfer, xfer_process, TestServer, TOKEN};
 use predicates::prelude::*;
 use std::fs;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::time::{Duration, Instant};
 
 // ---- authentication ----
@@ -17,11 +17,13 @@ fn wrong_token_is_refused_with_exit_255() {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();
     xfer(server.addr, work.path())
-        .env("XFER_TOKEN", "not-the-token")
+        .env("XFER_TOKEN", "not-the-token-though-long-enough-for-one")
         .arg("ls")
         .assert()
         .code(255)
-        .stderr("xfer: error: authentication failed\n");
+        .stderr(predicate::str::starts_with(
+            "xfer: error: authentication failed: the server refused this token",
+        ));
 }
 
 #[test]
@@ -42,22 +44,24 @@ fn token_file_option_is_used() {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();
     fs::write(work.path().join("tok"), format!("{TOKEN}\n")).unwrap();
+    fs::set_permissions(work.path().join("tok"), fs::Permissions::from_mode(0o600)).unwrap();
     xfer(server.addr, work.path())
         .env_remove("XFER_TOKEN")
         .args(["ls", "--token-file", "tok"])
         .assert()
         .success();
-    fs::write(work.path().join("bad"), "nope\n").unwrap();
+    fs::write(work.path().join("bad"), format!("{}\n", "b".repeat(40))).unwrap();
+    fs::set_permissions(work.path().join("bad"), fs::Permissions::from_mode(0o600)).unwrap();
     xfer(server.addr, work.path())
         .env_remove("XFER_TOKEN")
         .args(["ls", "--token-file", "bad"])
         .assert()
-        .code(255);
+        .code(255)
+        .stderr(predicate::str::contains("refused this token"));
 }
 
 #[test]
 fn serve_creates_a_private_default_token_that_clients_find() {
-    use std::os::unix::fs::PermissionsExt;
     let home = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
@@ -86,7 +90,7 @@ fn serve_creates_a_private_default_token_that_clients_find() {
 #[test]
 fn requests_before_authentication_are_refused() {
     let server = TestServer::start();
-    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    let mut s = raw::tls_connect(server.addr);
     raw::recv(&mut s);
     raw::send(&mut s, r#"{"op":"put","filename":"sneaky","md5":null,"total_size":0}"#);
     let reply = raw::recv(&mut s);
@@ -113,15 +117,21 @@ fn repeated_failures_from_one_address_slow_down() {
 
 #[test]
 fn a_server_that_cannot_prove_the_token_gets_nothing() {
-    let (addr, sent) = fake::serve_once(Proof::Forged, |_| {});
-    let work = tempfile::tempdir().unwrap();
-    fs::write(work.path().join("a.txt"), b"private").unwrap();
-    xfer(addr, work.path())
-        .args(["put", "a.txt"])
-        .assert()
-        .code(255)
-        .stderr("xfer: error: authentication failed\n");
-    assert!(sent.join().unwrap().is_empty(), "the client sent something to an impostor");
+    // A wrong proof, and a right one for another TLS channel (what a relay
+    // would have): the client sends nothing to either.
+    for proof in [Proof::Forged, Proof::OtherChannel] {
+        let (addr, sent) = fake::serve_once(proof, |_| {});
+        let work = tempfile::tempdir().unwrap();
+        fs::write(work.path().join("a.txt"), b"private").unwrap();
+        xfer(addr, work.path())
+            .args(["put", "a.txt"])
+            .assert()
+            .code(255)
+            .stderr(predicate::str::starts_with(
+                "xfer: error: authentication failed: the server did not prove it holds the token, so nothing was sent",
+            ));
+        assert!(sent.join().unwrap().is_empty(), "the client sent something to an impostor");
+    }
 }
 
 // ---- confinement to the root ----

@@ -12,7 +12,7 @@ pub use ls::ls;
 pub use put::put;
 pub use tree::{get_tree, put_tree, TreeReport};
 
-use crate::auth::{self, Role, Token};
+use crate::auth::{self, Challenge, Role, Token};
 use crate::connection::Connection;
 use crate::error::{plain_io, ConnError, Error, RequestError};
 use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
@@ -24,6 +24,12 @@ use tokio::net::TcpStream;
 /// while an exec command runs, which may be silent for as long as it likes).
 /// Twice the server's default idle timeout, so the server gives up first.
 pub const CLIENT_IDLE: Duration = Duration::from_secs(60);
+
+/// How long the TLS handshake and the server's greeting may take before
+/// the peer is called not an xfer server: a loopback handshake takes about
+/// a millisecond and one across the world a few hundred, so a peer silent
+/// for this long is something else (the user is told within 5 s).
+pub const GREETING_WAIT: Duration = Duration::from_secs(4);
 
 /// What every client command needs.
 #[derive(Debug, Clone)]
@@ -56,18 +62,37 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `opts.server`, and proves the token to it and it to us.
+    /// Connects to `opts.server`, runs TLS, and proves the token to it and
+    /// it to us, both bound to this TLS channel. Nothing is sent to a
+    /// server that has not proven the token.
     pub async fn connect(opts: &Options) -> Result<Client, Error> {
         let addr = opts.server.as_str();
-        let stream = TcpStream::connect(addr)
+        let connect_err = |e: std::io::Error| Error::Connect { addr: addr.to_string(), reason: plain_io(&e) };
+        let not_xfer = |reason: String| Error::NotXfer { addr: addr.to_string(), reason };
+        let stream = TcpStream::connect(addr).await.map_err(connect_err)?;
+        // Small frames (headers, exec chunks) must not wait for Nagle.
+        stream.set_nodelay(true).map_err(connect_err)?;
+        let peer = stream.peer_addr().map_err(connect_err)?;
+        let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config());
+        let handshake = connector.connect(crate::tls::server_name(), crate::tls::socket(stream));
+        let tls = tokio::time::timeout(GREETING_WAIT, handshake)
             .await
-            .map_err(|e| Error::Connect { addr: addr.to_string(), reason: plain_io(&e) })?;
-        let mut conn = Connection::new(stream)
-            .map_err(|e| Error::Connect { addr: addr.to_string(), reason: plain_io(&e) })?;
+            .map_err(|_| not_xfer(format!("no TLS handshake within {} s", GREETING_WAIT.as_secs())))?
+            .map_err(|e| not_xfer(tls_failure(&e)))?;
+        let session = tls.get_ref().1;
+        if session.alpn_protocol() != Some(crate::tls::ALPN) {
+            return Err(not_xfer("its TLS does not offer the xfer protocol".to_string()));
+        }
+        let binding =
+            crate::tls::peer_binding(session).ok_or_else(|| not_xfer("it showed no certificate".into()))?;
+        let mut conn = Connection::new(tokio_rustls::TlsStream::Client(tls), peer);
         conn.set_idle_timeout(Some(CLIENT_IDLE));
-        let hello = conn.reader.expect_header().await?;
+        let hello = tokio::time::timeout(GREETING_WAIT, conn.reader.expect_header())
+            .await
+            .map_err(|_| not_xfer(format!("no greeting within {} s", GREETING_WAIT.as_secs())))?
+            .map_err(|e| not_xfer(format!("no greeting: {e}")))?;
         if hello.op != Op::Hello {
-            return Err(ConnError::Unexpected { got: hello.op, expected: "hello" }.into());
+            return Err(not_xfer(format!("it sent {} instead of hello", hello.op)));
         }
         if hello.version != Some(PROTOCOL_VERSION) {
             let theirs = hello.version.unwrap_or(0);
@@ -75,23 +100,48 @@ impl Client {
         }
         let server_nonce = hello.nonce.unwrap_or_default();
         let client_nonce = auth::new_nonce();
+        let challenge =
+            Challenge { binding: &binding, server_nonce: &server_nonce, client_nonce: &client_nonce };
         let mut proof = Header::new(Op::Auth);
-        proof.mac = Some(auth::mac(&opts.token, Role::Client, &server_nonce, &client_nonce));
+        proof.mac = Some(auth::mac(&opts.token, Role::Client, challenge));
         proof.nonce = Some(client_nonce.clone());
         conn.writer.write_header(&proof).await?;
         let reply = conn.reader.expect_header().await?;
-        let token = &opts.token;
         match (reply.op, &reply.mac) {
-            (Op::Welcome, Some(mac))
-                if auth::verify(token, Role::Server, &server_nonce, &client_nonce, mac) =>
-            {
+            (Op::Welcome, Some(mac)) if auth::verify(&opts.token, Role::Server, challenge, mac) => {
                 Ok(Client { conn })
             }
-            // A server that cannot prove the token may be an impostor.
-            (Op::Welcome, _) => Err(Error::AuthFailed),
+            // A server that cannot prove the token on this channel may be
+            // an impostor, or a relay between us and the real one.
+            (Op::Welcome, _) => Err(Error::ServerNotProven),
             (Op::Error, _) if reply.code == Some(ErrorCode::AuthFailed) => Err(Error::AuthFailed),
             _ => Err(unexpected_reply(reply, "welcome")),
         }
+    }
+}
+
+/// Plain words for a failed TLS handshake.
+fn tls_failure(e: &std::io::Error) -> String {
+    use rustls::{AlertDescription, Error as Tls};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Tls>()) {
+        Some(Tls::InvalidMessage(_)) => {
+            "it does not speak TLS, as xfer servers of protocol 2 and later do".to_string()
+        }
+        Some(Tls::AlertReceived(AlertDescription::NoApplicationProtocol)) => {
+            "its TLS does not offer the xfer protocol".to_string()
+        }
+        Some(Tls::AlertReceived(AlertDescription::ProtocolVersion)) => {
+            "it does not offer TLS 1.3".to_string()
+        }
+        Some(other) => format!("TLS failed: {other}"),
+        None => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                "it closed the connection during the TLS handshake; an xfer server does so when too many \
+                 connections from this address are not yet authenticated, so try again"
+                    .to_string()
+            }
+            _ => plain_io(e),
+        },
     }
 }
 

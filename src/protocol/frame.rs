@@ -129,6 +129,16 @@ mod tests {
         assert_eq!(used, bytes.len());
     }
 
+    /// PROTOCOL.md's settled points on header shape.
+    #[test]
+    fn duplicate_keys_are_malformed_and_missing_core_fields_default() {
+        assert!(decode_header(&frame(br#"{"op":"ls","filename":"a","filename":"b"}"#)).is_err());
+        assert!(decode_header(&frame(br#"{"op":"ls","op":"get"}"#)).is_err());
+        let (h, _) = decode_header(&frame(br#"{"op":"ls"}"#)).unwrap().unwrap();
+        assert_eq!((h.op, h.filename.as_str(), h.md5, h.total_size), (Op::Ls, "", None, 0));
+        assert!(decode_header(&frame(br#"{"filename":""}"#)).is_err(), "op is required");
+    }
+
     #[test]
     fn total_size_above_4_gib_survives() {
         let h = Header::new(Op::Data).with_body(1 << 40);

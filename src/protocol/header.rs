@@ -11,7 +11,7 @@ use std::fmt;
 
 /// The protocol version this build speaks. A peer announcing another version
 /// is refused with [`ErrorCode::Version`] before any request is read.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// What a frame asks for or answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

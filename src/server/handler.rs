@@ -1,8 +1,10 @@
-//! One connection: greet, then read requests and dispatch them until the
-//! peer leaves, breaks the protocol, or the server shuts down.
+//! One connection: TLS, the token handshake, a connection slot, then
+//! requests dispatched until the peer leaves, breaks the protocol, or the
+//! server shuts down.
 
+use super::admission::Ticket;
 use super::{exec, get, ls, put, tree, Shared};
-use crate::auth::{self, Role};
+use crate::auth::{self, Challenge, Role};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Header, Md5Hex, Op, PROTOCOL_VERSION};
@@ -54,18 +56,31 @@ pub(crate) async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>,
 }
 
 /// Serves one connection to the end. Never panics on peer input; every
-/// failure is logged and ends only this connection.
+/// failure is logged and ends only this connection. `ticket` queues it for
+/// a place among the unauthenticated, which it holds until it is served.
 pub(crate) async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: broadcast::Receiver<()>,
+    ticket: Ticket,
 ) {
-    let mut conn = match Connection::new(stream) {
-        Ok(c) => c,
-        Err(e) => return debug!(%peer, error = %e, "connection lost before greeting"),
+    let limit = shared.config.handshake_timeout;
+    let started = async {
+        let pending = ticket.place().await;
+        (handshake(stream, peer, &shared).await, pending)
     };
-    conn.set_idle_timeout(shared.config.idle_timeout);
+    let (mut conn, pending) = match tokio::time::timeout(limit, started).await {
+        Err(_) => return debug!(%peer, "no handshake within {} s; closed", limit.as_secs()),
+        Ok((Err(e), _)) => return debug!(%peer, error = %e, "handshake failed"),
+        Ok((Ok(Handshake::Refused(conn)), _pending)) => return refuse_auth(conn, &shared).await,
+        Ok((Ok(Handshake::Proven(conn)), pending)) => (conn, pending),
+    };
+    let slot = tokio::select! {
+        slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        _ = shutdown.recv() => return,
+    };
+    drop(pending);
     if let Err(e) = serve_requests(&mut conn, &shared, &mut shutdown).await {
         match e {
             ConnError::Frame(ref fe) => {
@@ -78,11 +93,25 @@ pub(crate) async fn serve_connection(
             _ => debug!(%peer, error = %e, "connection ended"),
         }
     }
+    drop(slot);
 }
 
-/// Greets the client and checks its proof of the token. Returns false (after
-/// telling the client) when it failed; nothing else is read from it.
-async fn authenticate(conn: &mut Connection, shared: &Shared) -> Result<bool, ConnError> {
+/// How the handshake ended.
+enum Handshake {
+    /// The client proved the token and has our proof: serve it.
+    Proven(Connection),
+    /// It did not: refuse it, after the limiter's delay.
+    Refused(Connection),
+}
+
+/// TLS, then the greeting and the client's proof of the token, bound to
+/// this TLS channel; answers a good proof with our own.
+async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<Handshake, ConnError> {
+    // Small frames (headers, exec chunks) must not wait for Nagle.
+    stream.set_nodelay(true)?;
+    let tls = shared.tls.accept(crate::tls::socket(stream)).await?;
+    let mut conn = Connection::new(tokio_rustls::TlsStream::Server(tls), peer);
+    conn.set_idle_timeout(shared.config.idle_timeout);
     let nonce = auth::new_nonce();
     let mut hello = Header::new(Op::Hello);
     hello.version = Some(PROTOCOL_VERSION);
@@ -90,25 +119,39 @@ async fn authenticate(conn: &mut Connection, shared: &Shared) -> Result<bool, Co
     conn.writer.write_header(&hello).await?;
 
     let reply = conn.reader.expect_header().await?;
+    let (Op::Auth, 0, Some(client_nonce), Some(mac)) = (reply.op, reply.total_size, &reply.nonce, &reply.mac)
+    else {
+        return Ok(Handshake::Refused(conn));
+    };
+    let binding = shared.config.identity.binding();
+    let challenge = Challenge { binding: &binding, server_nonce: &nonce, client_nonce };
     let token = &shared.config.token;
-    let proven = reply.op == Op::Auth
-        && match (&reply.nonce, &reply.mac) {
-            (Some(client_nonce), Some(mac)) => auth::verify(token, Role::Client, &nonce, client_nonce, mac),
-            _ => false,
-        };
-    if !proven {
-        let delay = shared.limiter.failed(conn.peer.ip());
-        warn!(peer = %conn.peer, op = %reply.op, delay_ms = delay.as_millis() as u64, "authentication failed");
-        tokio::time::sleep(delay).await;
-        conn.writer.write_header(&Header::error(ErrorCode::AuthFailed, "authentication failed")).await?;
-        return Ok(false);
+    if !auth::verify(token, Role::Client, challenge, mac) {
+        return Ok(Handshake::Refused(conn));
     }
-    shared.limiter.succeeded(conn.peer.ip());
-    let client_nonce = reply.nonce.unwrap_or_default();
+    shared.limiter.succeeded(peer.ip());
     let mut welcome = Header::new(Op::Welcome);
-    welcome.mac = Some(auth::mac(token, Role::Server, &nonce, &client_nonce));
+    welcome.mac = Some(auth::mac(token, Role::Server, challenge));
     conn.writer.write_header(&welcome).await?;
-    Ok(true)
+    Ok(Handshake::Proven(conn))
+}
+
+/// Answers a failed proof after the limiter's delay, holding the
+/// connection's place among the unauthenticated meanwhile, then closes.
+async fn refuse_auth(mut conn: Connection, shared: &Shared) {
+    let failure = shared.limiter.failed(conn.peer.ip());
+    if let Some(unlogged) = failure.log {
+        let delay_ms = failure.delay.as_millis() as u64;
+        if unlogged > 0 {
+            warn!(peer = %conn.peer, delay_ms, "authentication failed ({unlogged} more since the last such line)");
+        } else {
+            warn!(peer = %conn.peer, delay_ms, "authentication failed");
+        }
+    }
+    tokio::time::sleep(failure.delay).await;
+    let refusal = Header::error(ErrorCode::AuthFailed, "authentication failed");
+    let _ = conn.writer.write_header(&refusal).await;
+    let _ = conn.writer.shutdown().await;
 }
 
 async fn serve_requests(
@@ -116,17 +159,21 @@ async fn serve_requests(
     shared: &Arc<Shared>,
     shutdown: &mut broadcast::Receiver<()>,
 ) -> Result<(), ConnError> {
-    if !authenticate(conn, shared).await? {
-        return Ok(());
-    }
     loop {
         let req = tokio::select! {
             req = conn.reader.read_header() => req?,
             _ = shutdown.recv() => return Ok(()),
         };
-        let Some(req) = req else { return Ok(()) };
+        let Some(mut req) = req else { return Ok(()) };
         let started = Instant::now();
         let op = req.op;
+        // No request carries a body of its own (a put's bytes follow in
+        // `data` frames): whatever one announces is read and dropped here,
+        // never parsed as the next frame.
+        if req.total_size > 0 {
+            conn.reader.skip_body(req.total_size).await?;
+            req.total_size = 0;
+        }
         let outcome = match op {
             Op::Put => put::handle(conn, shared, req).await?,
             Op::Get => get::handle(conn, shared, req).await?,
@@ -135,9 +182,7 @@ async fn serve_requests(
             Op::PutTree => tree::put_tree(conn, shared, req).await?,
             Op::GetTree => tree::get_tree(conn, shared, req).await?,
             _ => {
-                // Every frame announces its body, so a stray one can be
-                // skipped and the connection stays in step.
-                conn.reader.skip_body(req.total_size).await?;
+                // Its body, if any, was skipped above.
                 let err = RequestError::new(ErrorCode::BadRequest, format!("{op} is not a request"));
                 refuse(conn, Outcome::new(&req.filename), err).await?
             }

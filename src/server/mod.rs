@@ -1,9 +1,12 @@
 //! The server: accepts connections, bounds how many run at once, and stops
 //! cleanly when its shutdown future completes.
 //!
-//! One task per connection (`handler`, which also authenticates); one
-//! module per request kind (`put`, `get`, `ls`, `exec`, `tree`).
+//! One task per connection (`handler`, which also runs TLS and
+//! authenticates); `admission` bounds the connections not yet
+//! authenticated; one module per request kind (`put`, `get`, `ls`, `exec`,
+//! `tree`).
 
+mod admission;
 mod digests;
 mod exec;
 mod get;
@@ -14,6 +17,8 @@ mod tree;
 
 use crate::auth::{FailureLimiter, Token};
 use crate::fs::Root;
+use crate::tls::Identity;
+use admission::Admission;
 use digests::Digests;
 use std::future::Future;
 use std::io;
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How a server is set up; built from `xfer serve`'s flags.
 #[derive(Debug, Clone)]
@@ -31,10 +36,19 @@ pub struct Config {
     pub root: PathBuf,
     /// The shared secret every client must prove it holds.
     pub token: Token,
+    /// The TLS certificate and key the server presents.
+    pub identity: Identity,
     /// Whether `exec` requests are allowed.
     pub allow_exec: bool,
-    /// Connections served at once; more wait in the accept queue.
+    /// Authenticated connections served at once; more wait for a slot.
     pub max_connections: usize,
+    /// How long a connection has to finish TLS and prove the token.
+    pub handshake_timeout: Duration,
+    /// Connections not yet served (in their handshake, or waiting for a
+    /// slot) held at once, outside `max_connections`; more are closed.
+    pub pending_max: usize,
+    /// The same, from one source address (an IPv6 /64).
+    pub pending_per_source: usize,
     /// A connection that makes no progress for this long is closed.
     pub idle_timeout: Option<Duration>,
     /// After shutdown is asked, how long requests in flight may take to
@@ -52,14 +66,22 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for serving `root` to holders of `token`: no exec, 256
-    /// connections, 30 s idle, 10 s grace at shutdown.
+    /// Defaults for serving `root` to holders of `token` with a new TLS
+    /// identity: no exec, 256 connections, 30 s idle, 10 s grace at
+    /// shutdown, 10 s for a handshake.
     pub fn new(root: impl Into<PathBuf>, token: Token) -> Self {
         Config {
             root: root.into(),
             token,
+            identity: Identity::generate(),
             allow_exec: false,
             max_connections: 256,
+            handshake_timeout: Duration::from_secs(10),
+            // A TLS session with its buffers is about 100 KiB, so a full
+            // pool stays near 25 MiB; 32 from one address lets a user run
+            // that many clients at once, as `parallel -j32` would.
+            pending_max: 256,
+            pending_per_source: 32,
             idle_timeout: Some(Duration::from_secs(30)),
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 3600),
@@ -79,6 +101,12 @@ pub(crate) struct Shared {
     pub limiter: FailureLimiter,
     /// Digests of unchanged files, so sending them again does not hash them.
     pub digests: Digests,
+    /// Runs the server's side of TLS with its identity.
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// Connections not yet authenticated and served.
+    pub admission: Arc<Admission>,
+    /// Slots for authenticated connections (`max_connections`).
+    pub slots: Arc<Semaphore>,
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting and
@@ -86,7 +114,7 @@ pub(crate) struct Shared {
 /// Returning drops what is still running: the caller's runtime cancels those
 /// tasks, whose temporaries are removed and process groups killed on drop.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -> io::Result<()> {
-    warn_if_exposed(listener.local_addr()?);
+    let tls = crate::tls::server_config(&config.identity).map_err(io::Error::other)?;
     let root = Root::open(&config.root)?;
     let removed = root.remove_stale_temps(config.partial_max_age);
     if removed > 0 {
@@ -94,14 +122,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     }
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
     let digests = Digests::new(config.digest_cache);
-    let shared = Arc::new(Shared { root, config, limiter: FailureLimiter::default(), digests });
+    let shared = Arc::new(Shared {
+        root,
+        limiter: FailureLimiter::default(),
+        digests,
+        tls: tokio_rustls::TlsAcceptor::from(tls),
+        admission: Admission::new(config.pending_max.max(1), config.pending_per_source.max(1)),
+        slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        config,
+    });
     let sweeper = tokio::spawn(sweep_partials(shared.clone()));
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
 
     tokio::select! {
-        res = accept_loop(&listener, &shared, &limit, &notify_shutdown, &done_tx) => {
+        res = accept_loop(&listener, &shared, &notify_shutdown, &done_tx) => {
             if let Err(e) = res {
                 error!(error = %e, "accept failed");
             }
@@ -149,12 +184,10 @@ async fn sweep_partials(shared: Arc<Shared>) {
 async fn accept_loop(
     listener: &TcpListener,
     shared: &Arc<Shared>,
-    limit: &Arc<Semaphore>,
     notify_shutdown: &broadcast::Sender<()>,
     done_tx: &mpsc::Sender<()>,
 ) -> io::Result<()> {
     loop {
-        let permit = limit.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -165,44 +198,18 @@ async fn accept_loop(
                 continue;
             }
         };
+        // No room even to wait among the unauthenticated: closed at once,
+        // costing nothing more than the accept.
+        let Some(ticket) = shared.admission.admit(peer.ip()) else {
+            debug!(%peer, "too many connections not yet authenticated; closed");
+            continue;
+        };
         let shared = shared.clone();
         let shutdown = notify_shutdown.subscribe();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            handler::serve_connection(stream, peer, shared, shutdown).await;
-            drop(permit);
+            handler::serve_connection(stream, peer, shared, shutdown, ticket).await;
             drop(done);
         });
-    }
-}
-
-/// Warns when the server is reachable beyond this host: the token keeps
-/// strangers out, but nothing hides the bytes from the network.
-fn warn_if_exposed(addr: std::net::SocketAddr) {
-    if let Some(warning) = exposure_warning(addr) {
-        warn!("{warning}");
-    }
-}
-
-fn exposure_warning(addr: std::net::SocketAddr) -> Option<String> {
-    (!addr.ip().is_loopback()).then(|| {
-        format!(
-            "listening on {addr}, beyond this host: traffic is authenticated but NOT encrypted; \
-             anyone on the network path can read file contents and command output"
-        )
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_non_loopback_addresses_are_warned_about() {
-        assert!(exposure_warning("127.0.0.1:9909".parse().unwrap()).is_none());
-        assert!(exposure_warning("[::1]:9909".parse().unwrap()).is_none());
-        let w = exposure_warning("0.0.0.0:9909".parse().unwrap()).unwrap();
-        assert!(w.contains("NOT encrypted"), "{w}");
-        assert!(exposure_warning("192.0.2.7:9909".parse().unwrap()).is_some());
     }
 }

@@ -1,12 +1,13 @@
-//! A scripted, possibly malicious server: it authenticates like the real one
-//! (or, asked to, fails to prove the token), then runs a script against the
-//! client. For tests of what the client refuses to do.
+//! A scripted, possibly malicious server: real TLS with a certificate of
+//! its own, then it authenticates like the real one (or, asked to, fails
+//! to prove the token), then runs a script against the client. For tests
+//! of what the client refuses to do.
 
 use super::raw;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
-use xfer::auth::{self, Role};
+use xfer::auth::{self, Challenge, Role};
 
 /// How the fake server answers the client's proof.
 #[derive(Clone, Copy, PartialEq)]
@@ -15,13 +16,20 @@ pub enum Proof {
     Genuine,
     /// With a `welcome` whose MAC is wrong: an impostor.
     Forged,
+    /// With the right token's MAC, but bound to another certificate than
+    /// the one this connection shows: what a relay between the client and
+    /// a real server would have to offer.
+    OtherChannel,
 }
+
+/// The server's TLS session.
+type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
 
 /// The client's connection as the script sees it: everything read through
 /// it is kept, so the test can check what the client sent.
 pub struct Tee {
     /// The connection.
-    stream: TcpStream,
+    stream: Tls,
     /// Every byte read from it so far.
     seen: Vec<u8>,
 }
@@ -53,20 +61,28 @@ pub fn serve_once(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
+        let (sock, _) = listener.accept().unwrap();
+        let (session, id) = raw::server_session();
+        let mut s = rustls::StreamOwned::new(session, sock);
         let ns = "ab".repeat(32);
-        raw::send(&mut s, &format!(r#"{{"op":"hello","version":1,"nonce":"{ns}"}}"#));
+        raw::send(&mut s, &format!(r#"{{"op":"hello","version":2,"nonce":"{ns}"}}"#));
         let proof_frame = raw::recv(&mut s);
         let nc = raw::field(&proof_frame, "nonce").unwrap();
+        let binding = match proof {
+            Proof::OtherChannel => xfer::tls::Identity::generate().binding(),
+            _ => id.binding(),
+        };
+        let challenge = Challenge { binding: &binding, server_nonce: &ns, client_nonce: &nc };
         let mac = match proof {
-            Proof::Genuine => auth::mac(&super::token(), Role::Server, &ns, &nc),
+            Proof::Genuine | Proof::OtherChannel => auth::mac(&super::token(), Role::Server, challenge),
             Proof::Forged => "00".repeat(32),
         };
         raw::send(&mut s, &format!(r#"{{"op":"welcome","mac":"{mac}"}}"#));
         let mut tee = Tee { stream: s, seen: Vec::new() };
         script(&mut tee);
         // Then the rest, until the client hangs up.
-        let _ = tee.stream.shutdown(std::net::Shutdown::Write);
+        tee.stream.conn.send_close_notify();
+        let _ = tee.stream.flush();
         let mut rest = Vec::new();
         let _ = tee.stream.read_to_end(&mut rest);
         tee.seen.extend_from_slice(&rest);

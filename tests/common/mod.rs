@@ -14,7 +14,7 @@ use xfer::auth::Token;
 use xfer::server::Config;
 
 /// The token every test server and client shares.
-pub const TOKEN: &str = "test-token-not-secret";
+pub const TOKEN: &str = "test-token-not-secret-0123456789abcdef";
 
 /// [`TOKEN`] as the library takes it.
 pub fn token() -> Token {
@@ -191,15 +191,23 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// Raw frames written and read by hand, independent of xfer's own codec,
-/// for tests that speak the protocol as another implementation would.
+/// for tests that speak the protocol as another implementation would. The
+/// TLS under them is real (rustls' blocking API, with xfer's client
+/// configuration).
 pub mod raw {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
+    use std::sync::Arc;
+    use xfer::auth::{Challenge, Role, Token};
+
+    /// A client's TLS connection.
+    pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
     /// Writes one frame with JSON header `json` and no body.
     pub fn send(s: &mut impl Write, json: &str) {
         s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
         s.write_all(json.as_bytes()).unwrap();
+        s.flush().unwrap();
     }
 
     /// Reads one frame's JSON header.
@@ -222,24 +230,58 @@ pub mod raw {
         v.get(name)?.as_str().map(str::to_string)
     }
 
+    /// Connects and completes TLS; the server's `hello` is next.
+    pub fn tls_connect(addr: SocketAddr) -> Tls {
+        let sock = TcpStream::connect(addr).unwrap();
+        let conn =
+            rustls::ClientConnection::new(xfer::tls::client_config(), xfer::tls::server_name()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, sock);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).unwrap();
+        }
+        s
+    }
+
+    /// The channel binding of a client connection.
+    pub fn binding(s: &Tls) -> [u8; 32] {
+        xfer::tls::peer_binding(&s.conn).unwrap()
+    }
+
     /// Connects and authenticates with `token`; returns the server's reply
     /// to the proof (`welcome` or `error`).
-    pub fn connect_with(addr: SocketAddr, token: &str) -> (TcpStream, String) {
-        let mut s = TcpStream::connect(addr).unwrap();
+    pub fn connect_with(addr: SocketAddr, token: &str) -> (Tls, String) {
+        let mut s = tls_connect(addr);
         let hello = recv(&mut s);
         let nonce = field(&hello, "nonce").expect("hello carries a nonce");
         let mine = "00".repeat(32);
-        let mac =
-            xfer::auth::mac(&xfer::auth::Token::new(token).unwrap(), xfer::auth::Role::Client, &nonce, &mine);
+        let binding = binding(&s);
+        let challenge = Challenge { binding: &binding, server_nonce: &nonce, client_nonce: &mine };
+        let token = Token::new(&format!("{token:-<32}")).unwrap();
+        let mac = xfer::auth::mac(&token, Role::Client, challenge);
         send(&mut s, &format!(r#"{{"op":"auth","nonce":"{mine}","mac":"{mac}"}}"#));
         let reply = recv(&mut s);
         (s, reply)
     }
 
     /// Connects and authenticates with the test token.
-    pub fn connect(addr: SocketAddr) -> TcpStream {
+    pub fn connect(addr: SocketAddr) -> Tls {
         let (s, reply) = connect_with(addr, super::TOKEN);
         assert!(reply.contains(r#""op":"welcome""#), "{reply}");
         s
+    }
+
+    /// Ends the sending direction (TLS close_notify, then TCP), as a
+    /// client that has said all it will.
+    pub fn shutdown_write(s: &mut Tls) {
+        s.conn.send_close_notify();
+        let _ = s.conn.complete_io(&mut s.sock);
+        let _ = s.sock.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// A server-side TLS session for fake servers, with a new identity.
+    pub fn server_session() -> (rustls::ServerConnection, xfer::tls::Identity) {
+        let id = xfer::tls::Identity::generate();
+        let config: Arc<rustls::ServerConfig> = xfer::tls::server_config(&id).unwrap();
+        (rustls::ServerConnection::new(config).unwrap(), id)
     }
 }
