@@ -280,7 +280,8 @@ class Bench:
         if BASELINE:
             tools.insert(1, ("xfer exec true, baseline", self.base + ["exec", "-n", "true"]))
         for i in range(LATENCY_RUNS):
-            for name, cmd in tools:
+            k = i % len(tools)
+            for name, cmd in tools[k:] + tools[:k]:
                 if name.startswith("ssh") and i >= ssh_runs:
                     continue
                 t = time.perf_counter()
@@ -325,7 +326,12 @@ class Bench:
             for group in cases:
                 if r >= (TREE_RUNS if group == "tree" else RUNS):
                     continue
-                for case in cases[group]:
+                # Each round starts the group at another tool, so no tool
+                # always runs right after the same one (and its page-cache
+                # and writeback leftovers).
+                group_cases = cases[group]
+                k = r % len(group_cases)
+                for case in group_cases[k:] + group_cases[:k]:
                     self.time_case(*case)
         self.latency()
 

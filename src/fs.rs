@@ -276,14 +276,57 @@ impl Root {
         }
     }
 
-    /// Sets a directory's permission bits and modification time.
-    pub fn set_dir_meta(&self, p: &RemotePath, mode: u32, mtime: i64) -> io::Result<()> {
+    /// Sets a directory's modification time, and its permission bits when
+    /// `mode` is given.
+    pub fn set_dir_meta(&self, p: &RemotePath, mode: Option<u32>, mtime: i64) -> io::Result<()> {
+        // Never through a link (a tree cannot turn one of its directories
+        // into a link, so this check does not race the transfer).
+        if !self.lstat(p)?.is_some_and(|m| m.is_dir()) {
+            return Err(io::Error::from(io::ErrorKind::NotADirectory));
+        }
         // Opened for reading (not as a path-only handle), so that fchmod
         // and futimens work on it.
         let mut opts = OpenOptions::new();
         opts.read(true);
         let file = self.dir.open_with(p.to_path(), &opts)?.into_std();
-        crate::tree::apply_meta(&file, mode, mtime)
+        match mode {
+            Some(mode) => crate::tree::apply_meta(&file, mode, mtime),
+            None => crate::tree::set_mtime(&file, mtime),
+        }
+    }
+
+    /// What is at `p` (a link is not followed), or `None` for nothing.
+    pub fn lstat(&self, p: &RemotePath) -> io::Result<Option<cap_std::fs::Metadata>> {
+        match self.dir.symlink_metadata(p.to_path()) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `p` is a symlink.
+    pub fn is_symlink(&self, p: &RemotePath) -> bool {
+        matches!(self.lstat(p), Ok(Some(m)) if m.file_type().is_symlink())
+    }
+
+    /// Whether following `p` (links and all) stays beneath the root. Only
+    /// an escape says no: a link to nothing yet, a loop, or a directory
+    /// that cannot be read on the way are not escapes.
+    pub fn resolves_inside(&self, p: &RemotePath) -> bool {
+        match self.dir.canonicalize(p.to_path()) {
+            Ok(_) => true,
+            // cap-std's escape error carries no OS error code; a real
+            // EACCES does.
+            Err(e) => !(e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error().is_none()),
+        }
+    }
+
+    /// Removes the link at `p` (never what it points to).
+    pub fn remove_link(&self, p: &RemotePath) -> io::Result<()> {
+        if !self.is_symlink(p) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        self.dir.remove_file(p.to_path())
     }
 
     /// Makes `p` a symlink to `target` (checked by the caller to stay in

@@ -15,6 +15,9 @@
 //! - [`digest`]: the one MD5 implementation everything uses, and
 //!   [`md5_many`](digest::md5_many) for many small bodies at once.
 //! - [`tree`]: walking directory trees into manifests (sent while the walk goes on), and their rules.
+//! - [`tree_receive`]: the receiving side of a tree, for whichever side
+//!   receives: the manifest applied beneath a directory handle, what each
+//!   file finds, where its bytes go, directory modes and times.
 //! - [`tree_writer`]: a tree's small files verified and written on a thread of their own.
 //! - [`fs`]: safe remote paths, the served root, partial files and commits.
 //! - [`server`]: listener, admission of unauthenticated connections,
@@ -38,6 +41,7 @@ pub mod server;
 pub mod tls;
 pub mod transfer;
 pub mod tree;
+pub mod tree_receive;
 pub mod tree_writer;
 pub mod ui;
 

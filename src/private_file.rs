@@ -17,26 +17,47 @@ pub fn is_loose(mode: u32) -> bool {
 }
 
 /// Writes a new private file; fails with `AlreadyExists` if there is one,
-/// so that of two processes making it at once, the first one's stays.
+/// so that of two processes making it at once, the first one's stays. It
+/// appears whole (written aside, then linked in): a second server
+/// starting at the same moment never reads it half written.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    make_parent(path)?;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
+    let temp = written_aside(path, bytes)?;
+    let linked = std::fs::hard_link(&temp, path);
+    let _ = std::fs::remove_file(&temp);
+    linked
 }
 
 /// Replaces (or makes) a private file atomically: readers see the old
 /// contents or the new, never a mix.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    make_parent(path)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp: PathBuf = path.with_file_name(format!(".{name}.new-{}", std::process::id()));
-    let _ = std::fs::remove_file(&temp);
-    let written = write_new(&temp, bytes).and_then(|()| std::fs::rename(&temp, path));
-    if written.is_err() {
+    let temp = written_aside(path, bytes)?;
+    let renamed = std::fs::rename(&temp, path);
+    if renamed.is_err() {
         let _ = std::fs::remove_file(&temp);
     }
-    written
+    renamed
+}
+
+/// `bytes` in a new private file beside `path`, flushed, named for this
+/// process and moment.
+fn written_aside(path: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    make_parent(path)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let unique = format!("{}-{}", std::process::id(), rand::random::<u64>());
+    let temp = path.with_file_name(format!(".{name}.new-{unique}"));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => Ok(temp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
 }
 
 fn make_parent(path: &Path) -> io::Result<()> {
@@ -64,6 +85,32 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"three");
         assert_eq!(mode(&path).unwrap(), 0o600);
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary left");
+    }
+
+    #[test]
+    fn of_two_made_at_once_one_wins_and_neither_reads_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mine = vec![b'a' + i; 4096];
+                    match write_new(&path, &mine) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+                            let theirs = std::fs::read(&path).unwrap();
+                            assert_eq!(theirs.len(), 4096, "read a file half written");
+                            false
+                        }
+                    }
+                })
+            })
+            .collect();
+        let won = threads.into_iter().map(|t| t.join().unwrap()).filter(|w| *w).count();
+        assert_eq!(won, 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left");
     }
 
     #[test]

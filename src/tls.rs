@@ -29,10 +29,11 @@ use tokio::net::TcpStream;
 pub const ALPN: &[u8] = b"xfer/2";
 
 /// Bytes read from the socket at a time under TLS. rustls asks for 4 KiB
-/// per read, which cost a `recvfrom` per 4 KiB (262,144 per GiB); a buffer
-/// this size takes in a few records per call, and one per connection stays
-/// small next to the 1 MiB body buffers.
-const SOCKET_READ_BUF: usize = 64 * 1024;
+/// per read, which would cost a `recvfrom` per 4 KiB; through this buffer
+/// one call takes in many records. 1 GiB get, client system time (median
+/// of 6 alternating): 0.54 s without TLS, 1.05 s with 64 KiB here, 0.76 s
+/// with 256 KiB. One per connection: 64 MiB for 256 connections at most.
+const SOCKET_READ_BUF: usize = 256 * 1024;
 
 /// What TLS runs over: the socket, read through a buffer (writes pass
 /// straight through).
@@ -179,7 +180,8 @@ pub fn binding_of(cert: &CertificateDer<'_>) -> Binding {
 
 /// The server side's configuration: TLS 1.3 only, ALPN `xfer/2`, no session
 /// tickets (every connection proves the token anyway, and a resumed session
-/// shows no certificate to bind to).
+/// shows no certificate to bind to), and the greeting sent with the
+/// server's handshake flight instead of a round trip later.
 pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -187,6 +189,10 @@ pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, rustls::Error> 
         .with_single_cert(vec![id.cert.clone()], id.key.clone_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.send_tls13_tickets = 0;
+    // The server's first frame (its greeting: a version and a nonce,
+    // nothing secret) leaves with its handshake flight, before the
+    // client's Finished: one round trip less per connection.
+    config.send_half_rtt_data = true;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }

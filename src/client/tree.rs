@@ -8,10 +8,11 @@
 use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
-use crate::fs::{escape, CommitError, RemotePath, Staged};
+use crate::fs::{escape, CommitError, RemotePath, Root};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
-use crate::tree::{self, Resumable, TreeEntry, WHOLE_MAX};
+use crate::tree::{self, TreeEntry, WHOLE_MAX};
+use crate::tree_receive::{Applied, Found, Receiver};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -331,6 +332,8 @@ async fn send_large(
 }
 
 /// Fetches the tree at `remote` into `local` (default: `remote`'s name).
+/// Everything is made beneath a directory handle on `local`, as the server
+/// does beneath its root (see [`crate::tree_receive`]).
 pub async fn get_tree(
     opts: &Options,
     remote: &str,
@@ -340,7 +343,8 @@ pub async fn get_tree(
     let name =
         last_name(remote).ok_or_else(|| Error::Usage(format!("{remote:?} does not name a directory")))?;
     let top: PathBuf = local.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
-    let fresh = make_dir(&top).map_err(|e| Error::local(&top, e))?;
+    let fresh = make_top(&top).map_err(|e| Error::local(&top, e))?;
+    let root = Root::open(&top).map_err(|e| Error::local(&top, e))?;
 
     let started = Instant::now();
     let mut client = Client::connect(opts).await?;
@@ -349,83 +353,40 @@ pub async fn get_tree(
     req.force = flags.force;
     conn.writer.write_header(&req).await?;
 
-    // The manifest. Every name is checked as strictly as the server checks
-    // ours: a hostile server cannot make us write outside `top`.
+    // The manifest, applied beneath `root` as it comes in batches: every
+    // name is checked as strictly as the server checks ours, and no link a
+    // hostile server makes can lead a write outside `top`.
     let mut report = TreeReport::default();
-    let mut files = HashMap::new();
-    let mut dirs = Vec::new();
+    let mut receiver =
+        Receiver::new(RemotePath::parse("").expect("the root"), fresh, flags.force, flags.resume)
+            .touching_top();
     let mut wants = Vec::new();
-    // Files that may exist here already, with where they go.
-    let mut lookups = Vec::new();
-    // Partials of earlier runs offered to the server for resuming.
-    let mut resumable: HashMap<String, Resumable> = HashMap::new();
-    // Directories (relative to `top`) made just now, so empty.
-    let mut made = std::collections::HashSet::new();
-    if fresh {
-        made.insert(String::new());
-    }
+    let (mut batch, mut budget) = (Vec::new(), tree::ManifestBudget::default());
     // The top's own mode and time, from the manifest's `end`.
     let top_meta = loop {
+        if !batch.is_empty() && !conn.reader.header_buffered() {
+            let applied = receiver.apply(&root, std::mem::take(&mut batch));
+            want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
+        }
         let h = conn.reader.expect_header().await?;
+        conn.reader.skip_body(h.total_size).await?;
         match h.op {
-            Op::Entry if files.len() + dirs.len() < tree::MAX_ENTRIES => {}
-            Op::Entry => return Err(unexpected_reply(h, "at most a million entries")),
+            Op::Entry => {}
             Op::End => break h.mode.zip(h.mtime),
             _ => return Err(unexpected_reply(h, "entry or end")),
         }
         let Some(e) = TreeEntry::from_header(&h) else { continue };
-        if RemotePath::parse(&e.rel).map_or(true, |p| p.is_root()) {
-            file_failed(&mut report, &e.rel, "unsafe name from the server, skipped");
-            continue;
+        if !budget.admit(&e) {
+            return Err(ConnError::Unexpected { got: Op::Entry, expected: tree::MANIFEST_LIMIT }.into());
         }
-        let path = tree::local_path(&top, &e.rel);
-        match e.kind {
-            EntryKind::Dir => match make_dir(&path) {
-                Ok(new) => {
-                    if new {
-                        made.insert(e.rel.clone());
-                    }
-                    dirs.push(e)
-                }
-                Err(err) => file_failed(&mut report, &e.rel, &crate::error::plain_io(&err)),
-            },
-            EntryKind::Symlink => make_link(opts, &mut report, &path, &e, flags.force),
-            EntryKind::File => {
-                // In a directory made just now, nothing can be there yet;
-                // elsewhere, looked up (and hashed) together below.
-                let parent = e.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
-                if made.contains(parent) {
-                    wants.push(Header::new(Op::Want).with_filename(&e.rel));
-                } else {
-                    lookups.push((path, e.clone()));
-                }
-                files.insert(e.rel.clone(), e);
-            }
-            EntryKind::Other => {}
-        }
+        batch.push(e);
     };
-    let force = flags.force;
-    let found = tokio::task::spawn_blocking(move || {
-        let lookups = lookups.into_iter().map(|(path, e)| (path, e, Ok(None))).collect();
-        tree::par_hash(lookups, |(path, e, want)| want_for(path, e, force, want))
-    })
-    .await
-    .expect("hashing does not panic");
-    for ((path, e, mut want), ours) in found {
-        if let (Ok(Some(w)), Some(ours)) = (&mut want, ours) {
-            w.md5 = ours.ok();
-        }
-        match want {
-            Ok(Some(mut w)) => {
-                if w.md5.is_none() && flags.resume {
-                    offer_partial(&path, &e, &mut w, &mut resumable);
-                }
-                wants.push(w)
-            }
-            Ok(None) => {}
-            Err(msg) => file_failed(&mut report, &e.rel, &msg),
-        }
-    }
+    let applied = receiver.apply(&root, batch);
+    want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
+    let checked = receiver.check_links(&root);
+    want_or_fail(checked, &receiver, flags.force, &mut wants, &mut report);
+
+    let files = &receiver.files;
     let total: u64 = wants
         .iter()
         .filter_map(|w: &Header| Some(files.get(&w.filename)?.size - w.offset.unwrap_or(0)))
@@ -438,8 +399,7 @@ pub async fn get_tree(
 
     // Small files are verified and written by the tree writer's threads
     // while we read on; larger ones are streamed here.
-    let base = cap_std::fs::Dir::open_ambient_dir(&top, cap_std::ambient_authority())
-        .map_err(|err| Error::local(&top, err))?;
+    let base = root.handle().map_err(|err| Error::local(&top, err))?;
     let mut small = TreeWriter::start(base, flags.force).map_err(|err| Error::local(&top, err))?;
     let bar = opts.ui.tree_bar(total, count);
     let mut answered = 0u64;
@@ -453,24 +413,21 @@ pub async fn get_tree(
             Op::Ok if h.skipped => report.skipped += 1,
             Op::Error => file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("failed")),
             Op::Data => {
-                let Some(e) = files.get(&h.filename) else {
+                let Some(e) = receiver.files.get(&h.filename).cloned() else {
                     return Err(
                         ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
                     );
                 };
-                let partial = resumable.remove(&h.filename);
                 if h.total_size <= WHOLE_MAX && h.offset.is_none() {
                     // Not resumed after all (the file shrank): its partial is stale.
-                    if let Some(p) = partial {
-                        p.staged.discard();
-                    }
+                    receiver.forget_partial(&h.filename);
                     let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
                     let done = conn.reader.expect_header().await?;
                     if done.op != Op::Done {
                         return Err(unexpected_reply(done, "done"));
                     }
                     // Names were checked when the manifest came.
-                    let path = RemotePath::parse(&e.rel).map_err(|err| Error::Usage(err.to_string()))?;
+                    let path = receiver.path(&e.rel).map_err(|err| Error::Usage(err.message))?;
                     let meta = (h.mode.unwrap_or(e.mode), h.mtime.unwrap_or(e.mtime));
                     bar.inc(h.total_size);
                     small.write(SmallFile { rel: e.rel.clone(), path, body, sent: done.md5, meta }).await;
@@ -480,11 +437,10 @@ pub async fn get_tree(
                 }
                 // The threads write what waits while this one streams.
                 small.flush().await;
-                let path = tree::local_path(&top, &e.rel);
                 if let Some(offset) = h.offset {
                     bar.suspend(|| opts.ui.resuming(&e.rel, offset));
                 }
-                match receive_file(conn, &path, &h, e, partial, flags.force, &bar).await? {
+                match receive_file(conn, &root, &mut receiver, &h, &e, flags.force, &bar).await? {
                     Ok(()) => {
                         report.sent += 1;
                         report.bytes += h.total_size;
@@ -501,23 +457,60 @@ pub async fn get_tree(
         small_result(&mut report, w);
     }
     bar.finish_and_clear();
-    // Directory modes and times last, deepest first, the top's after all.
-    let top_meta = top_meta.map(|(mode, mtime)| (top.clone(), mode, mtime));
-    let dir_metas = dirs.iter().rev().map(|d| (tree::local_path(&top, &d.rel), d.mode, d.mtime));
-    for (path, mode, mtime) in dir_metas.chain(top_meta) {
-        if let Ok(f) = std::fs::File::open(path) {
-            let _ = tree::apply_meta(&f, mode, mtime);
-        }
-    }
+    receiver.finish_dirs(&root, top_meta);
     if flags.fsync {
-        let synced = cap_std::fs::Dir::open_ambient_dir(&top, cap_std::ambient_authority())
-            .and_then(|dir| crate::fs::sync_filesystem(&dir));
+        let synced = root.handle().and_then(|dir| crate::fs::sync_filesystem(&dir));
         if let Err(err) = synced {
             file_failed(&mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
         }
     }
     opts.ui.tree_summary("get", remote, &report, started.elapsed());
     Ok(report)
+}
+
+/// Makes the destination the user named, and missing parents (as `mkdir
+/// -p`); says whether it was made just now.
+fn make_top(path: &Path) -> std::io::Result<bool> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path).map(|()| true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns what the manifest's entries found into `want` frames, or into
+/// failures: a differing file is wanted only with `--force`.
+fn want_or_fail(
+    applied: Vec<Applied>,
+    receiver: &Receiver,
+    force: bool,
+    wants: &mut Vec<Header>,
+    report: &mut TreeReport,
+) {
+    for a in applied {
+        match a {
+            Applied::Refused { rel, err } => file_failed(report, &rel, &err.message),
+            Applied::File { rel, found } => {
+                let size = receiver.files.get(&rel).map_or(0, |e| e.size);
+                let mut want = Header::new(Op::Want).with_filename(&rel);
+                match found {
+                    Found::Nothing => {}
+                    Found::Existing { size: theirs, md5 } if theirs == size => want.md5 = md5,
+                    Found::Existing { .. } if !force => {
+                        file_failed(report, &rel, "exists and differs (use --force to replace it)");
+                        continue;
+                    }
+                    Found::Existing { .. } => {}
+                    Found::Partial { offset, md5 } => {
+                        want.offset = Some(offset);
+                        want.md5 = Some(md5);
+                    }
+                }
+                wants.push(want);
+            }
+        }
+    }
 }
 
 /// Counts a small file the tree writer is done with.
@@ -537,123 +530,36 @@ fn small_result(report: &mut TreeReport, w: Written) {
     }
 }
 
-/// Makes the directory `path` and any missing parents; says whether `path`
-/// itself was made just now (so it is empty).
-fn make_dir(path: &Path) -> std::io::Result<bool> {
-    match std::fs::create_dir(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(path).map(|()| false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Sets `want` to the `want` frame for a file of the manifest, or to an
-/// error when ours differs in size and we may not replace it; returns our
-/// copy to hash when it has the same size (whether it is identical is for
-/// the server to say, from our MD5).
-fn want_for(
-    path: &Path,
-    e: &TreeEntry,
-    force: bool,
-    want: &mut Result<Option<Header>, String>,
-) -> Option<std::io::Result<(std::fs::File, u64)>> {
-    *want = Ok(Some(Header::new(Op::Want).with_filename(&e.rel)));
-    match std::fs::symlink_metadata(path) {
-        Err(_) => None,
-        Ok(m) if !m.is_file() => {
-            *want = Err("exists and is not a regular file".to_string());
-            None
-        }
-        Ok(m) if m.len() == e.size => Some(std::fs::File::open(path).map(|f| (f, e.size))),
-        Ok(_) if !force => {
-            *want = Err("exists and differs (use --force to replace it)".to_string());
-            None
-        }
-        Ok(_) => None,
-    }
-}
-
-/// Makes a symlink of the tree, if its target stays inside the tree.
-fn make_link(opts: &Options, report: &mut TreeReport, path: &Path, e: &TreeEntry, force: bool) {
-    let Some(target) = e.target.as_deref().filter(|t| tree::link_stays_inside(&e.rel, t)) else {
-        warn(opts, &format!("{}: symlink leads out of the tree, skipped", e.rel));
-        return;
-    };
-    if let Ok(existing) = std::fs::read_link(path) {
-        if existing.as_os_str() == target {
-            return;
-        }
-        if !force {
-            return file_failed(report, &e.rel, "exists (use --force to replace it)");
-        }
-        let _ = std::fs::remove_file(path);
-    }
-    if let Err(err) = std::os::unix::fs::symlink(target, path) {
-        file_failed(report, &e.rel, &crate::error::plain_io(&err));
-    }
-}
-
-/// Offers the partial an interrupted run left beside `path` for resuming,
-/// in its `want` frame, if it can be resumed and fewer than
-/// [`tree::MAX_RESUMABLE`] are held already. One left for a file now sent
-/// whole (it shrank) is removed: nothing would ever resume or replace it.
-fn offer_partial(path: &Path, e: &TreeEntry, want: &mut Header, held: &mut HashMap<String, Resumable>) {
-    if e.size > WHOLE_MAX && held.len() >= tree::MAX_RESUMABLE {
-        return;
-    }
-    let Some(partial) = Staged::existing_beside(path).ok().flatten() else { return };
-    if e.size <= WHOLE_MAX {
-        partial.0.discard();
-        return;
-    }
-    let Some(r) = Resumable::check(partial, e.size) else { return };
-    want.offset = Some(r.held);
-    want.md5 = Some(r.prefix.clone().finish());
-    held.insert(e.rel.clone(), r);
-}
-
-/// Receives one file's body and `done` frame into its partial beside
-/// `path` (from `data.offset` on in `partial` if the server resumes it),
-/// verifies and commits it. The outer error is a broken connection or a
-/// server that resumes what we did not offer; the inner one a failure of
-/// this file alone.
+/// Receives one file's body and `done` frame into its partial (from
+/// `data.offset` on in the one offered if the server resumes it), verifies
+/// and commits it. The outer error is a broken connection or a server
+/// that resumes what we did not offer; the inner one a failure of this
+/// file alone.
 async fn receive_file(
     conn: &mut crate::connection::Connection,
-    path: &Path,
+    root: &Root,
+    receiver: &mut Receiver,
     data: &Header,
     e: &TreeEntry,
-    partial: Option<Resumable>,
     force: bool,
     bar: &ProgressBar,
 ) -> Result<Result<(), String>, Error> {
     let len = data.total_size;
-    let started = match (data.offset, partial) {
-        (Some(offset), Some(r)) if r.held == offset && offset.checked_add(len) == Some(e.size) => {
-            Ok((r.staged, r.file, r.prefix))
-        }
-        (Some(_), _) => {
+    let (staged, file, md5) = match receiver.start_file(root, &e.rel, data.offset, len) {
+        Ok(s) => s,
+        Err(err) if data.offset.is_some() && err.code == crate::protocol::ErrorCode::BadRequest => {
             return Err(
                 ConnError::Unexpected { got: Op::Data, expected: "data from an offset we offered" }.into()
             )
         }
-        (None, Some(r)) => r.restart().map(|(staged, file)| (staged, file, Md5::new())),
-        (None, None) => Staged::beside(path).and_then(|(staged, file, _)| {
-            // A longer partial's bytes must not outlive the write.
-            file.set_len(0)?;
-            Ok((staged, file, Md5::new()))
-        }),
-    };
-    let (staged, file, md5) = match started {
-        Ok(s) => s,
         // Cannot write here: still read the body, to stay in step.
         Err(err) => {
             conn.reader.skip_body(len).await?;
             conn.reader.expect_header().await?;
-            return Ok(Err(crate::error::plain_io(&err)));
+            return Ok(Err(err.message));
         }
     };
-    let handle = file.try_clone().map_err(|err| Error::local(path, err))?;
+    let handle = file.try_clone().map_err(|err| Error::local(root.path(), err))?;
     let copied = receive_into(&mut conn.reader.body(len), len, file, md5, bar).await;
     let received = match copied {
         Ok(md5) => md5,

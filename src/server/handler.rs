@@ -109,14 +109,23 @@ enum Handshake {
 async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Result<Handshake, ConnError> {
     // Small frames (headers, exec chunks) must not wait for Nagle.
     stream.set_nodelay(true)?;
-    let tls = shared.tls.accept(crate::tls::socket(stream)).await?;
-    let mut conn = Connection::new(tokio_rustls::TlsStream::Server(tls), peer);
-    conn.set_idle_timeout(shared.config.idle_timeout);
     let nonce = auth::new_nonce();
     let mut hello = Header::new(Op::Hello);
     hello.version = Some(PROTOCOL_VERSION);
     hello.nonce = Some(nonce.clone());
-    conn.writer.write_header(&hello).await?;
+    let mut greeting = Vec::new();
+    crate::protocol::encode_header(&hello, &mut greeting)?;
+    // Queued before the handshake, so it leaves with our handshake flight
+    // (see `tls::server_config`).
+    let tls = shared
+        .tls
+        .accept_with(crate::tls::socket(stream), |session| {
+            use std::io::Write;
+            let _ = session.writer().write_all(&greeting);
+        })
+        .await?;
+    let mut conn = Connection::new(tokio_rustls::TlsStream::Server(tls), peer);
+    conn.set_idle_timeout(shared.config.idle_timeout);
 
     let reply = conn.reader.expect_header().await?;
     let (Op::Auth, 0, Some(client_nonce), Some(mac)) = (reply.op, reply.total_size, &reply.nonce, &reply.mac)

@@ -7,10 +7,11 @@ use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::fs::{CommitError, Opened, RemotePath, Root, Staged, Stamp};
+use crate::fs::{CommitError, Opened, RemotePath, Stamp};
 use crate::protocol::{EntryKind, ErrorCode, Header, Op};
 use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
-use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
+use crate::tree::{self, TreeEntry, WHOLE_MAX};
+use crate::tree_receive::{Applied, Found, Receiver};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -50,30 +51,37 @@ pub(crate) async fn put_tree(
     // size matches, so identical ones need not be sent). Entries are
     // applied in batches, whenever no more are waiting, so the work here
     // overlaps the client's walk of its tree.
-    let mut manifest = Manifest::new(fresh);
-    let (mut batch, mut count) = (Vec::new(), 0usize);
+    let force = req.force;
+    let mut receiver = Receiver::new(top.clone(), fresh, force, true);
+    let mut replies = Vec::new();
+    let (mut batch, mut budget) = (Vec::new(), tree::ManifestBudget::default());
     // The top's own mode and time, from the manifest's `end`.
     let top_meta = loop {
         if !batch.is_empty() && !conn.reader.header_buffered() {
-            manifest = apply(shared, manifest, &top, std::mem::take(&mut batch), req.force).await;
+            receiver = apply(shared, receiver, std::mem::take(&mut batch), &mut replies).await;
         }
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
         match h.op {
-            Op::Entry if count < tree::MAX_ENTRIES => {
-                count += 1;
-                batch.extend(TreeEntry::from_header(&h));
-            }
             Op::Entry => {
-                return Err(ConnError::Unexpected { got: h.op, expected: "at most a million entries" })
+                let Some(entry) = TreeEntry::from_header(&h) else { continue };
+                if !budget.admit(&entry) {
+                    return Err(ConnError::Unexpected { got: h.op, expected: tree::MANIFEST_LIMIT });
+                }
+                batch.push(entry);
             }
             Op::End => break h.mode.zip(h.mtime),
             other => return Err(ConnError::Unexpected { got: other, expected: "entry or end" }),
         }
     };
-    let force = req.force;
-    let Manifest { replies, files, dirs, mut resumable, .. } =
-        apply(shared, manifest, &top, batch, force).await;
+    receiver = apply(shared, receiver, batch, &mut replies).await;
+    let (receiver_back, checked) = blocking(shared, move |root| {
+        let checked = receiver.check_links(root);
+        (receiver, checked)
+    })
+    .await;
+    let mut receiver = receiver_back;
+    replies.extend(checked.into_iter().filter_map(reply_for));
     for r in &replies {
         conn.writer.queue(r, &[]).await?;
     }
@@ -100,23 +108,23 @@ pub(crate) async fn put_tree(
             Op::Data => {}
             other => return Err(ConnError::Unexpected { got: other, expected: "data or end" }),
         }
-        let meta = files.get(&h.filename).cloned();
         if h.total_size > WHOLE_MAX || h.offset.is_some() {
             // The threads write what waits while this one streams.
             small.flush().await;
-            let partial = resumable.remove(&h.filename);
-            let reply = receive_one(conn, shared, &top, &h, meta, partial, force).await?;
+            let reply = receive_one(conn, shared, &mut receiver, &h, force).await?;
             if reply.op == Op::Ok {
                 outcome.bytes += h.total_size;
             }
             conn.writer.queue(&reply, &[]).await?;
             continue;
         }
+        // Not resumed after all (the file shrank): its partial is stale.
+        receiver.forget_partial(&h.filename);
         let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
         let sent = expect_done(conn).await?;
-        match (meta, top.join(&h.filename)) {
+        let meta = receiver.files.get(&h.filename).map(|e| (e.mode, e.mtime));
+        match (meta, receiver.path(&h.filename)) {
             (Some(meta), Ok(path)) => {
-                let meta = (meta.mode, meta.mtime);
                 small.write(SmallFile { rel: h.filename, path, body, sent, meta }).await;
             }
             (None, _) => {
@@ -124,22 +132,18 @@ pub(crate) async fn put_tree(
                 let err = RequestError::new(ErrorCode::BadRequest, msg);
                 conn.writer.queue(&file_error(&h.filename, &err), &[]).await?;
             }
-            (_, Err(e)) => conn.writer.queue(&file_error(&h.filename, &bad_path(e)), &[]).await?,
+            (_, Err(err)) => conn.writer.queue(&file_error(&h.filename, &err), &[]).await?,
         }
     }
     for w in small.finish().await {
         outcome.bytes += if w.result.is_ok() { w.size } else { 0 };
         conn.writer.queue(&small_reply(w), &[]).await?;
     }
-    // Directory modes and times last, deepest first: writing into a
-    // directory changes its time. Then, if asked, everything to disk
+    // Directory modes and times last. Then, if asked, everything to disk
     // before the final `end` says the tree is done.
     let durable = req.fsync || shared.config.fsync;
-    let top_meta = top_meta.filter(|_| !top.is_root()).map(|(mode, mtime)| (top.clone(), mode, mtime));
     let synced = blocking(shared, move |root| {
-        for (path, mode, mtime) in dirs.iter().rev().chain(&top_meta) {
-            let _ = root.set_dir_meta(path, *mode, *mtime);
-        }
+        receiver.finish_dirs(root, top_meta);
         match durable {
             true => root.handle().and_then(|dir| crate::fs::sync_filesystem(&dir)),
             false => Ok(()),
@@ -155,159 +159,41 @@ pub(crate) async fn put_tree(
     Ok(outcome)
 }
 
-/// A directory of the tree, with the mode and time to give it at the end.
-type DirMeta = (RemotePath, u32, i64);
-
-/// What a tree's manifest has done and told so far.
-struct Manifest {
-    /// `have` and `error` frames for the client.
-    replies: Vec<Header>,
-    /// The files expected, by name.
-    files: HashMap<String, TreeEntry>,
-    /// The directories, to give their modes and times at the end.
-    dirs: Vec<DirMeta>,
-    /// Directories (relative to the top) made just now: files in them
-    /// cannot exist yet, so looking each up would only cost time.
-    made: std::collections::HashSet<String>,
-    /// Partials offered to the client for resuming (a `partial` frame
-    /// each), held locked until their file comes.
-    resumable: HashMap<String, Resumable>,
-}
-
-impl Manifest {
-    /// `fresh`: the top was made just now, so it holds nothing.
-    fn new(fresh: bool) -> Manifest {
-        let mut made = std::collections::HashSet::new();
-        if fresh {
-            made.insert(String::new());
+/// The frame that tells the client what one entry found: `have` for a
+/// file there already, `partial` for one to resume, `error` for a
+/// refusal; nothing for a file that is simply missing.
+fn reply_for(applied: Applied) -> Option<Header> {
+    match applied {
+        Applied::File { found: Found::Nothing, .. } => None,
+        Applied::File { rel, found: Found::Existing { size, md5 } } => {
+            let mut have = Header::new(Op::Have).with_filename(&rel);
+            have.size = Some(size);
+            have.md5 = md5;
+            Some(have)
         }
-        Manifest {
-            replies: Vec::new(),
-            files: HashMap::new(),
-            dirs: Vec::new(),
-            made,
-            resumable: HashMap::new(),
+        Applied::File { rel, found: Found::Partial { offset, md5 } } => {
+            let mut offer = Header::new(Op::Partial).with_filename(&rel).with_md5(md5);
+            offer.offset = Some(offset);
+            Some(offer)
         }
-    }
-
-    /// Creates the directories and symlinks of `batch`, notes its files,
-    /// and adds a `have` frame for each that exists, a `partial` frame for
-    /// each that an interrupted run left part of, or an `error` frame.
-    fn apply(&mut self, root: &Root, top: &RemotePath, batch: Vec<TreeEntry>, force: bool) {
-        let Manifest { replies, files, dirs, made, resumable } = self;
-        // Files that may exist already, looked up (and hashed) together.
-        let mut lookups = Vec::new();
-        for entry in batch {
-            let path = match top.join(&entry.rel) {
-                Ok(p) => p,
-                Err(e) => {
-                    replies.push(file_error(&entry.rel, &bad_path(e)));
-                    continue;
-                }
-            };
-            let (shown, rel) = (path.to_string(), entry.rel.clone());
-            let result = match entry.kind {
-                EntryKind::Dir => root.make_dir(&path).map(|new| {
-                    if new {
-                        made.insert(entry.rel.clone());
-                    }
-                    dirs.push((path, entry.mode, entry.mtime));
-                }),
-                EntryKind::Symlink => match entry.target.as_deref() {
-                    Some(t) if tree::link_stays_inside(&entry.rel, t) => root.symlink(&path, t, force),
-                    _ => {
-                        let msg = format!("{shown}: symlink leads out of the tree");
-                        replies.push(file_error(&entry.rel, &RequestError::new(ErrorCode::BadPath, msg)));
-                        continue;
-                    }
-                },
-                EntryKind::File => {
-                    let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
-                    if made.contains(parent) {
-                        files.insert(entry.rel.clone(), entry);
-                        continue;
-                    }
-                    lookups.push((path, entry));
-                    continue;
-                }
-                EntryKind::Other => continue,
-            };
-            if let Err(e) = result {
-                let err = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    RequestError::new(
-                        ErrorCode::Exists,
-                        format!("remote file exists: {shown} (use --force to replace it)"),
-                    )
-                } else {
-                    RequestError::from_io(&e, &shown)
-                };
-                replies.push(file_error(&rel, &err));
-            }
-        }
-        let lookups = lookups.into_iter().map(|(path, entry)| (path, entry, None)).collect();
-        let found = tree::par_hash(lookups, |(path, entry, have)| existing(root, path, entry, have));
-        for ((path, entry, have), ours) in found {
-            if let Some(mut have) = have {
-                have.md5 = ours.and_then(Result::ok);
-                replies.push(have);
-            } else if let Some(r) = resumable_partial(root, &path, &entry, resumable.len()) {
-                let mut offer = Header::new(Op::Partial).with_filename(&entry.rel);
-                offer.offset = Some(r.held);
-                offer.md5 = Some(r.prefix.clone().finish());
-                replies.push(offer);
-                resumable.insert(entry.rel.clone(), r);
-            }
-            files.insert(entry.rel.clone(), entry);
-        }
+        Applied::Refused { rel, err } => Some(file_error(&rel, &err)),
     }
 }
 
-/// Applies a batch of entries on the blocking pool.
+/// Applies a batch of entries on the blocking pool, adding the replies.
 async fn apply(
     shared: &Arc<Shared>,
-    mut manifest: Manifest,
-    top: &RemotePath,
+    mut receiver: Receiver,
     batch: Vec<TreeEntry>,
-    force: bool,
-) -> Manifest {
-    let top = top.clone();
-    blocking(shared, move |root| {
-        manifest.apply(root, &top, batch, force);
-        manifest
+    replies: &mut Vec<Header>,
+) -> Receiver {
+    let (receiver, applied) = blocking(shared, move |root| {
+        let applied = receiver.apply(root, batch);
+        (receiver, applied)
     })
-    .await
-}
-
-/// Sets `have` to a `have` frame if a regular file is already at `path`,
-/// with its size; returns it to hash when the size is the one coming (its
-/// MD5 goes in the frame).
-fn existing(
-    root: &Root,
-    path: &RemotePath,
-    entry: &TreeEntry,
-    have: &mut Option<Header>,
-) -> Option<std::io::Result<(std::fs::File, u64)>> {
-    let Opened { file, size, .. } = root.open_read(path).ok()?;
-    let mut frame = Header::new(Op::Have).with_filename(&entry.rel);
-    frame.size = Some(size);
-    *have = Some(frame);
-    (size == entry.size).then_some(Ok((file, size)))
-}
-
-/// The partial an interrupted run left for a large file of the tree, if it
-/// can be resumed and fewer than [`MAX_RESUMABLE`] are held already. One
-/// left for a file now sent whole (it shrank) is removed: nothing would
-/// ever resume or replace it.
-fn resumable_partial(root: &Root, path: &RemotePath, entry: &TreeEntry, held: usize) -> Option<Resumable> {
-    if entry.size > WHOLE_MAX && held >= MAX_RESUMABLE {
-        return None;
-    }
-    let partial = root.existing_partial(path).ok()??;
-    if entry.size <= WHOLE_MAX {
-        partial.0.discard();
-        return None;
-    }
-    Resumable::check(partial, entry.size)
+    .await;
+    replies.extend(applied.into_iter().filter_map(reply_for));
+    receiver
 }
 
 /// The reply for a small file the tree writer is done with.
@@ -331,38 +217,31 @@ fn small_reply(w: Written) -> Header {
 }
 
 /// Receives one file of a tree: its `data` body and `done` frame, from
-/// `data.offset` on in `partial` if the client resumes it. Returns the
-/// reply for it (`ok` or `error`); only connection failures are errors.
+/// `data.offset` on in the partial offered for it if the client resumes
+/// it. Returns the reply for it (`ok` or `error`); only connection failures
+/// are errors.
 async fn receive_one(
     conn: &mut Connection,
     shared: &Arc<Shared>,
-    top: &RemotePath,
+    receiver: &mut Receiver,
     data: &Header,
-    meta: Option<TreeEntry>,
-    partial: Option<Resumable>,
     force: bool,
 ) -> Result<Header, ConnError> {
     let rel = data.filename.clone();
     let len = data.total_size;
-    let offset = data.offset.unwrap_or(0);
-    let staged = match (meta, top.join(&rel)) {
-        (Some(meta), Ok(path)) => {
-            let shown = path.to_string();
-            let size = meta.size;
-            let started =
-                blocking(shared, move |root| start_file(root, &path, partial, offset, len, size)).await;
-            started.map(|(staged, file, md5)| (staged, file, md5, meta, shown))
-        }
-        (None, _) => Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest"))),
-        (_, Err(e)) => Err(bad_path(e)),
-    };
-    let (staged, file, md5, meta, shown) = match staged {
-        Ok(s) => s,
-        Err(err) => {
+    let shown = receiver.path(&rel).map_or_else(|_| rel.clone(), |p| p.to_string());
+    // A few syscalls at most (an offered partial was hashed with the
+    // manifest), so not worth a hop to the blocking pool.
+    let started = receiver.start_file(&shared.root, &rel, data.offset, len);
+    let meta = receiver.files.get(&rel).cloned();
+    let (staged, file, md5, meta) = match (started, meta) {
+        (Ok((staged, file, md5)), Some(meta)) => (staged, file, md5, meta),
+        (Err(err), _) => {
             conn.reader.skip_body(len).await?;
             expect_done(conn).await?;
             return Ok(file_error(&rel, &err));
         }
+        (Ok(_), None) => unreachable!("start_file refuses files not in the manifest"),
     };
     // Keep a handle to set the mode and time once the bytes are in.
     let handle = file.try_clone();
@@ -478,43 +357,6 @@ pub(crate) async fn get_tree(
     send_hashed(conn, shared, &mut unhashed).await?;
     conn.writer.write_header(&Header::new(Op::End)).await?;
     Ok(outcome)
-}
-
-/// The partial a tree's large file is written into, positioned where the
-/// body starts, with the MD5 of what comes before it: the offered
-/// `partial` when the client resumes it (`offset` is what it holds, and
-/// the body the rest of a file of `size` bytes), else an emptied one.
-fn start_file(
-    root: &Root,
-    path: &RemotePath,
-    partial: Option<Resumable>,
-    offset: u64,
-    len: u64,
-    size: u64,
-) -> Result<(Staged, std::fs::File, Md5), RequestError> {
-    if offset > 0 {
-        return match partial {
-            Some(r) if r.held == offset && offset.checked_add(len) == Some(size) => {
-                Ok((r.staged, r.file, r.prefix))
-            }
-            other => {
-                let held = other.map_or(0, |r| r.held);
-                let msg = format!("data for {path} starts at {offset}, but the server offered {held} bytes");
-                Err(RequestError::new(ErrorCode::BadRequest, msg))
-            }
-        };
-    }
-    let emptied = match partial {
-        Some(r) => r.restart(),
-        // A partial left by an interrupted run may be longer than this
-        // file: its bytes must not outlive the write.
-        None => root.stage(path).and_then(|(staged, file, _)| {
-            file.set_len(0)?;
-            Ok((staged, file))
-        }),
-    };
-    let (staged, file) = emptied.map_err(|e| RequestError::from_io(&e, &path.to_string()))?;
-    Ok((staged, file, Md5::new()))
 }
 
 /// The wanted files the client already has a copy of with the same MD5

@@ -1,0 +1,384 @@
+//! The receiving side of a tree, whichever side receives it (the server
+//! for `put -r`, the client for `get -r`): the manifest applied beneath the
+//! destination's directory handle, what each file finds there, where its
+//! bytes go, and directory modes and times at the end.
+//!
+//! Every change goes through a [`Root`] (cap-std), never a path string, so
+//! no link of the tree, or one that was there before, can lead a write
+//! outside the destination. Links are also refused when made: one whose
+//! target leaves the tree by name, passes through another link, or (checked
+//! once the manifest is in, when every link exists) resolves outside.
+
+use crate::digest::Md5;
+use crate::error::RequestError;
+use crate::fs::{RemotePath, Root, Staged};
+use crate::protocol::{EntryKind, ErrorCode, Md5Hex};
+use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
+use std::collections::{HashMap, HashSet};
+use std::io;
+
+/// What a file of the manifest finds at its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Nothing: send it.
+    Nothing,
+    /// A regular file of `size` bytes, with its MD5 when the size is the
+    /// one coming (so the two can be compared).
+    Existing {
+        /// Its size.
+        size: u64,
+        /// Its MD5, when `size` equals the entry's.
+        md5: Option<Md5Hex>,
+    },
+    /// A partial an interrupted run left, which can be resumed after its
+    /// first `offset` bytes (of MD5 `md5`).
+    Partial {
+        /// Bytes it holds.
+        offset: u64,
+        /// Their MD5.
+        md5: Md5Hex,
+    },
+}
+
+/// What applying one entry of a manifest did, for each side to tell in its
+/// own frames or lines.
+#[derive(Debug)]
+pub enum Applied {
+    /// A file that may be sent, and what is at its place.
+    File {
+        /// Its path relative to the tree's top.
+        rel: String,
+        /// What is there already.
+        found: Found,
+    },
+    /// The entry was refused or failed; nothing was made for it.
+    Refused {
+        /// Its path relative to the tree's top.
+        rel: String,
+        /// Why, in words that do not repeat the path.
+        err: RequestError,
+    },
+}
+
+impl Applied {
+    fn refused(rel: &str, code: ErrorCode, message: impl Into<String>) -> Applied {
+        Applied::Refused { rel: rel.to_string(), err: RequestError::new(code, message) }
+    }
+}
+
+/// The words for an existing file that may not be replaced.
+pub fn exists_message() -> String {
+    "exists (use --force to replace it)".to_string()
+}
+
+/// A tree being received beneath a [`Root`].
+pub struct Receiver {
+    /// Where the tree goes, beneath the root.
+    top: RemotePath,
+    /// Whether the top was made by this transfer.
+    fresh: bool,
+    /// Whether the top's own mode and time may be set (never the served
+    /// root's).
+    touch_top: bool,
+    /// Replace what differs.
+    force: bool,
+    /// Offer partials of interrupted runs for resuming.
+    resume: bool,
+    /// Directories (relative to the top) made just now: files in them
+    /// cannot exist yet, so looking each up would only cost time.
+    made: HashSet<String>,
+    /// The directories, to give their times (and, if made now, modes) at
+    /// the end: path, mode, mtime, made now.
+    dirs: Vec<(RemotePath, u32, i64, bool)>,
+    /// The links made, to check once every link exists.
+    links: Vec<(String, RemotePath)>,
+    /// The files expected, by name.
+    pub files: HashMap<String, TreeEntry>,
+    /// Partials offered for resuming, held locked until their file comes.
+    pub resumable: HashMap<String, Resumable>,
+}
+
+impl Receiver {
+    /// Receives beneath `top`; `fresh` says it was made just now.
+    pub fn new(top: RemotePath, fresh: bool, force: bool, resume: bool) -> Receiver {
+        let touch_top = !top.is_root();
+        let mut made = HashSet::new();
+        if fresh {
+            made.insert(String::new());
+        }
+        Receiver {
+            top,
+            fresh,
+            touch_top,
+            force,
+            resume,
+            made,
+            dirs: Vec::new(),
+            links: Vec::new(),
+            files: HashMap::new(),
+            resumable: HashMap::new(),
+        }
+    }
+
+    /// Lets the top's own mode and time be set although it is the root of
+    /// the handle (the client's destination is).
+    pub fn touching_top(mut self) -> Receiver {
+        self.touch_top = true;
+        self
+    }
+
+    /// Where `rel` is beneath the root.
+    pub fn path(&self, rel: &str) -> Result<RemotePath, RequestError> {
+        self.top
+            .join(rel)
+            .map_err(|e| RequestError::new(ErrorCode::BadPath, format!("unsafe name, skipped ({e})")))
+    }
+
+    /// Makes the directories and links of `batch`, looks up (and hashes,
+    /// side by side) its files, and says what each entry did.
+    pub fn apply(&mut self, root: &Root, batch: Vec<TreeEntry>) -> Vec<Applied> {
+        let mut out = Vec::new();
+        let mut lookups = Vec::new();
+        for entry in batch {
+            let path = match self.path(&entry.rel) {
+                Ok(p) if !p.is_root() && p != self.top => p,
+                Ok(_) => {
+                    out.push(Applied::refused(&entry.rel, ErrorCode::BadPath, "names the tree's top"));
+                    continue;
+                }
+                Err(err) => {
+                    out.push(Applied::Refused { rel: entry.rel, err });
+                    continue;
+                }
+            };
+            match entry.kind {
+                EntryKind::Dir => match root.make_dir(&path) {
+                    Ok(new) => {
+                        if new {
+                            self.made.insert(entry.rel.clone());
+                        }
+                        self.dirs.push((path, entry.mode, entry.mtime, new));
+                    }
+                    Err(e) => out.push(refusal(&entry.rel, &e)),
+                },
+                EntryKind::Symlink => {
+                    if let Some(refused) = self.make_link(root, &path, &entry) {
+                        out.push(refused);
+                    }
+                }
+                EntryKind::File => {
+                    let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                    if self.made.contains(parent) {
+                        out.push(Applied::File { rel: entry.rel.clone(), found: Found::Nothing });
+                        self.files.insert(entry.rel.clone(), entry);
+                    } else {
+                        lookups.push((path, entry, Ok(Found::Nothing)));
+                    }
+                }
+                EntryKind::Other => {}
+            }
+        }
+        let found = tree::par_hash(lookups, |(path, entry, found)| look_up(root, path, entry, found));
+        for ((path, entry, found), ours) in found {
+            let found = match (found, ours) {
+                (Ok(Found::Existing { size, .. }), Some(md5)) => match md5 {
+                    Ok(md5) => Ok(Found::Existing { size, md5: Some(md5) }),
+                    Err(e) => Err(refusal(&entry.rel, &e)),
+                },
+                (Ok(Found::Nothing), _) => Ok(self.partial_of(root, &path, &entry)),
+                (other, _) => other,
+            };
+            match found {
+                Ok(found) => {
+                    out.push(Applied::File { rel: entry.rel.clone(), found });
+                    self.files.insert(entry.rel.clone(), entry);
+                }
+                Err(refused) => out.push(refused),
+            }
+        }
+        out
+    }
+
+    /// Makes a link of the tree, unless its target leaves the tree by name
+    /// or passes through a link already made.
+    fn make_link(&mut self, root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Applied> {
+        let rel = entry.rel.as_str();
+        let target = match entry.target.as_deref() {
+            Some(t) if tree::link_stays_inside(rel, t) => t,
+            Some(t) => {
+                let msg = format!("symlink to {} leads out of the tree, skipped", crate::fs::escape(t));
+                return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
+            }
+            None => return Some(Applied::refused(rel, ErrorCode::BadRequest, "symlink without a target")),
+        };
+        if self.passes_through_link(root, rel, target) {
+            let msg = "symlink passes through another link, skipped";
+            return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
+        }
+        match root.symlink(path, target, self.force) {
+            Ok(()) => {
+                self.links.push((rel.to_string(), path.clone()));
+                None
+            }
+            Err(e) => Some(refusal(rel, &e)),
+        }
+    }
+
+    /// Whether any step of `target`, followed by name from `rel`'s
+    /// directory, is a link already.
+    fn passes_through_link(&self, root: &Root, rel: &str, target: &str) -> bool {
+        let mut at: Vec<&str> = rel.split('/').collect();
+        at.pop();
+        for part in target.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    at.pop();
+                }
+                name => {
+                    at.push(name);
+                    let step = at.join("/");
+                    // The link itself (there already on a re-run) is no other link.
+                    if step != rel && self.top.join(&step).is_ok_and(|p| root.is_symlink(&p)) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// After the last entry, when every link of the tree exists: removes
+    /// the links that resolve outside it (an order of links can defeat the
+    /// checks made as each was made) and says which.
+    pub fn check_links(&mut self, root: &Root) -> Vec<Applied> {
+        let mut out = Vec::new();
+        for (rel, path) in std::mem::take(&mut self.links) {
+            if !root.resolves_inside(&path) {
+                let _ = root.remove_link(&path);
+                out.push(Applied::refused(
+                    &rel,
+                    ErrorCode::BadPath,
+                    "symlink resolves outside the tree, skipped",
+                ));
+            }
+        }
+        out
+    }
+
+    /// The partial an interrupted run left for a large file of the tree, if
+    /// it can be resumed and fewer than [`MAX_RESUMABLE`] are held already.
+    /// One left for a file now sent whole (it shrank) is removed: nothing
+    /// would ever resume or replace it.
+    fn partial_of(&mut self, root: &Root, path: &RemotePath, entry: &TreeEntry) -> Found {
+        if !self.resume || (entry.size > WHOLE_MAX && self.resumable.len() >= MAX_RESUMABLE) {
+            return Found::Nothing;
+        }
+        let Some(partial) = root.existing_partial(path).ok().flatten() else { return Found::Nothing };
+        if entry.size <= WHOLE_MAX {
+            partial.0.discard();
+            return Found::Nothing;
+        }
+        let Some(r) = Resumable::check(partial, entry.size) else { return Found::Nothing };
+        let found = Found::Partial { offset: r.held, md5: r.prefix.clone().finish() };
+        self.resumable.insert(entry.rel.clone(), r);
+        found
+    }
+
+    /// Where a large file's bytes go: its partial, emptied, or (when the
+    /// sender resumes at `offset`) the one offered, after its bytes. Returns
+    /// the partial's guard and file, and the MD5 to continue.
+    pub fn start_file(
+        &mut self,
+        root: &Root,
+        rel: &str,
+        offset: Option<u64>,
+        len: u64,
+    ) -> Result<(Staged, std::fs::File, Md5), RequestError> {
+        let size = self.files.get(rel).map(|e| e.size);
+        let Some(size) = size else {
+            return Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest")));
+        };
+        let path = self.path(rel)?;
+        let partial = self.resumable.remove(rel);
+        if let Some(offset) = offset {
+            return match partial {
+                Some(r) if r.held == offset && offset.checked_add(len) == Some(size) => {
+                    Ok((r.staged, r.file, r.prefix))
+                }
+                other => {
+                    let held = other.map_or(0, |r| r.held);
+                    let msg = format!("data for {rel} starts at {offset}, but {held} bytes were offered");
+                    Err(RequestError::new(ErrorCode::BadRequest, msg))
+                }
+            };
+        }
+        let emptied = match partial {
+            Some(r) => r.restart(),
+            // A partial left by an interrupted run may be longer than this
+            // file: its bytes must not outlive the write.
+            None => root.stage(&path).and_then(|(staged, file, _)| {
+                file.set_len(0)?;
+                Ok((staged, file))
+            }),
+        };
+        let (staged, file) = emptied.map_err(|e| RequestError::from_io(&e, rel))?;
+        Ok((staged, file, Md5::new()))
+    }
+
+    /// Drops the partial held for `rel`, if any: its file is coming whole.
+    pub fn forget_partial(&mut self, rel: &str) {
+        if let Some(r) = self.resumable.remove(rel) {
+            r.staged.discard();
+        }
+    }
+
+    /// Gives the directories their times, deepest first (writing into a
+    /// directory changes its time), and their modes where this transfer
+    /// made them: the source's bits, always with owner rwx, so the copy
+    /// stays readable and repairable. A directory that was there keeps its
+    /// mode. `top` is the top's own, from the manifest's `end`.
+    pub fn finish_dirs(&self, root: &Root, top: Option<(u32, i64)>) {
+        let top =
+            top.filter(|_| self.touch_top).map(|(mode, mtime)| (self.top.clone(), mode, mtime, self.fresh));
+        for (path, mode, mtime, made) in self.dirs.iter().rev().cloned().chain(top) {
+            let mode = made.then_some(mode | 0o700);
+            let _ = root.set_dir_meta(&path, mode, mtime);
+        }
+    }
+}
+
+/// Sets `found` to what is at `path` for a file of the manifest, or to a
+/// refusal; returns the file to hash when its size is the one coming.
+fn look_up(
+    root: &Root,
+    path: &RemotePath,
+    entry: &TreeEntry,
+    found: &mut Result<Found, Applied>,
+) -> Option<io::Result<(std::fs::File, u64)>> {
+    match root.lstat(path) {
+        Ok(None) => None,
+        Err(e) => {
+            *found = Err(refusal(&entry.rel, &e));
+            None
+        }
+        Ok(Some(meta)) if !meta.is_file() => {
+            let msg = "exists and is not a regular file";
+            *found = Err(Applied::refused(&entry.rel, ErrorCode::WrongType, msg));
+            None
+        }
+        Ok(Some(meta)) => {
+            *found = Ok(Found::Existing { size: meta.len(), md5: None });
+            (meta.len() == entry.size).then(|| root.open_read(path).map(|o| (o.file, o.size)))
+        }
+    }
+}
+
+/// A refusal for what the filesystem said about `rel`.
+fn refusal(rel: &str, e: &io::Error) -> Applied {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        return Applied::refused(rel, ErrorCode::Exists, exists_message());
+    }
+    let code = RequestError::from_io(e, rel).code;
+    Applied::Refused { rel: rel.to_string(), err: RequestError::new(code, crate::error::plain_io(e)) }
+}
