@@ -46,6 +46,11 @@ pub enum ConnError {
     Io(#[from] io::Error),
 }
 
+/// A FIFO, socket or device where a regular file was asked for.
+#[derive(Debug, Error)]
+#[error("not a regular file")]
+pub struct NotRegular;
+
 /// One request failed on the server; sent back as an `error` frame.
 #[derive(Debug, Error, Clone, PartialEq)]
 #[error("{message}")]
@@ -70,6 +75,7 @@ impl RequestError {
             io::ErrorKind::StorageFull => ErrorCode::NoSpace,
             io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => ErrorCode::WrongType,
             io::ErrorKind::AlreadyExists => ErrorCode::Exists,
+            _ if err.get_ref().is_some_and(|e| e.is::<NotRegular>()) => ErrorCode::WrongType,
             _ => ErrorCode::Internal,
         };
         let message = match code {

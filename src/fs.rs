@@ -188,11 +188,20 @@ impl Root {
     }
 
     /// Opens a regular file for reading, with what its metadata says.
+    /// Anything else is refused at once: opened non-blocking, so a FIFO
+    /// with no writer cannot hold the thread (66 `get fifo` requests once
+    /// pinned every blocking thread of the server).
     pub fn open_read(&self, p: &RemotePath) -> io::Result<Opened> {
-        let file = self.dir.open(p.to_path())?.into_std();
+        use cap_std::fs::OpenOptionsExt;
+        let mut opts = OpenOptions::new();
+        opts.read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        let file = self.dir.open_with(p.to_path(), &opts)?.into_std();
         let meta = file.metadata()?;
         if meta.is_dir() {
             return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        if !meta.is_file() {
+            return Err(io::Error::other(crate::error::NotRegular));
         }
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         let stamp = Stamp::of(&meta, SystemTime::now());
@@ -347,116 +356,62 @@ impl Root {
         self.dir.symlink_contents(target, p.to_path())
     }
 
-    /// Walks the directory `p` into a manifest (as [`crate::tree::walk_local`]
-    /// does a local one), handing the entries to `emit` in batches of
-    /// `batch` as it goes. Fails before emitting anything if `p` is not a
-    /// directory that can be read. Returns the walk's warnings, and the
-    /// permission bits and modification time of `p` itself.
+    /// Walks the directory `p` into a manifest (see [`crate::tree::walk`]),
+    /// handing the entries to `emit` in batches of `batch` as it goes.
+    /// Fails before emitting anything if `p` is not a directory that can
+    /// be read. Returns what was left out, and the permission bits and
+    /// modification time of `p` itself.
     pub fn walk_in_batches(
         &self,
         p: &RemotePath,
         batch: usize,
         emit: impl FnMut(Vec<crate::tree::TreeEntry>),
-    ) -> io::Result<(Vec<String>, (u32, i64))> {
+    ) -> io::Result<(crate::tree::LeftOut, (u32, i64))> {
         use cap_std::fs::PermissionsExt;
         let dir = self.dir.open_dir(p.to_path())?;
         let meta = dir.dir_metadata()?;
         let top = (meta.permissions().mode() & crate::tree::MODE_MASK, mtime_secs(&meta));
-        crate::tree::in_batches(batch, emit, |out| {
-            let mut warnings = Vec::new();
-            walk_in(&dir, "", 0, out, &mut warnings)?;
-            Ok((warnings, top))
-        })
+        let left = crate::tree::in_batches(batch, emit, |out| crate::tree::walk(&dir, out))?;
+        Ok((left, top))
     }
 
     /// Removes partial files not written to for `max_age`: transfers that
     /// were interrupted and never resumed. Returns how many were removed.
     pub fn remove_stale_temps(&self, max_age: Duration) -> usize {
-        remove_temps_in(&self.dir, 0, max_age)
+        remove_temps_in(&self.dir, max_age)
     }
 }
 
-/// How deep [`remove_temps_in`] descends; deeper trees are left alone rather
-/// than risking a stack overflow on a hostile layout.
-const MAX_SCAN_DEPTH: usize = 64;
-
-fn remove_temps_in(dir: &Dir, depth: usize, max_age: Duration) -> usize {
-    let Ok(entries) = dir.entries() else { return 0 };
+/// Removes partials under `root` not written to for `max_age`, at any
+/// depth: directories are visited from a list of paths, not by recursion
+/// (no stack to overflow) and not through a chain of open handles (no
+/// descriptors to run out of). A directory whose path is too long to open
+/// is passed over; xfer makes no partial there.
+fn remove_temps_in(root: &Dir, max_age: Duration) -> usize {
     let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Ok(ft) = entry.file_type() else { continue };
-        if ft.is_dir() && depth < MAX_SCAN_DEPTH {
-            if let Ok(sub) = entry.open_dir() {
-                removed += remove_temps_in(&sub, depth + 1, max_age);
-            }
-        } else if ft.is_file() && name.to_string_lossy().ends_with(TEMP_SUFFIX) {
-            let age = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t.into_std().elapsed().unwrap_or_default())
-                .unwrap_or(Duration::MAX);
-            if age >= max_age && dir.remove_file(&name).is_ok() {
-                removed += 1;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = if rel.as_os_str().is_empty() { root.try_clone() } else { root.open_dir(&rel) };
+        let Ok(dir) = dir else { continue };
+        let Ok(entries) = dir.entries() else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                pending.push(rel.join(&name));
+            } else if ft.is_file() && name.to_string_lossy().ends_with(TEMP_SUFFIX) {
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.into_std().elapsed().unwrap_or_default())
+                    .unwrap_or(Duration::MAX);
+                if age >= max_age && dir.remove_file(&name).is_ok() {
+                    removed += 1;
+                }
             }
         }
     }
     removed
-}
-
-fn walk_in(
-    dir: &Dir,
-    prefix: &str,
-    depth: usize,
-    out: &mut dyn FnMut(crate::tree::TreeEntry),
-    warnings: &mut Vec<String>,
-) -> io::Result<()> {
-    use crate::protocol::EntryKind;
-    use cap_std::fs::PermissionsExt;
-    let mut items: Vec<_> = dir.entries()?.collect::<Result<_, _>>()?;
-    items.sort_by_key(|e| e.file_name());
-    for e in items {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(TEMP_SUFFIX) {
-            continue;
-        }
-        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-        let meta = e.metadata()?;
-        let ft = meta.file_type();
-        let mut entry = crate::tree::TreeEntry {
-            rel: rel.clone(),
-            kind: EntryKind::File,
-            size: 0,
-            mode: meta.permissions().mode() & crate::tree::MODE_MASK,
-            mtime: mtime_secs(&meta),
-            target: None,
-        };
-        if ft.is_dir() {
-            if depth >= MAX_SCAN_DEPTH {
-                warnings.push(format!("{rel}: too deep, skipped"));
-                continue;
-            }
-            entry.kind = EntryKind::Dir;
-            out(entry);
-            walk_in(&e.open_dir()?, &rel, depth + 1, out, warnings)?;
-        } else if ft.is_file() {
-            entry.size = meta.len();
-            out(entry);
-        } else if ft.is_symlink() {
-            let target = dir.read_link_contents(&name)?;
-            match target.to_str() {
-                Some(t) if crate::tree::link_stays_inside(&rel, t) => {
-                    entry.kind = EntryKind::Symlink;
-                    entry.target = Some(t.to_string());
-                    out(entry);
-                }
-                _ => warnings.push(format!("{rel}: symlink leads out of the tree, skipped")),
-            }
-        } else {
-            warnings.push(format!("{rel}: special file, skipped"));
-        }
-    }
-    Ok(())
 }
 
 fn mtime_secs(meta: &cap_std::fs::Metadata) -> i64 {
@@ -1086,5 +1041,21 @@ mod tests {
         assert_eq!(root.remove_stale_temps(Duration::from_secs(3600)), 0, "too young to be stale");
         assert_eq!(root.remove_stale_temps(Duration::ZERO), 1);
         assert!(tmp.path().join("keep").exists());
+    }
+
+    #[test]
+    fn the_sweep_reaches_partials_at_any_depth() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Deeper than the 64 levels the sweep once stopped at, and as deep
+        // as xfer can make a partial (a path of at most 4,096 bytes).
+        let deep = vec!["d"; 1500].join("/");
+        let root = Root::open(tmp.path()).unwrap();
+        root.create_dir_all(&RemotePath::parse(&deep).unwrap()).unwrap();
+        let dir = root.dir.open_dir(&deep).unwrap();
+        dir.write(".f.xfer-part", b"x").unwrap();
+        dir.write("keep", b"x").unwrap();
+        assert_eq!(root.remove_stale_temps(Duration::ZERO), 1);
+        assert!(dir.exists("keep"));
+        assert!(!dir.exists(".f.xfer-part"));
     }
 }

@@ -11,7 +11,7 @@ use crate::error::ConnError;
 use crate::fs::{Partial, Staged};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::hash_prefix;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use tokio::io::AsyncWrite;
 
@@ -19,9 +19,10 @@ use tokio::io::AsyncWrite;
 /// classes. setuid, setgid and sticky are never carried.
 pub const MODE_MASK: u32 = 0o777;
 
-/// How deep a walk descends; deeper trees are refused rather than risking
-/// the stack on a hostile layout.
-const MAX_DEPTH: usize = 256;
+/// How deep a walk descends, on either side; deeper directories are left
+/// out with a warning rather than risking the stack (or a descriptor per
+/// level) on a hostile layout.
+pub const MAX_DEPTH: usize = 256;
 
 /// Entries per batch of a manifest sent while the walk goes on: about
 /// 30 KB of frames, one write each.
@@ -64,7 +65,17 @@ pub struct ManifestBudget {
 }
 
 impl ManifestBudget {
-    /// Counts `e`; false once the manifest is over either cap.
+    /// Counts a frame of the manifest as it arrives, held or not (a
+    /// warning is only printed, but a peer may not send them forever);
+    /// false once the manifest is over either cap.
+    pub fn admit_note(&mut self, h: &crate::protocol::Header) -> bool {
+        self.entries += 1;
+        self.bytes += h.message.as_ref().map_or(0, String::len);
+        self.bytes <= MANIFEST_BYTES_MAX && self.entries <= 2 * MAX_ENTRIES
+    }
+
+    /// Counts `e`, which will be held; false once the manifest is over
+    /// either cap.
     pub fn admit(&mut self, e: &TreeEntry) -> bool {
         self.entries += 1;
         self.bytes += ENTRY_COST + 2 * e.rel.len() + e.target.as_ref().map_or(0, String::len);
@@ -269,11 +280,12 @@ impl TreeEntry {
 #[derive(Debug, Default)]
 pub struct LeftOut {
     /// Left out by the rules (special files, symlinks leading out of the
-    /// tree, names that are not UTF-8): warnings.
-    pub skipped: Vec<String>,
+    /// tree, names that are not UTF-8, too deep): warnings, as (path, why).
+    pub skipped: Vec<(String, String)>,
     /// Could not be read (a subdirectory without permission, say): errors,
-    /// counted as failed files, as rsync counts them in its exit code 23.
-    pub unreadable: Vec<String>,
+    /// counted as failed files, as rsync counts them in its exit code 23;
+    /// as (path, why).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Walks a local directory. Returns the manifest and what was left out.
@@ -282,8 +294,8 @@ pub struct LeftOut {
 /// walk is simply not listed.
 pub fn walk_local(top: &Path) -> std::io::Result<(Vec<TreeEntry>, LeftOut)> {
     let mut entries = Vec::new();
-    let mut left = LeftOut::default();
-    walk_dir(top, "", 0, &mut |e| entries.push(e), &mut left)?;
+    let dir = cap_std::fs::Dir::open_ambient_dir(top, cap_std::ambient_authority())?;
+    let left = walk(&dir, &mut |e| entries.push(e))?;
     Ok((entries, left))
 }
 
@@ -295,11 +307,17 @@ pub fn walk_local_in_batches(
     batch: usize,
     emit: impl FnMut(Vec<TreeEntry>),
 ) -> std::io::Result<LeftOut> {
-    in_batches(batch, emit, |out| {
-        let mut left = LeftOut::default();
-        walk_dir(top, "", 0, out, &mut left)?;
-        Ok(left)
-    })
+    let dir = cap_std::fs::Dir::open_ambient_dir(top, cap_std::ambient_authority())?;
+    in_batches(batch, emit, |out| walk(&dir, out))
+}
+
+/// Walks the tree beneath `dir`, the one walk both sides use (the client
+/// for put -r, the server for get -r): the same rules, depth and words
+/// whichever side sends. Only an unreadable `dir` is an error.
+pub fn walk(dir: &cap_std::fs::Dir, out: &mut dyn FnMut(TreeEntry)) -> std::io::Result<LeftOut> {
+    let mut left = LeftOut::default();
+    walk_dir(dir, "", 0, out, &mut left)?;
+    Ok(left)
 }
 
 /// Runs `walk` on a blocking thread and sends what it finds as `entry`
@@ -354,40 +372,43 @@ pub fn in_batches<T>(
 }
 
 fn walk_dir(
-    dir: &Path,
+    dir: &cap_std::fs::Dir,
     prefix: &str,
     depth: usize,
     out: &mut dyn FnMut(TreeEntry),
     left: &mut LeftOut,
 ) -> std::io::Result<()> {
     use crate::error::plain_io;
-    if depth > MAX_DEPTH {
-        left.skipped.push(format!("{prefix}: deeper than {MAX_DEPTH} levels, skipped"));
-        return Ok(());
-    }
-    let listed = std::fs::read_dir(dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    use cap_std::fs::{MetadataExt, PermissionsExt};
+    let listed = dir.entries().and_then(|d| d.collect::<Result<Vec<_>, _>>());
     let mut names = match listed {
         Ok(names) => names,
         Err(e) if depth == 0 => return Err(e),
         Err(e) => {
-            left.unreadable.push(format!("{prefix}: cannot read this directory: {}", plain_io(&e)));
+            left.unreadable
+                .push((prefix.to_string(), format!("cannot read this directory: {}", plain_io(&e))));
             return Ok(());
         }
     };
     names.sort_by_key(|e| e.file_name());
     for e in names {
-        let Some(name) = e.file_name().to_str().map(str::to_string) else {
-            left.skipped.push(format!("{}: name is not UTF-8, skipped", e.path().display()));
+        let name = e.file_name();
+        let Some(name) = name.to_str().map(str::to_string) else {
+            let shown = format!("{prefix}/{}", name.to_string_lossy());
+            left.skipped.push((shown, "name is not UTF-8, skipped".to_string()));
             continue;
         };
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        if name.ends_with(crate::fs::TEMP_SUFFIX) {
+            continue;
+        }
+        let rel = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
         // Relative to the open directory (fstatat): no path walk per entry.
         let meta = match e.metadata() {
             Ok(meta) => meta,
             // Deleted since the directory was listed: not part of the tree.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                left.unreadable.push(format!("{rel}: {}", plain_io(&e)));
+                left.unreadable.push((rel, plain_io(&e)));
                 continue;
             }
         };
@@ -401,17 +422,26 @@ fn walk_dir(
             target: None,
         };
         if ft.is_dir() {
+            if depth >= MAX_DEPTH {
+                left.skipped.push((rel, format!("deeper than {MAX_DEPTH} levels, skipped")));
+                continue;
+            }
             entry.kind = EntryKind::Dir;
             out(entry);
-            walk_dir(&e.path(), &rel, depth + 1, out, left)?;
+            match e.open_dir() {
+                Ok(sub) => walk_dir(&sub, &rel, depth + 1, out, left)?,
+                Err(err) => {
+                    left.unreadable.push((rel, format!("cannot read this directory: {}", plain_io(&err))))
+                }
+            }
         } else if ft.is_file() {
             entry.size = meta.len();
             out(entry);
         } else if ft.is_symlink() {
-            let target = match std::fs::read_link(e.path()) {
+            let target = match dir.read_link_contents(&name) {
                 Ok(t) => t,
                 Err(e) => {
-                    left.unreadable.push(format!("{rel}: {}", plain_io(&e)));
+                    left.unreadable.push((rel, plain_io(&e)));
                     continue;
                 }
             };
@@ -421,12 +451,13 @@ fn walk_dir(
                     entry.target = Some(t.to_string());
                     out(entry);
                 }
-                _ => left
-                    .skipped
-                    .push(format!("{rel}: symlink to {} leads out of the tree, skipped", target.display())),
+                _ => {
+                    let why = format!("symlink to {} leads out of the tree, skipped", target.display());
+                    left.skipped.push((rel, why));
+                }
             }
         } else {
-            left.skipped.push(format!("{rel}: special file, skipped"));
+            left.skipped.push((rel, "special file, skipped".to_string()));
         }
     }
     Ok(())
@@ -604,7 +635,9 @@ mod tests {
         );
         assert_eq!(entries[2].size, 3);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings.iter().any(|w| w.starts_with("fifo: special file")));
-        assert!(warnings.iter().any(|w| w.starts_with("out: symlink to /etc leads out")));
+        assert!(warnings.iter().any(|(rel, why)| rel == "fifo" && why == "special file, skipped"));
+        assert!(warnings
+            .iter()
+            .any(|(rel, why)| rel == "out" && why.starts_with("symlink to /etc leads out")));
     }
 }

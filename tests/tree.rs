@@ -542,3 +542,90 @@ fn a_rerun_of_many_files_judges_each_one() {
         }
     }
 }
+
+#[test]
+fn get_r_reports_what_the_servers_walk_left_out_and_copies_the_rest() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let src = root.join("src");
+    fs::create_dir_all(src.join("locked")).unwrap();
+    fs::create_dir_all(src.join("open")).unwrap();
+    fs::write(src.join("locked/secret"), b"s").unwrap();
+    fs::write(src.join("open/a"), b"a").unwrap();
+    fs::write(src.join("top"), b"t").unwrap();
+    std::os::unix::fs::symlink("/etc", src.join("out")).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(src.join("fifo")).status().unwrap().success());
+    fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+    let keys = work.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    // Root reads any directory: run the server as nobody, on a root nobody owns.
+    let as_root = fs::metadata("/proc/self").unwrap().uid() == 0;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = if as_root {
+        fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        for p in [
+            &root,
+            &src,
+            &src.join("locked"),
+            &src.join("open"),
+            &src.join("open/a"),
+            &src.join("top"),
+            &keys,
+        ] {
+            std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(assert_cmd::cargo::cargo_bin("xfer"));
+        c
+    } else {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
+    };
+    let mut server = cmd
+        .env("XFER_TOKEN", common::TOKEN)
+        .args(["serve", "--listen", &addr.to_string(), "--root"])
+        .arg(&root)
+        .arg("--key-file")
+        .arg(keys.join("server-key.pem"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok())
+    );
+    let out = xfer(addr, work.path()).args(["get", "-r", "src", "back"]).output().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("xfer: error: locked: cannot read this directory: permission denied"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("xfer: warning: fifo: special file, skipped"), "{stderr}");
+    assert!(
+        stderr.contains("xfer: warning: out: symlink to /etc leads out of the tree, skipped"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 files copied, 0 skipped, 1 failed"), "{stderr}");
+    assert_eq!(tree(&work.path().join("back")), ["locked", "open", "open/a", "top"]);
+}
+
+#[test]
+fn a_fifo_in_the_root_is_refused_at_once_and_never_holds_a_thread() {
+    let server = TestServer::start();
+    assert!(std::process::Command::new("mkfifo").arg(server.path("fifo")).status().unwrap().success());
+    let work = tempfile::tempdir().unwrap();
+    // More requests than the server has blocking threads (64).
+    for _ in 0..70 {
+        xfer(server.addr, work.path())
+            .args(["get", "fifo", "-"])
+            .timeout(std::time::Duration::from_secs(10))
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("not a regular file"));
+    }
+    fs::write(work.path().join("after.txt"), b"still served").unwrap();
+    xfer(server.addr, work.path()).args(["put", "after.txt"]).assert().success();
+}

@@ -80,8 +80,8 @@ pub async fn put_tree(
         tree::send_walk(&mut conn.writer, move |emit| tree::walk_local_in_batches(&owned, tree::BATCH, emit))
             .await?;
     let left = walked.map_err(|e| Error::local(local, e))?;
-    for w in &left.skipped {
-        warn(opts, w);
+    for (rel, why) in &left.skipped {
+        warn(opts, &format!("{rel}: {why}"));
     }
     // The top's own mode and time, for the server to give its copy last.
     let mut end = Header::new(Op::End);
@@ -93,9 +93,8 @@ pub async fn put_tree(
 
     // What the server has already, and what it refused in the manifest.
     let mut report = TreeReport::default();
-    for msg in &left.unreadable {
-        report.failed += 1;
-        eprintln!("xfer: error: {}", escape(msg));
+    for (rel, why) in &left.unreadable {
+        file_failed(&mut report, rel, why);
     }
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
@@ -370,7 +369,21 @@ pub async fn get_tree(
         }
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
+        if !budget.admit_note(&h) {
+            return Err(ConnError::Unexpected { got: h.op, expected: tree::MANIFEST_LIMIT }.into());
+        }
         match h.op {
+            // What the server's walk left out: a warning, or (could not
+            // be read) a failure, as our own walk reports them in put -r.
+            Op::Entry if h.kind == Some(EntryKind::Other) => {
+                let why = h.message.as_deref().unwrap_or("skipped");
+                warn(opts, &format!("{}: {why}", h.filename));
+                continue;
+            }
+            Op::Error if !h.filename.is_empty() => {
+                file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("cannot be read"));
+                continue;
+            }
             Op::Entry => {}
             Op::End => break h.mode.zip(h.mtime),
             _ => return Err(unexpected_reply(h, "entry or end")),

@@ -302,10 +302,25 @@ pub(crate) async fn get_tree(
     let (entries, walked) = tree::send_walk(&mut conn.writer, walker).await?;
     let mut end = Header::new(Op::End);
     match walked {
-        // The top's own mode and time, for the client to give its copy
-        // last (the root's are not the client's business).
-        Ok((_warnings, (mode, mtime))) if !top.is_root() => (end.mode, end.mtime) = (Some(mode), Some(mtime)),
-        Ok(_) => {}
+        Ok((left, (mode, mtime))) => {
+            // What the walk left out, for the client to report as our own
+            // walk's are reported in put -r: warnings, and failures.
+            for (rel, why) in left.skipped {
+                let mut note = Header::new(Op::Entry).with_filename(&rel);
+                note.kind = Some(EntryKind::Other);
+                note.message = Some(why);
+                conn.writer.queue(&note, &[]).await?;
+            }
+            for (rel, why) in left.unreadable {
+                let err = RequestError::new(ErrorCode::PermissionDenied, why);
+                conn.writer.queue(&file_error(&rel, &err), &[]).await?;
+            }
+            // The top's own mode and time, for the client to give its copy
+            // last (the root's are not the client's business).
+            if !top.is_root() {
+                (end.mode, end.mtime) = (Some(mode), Some(mtime));
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries.is_empty() => {
             let err = RequestError::new(ErrorCode::NotFound, format!("remote directory not found: {top}"));
             return refuse(conn, outcome, err).await;
