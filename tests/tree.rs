@@ -241,19 +241,8 @@ fn an_unreadable_subdirectory_fails_alone_and_the_rest_goes() {
     fs::write(src.join("top"), b"t").unwrap();
     fs::set_permissions(src.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
     // Root reads any directory: run the client as nobody, on a tree nobody owns.
-    let as_root = fs::metadata("/proc/self").unwrap().uid() == 0;
-    let mut cmd = if as_root {
-        fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        for p in [&src, &src.join("locked"), &src.join("open"), &src.join("open/a"), &src.join("top")] {
-            std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
-        }
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(assert_cmd::cargo::cargo_bin("xfer"));
-        c
-    } else {
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
-    };
+    let paths = [&src, &src.join("locked"), &src.join("open"), &src.join("open/a"), &src.join("top")];
+    let mut cmd = as_nobody(work.path(), &paths);
     let out = cmd
         .args(["put", "-r", "src"])
         .current_dir(work.path())
@@ -559,29 +548,11 @@ fn get_r_reports_what_the_servers_walk_left_out_and_copies_the_rest() {
     let keys = work.path().join("keys");
     fs::create_dir(&keys).unwrap();
     // Root reads any directory: run the server as nobody, on a root nobody owns.
-    let as_root = fs::metadata("/proc/self").unwrap().uid() == 0;
+    let paths =
+        [&root, &src, &src.join("locked"), &src.join("open"), &src.join("open/a"), &src.join("top"), &keys];
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = if as_root {
-        fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        for p in [
-            &root,
-            &src,
-            &src.join("locked"),
-            &src.join("open"),
-            &src.join("open/a"),
-            &src.join("top"),
-            &keys,
-        ] {
-            std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
-        }
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(assert_cmd::cargo::cargo_bin("xfer"));
-        c
-    } else {
-        std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"))
-    };
+    let mut cmd = as_nobody(work.path(), &paths);
     let mut server = cmd
         .env("XFER_TOKEN", common::TOKEN)
         .args(["serve", "--listen", &addr.to_string(), "--root"])
@@ -628,4 +599,20 @@ fn a_fifo_in_the_root_is_refused_at_once_and_never_holds_a_thread() {
     }
     fs::write(work.path().join("after.txt"), b"still served").unwrap();
     xfer(server.addr, work.path()).args(["put", "after.txt"]).assert().success();
+}
+
+/// The real binary, to run as nobody when the tests run as root (who reads
+/// any directory), with `paths` given to nobody and `work` opened to all;
+/// as it is otherwise.
+fn as_nobody(work: &Path, paths: &[&std::path::PathBuf]) -> std::process::Command {
+    if fs::metadata("/proc/self").unwrap().uid() != 0 {
+        return std::process::Command::new(assert_cmd::cargo::cargo_bin("xfer"));
+    }
+    fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
+    for p in paths {
+        std::os::unix::fs::lchown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(assert_cmd::cargo::cargo_bin("xfer"));
+    c
 }
