@@ -155,3 +155,36 @@ fn a_thousand_connections_opening_and_closing_at_once() {
     }
     still_serves(&server, "after 1,000 connections");
 }
+
+#[test]
+fn a_manifest_of_long_names_is_capped_in_bytes() {
+    let server = TestServer::start();
+    let before = common::vm_hwm_kib();
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put_tree","filename":"t"}"#);
+    assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
+    // 20,000 entries of 4 KB names: 80 MB of names, which the server once
+    // held twice over (160 MB); the cap is 64 MiB.
+    let segment = "n".repeat(199);
+    let mut sent = 0;
+    for i in 0..20_000 {
+        let name = format!("{}/{i}", vec![segment.as_str(); 20].join("/"));
+        let json =
+            format!(r#"{{"op":"entry","filename":"{name}","kind":"file","size":1,"mode":420,"mtime":0}}"#);
+        let frame = [&(json.len() as u32).to_be_bytes()[..], json.as_bytes()].concat();
+        if s.write_all(&frame).and_then(|()| s.flush()).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let _ = s.write_all(&frame(br#"{"op":"end"}"#)).and_then(|()| s.flush());
+    s.sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(sent < 20_000, "the server took all {sent} entries");
+    assert!(!String::from_utf8_lossy(&rest).contains(r#""op":"end""#), "the server answered the manifest");
+    let grown_mib = common::vm_hwm_kib().saturating_sub(before) / 1024;
+    eprintln!("long manifest: {sent} entries taken, peak memory grew by {grown_mib} MiB");
+    assert!(grown_mib < 100, "peak memory grew by {grown_mib} MiB");
+    still_serves(&server, "after a long manifest");
+}
