@@ -8,6 +8,7 @@
 //! client knows it reached a server that holds the token too, on this very
 //! TLS connection. Digests are compared in constant time.
 
+use crate::protocol::hex;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -236,11 +237,6 @@ fn keyed(token: &Token, role: Role, c: Challenge<'_>) -> Hmac<Sha256> {
         m.update(part);
     }
     m
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

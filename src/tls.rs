@@ -167,8 +167,8 @@ impl Identity {
     /// The certificate's SHA-256 fingerprint as `openssl x509 -fingerprint
     /// -sha256` prints it: uppercase hex pairs joined by colons.
     pub fn fingerprint(&self) -> String {
-        let digest = self.binding();
-        let pairs: Vec<String> = digest.iter().map(|b| format!("{b:02X}")).collect();
+        let hex = crate::protocol::hex(&self.binding()).to_uppercase();
+        let pairs: Vec<&str> = (0..hex.len()).step_by(2).map(|i| &hex[i..i + 2]).collect();
         pairs.join(":")
     }
 }

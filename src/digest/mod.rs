@@ -7,10 +7,10 @@
 //! at start (`xfer --version`: 3.0-3.7 ms linked, 1.4-1.6 ms without), which
 //! commands that hash nothing (`xfer exec true`, `xfer ls`) need not pay. So
 //! libcrypto is loaded on the first bytes hashed, and where it cannot be
-//! loaded, the md-5 crate does the work: the digests are the same.
+//! loaded (or the `libcrypto` feature, on by default, is off), the md-5
+//! crate does the work: the digests are the same.
 
 use crate::protocol::Md5Hex;
-use std::sync::OnceLock;
 
 mod lanes;
 pub use lanes::md5_many;
@@ -50,8 +50,10 @@ type UpdateFn = unsafe extern "C" fn(*mut SslCtx, *const std::ffi::c_void, usize
 type FinalFn = unsafe extern "C" fn(*mut u8, *mut SslCtx) -> std::ffi::c_int;
 
 /// libcrypto's MD5 functions, once loaded.
+#[cfg_attr(not(feature = "libcrypto"), allow(dead_code))]
 struct Ssl {
     /// Keeps the library mapped for the life of the process.
+    #[cfg(feature = "libcrypto")]
     _lib: libloading::Library,
     /// `MD5_Init`.
     init: InitFn,
@@ -62,7 +64,15 @@ struct Ssl {
 }
 
 /// libcrypto, loaded on first use; `None` if it is not on this system.
+#[cfg(not(feature = "libcrypto"))]
 fn ssl() -> Option<&'static Ssl> {
+    None
+}
+
+/// libcrypto, loaded on first use; `None` if it is not on this system.
+#[cfg(feature = "libcrypto")]
+fn ssl() -> Option<&'static Ssl> {
+    use std::sync::OnceLock;
     static SSL: OnceLock<Option<Ssl>> = OnceLock::new();
     SSL.get_or_init(|| {
         if forced_rust() {
@@ -176,6 +186,7 @@ mod tests {
                 assert_eq!(resumed.finish(), Md5Hex::from_digest(&want), "clone, len {len}");
             }
         }
+        #[cfg(feature = "libcrypto")]
         assert!(ssl().is_some(), "libcrypto is on this project's machines; without it md-5 is used");
     }
 }

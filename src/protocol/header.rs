@@ -111,6 +111,12 @@ pub enum ErrorCode {
     Internal,
 }
 
+/// Lowercase hex of `bytes`: the one hex encoding (digests, nonces, MACs).
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
+}
+
 /// A lowercase hex MD5 digest, checked on parse: exactly 32 of `0-9a-f`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -119,13 +125,7 @@ pub struct Md5Hex(String);
 impl Md5Hex {
     /// Formats a raw 16-byte digest.
     pub fn from_digest(bytes: &[u8; 16]) -> Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let hex: String = bytes
-            .iter()
-            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]])
-            .map(char::from)
-            .collect();
-        Md5Hex(hex)
+        Md5Hex(hex(bytes))
     }
 
     /// The raw 16-byte digest.

@@ -7,4 +7,4 @@ pub mod frame;
 pub mod header;
 
 pub use frame::{decode_header, encode_header, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
-pub use header::{EntryKind, ErrorCode, Header, Md5Hex, Op, StreamSummary, PROTOCOL_VERSION};
+pub use header::{hex, EntryKind, ErrorCode, Header, Md5Hex, Op, StreamSummary, PROTOCOL_VERSION};

@@ -116,9 +116,7 @@ mod tests {
     fn the_default_fits_the_table_it_grows_to() {
         // 50,000 entries fit 65,536 slots of a key and a `Remembered`.
         let slot = std::mem::size_of::<((u64, u64), Remembered)>() + 1;
-        assert_eq!(slot, 89);
-        let table: HashMap<(u64, u64), Remembered> = HashMap::with_capacity(50_000);
-        assert!(table.capacity() >= 50_000 && table.capacity() < 65_536, "{}", table.capacity());
+        assert!(slot * 65_536 <= 5_900_000, "a slot of {slot} bytes");
     }
 
     #[test]
