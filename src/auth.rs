@@ -3,7 +3,7 @@
 //!
 //! It runs inside TLS. The server greets with a random nonce; the client
 //! answers with its own nonce and an HMAC-SHA256, keyed by the token, over
-//! the protocol's label, the TLS channel binding (see [`crate::tls`]) and
+//! the protocol's label, the TLS channel binding (see the `tls` module) and
 //! both nonces; the server answers with its own HMAC over the same, so the
 //! client knows it reached a server that holds the token too, on this very
 //! TLS connection. Digests are compared in constant time.
@@ -65,7 +65,7 @@ impl Token {
 /// Why no token could be had.
 #[derive(Debug, Error)]
 pub enum TokenError {
-    #[error("cannot read token file {}: {}", .0.display(), crate::error::plain_io(.1))]
+    #[error("cannot read token file {}: {}", .0.display(), crate::plain::plain_io(.1))]
     Read(PathBuf, io::Error),
     #[error(
         "the token in {0} is {1} characters long; xfer needs at least {MIN_TOKEN_LEN} \
@@ -84,7 +84,7 @@ pub enum TokenError {
         .0.display()
     )]
     Missing(PathBuf),
-    #[error("cannot write token file {}: {}", .0.display(), crate::error::plain_io(.1))]
+    #[error("cannot write token file {}: {}", .0.display(), crate::plain::plain_io(.1))]
     Create(PathBuf, io::Error),
     #[error("no home directory to keep the token in: set {TOKEN_ENV} or pass --token-file")]
     NoHome,

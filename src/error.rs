@@ -5,6 +5,7 @@
 //!   the client as an `error` frame and the connection stays usable.
 //! - [`enum@Error`]: what the client reports to its user, with an exit code.
 
+pub use crate::plain::plain_io;
 use crate::protocol::{ErrorCode, FrameError, Op};
 use std::io;
 use std::path::PathBuf;
@@ -202,32 +203,6 @@ impl Error {
     pub fn local(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Local { path: path.into(), source }
     }
-}
-
-/// An OS error in plain lowercase words, without the "(os error N)" tail.
-pub fn plain_io(err: &io::Error) -> String {
-    let text = match err.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-        io::ErrorKind::ConnectionReset => "connection reset by peer".to_string(),
-        io::ErrorKind::BrokenPipe => "connection closed by peer".to_string(),
-        io::ErrorKind::NotFound => "no such file or directory".to_string(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        io::ErrorKind::StorageFull => "no space left on device".to_string(),
-        io::ErrorKind::UnexpectedEof => "unexpected end of data".to_string(),
-        _ => {
-            let s = err.to_string();
-            let s = match s.find(" (os error") {
-                Some(i) => s[..i].to_string(),
-                None => s,
-            };
-            let mut chars = s.chars();
-            match chars.next() {
-                Some(c) => c.to_lowercase().chain(chars).collect(),
-                None => s,
-            }
-        }
-    };
-    text
 }
 
 #[cfg(test)]

@@ -137,16 +137,7 @@ impl std::fmt::Display for RemotePath {
     }
 }
 
-/// Makes a name safe to print: control characters (ANSI escapes, newlines)
-/// become visible escapes, so a hostile name cannot rewrite the terminal.
-pub fn escape(name: &str) -> String {
-    if !name.chars().any(char::is_control) {
-        return name.to_string();
-    }
-    name.chars()
-        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
-        .collect()
-}
+pub use crate::plain::escape;
 
 /// One listing entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,8 +290,8 @@ impl Root {
         opts.read(true);
         let file = self.dir.open_with(p.to_path(), &opts)?.into_std();
         match mode {
-            Some(mode) => crate::tree::apply_meta(&file, mode, mtime),
-            None => crate::tree::set_mtime(&file, mtime),
+            Some(mode) => crate::meta::apply_meta(&file, mode, mtime),
+            None => crate::meta::set_mtime(&file, mtime),
         }
     }
 
@@ -356,23 +347,9 @@ impl Root {
         self.dir.symlink_contents(target, p.to_path())
     }
 
-    /// Walks the directory `p` into a manifest (see [`crate::tree::walk`]),
-    /// handing the entries to `emit` in batches of `batch` as it goes.
-    /// Fails before emitting anything if `p` is not a directory that can
-    /// be read. Returns what was left out, and the permission bits and
-    /// modification time of `p` itself.
-    pub fn walk_in_batches(
-        &self,
-        p: &RemotePath,
-        batch: usize,
-        emit: impl FnMut(Vec<crate::tree::TreeEntry>),
-    ) -> io::Result<(crate::tree::LeftOut, (u32, i64))> {
-        use cap_std::fs::PermissionsExt;
-        let dir = self.dir.open_dir(p.to_path())?;
-        let meta = dir.dir_metadata()?;
-        let top = (meta.permissions().mode() & crate::tree::MODE_MASK, mtime_secs(&meta));
-        let left = crate::tree::in_batches(batch, emit, |out| crate::tree::walk(&dir, out))?;
-        Ok((left, top))
+    /// Opens the directory `p` as a handle of its own, beneath the root.
+    pub fn open_dir(&self, p: &RemotePath) -> io::Result<Dir> {
+        self.dir.open_dir(p.to_path())
     }
 
     /// Removes partial files not written to for `max_age`: transfers that
@@ -762,7 +739,7 @@ fn write_named(
     };
     let written = file
         .write_all(body)
-        .and_then(|()| crate::tree::apply_meta(&file, meta.0, meta.1))
+        .and_then(|()| crate::meta::apply_meta(&file, meta.0, meta.1))
         .map_err(CommitError::from)
         .and_then(|()| rename_into_place(dir, &temp, name, replace));
     if written.is_err() {
@@ -790,7 +767,7 @@ fn write_unnamed(dir: &Dir, name: &str, body: &[u8], meta: (u32, i64)) -> Result
     if UNNAMED_REFUSED.load(Ordering::Relaxed) {
         return Ok(false);
     }
-    let mode = Mode::from_raw_mode(meta.0 & crate::tree::MODE_MASK);
+    let mode = Mode::from_raw_mode(meta.0 & crate::meta::MODE_MASK);
     let fd = match openat(dir, ".", OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC, mode) {
         Ok(fd) => fd,
         Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => return Ok(false),
@@ -798,7 +775,7 @@ fn write_unnamed(dir: &Dir, name: &str, body: &[u8], meta: (u32, i64)) -> Result
     };
     let mut file = std::fs::File::from(fd);
     file.write_all(body)?;
-    crate::tree::apply_created_meta(&file, meta.0, meta.1)?;
+    crate::meta::apply_created_meta(&file, meta.0, meta.1)?;
     match linkat(&file, "", dir, name, AtFlags::EMPTY_PATH) {
         Ok(()) => return Ok(true),
         Err(Errno::EXIST) => return Err(CommitError::Exists),

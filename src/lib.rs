@@ -4,6 +4,8 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (clap).
+//! - [`plain`]: words for people: OS errors in plain words, escaped names.
+//! - [`meta`]: permission bits and modification times.
 //! - [`private_file`]: files only their owner may read (token, server key).
 //! - [`tls`]: TLS 1.3 under every connection: the server's certificate,
 //!   both sides' configurations, the channel binding.
@@ -14,7 +16,8 @@
 //! - [`transfer`]: streaming file bodies through a hashing pipeline.
 //! - [`digest`]: the one MD5 implementation everything uses, and
 //!   [`md5_many`](digest::md5_many) for many small bodies at once.
-//! - [`tree`]: walking directory trees into manifests (sent while the walk goes on), and their rules.
+//! - [`tree`]: the one walk of a tree into a manifest (sent while the walk
+//!   goes on), for whichever side sends, and the rules both sides keep.
 //! - [`tree_receive`]: the receiving side of a tree, for whichever side
 //!   receives: the manifest applied beneath a directory handle, what each
 //!   file finds, where its bytes go, directory modes and times.
@@ -26,6 +29,9 @@
 //! - [`ui`]: progress bars and summary lines.
 //! - [`error`]: error types per phase, messages and exit codes.
 //!
+//! Imports point down this list's layers, never round: `plain`, `meta`,
+//! `private_file` and `protocol` use no other module of xfer.
+//!
 //! `PROTOCOL.md` describes the wire format for other implementations.
 
 pub mod auth;
@@ -35,6 +41,8 @@ pub mod connection;
 pub mod digest;
 pub mod error;
 pub mod fs;
+pub mod meta;
+pub mod plain;
 pub mod private_file;
 pub mod protocol;
 pub mod server;

@@ -89,9 +89,9 @@ impl std::fmt::Debug for Identity {
 /// Why the server's identity could not be had.
 #[derive(Debug, Error)]
 pub enum IdentityError {
-    #[error("cannot read the server key {}: {}", .0.display(), crate::error::plain_io(.1))]
+    #[error("cannot read the server key {}: {}", .0.display(), crate::plain::plain_io(.1))]
     Read(PathBuf, io::Error),
-    #[error("cannot create the server key {}: {}", .0.display(), crate::error::plain_io(.1))]
+    #[error("cannot create the server key {}: {}", .0.display(), crate::plain::plain_io(.1))]
     Create(PathBuf, io::Error),
     #[error("the server key {} is not a private key and certificate in PEM ({}); move it away and a new one is made", .0.display(), .1)]
     Invalid(PathBuf, String),

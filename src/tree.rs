@@ -9,15 +9,11 @@ use crate::connection::FrameWriter;
 use crate::digest::{md5_many, Md5};
 use crate::error::ConnError;
 use crate::fs::{Partial, Staged};
+pub use crate::meta::{apply_meta, MODE_MASK};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::hash_prefix;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use tokio::io::AsyncWrite;
-
-/// Permission bits carried for files and directories: rwx for all three
-/// classes. setuid, setgid and sticky are never carried.
-pub const MODE_MASK: u32 = 0o777;
 
 /// How deep a walk descends, on either side; deeper directories are left
 /// out with a warning rather than risking the stack (or a descriptor per
@@ -86,6 +82,19 @@ impl ManifestBudget {
 /// Partials a tree transfer holds open (locked) to resume; beyond this,
 /// files start over. Each holds a file descriptor until its file comes.
 pub const MAX_RESUMABLE: usize = 64;
+
+/// What a tree transfer did, for its summary line and exit code.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TreeReport {
+    /// Files sent and committed.
+    pub sent: u64,
+    /// Files skipped because the destination already had them, identical.
+    pub skipped: u64,
+    /// Files that failed (each reported on stderr).
+    pub failed: u64,
+    /// Body bytes moved.
+    pub bytes: u64,
+}
 
 /// A partial of a large file of a tree, kept to be resumed: locked,
 /// positioned after the bytes it holds, with their MD5 ready to continue.
@@ -311,6 +320,25 @@ pub fn walk_local_in_batches(
     in_batches(batch, emit, |out| walk(&dir, out))
 }
 
+/// Walks the directory `p` of `root` into a manifest (see [`walk`]),
+/// handing the entries to `emit` in batches of `batch` as it goes. Fails
+/// before emitting anything if `p` is not a directory that can be read.
+/// Returns what was left out, and the permission bits and modification
+/// time of `p` itself.
+pub fn walk_root_in_batches(
+    root: &crate::fs::Root,
+    p: &crate::fs::RemotePath,
+    batch: usize,
+    emit: impl FnMut(Vec<TreeEntry>),
+) -> std::io::Result<(LeftOut, (u32, i64))> {
+    use cap_std::fs::{MetadataExt, PermissionsExt};
+    let dir = root.open_dir(p)?;
+    let meta = dir.dir_metadata()?;
+    let top = (meta.permissions().mode() & MODE_MASK, meta.mtime());
+    let left = in_batches(batch, emit, |out| walk(&dir, out))?;
+    Ok((left, top))
+}
+
 /// Walks the tree beneath `dir`, the one walk both sides use (the client
 /// for put -r, the server for get -r): the same rules, depth and words
 /// whichever side sends. Only an unreadable `dir` is an error.
@@ -487,40 +515,6 @@ pub fn link_stays_inside(rel: &str, target: &str) -> bool {
         }
     }
     true
-}
-
-/// Sets a file's (or directory's) permission bits, masked with
-/// [`MODE_MASK`], and modification time.
-pub fn apply_meta(file: &std::fs::File, mode: u32, mtime: i64) -> std::io::Result<()> {
-    file.set_permissions(std::fs::Permissions::from_mode(mode & MODE_MASK))?;
-    set_mtime(file, mtime)
-}
-
-/// [`apply_meta`] for a file just created with `mode`: the permission
-/// bits are set only if the umask took some away (one syscall fewer per
-/// file of a tree in the common case).
-pub fn apply_created_meta(file: &std::fs::File, mode: u32, mtime: i64) -> std::io::Result<()> {
-    match umask() {
-        Some(mask) if mode & MODE_MASK & mask == 0 => set_mtime(file, mtime),
-        _ => apply_meta(file, mode, mtime),
-    }
-}
-
-/// The process's umask, read once from /proc (reading it with `umask(2)`
-/// would change it for a moment under other threads). `None` if unknown.
-fn umask() -> Option<u32> {
-    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *UMASK.get_or_init(|| {
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
-        u32::from_str_radix(line.trim(), 8).ok()
-    })
-}
-
-/// Sets a file's (or directory's) modification time.
-pub fn set_mtime(file: &std::fs::File, mtime: i64) -> std::io::Result<()> {
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
-    file.set_times(std::fs::FileTimes::new().set_modified(when))
 }
 
 /// `top` joined with a `/`-separated relative path.

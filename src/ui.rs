@@ -37,7 +37,7 @@ impl Ui {
     }
 
     /// Prints the one-line summary of a tree transfer on stderr.
-    pub fn tree_summary(&self, verb: &str, name: &str, r: &crate::client::TreeReport, elapsed: Duration) {
+    pub fn tree_summary(&self, verb: &str, name: &str, r: &crate::tree::TreeReport, elapsed: Duration) {
         if !self.quiet {
             eprintln!("{}", tree_summary_line(verb, name, r, elapsed));
         }
@@ -78,7 +78,7 @@ pub fn summary_line(verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: 
 }
 
 /// `put -r src  12 files copied, 3 skipped, 0 failed, 4.0 MiB in 0.10 s (40.0 MiB/s)`
-pub fn tree_summary_line(verb: &str, name: &str, r: &crate::client::TreeReport, elapsed: Duration) -> String {
+pub fn tree_summary_line(verb: &str, name: &str, r: &crate::tree::TreeReport, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { r.bytes as f64 / secs } else { 0.0 };
     format!(

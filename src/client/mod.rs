@@ -6,11 +6,12 @@ mod ls;
 mod put;
 mod tree;
 
+pub use crate::tree::TreeReport;
 pub use exec::{exec, session, ExecOptions};
 pub use get::{get, GetTarget};
 pub use ls::ls;
 pub use put::put;
-pub use tree::{get_tree, put_tree, TreeReport};
+pub use tree::{get_tree, put_tree};
 
 use crate::auth::{self, Challenge, Role, Token};
 use crate::connection::Connection;

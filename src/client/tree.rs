@@ -11,26 +11,13 @@ use crate::error::{ConnError, Error};
 use crate::fs::{escape, CommitError, RemotePath, Root};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
-use crate::tree::{self, TreeEntry, WHOLE_MAX};
+use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
 use crate::tree_receive::{Applied, Found, Receiver};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// What a tree transfer did, for its summary line and exit code.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct TreeReport {
-    /// Files sent and committed.
-    pub sent: u64,
-    /// Files skipped because the destination already had them, identical.
-    pub skipped: u64,
-    /// Files that failed (each reported on stderr).
-    pub failed: u64,
-    /// Body bytes moved.
-    pub bytes: u64,
-}
 
 fn warn(opts: &Options, msg: &str) {
     if !opts.ui.quiet {

@@ -7,7 +7,7 @@
 //! the command (with its time limit). Whatever ends the exchange, the
 //! command's whole process group is killed: no orphans.
 
-use super::handler::{refuse, Outcome};
+use super::request::{refuse, Outcome};
 use super::Shared;
 use crate::connection::{Connection, FrameWriter, Reader};
 use crate::digest::Md5;

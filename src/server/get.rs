@@ -2,7 +2,7 @@
 //! digest is remembered from an earlier read), then send its MD5 in a
 //! `done` frame. A client holding a verified prefix gets the rest.
 
-use super::handler::{refuse, Outcome};
+use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;

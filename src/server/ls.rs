@@ -1,6 +1,6 @@
 //! `ls`: stream a directory's entries, one `entry` frame each, then `end`.
 
-use super::handler::{refuse, Outcome};
+use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};

@@ -4,7 +4,7 @@
 //! One task per connection (`handler`, which also runs TLS and
 //! authenticates); `admission` bounds the connections not yet
 //! authenticated; one module per request kind (`put`, `get`, `ls`, `exec`,
-//! `tree`).
+//! `tree`), with what they share in `request`.
 
 mod admission;
 mod digests;
@@ -13,6 +13,7 @@ mod get;
 mod handler;
 mod ls;
 mod put;
+mod request;
 mod tree;
 
 use crate::auth::{FailureLimiter, Token};

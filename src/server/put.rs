@@ -2,7 +2,7 @@
 //! the sender's MD5 of the whole file, then commit it by rename. A partial
 //! left by an interrupted put is offered back for resuming.
 
-use super::handler::{expect_done, refuse, Outcome};
+use super::request::{expect_done, refuse, Outcome};
 use super::Shared;
 use crate::connection::Connection;
 use crate::digest::Md5;

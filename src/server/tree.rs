@@ -2,7 +2,7 @@
 //! exchange. Every file carries its own header and MD5 and is verified and
 //! committed on its own; one failing file is reported and the rest go on.
 
-use super::handler::{expect_done, refuse, Outcome};
+use super::request::{expect_done, refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
@@ -297,7 +297,9 @@ pub(crate) async fn get_tree(
     // client makes directories while we are still walking.
     let walker = {
         let (shared, top) = (shared.clone(), top.clone());
-        move |emit: &mut dyn FnMut(Vec<TreeEntry>)| shared.root.walk_in_batches(&top, tree::BATCH, emit)
+        move |emit: &mut dyn FnMut(Vec<TreeEntry>)| {
+            tree::walk_root_in_batches(&shared.root, &top, tree::BATCH, emit)
+        }
     };
     let (entries, walked) = tree::send_walk(&mut conn.writer, walker).await?;
     let mut end = Header::new(Op::End);

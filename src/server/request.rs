@@ -1,0 +1,46 @@
+//! What every request handler shares: its outcome for the log line, the
+//! refusal that ends it, and the `done` frame that ends a body.
+
+use crate::connection::Connection;
+use crate::error::{ConnError, RequestError};
+use crate::protocol::{Header, Md5Hex, Op};
+
+/// What one request did, for its log line.
+pub(crate) struct Outcome {
+    /// The path the request named, as sent.
+    pub path: String,
+    /// Body bytes moved.
+    pub bytes: u64,
+    /// Why it failed, if it did (already sent to the client).
+    pub error: Option<RequestError>,
+    /// The verified MD5 of the file moved, so the log names it too.
+    pub md5: Option<Md5Hex>,
+}
+
+impl Outcome {
+    /// A request on `path` that has moved nothing yet.
+    pub fn new(path: &str) -> Self {
+        Outcome { path: path.to_string(), bytes: 0, error: None, md5: None }
+    }
+}
+
+/// Sends `err` as an `error` frame and records it in the outcome.
+pub(crate) async fn refuse(
+    conn: &mut Connection,
+    mut outcome: Outcome,
+    err: RequestError,
+) -> Result<Outcome, ConnError> {
+    conn.writer.write_header(&Header::error(err.code, err.message.clone())).await?;
+    outcome.error = Some(err);
+    Ok(outcome)
+}
+
+/// Reads the `done` frame that ends a body and returns the sender's digest.
+pub(crate) async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
+    let done = conn.reader.expect_header().await?;
+    if done.op != Op::Done {
+        return Err(ConnError::Unexpected { got: done.op, expected: "done" });
+    }
+    conn.reader.skip_body(done.total_size).await?;
+    Ok(done.md5)
+}
