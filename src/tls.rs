@@ -219,7 +219,7 @@ pub fn client_config() -> Arc<ClientConfig> {
 }
 
 /// The name the client gives rustls; never sent (SNI is off) and never
-/// checked (see [`BoundByToken`]).
+/// checked (the token proof bound to the certificate is what counts).
 pub fn server_name() -> ServerName<'static> {
     ServerName::try_from("xfer").expect("a valid DNS name")
 }
