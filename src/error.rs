@@ -62,7 +62,42 @@ pub struct RequestError {
     pub message: String,
 }
 
+/// The words for something that exists and is not replaced without
+/// `--force`: `what` says what, and the remedy follows. Every side's
+/// message of this kind is made here.
+pub fn exists_words(what: &str) -> String {
+    format!("{what} (use --force to replace it)")
+}
+
+/// The words for a body whose digest is not the sender's: `name` (if the
+/// message names the file) and both digests (`sent`: none when the sender
+/// sent none). Every side's message of this kind is made here.
+pub fn mismatch_words(name: Option<&str>, sent: Option<&str>, received: &str) -> String {
+    let sent = sent.unwrap_or("nothing");
+    match name {
+        Some(name) => {
+            format!("md5 mismatch for {name} (sent {sent}, received {received}): nothing was saved")
+        }
+        None => format!("md5 mismatch (sent {sent}, received {received}): nothing was saved"),
+    }
+}
+
 impl RequestError {
+    /// The remote file `path` exists and the request may not replace it.
+    pub fn exists(path: &str) -> Self {
+        RequestError::new(ErrorCode::Exists, exists_words(&format!("remote file exists: {path}")))
+    }
+
+    /// The body received for `path` is not what its sender's digest says.
+    pub fn mismatch(
+        path: &str,
+        sent: Option<&crate::protocol::Md5Hex>,
+        received: &crate::protocol::Md5Hex,
+    ) -> Self {
+        let words = mismatch_words(Some(path), sent.map(|m| m.as_str()), received.as_str());
+        RequestError::new(ErrorCode::Md5Mismatch, words)
+    }
+
     /// A request error with the given code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         RequestError { code, message: message.into() }
@@ -144,7 +179,7 @@ pub enum Error {
     #[error("{}", .0.message)]
     Remote(RequestError),
     /// The received body does not match the sender's digest.
-    #[error("md5 mismatch for {name} (sent {sent}, received {received}): nothing was saved")]
+    #[error("{}", mismatch_words(Some(.name), Some(.sent), .received))]
     Md5Mismatch {
         /// The file concerned.
         name: String,
@@ -154,7 +189,7 @@ pub enum Error {
         received: String,
     },
     /// A local destination exists and `--force` was not given.
-    #[error("{} already exists (use --force to replace it)", .0.display())]
+    #[error("{}", exists_words(&format!("{} already exists", .0.display())))]
     LocalExists(PathBuf),
     /// A local file could not be read, written or committed.
     #[error("{}: {}", .path.display(), plain_io(.source))]

@@ -68,7 +68,7 @@ impl Applied {
 
 /// The words for an existing file that may not be replaced.
 pub fn exists_message() -> String {
-    "exists (use --force to replace it)".to_string()
+    crate::error::exists_words("exists")
 }
 
 /// A tree being received beneath a [`Root`].

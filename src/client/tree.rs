@@ -7,7 +7,7 @@
 
 use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
-use crate::error::{ConnError, Error};
+use crate::error::{exists_words, mismatch_words, ConnError, Error};
 use crate::fs::{escape, CommitError, RemotePath, Root};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
 use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
@@ -130,9 +130,7 @@ pub async fn put_tree(
             },
             Some((size, Some(theirs))) if size == e.size => compare.push((e, theirs)),
             Some(_) if flags.force => to_send.push(e),
-            Some(_) => {
-                file_failed(&mut report, &e.rel, "remote file exists and differs (use --force to replace it)")
-            }
+            Some(_) => file_failed(&mut report, &e.rel, &exists_words("remote file exists and differs")),
         }
     }
     let top = local.to_path_buf();
@@ -173,9 +171,7 @@ pub async fn put_tree(
         match same {
             true => report.skipped += 1,
             false if flags.force => to_send.push(e),
-            false => {
-                file_failed(&mut report, &e.rel, "remote file exists and differs (use --force to replace it)")
-            }
+            false => file_failed(&mut report, &e.rel, &exists_words("remote file exists and differs")),
         }
     }
 
@@ -498,7 +494,7 @@ fn want_or_fail(
                     Found::Nothing => {}
                     Found::Existing { size: theirs, md5 } if theirs == size => want.md5 = md5,
                     Found::Existing { .. } if !force => {
-                        file_failed(report, &rel, "exists and differs (use --force to replace it)");
+                        file_failed(report, &rel, &exists_words("exists and differs"));
                         continue;
                     }
                     Found::Existing { .. } => {}
@@ -521,11 +517,10 @@ fn small_result(report: &mut TreeReport, w: Written) {
             report.bytes += w.size;
         }
         Err(WriteError::Mismatch { sent, received }) => {
-            let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-            let msg = format!("md5 mismatch (sent {sent}, received {received}): nothing was saved");
+            let msg = mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str());
             file_failed(report, &w.rel, &msg);
         }
-        Err(WriteError::Exists) => file_failed(report, &w.rel, "exists (use --force to replace it)"),
+        Err(WriteError::Exists) => file_failed(report, &w.rel, &exists_words("exists")),
         Err(WriteError::Io(err)) => file_failed(report, &w.rel, &crate::error::plain_io(&err)),
     }
 }
@@ -578,8 +573,8 @@ async fn receive_file(
     }
     if done.md5.as_ref() != Some(&received) {
         staged.discard();
-        let sent = done.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-        return Ok(Err(format!("md5 mismatch (sent {sent}, received {received}): nothing was saved")));
+        let sent = done.md5.as_ref().map(|m| m.as_str());
+        return Ok(Err(mismatch_words(None, sent, received.as_str())));
     }
     let mode = data.mode.unwrap_or(e.mode);
     let mtime = data.mtime.unwrap_or(e.mtime);
@@ -588,7 +583,7 @@ async fn receive_file(
     }
     Ok(match staged.commit(force) {
         Ok(()) => Ok(()),
-        Err(CommitError::Exists) => Err("exists (use --force to replace it)".to_string()),
+        Err(CommitError::Exists) => Err(exists_words("exists")),
         Err(CommitError::Io(err)) => Err(crate::error::plain_io(&err)),
     })
 }

@@ -102,9 +102,8 @@ pub(crate) async fn handle(
     };
     if sent.as_ref() != Some(&received) {
         staged.discard();
-        let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-        let msg = format!("md5 mismatch for {path} (sent {sent}, received {received}): nothing was saved");
-        return refuse(conn, outcome, RequestError::new(ErrorCode::Md5Mismatch, msg)).await;
+        return refuse(conn, outcome, RequestError::mismatch(&path.to_string(), sent.as_ref(), &received))
+            .await;
     }
     let (force, durable) = (req.force, req.fsync || shared.config.fsync);
     let committed = tokio::task::spawn_blocking(move || match durable {
@@ -165,5 +164,5 @@ async fn prepare(shared: &Arc<Shared>, req: &Header) -> Result<Prepared, Request
 }
 
 fn exists(path: &str) -> RequestError {
-    RequestError::new(ErrorCode::Exists, format!("remote file exists: {path} (use --force to replace it)"))
+    RequestError::exists(path)
 }

@@ -6,7 +6,7 @@ use super::request::{expect_done, refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
-use crate::error::{ConnError, RequestError};
+use crate::error::{exists_words, ConnError, RequestError};
 use crate::fs::{CommitError, Opened, RemotePath, Stamp};
 use crate::protocol::{EntryKind, ErrorCode, Header, Op};
 use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
@@ -202,15 +202,9 @@ fn small_reply(w: Written) -> Header {
     let err = match w.result {
         Ok(md5) => return Header::new(Op::Ok).with_filename(&w.rel).with_md5(md5),
         Err(WriteError::Mismatch { sent, received }) => {
-            let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-            let msg =
-                format!("md5 mismatch for {shown} (sent {sent}, received {received}): nothing was saved");
-            RequestError::new(ErrorCode::Md5Mismatch, msg)
+            RequestError::mismatch(&shown, sent.as_ref(), &received)
         }
-        Err(WriteError::Exists) => RequestError::new(
-            ErrorCode::Exists,
-            format!("remote file exists: {shown} (use --force to replace it)"),
-        ),
+        Err(WriteError::Exists) => RequestError::exists(&shown),
         Err(WriteError::Io(e)) => RequestError::from_io(&e, &shown),
     };
     file_error(&w.rel, &err)
@@ -259,9 +253,7 @@ async fn receive_one(
     let sent = expect_done(conn).await?;
     if sent.as_ref() != Some(&received) {
         staged.discard();
-        let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-        let msg = format!("md5 mismatch for {shown} (sent {sent}, received {received}): nothing was saved");
-        return Ok(file_error(&rel, &RequestError::new(ErrorCode::Md5Mismatch, msg)));
+        return Ok(file_error(&rel, &RequestError::mismatch(&shown, sent.as_ref(), &received)));
     }
     let committed = blocking(shared, move |_| {
         if let Ok(h) = handle {
@@ -276,8 +268,7 @@ async fn receive_one(
     match committed {
         Ok(()) => Ok(Header::new(Op::Ok).with_filename(&rel).with_md5(received)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let msg = format!("remote file exists: {shown} (use --force to replace it)");
-            Ok(file_error(&rel, &RequestError::new(ErrorCode::Exists, msg)))
+            Ok(file_error(&rel, &RequestError::exists(&shown)))
         }
         Err(e) => Ok(file_error(&rel, &RequestError::from_io(&e, &shown))),
     }
@@ -511,7 +502,7 @@ async fn send_one(
                         ok
                     }
                     Some(_) if !force => {
-                        let msg = format!("{rel} exists and differs (use --force to replace it)");
+                        let msg = exists_words(&format!("{rel} exists and differs"));
                         file_error(rel, &RequestError::new(ErrorCode::Exists, msg))
                     }
                     _ => {
@@ -584,7 +575,7 @@ async fn send_one(
             return Ok(0);
         }
         Some(false) if !force => {
-            let msg = format!("{rel} exists and differs (use --force to replace it)");
+            let msg = exists_words(&format!("{rel} exists and differs"));
             conn.writer.write_header(&file_error(rel, &RequestError::new(ErrorCode::Exists, msg))).await?;
             return Ok(0);
         }
