@@ -202,9 +202,14 @@ pub enum Error {
     /// The connection to the server failed mid-exchange.
     #[error("connection to server lost: {0}")]
     Conn(#[from] ConnError),
-    /// The user asked for something that cannot be done.
+    /// The command line asks for something that cannot be done (a path
+    /// that names nothing usable).
     #[error("{0}")]
     Usage(String),
+    /// A local file cannot be used as the command needs (not a regular
+    /// file or directory, changed while being sent).
+    #[error("{0}")]
+    LocalUnusable(String),
     /// Exec was refused because the server was started without it.
     #[error("exec is disabled on this server (start it with --allow-exec)")]
     ExecDisabled,

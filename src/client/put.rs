@@ -26,7 +26,7 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
     let file = std::fs::File::open(local).map_err(|e| Error::local(local, e))?;
     let meta = file.metadata().map_err(|e| Error::local(local, e))?;
     if !meta.is_file() {
-        return Err(Error::Usage(format!("{} is not a regular file", local.display())));
+        return Err(Error::LocalUnusable(format!("{} is not a regular file", local.display())));
     }
     let len = meta.len();
 
@@ -72,7 +72,7 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
         Ok(md5) => md5,
         Err(CopyError::Read { source, .. }) => return Err(Error::local(local, source)),
         Err(CopyError::Short { done, expected }) => {
-            return Err(Error::Usage(format!(
+            return Err(Error::LocalUnusable(format!(
                 "{} shrank while being sent ({} of {} bytes): nothing was saved",
                 local.display(),
                 offset + done,

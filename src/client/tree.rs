@@ -46,7 +46,7 @@ pub async fn put_tree(
     let name = last_name(&shown).ok_or_else(|| Error::Usage(format!("{shown} does not name a directory")))?;
     let remote = remote.unwrap_or(name).trim_end_matches('/').to_string();
     if !local.is_dir() {
-        return Err(Error::Usage(format!("{} is not a directory", local.display())));
+        return Err(Error::LocalUnusable(format!("{} is not a directory", local.display())));
     }
     let started = Instant::now();
     let mut client = Client::connect(opts).await?;
@@ -309,7 +309,7 @@ async fn send_large(
     match send_file(file, len, Digest::Compute(md5), writer.body_writer(), bar).await {
         Ok(md5) => Ok(md5),
         Err(CopyError::Write { source, .. }) => Err(ConnError::Io(source).into()),
-        Err(err) => Err(Error::Usage(format!("{}: {err}; stopping", path.display()))),
+        Err(err) => Err(Error::LocalUnusable(format!("{}: {err}; stopping", path.display()))),
     }
 }
 
@@ -423,7 +423,11 @@ pub async fn get_tree(
                         return Err(unexpected_reply(done, "done"));
                     }
                     // Names were checked when the manifest came.
-                    let path = receiver.path(&e.rel).map_err(|err| Error::Usage(err.message))?;
+                    let Ok(path) = receiver.path(&e.rel) else {
+                        return Err(
+                            ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
+                        );
+                    };
                     let meta = (h.mode.unwrap_or(e.mode), h.mtime.unwrap_or(e.mtime));
                     bar.inc(h.total_size);
                     small.write(SmallFile { rel: e.rel.clone(), path, body, sent: done.md5, meta }).await;
