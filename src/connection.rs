@@ -255,6 +255,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         std::future::pending().await
     }
 
+    /// Reads the `done` frame that ends a body and returns the sender's
+    /// digest.
+    pub async fn expect_done(&mut self) -> Result<Option<crate::protocol::Md5Hex>, ConnError> {
+        let done = self.expect_header().await?;
+        if done.op != crate::protocol::Op::Done {
+            return Err(ConnError::Unexpected { got: done.op, expected: "done" });
+        }
+        self.skip_body(done.total_size).await?;
+        Ok(done.md5)
+    }
+
     /// Reads and discards a body of `len` bytes, to keep the stream in step
     /// after a request failed part way.
     pub async fn skip_body(&mut self, len: u64) -> Result<(), ConnError> {

@@ -9,11 +9,14 @@
 //! target leaves the tree by name, passes through another link, or (checked
 //! once the manifest is in, when every link exists) resolves outside.
 
+use crate::connection::Connection;
 use crate::digest::Md5;
-use crate::error::RequestError;
-use crate::fs::{RemotePath, Root, Staged};
-use crate::protocol::{EntryKind, ErrorCode, Md5Hex};
+use crate::error::{ConnError, RequestError};
+use crate::fs::{CommitError, RemotePath, Root, Staged};
+use crate::protocol::{EntryKind, ErrorCode, Header, Md5Hex};
+use crate::transfer::{receive_into, CopyError};
 use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
+use indicatif::ProgressBar;
 use std::collections::{HashMap, HashSet};
 use std::io;
 
@@ -69,6 +72,28 @@ impl Applied {
 /// The words for an existing file that may not be replaced.
 pub fn exists_message() -> String {
     crate::error::exists_words("exists")
+}
+
+/// Why one large file of a tree was not committed; the connection stays
+/// in step, and each side tells it in its own words.
+#[derive(Debug)]
+pub enum FileFailure {
+    /// Its bytes had nowhere to go, or it resumed from an offset that was
+    /// not offered.
+    Start(RequestError),
+    /// Writing it failed part way (a full disk, say).
+    Write(io::Error),
+    /// Its bytes are not what the sender's digest says.
+    Mismatch {
+        /// The sender's digest, if it sent one.
+        sent: Option<Md5Hex>,
+        /// Ours.
+        received: Md5Hex,
+    },
+    /// It exists and may not be replaced.
+    Exists,
+    /// Its mode, time or commit failed.
+    Commit(io::Error),
 }
 
 /// A tree being received beneath a [`Root`].
@@ -324,6 +349,62 @@ impl Receiver {
         };
         let (staged, file) = emptied.map_err(|e| RequestError::from_io(&e, rel))?;
         Ok((staged, file, Md5::new()))
+    }
+
+    /// Receives one large file of the tree: its `data` body (announced by
+    /// `data`) and `done` frame, into its partial (from `data.offset` on in
+    /// the one offered, if the sender resumes it); verifies it against the
+    /// sender's digest and commits it with its mode and time. The same for
+    /// both sides, which differ only in how they report. The outer error is
+    /// a broken connection.
+    pub async fn receive_file(
+        &mut self,
+        conn: &mut Connection,
+        root: &Root,
+        data: &Header,
+        bar: &ProgressBar,
+    ) -> Result<Result<Md5Hex, FileFailure>, ConnError> {
+        let (rel, len) = (data.filename.as_str(), data.total_size);
+        let meta = self.files.get(rel).map(|e| (data.mode.unwrap_or(e.mode), data.mtime.unwrap_or(e.mtime)));
+        // A few syscalls at most (an offered partial was hashed with the
+        // manifest), so not worth a hop to a blocking thread.
+        let started = self.start_file(root, rel, data.offset, len);
+        let (staged, file, md5, (mode, mtime)) = match (started, meta) {
+            (Ok((staged, file, md5)), Some(meta)) => (staged, file, md5, meta),
+            (Err(err), _) => {
+                conn.reader.skip_body(len).await?;
+                conn.reader.expect_done().await?;
+                return Ok(Err(FileFailure::Start(err)));
+            }
+            (Ok(_), None) => unreachable!("start_file refuses files not in the manifest"),
+        };
+        // A handle to set the mode and time once the bytes are in.
+        let handle = file.try_clone();
+        let copied = receive_into(&mut conn.reader.body(len), len, file, md5, bar).await;
+        let received = match copied {
+            Ok(md5) => md5,
+            Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
+            Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
+            Err(CopyError::Write { done, source }) => {
+                staged.discard();
+                conn.reader.skip_body(len - done).await?;
+                conn.reader.expect_done().await?;
+                return Ok(Err(FileFailure::Write(source)));
+            }
+        };
+        let sent = conn.reader.expect_done().await?;
+        if sent.as_ref() != Some(&received) {
+            staged.discard();
+            return Ok(Err(FileFailure::Mismatch { sent, received }));
+        }
+        if let Err(e) = handle.and_then(|h| tree::apply_meta(&h, mode, mtime)) {
+            return Ok(Err(FileFailure::Commit(e)));
+        }
+        Ok(match staged.commit(self.force) {
+            Ok(()) => Ok(received),
+            Err(CommitError::Exists) => Err(FileFailure::Exists),
+            Err(CommitError::Io(e)) => Err(FileFailure::Commit(e)),
+        })
     }
 
     /// Drops the partial held for `rel`, if any: its file is coming whole.

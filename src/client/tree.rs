@@ -8,11 +8,11 @@
 use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{exists_words, mismatch_words, ConnError, Error};
-use crate::fs::{escape, CommitError, RemotePath, Root};
+use crate::fs::{escape, RemotePath, Root};
 use crate::protocol::{EntryKind, Header, Md5Hex, Op};
-use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
+use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
-use crate::tree_receive::{Applied, Found, Receiver};
+use crate::tree_receive::{Applied, FileFailure, Found, Receiver};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -440,7 +440,7 @@ pub async fn get_tree(
                 if let Some(offset) = h.offset {
                     bar.suspend(|| opts.ui.resuming(&e.rel, offset));
                 }
-                match receive_file(conn, &root, &mut receiver, &h, &e, flags.force, &bar).await? {
+                match receive_file(conn, &root, &mut receiver, &h, &bar).await? {
                     Ok(()) => {
                         report.sent += 1;
                         report.bytes += h.total_size;
@@ -529,65 +529,30 @@ fn small_result(report: &mut TreeReport, w: Written) {
     }
 }
 
-/// Receives one file's body and `done` frame into its partial (from
-/// `data.offset` on in the one offered if the server resumes it), verifies
-/// and commits it. The outer error is a broken connection or a server
-/// that resumes what we did not offer; the inner one a failure of this
-/// file alone.
+/// Receives one large file (see [`Receiver::receive_file`]). The outer
+/// error is a broken connection or a server that resumes what we did not
+/// offer; the inner one a failure of this file alone, in words.
 async fn receive_file(
     conn: &mut crate::connection::Connection,
     root: &Root,
     receiver: &mut Receiver,
     data: &Header,
-    e: &TreeEntry,
-    force: bool,
     bar: &ProgressBar,
 ) -> Result<Result<(), String>, Error> {
-    let len = data.total_size;
-    let (staged, file, md5) = match receiver.start_file(root, &e.rel, data.offset, len) {
-        Ok(s) => s,
-        Err(err) if data.offset.is_some() && err.code == crate::protocol::ErrorCode::BadRequest => {
+    Ok(Err(match receiver.receive_file(conn, root, data, bar).await? {
+        Ok(_) => return Ok(Ok(())),
+        Err(FileFailure::Start(err))
+            if data.offset.is_some() && err.code == crate::protocol::ErrorCode::BadRequest =>
+        {
             return Err(
                 ConnError::Unexpected { got: Op::Data, expected: "data from an offset we offered" }.into()
             )
         }
-        // Cannot write here: still read the body, to stay in step.
-        Err(err) => {
-            conn.reader.skip_body(len).await?;
-            conn.reader.expect_header().await?;
-            return Ok(Err(err.message));
+        Err(FileFailure::Start(err)) => err.message,
+        Err(FileFailure::Write(e) | FileFailure::Commit(e)) => crate::error::plain_io(&e),
+        Err(FileFailure::Mismatch { sent, received }) => {
+            mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str())
         }
-    };
-    let handle = file.try_clone().map_err(|err| Error::local(root.path(), err))?;
-    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, bar).await;
-    let received = match copied {
-        Ok(md5) => md5,
-        Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
-        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body").into()),
-        Err(CopyError::Write { done, source }) => {
-            conn.reader.skip_body(len - done).await?;
-            conn.reader.expect_header().await?;
-            staged.discard();
-            return Ok(Err(crate::error::plain_io(&source)));
-        }
-    };
-    let done = conn.reader.expect_header().await?;
-    if done.op != Op::Done {
-        return Err(unexpected_reply(done, "done"));
-    }
-    if done.md5.as_ref() != Some(&received) {
-        staged.discard();
-        let sent = done.md5.as_ref().map(|m| m.as_str());
-        return Ok(Err(mismatch_words(None, sent, received.as_str())));
-    }
-    let mode = data.mode.unwrap_or(e.mode);
-    let mtime = data.mtime.unwrap_or(e.mtime);
-    if let Err(err) = tree::apply_meta(&handle, mode, mtime) {
-        return Ok(Err(crate::error::plain_io(&err)));
-    }
-    Ok(match staged.commit(force) {
-        Ok(()) => Ok(()),
-        Err(CommitError::Exists) => Err(exists_words("exists")),
-        Err(CommitError::Io(err)) => Err(crate::error::plain_io(&err)),
-    })
+        Err(FileFailure::Exists) => exists_words("exists"),
+    }))
 }

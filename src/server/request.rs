@@ -3,7 +3,7 @@
 
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{Header, Md5Hex, Op};
+use crate::protocol::{Header, Md5Hex};
 
 /// What one request did, for its log line.
 pub(crate) struct Outcome {
@@ -37,10 +37,5 @@ pub(crate) async fn refuse(
 
 /// Reads the `done` frame that ends a body and returns the sender's digest.
 pub(crate) async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
-    let done = conn.reader.expect_header().await?;
-    if done.op != Op::Done {
-        return Err(ConnError::Unexpected { got: done.op, expected: "done" });
-    }
-    conn.reader.skip_body(done.total_size).await?;
-    Ok(done.md5)
+    conn.reader.expect_done().await
 }

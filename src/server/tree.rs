@@ -7,11 +7,11 @@ use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
 use crate::error::{exists_words, ConnError, RequestError};
-use crate::fs::{CommitError, Opened, RemotePath, Stamp};
+use crate::fs::{Opened, RemotePath, Stamp};
 use crate::protocol::{EntryKind, ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, read_whole, receive_into, send_file, CopyError, Digest, HashBatch};
+use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch};
 use crate::tree::{self, TreeEntry, WHOLE_MAX};
-use crate::tree_receive::{Applied, Found, Receiver};
+use crate::tree_receive::{Applied, FileFailure, Found, Receiver};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
@@ -111,7 +111,7 @@ pub(crate) async fn put_tree(
         if h.total_size > WHOLE_MAX || h.offset.is_some() {
             // The threads write what waits while this one streams.
             small.flush().await;
-            let reply = receive_one(conn, shared, &mut receiver, &h, force).await?;
+            let reply = receive_one(conn, shared, &mut receiver, &h).await?;
             if reply.op == Op::Ok {
                 outcome.bytes += h.total_size;
             }
@@ -210,68 +210,27 @@ fn small_reply(w: Written) -> Header {
     file_error(&w.rel, &err)
 }
 
-/// Receives one file of a tree: its `data` body and `done` frame, from
-/// `data.offset` on in the partial offered for it if the client resumes
-/// it. Returns the reply for it (`ok` or `error`); only connection failures
+/// Receives one large file of a tree (see [`Receiver::receive_file`]) and
+/// returns the reply for it (`ok` or `error`); only connection failures
 /// are errors.
 async fn receive_one(
     conn: &mut Connection,
     shared: &Arc<Shared>,
     receiver: &mut Receiver,
     data: &Header,
-    force: bool,
 ) -> Result<Header, ConnError> {
-    let rel = data.filename.clone();
-    let len = data.total_size;
-    let shown = receiver.path(&rel).map_or_else(|_| rel.clone(), |p| p.to_string());
-    // A few syscalls at most (an offered partial was hashed with the
-    // manifest), so not worth a hop to the blocking pool.
-    let started = receiver.start_file(&shared.root, &rel, data.offset, len);
-    let meta = receiver.files.get(&rel).cloned();
-    let (staged, file, md5, meta) = match (started, meta) {
-        (Ok((staged, file, md5)), Some(meta)) => (staged, file, md5, meta),
-        (Err(err), _) => {
-            conn.reader.skip_body(len).await?;
-            expect_done(conn).await?;
-            return Ok(file_error(&rel, &err));
+    let rel = data.filename.as_str();
+    let shown = receiver.path(rel).map_or_else(|_| rel.to_string(), |p| p.to_string());
+    let err = match receiver.receive_file(conn, &shared.root, data, &ProgressBar::hidden()).await? {
+        Ok(md5) => return Ok(Header::new(Op::Ok).with_filename(rel).with_md5(md5)),
+        Err(FileFailure::Start(err)) => err,
+        Err(FileFailure::Write(e) | FileFailure::Commit(e)) => RequestError::from_io(&e, &shown),
+        Err(FileFailure::Mismatch { sent, received }) => {
+            RequestError::mismatch(&shown, sent.as_ref(), &received)
         }
-        (Ok(_), None) => unreachable!("start_file refuses files not in the manifest"),
+        Err(FileFailure::Exists) => RequestError::exists(&shown),
     };
-    // Keep a handle to set the mode and time once the bytes are in.
-    let handle = file.try_clone();
-    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, &ProgressBar::hidden()).await;
-    let received = match copied {
-        Ok(md5) => md5,
-        Err(CopyError::Read { .. } | CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
-        Err(CopyError::Write { done, source }) => {
-            staged.discard();
-            conn.reader.skip_body(len - done).await?;
-            expect_done(conn).await?;
-            return Ok(file_error(&rel, &RequestError::from_io(&source, &shown)));
-        }
-    };
-    let sent = expect_done(conn).await?;
-    if sent.as_ref() != Some(&received) {
-        staged.discard();
-        return Ok(file_error(&rel, &RequestError::mismatch(&shown, sent.as_ref(), &received)));
-    }
-    let committed = blocking(shared, move |_| {
-        if let Ok(h) = handle {
-            tree::apply_meta(&h, meta.mode, meta.mtime)?;
-        }
-        staged.commit(force).map_err(|e| match e {
-            CommitError::Exists => std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-            CommitError::Io(e) => e,
-        })
-    })
-    .await;
-    match committed {
-        Ok(()) => Ok(Header::new(Op::Ok).with_filename(&rel).with_md5(received)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Ok(file_error(&rel, &RequestError::exists(&shown)))
-        }
-        Err(e) => Ok(file_error(&rel, &RequestError::from_io(&e, &shown))),
-    }
+    Ok(file_error(rel, &err))
 }
 
 pub(crate) async fn get_tree(
