@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn plain_io_drops_os_error_tail_and_capital() {
-        let e = io::Error::from_raw_os_error(nix::libc::EISDIR);
+        let e = io::Error::from_raw_os_error(rustix::io::Errno::ISDIR.raw_os_error());
         assert_eq!(plain_io(&e), "is a directory");
         let e = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert_eq!(plain_io(&e), "connection refused");

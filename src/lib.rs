@@ -194,7 +194,7 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only tunes the allocator; it is called before any
     // thread of ours exists.
     unsafe {
-        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -132,8 +132,8 @@ fn full_disk_is_a_clear_error_and_leaves_nothing() {
 }
 
 fn terminate(child: &std::process::Child) {
-    use nix::sys::signal::{kill, Signal};
-    kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    use rustix::process::{kill_process, Pid, Signal};
+    kill_process(Pid::from_raw(child.id() as i32).unwrap(), Signal::TERM).unwrap();
 }
 
 #[test]

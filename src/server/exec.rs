@@ -13,8 +13,7 @@ use crate::connection::{Connection, FrameWriter, Reader};
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Header, Op, StreamSummary};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use rustix::process::{kill_process_group, Pid, Signal};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -39,7 +38,7 @@ impl ProcessGroup {
     fn kill(&mut self) {
         if let Some(pgid) = self.0.take() {
             // ESRCH (already gone) is fine.
-            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = kill_process_group(pgid, Signal::KILL);
         }
     }
 }
@@ -77,7 +76,7 @@ pub(crate) async fn handle(
             return refuse(conn, outcome, err).await;
         }
     };
-    let mut group = ProcessGroup(child.id().map(|id| Pid::from_raw(id as i32)));
+    let mut group = ProcessGroup(child.id().and_then(|id| Pid::from_raw(id as i32)));
     conn.writer.write_header(&Header::new(Op::Started)).await?;
 
     // A command may run silently for as long as it likes; the client's
@@ -172,7 +171,7 @@ fn exit_frame(
             h.signal = st.signal();
         }
         // The child could not be waited for: report it as killed.
-        Err(_) => h.signal = Some(Signal::SIGKILL as i32),
+        Err(_) => h.signal = Some(Signal::KILL.as_raw()),
     }
     h.timed_out = timed_out;
     h.stdout = Some(out.clone());
