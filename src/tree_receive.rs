@@ -249,25 +249,28 @@ impl Receiver {
         }
     }
 
-    /// Whether any step of `target`, followed by name from `rel`'s
-    /// directory, is a link already.
+    /// Whether `target`, followed by name from `rel`'s directory, goes
+    /// through a link already made: a step that is a link with more steps
+    /// after it, where `..` would climb from wherever that link leads, not
+    /// from where its name stands. A target that is itself a link (a
+    /// chain, as `ncursesw/ncurses.h -> ../ncurses.h -> curses.h` in
+    /// /usr/include) is not refused here; the check once all links exist
+    /// says whether the chain ends inside.
     fn passes_through_link(&self, root: &Root, rel: &str, target: &str) -> bool {
         let mut at: Vec<&str> = rel.split('/').collect();
         at.pop();
-        for part in target.split('/') {
-            match part {
-                "" | "." => {}
-                ".." => {
-                    at.pop();
-                }
-                name => {
-                    at.push(name);
-                    let step = at.join("/");
-                    // The link itself (there already on a re-run) is no other link.
-                    if step != rel && self.top.join(&step).is_ok_and(|p| root.is_symlink(&p)) {
-                        return true;
-                    }
-                }
+        let steps: Vec<&str> = target.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+        for (i, part) in steps.iter().enumerate() {
+            if *part == ".." {
+                at.pop();
+                continue;
+            }
+            at.push(part);
+            let last = i + 1 == steps.len();
+            let step = at.join("/");
+            // The link itself (there already on a re-run) is no other link.
+            if !last && step != rel && self.top.join(&step).is_ok_and(|p| root.is_symlink(&p)) {
+                return true;
             }
         }
         false

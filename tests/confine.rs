@@ -209,3 +209,21 @@ fn made_directories_keep_owner_access_and_existing_ones_keep_their_mode() {
     assert_eq!(mode(&work.path().join("mine/locked")), 0o700);
     assert_eq!(fs::read(work.path().join("mine/locked/inner/f")).unwrap(), b"x");
 }
+
+#[test]
+fn a_chain_of_links_inside_the_tree_is_kept_both_ways() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("real.h"), b"r").unwrap();
+    // As ncursesw/ncurses.h -> ../ncurses.h -> curses.h in /usr/include.
+    std::os::unix::fs::symlink("real.h", src.join("b.h")).unwrap();
+    std::os::unix::fs::symlink("../b.h", src.join("sub/c.h")).unwrap();
+    xfer(server.addr, work.path()).args(["put", "-r", "src"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+    for top in [server.path("src"), work.path().join("back")] {
+        assert_eq!(fs::read_link(top.join("sub/c.h")).unwrap().to_str(), Some("../b.h"));
+        assert_eq!(fs::read(top.join("sub/c.h")).unwrap(), b"r");
+    }
+}
