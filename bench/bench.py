@@ -30,6 +30,9 @@ TREE = Path(os.environ.get("TREE", "/usr/include"))
 # The same gets from a server that remembers no digests (--digest-cache 0),
 # so it hashes every byte it sends, as on a first read.
 COLD_GET = "xfer get, server hashing"
+# A get written to /dev/null: what the transfer costs without this
+# machine's disk, whose writeback made the get rows swing 2-10 s.
+GET_NULL = "xfer get - > /dev/null"
 COLD_GET_TREE = "xfer get -r, server hashing"
 
 
@@ -199,6 +202,7 @@ class Bench:
             base = [
                 ("put", ("xfer put, baseline", rm(self.base_root / "big.bin"), self.base + ["put", big])),
                 ("get", ("xfer get, baseline", rm(out), self.base + ["get", "seed.bin", str(out)])),
+                ("get", (f"{GET_NULL}, baseline", None, self.base + ["get", "seed.bin", "-"])),
             ]
         cases = {
             "put": [
@@ -212,6 +216,7 @@ class Bench:
             ],
             "get": [
                 ("xfer get", rm(out), x + ["get", "seed.bin", str(out)]),
+                (GET_NULL, None, x + ["get", "seed.bin", "-"]),
                 (COLD_GET, rm(out), cold + ["get", "seed.bin", str(out)]),
                 ("scp get", rm(out), ["scp", "-q", "-P", str(self.ssh_port)] + self.ssh + [f"127.0.0.1:{big}", str(out)]),
                 ("rsync over ssh get", rm(out), ["rsync", "-e", ssh_e, f"127.0.0.1:{big}", str(out)]),
@@ -362,7 +367,7 @@ def fmt_table(b):
          ["xfer put", "xfer put, baseline", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",
           "rsync daemon put (md5)", "rsync over ssh put", "scp put"]),
         ("Get (download) of %d MiB" % mib, "xfer get",
-         ["xfer get", "xfer get, baseline", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
+         ["xfer get", "xfer get, baseline", GET_NULL, f"{GET_NULL}, baseline", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
           "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
         ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "xfer exec true, baseline", "ssh 127.0.0.1 true"]),
         (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "rsync daemon put -a", "rsync over ssh put -a"]),
@@ -391,6 +396,8 @@ def fmt_targets(b):
     for op in ["put", "get"]:
         ours = f"xfer {op}"
         ratio(ours, f"xfer {op}, baseline", 1.1, f"{op} ≤ 1.1 × the baseline build (TLS's cost)")
+        if op == "get":
+            ratio(GET_NULL, f"{GET_NULL}, baseline", 1.1, "get to /dev/null ≤ 1.1 × the baseline build (TLS's cost)")
         ratio(ours, "md5sum (hashing ceiling)", 1.5, f"{op} ≤ 1.5 × md5sum")
         ratio(ours, f"rsync daemon {op} (md5)", 0.8, f"{op} ≤ 0.8 × rsync daemon with MD5")
         ratio(ours, f"scp {op}", 0.5, f"{op} ≤ 0.5 × scp")
@@ -459,7 +466,10 @@ of {LATENCY_RUNS} runs of `xfer exec true` and {min(LATENCY_RUNS, 20)} of
 `ssh 127.0.0.1 true`, each the whole client process. Every timed run
 starts after a `sync` (untimed), so no tool pays for another's writeback.
 Rows marked "baseline" (when run with `XFER_BASELINE=path`) are an older
-xfer build against its own server, in the same rounds.
+xfer build against its own server, in the same rounds. "xfer get - >
+/dev/null" writes what it fetches nowhere: the transfer's own cost,
+without the disk's writeback, which on this machine made the get rows of
+every tool swing between 2 and 10 s from one round to the next.
 Peak RSS: client from `/usr/bin/time`, server from its VmHWM (reset
 before each run).
 
