@@ -191,7 +191,9 @@ pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, rustls::Error> 
     config.send_tls13_tickets = 0;
     // The server's first frame (its greeting: a version and a nonce,
     // nothing secret) leaves with its handshake flight, before the
-    // client's Finished: one round trip less per connection.
+    // client's Finished: one round trip less per connection. `xfer exec
+    // true` over the build before TLS, 100 alternating runs each: +1.06 ms
+    // without this (5.69 against 4.63), +0.77 and +0.81 ms with it.
     config.send_half_rtt_data = true;
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
