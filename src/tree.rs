@@ -41,8 +41,8 @@ pub const MAX_ENTRIES: usize = 1_000_000;
 
 /// Bytes a manifest may make the receiving side hold, per connection:
 /// names and link targets (a name is held twice, as a key and in its
-/// entry) plus a fixed cost per entry (`ENTRY_COST`). 20,000 entries with 4 KB names
-/// took a server from 5 to 160 MB before there was a cap.
+/// entry) plus a fixed cost per entry (`ENTRY_COST`). 20,000 entries
+/// with 4 KB names took a server from 5 to 160 MB before there was a cap.
 pub const MANIFEST_BYTES_MAX: usize = 64 << 20;
 
 /// What one entry costs besides its text: the entry and its map slot.
@@ -58,16 +58,18 @@ pub struct ManifestBudget {
     bytes: usize,
     /// Entries counted so far.
     entries: usize,
+    /// Notes (items left out, told to be printed) counted so far.
+    notes: usize,
 }
 
 impl ManifestBudget {
-    /// Counts a frame of the manifest as it arrives, held or not (a
-    /// warning is only printed, but a peer may not send them forever);
-    /// false once the manifest is over either cap.
+    /// Counts a note of the manifest (an item the sender left out, with
+    /// its reason): only printed, not held, but a peer may not send them
+    /// forever; false once over the byte cap or a million notes.
     pub fn admit_note(&mut self, h: &crate::protocol::Header) -> bool {
-        self.entries += 1;
+        self.notes += 1;
         self.bytes += h.message.as_ref().map_or(0, String::len);
-        self.bytes <= MANIFEST_BYTES_MAX && self.entries <= 2 * MAX_ENTRIES
+        self.bytes <= MANIFEST_BYTES_MAX && self.notes <= MAX_ENTRIES
     }
 
     /// Counts `e`, which will be held; false once the manifest is over
@@ -525,6 +527,25 @@ pub fn local_path(top: &Path, rel: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_and_entries_of_a_manifest_are_counted_apart() {
+        let mut budget = ManifestBudget::default();
+        let note = crate::protocol::Header::new(crate::protocol::Op::Entry);
+        for _ in 0..MAX_ENTRIES {
+            assert!(budget.admit_note(&note));
+        }
+        assert!(!budget.admit_note(&note), "a million notes at most");
+        let e = TreeEntry {
+            rel: "f".into(),
+            kind: EntryKind::File,
+            size: 1,
+            mode: 0o644,
+            mtime: 0,
+            target: None,
+        };
+        assert!(budget.admit(&e), "notes do not use up the entries' allowance");
+    }
 
     #[test]
     fn par_map_keeps_the_order_and_does_every_item_once() {

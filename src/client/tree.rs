@@ -352,7 +352,8 @@ pub async fn get_tree(
         }
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
-        if !budget.admit_note(&h) {
+        let note = matches!(h.op, Op::Error) || h.kind == Some(EntryKind::Other);
+        if note && !budget.admit_note(&h) {
             return Err(ConnError::Unexpected { got: h.op, expected: tree::MANIFEST_LIMIT }.into());
         }
         match h.op {
