@@ -201,11 +201,7 @@ impl Root {
 
     /// Whether `p` exists, and is a directory (symlinks are not followed).
     pub fn kind_of(&self, p: &RemotePath) -> io::Result<Option<bool>> {
-        match self.dir.symlink_metadata(p.to_path()) {
-            Ok(m) => Ok(Some(m.is_dir())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.lstat(p)?.map(|m| m.is_dir()))
     }
 
     /// Creates missing parent directories of `p` and opens the partial file

@@ -151,8 +151,7 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     } else {
         tracing::info!(key = %key, "TLS certificate SHA-256 fingerprint {fingerprint}");
     }
-    let mut config = server::Config::new(&args.root, token);
-    config.identity = identity;
+    let mut config = server::Config::serving(&args.root, token, identity);
     config.allow_exec = args.allow_exec;
     config.max_connections = args.max_connections.max(1);
     config.grace = Duration::from_secs(args.grace);

@@ -78,6 +78,9 @@ pub struct Identity {
     cert: CertificateDer<'static>,
     /// Its private key (PKCS#8, ECDSA P-256).
     key: Arc<PrivateKeyDer<'static>>,
+    /// The certificate's SHA-256, hashed once: every handshake's proofs
+    /// cover it.
+    binding: Binding,
 }
 
 impl std::fmt::Debug for Identity {
@@ -115,10 +118,7 @@ impl Identity {
         params.distinguished_name.push(rcgen::DnType::CommonName, "xfer server");
         let cert = params.self_signed(&key).expect("a self-signed certificate can be made");
         let pem = format!("{}{}", key.serialize_pem(), cert.pem());
-        let id = Identity {
-            cert: cert.der().clone(),
-            key: Arc::new(PrivateKeyDer::Pkcs8(key.serialize_der().into())),
-        };
+        let id = Identity::of(cert.der().clone(), PrivateKeyDer::Pkcs8(key.serialize_der().into()));
         (id, pem)
     }
 
@@ -152,7 +152,7 @@ impl Identity {
             .next()
             .ok_or_else(|| invalid("no certificate"))?
             .map_err(|_| invalid("a damaged certificate"))?;
-        let id = Identity { cert, key: Arc::new(key) };
+        let id = Identity::of(cert, key);
         // A key that does not match its certificate would fail every
         // handshake; say so now instead.
         server_config(&id).map_err(|e| invalid(&e.to_string()))?;
@@ -161,7 +161,11 @@ impl Identity {
 
     /// The channel binding of connections that present this certificate.
     pub fn binding(&self) -> Binding {
-        binding_of(&self.cert)
+        self.binding
+    }
+
+    fn of(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Identity {
+        Identity { binding: binding_of(&cert), cert, key: Arc::new(key) }
     }
 
     /// The certificate's SHA-256 fingerprint as `openssl x509 -fingerprint

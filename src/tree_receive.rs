@@ -100,8 +100,6 @@ pub enum FileFailure {
 pub struct Receiver {
     /// Where the tree goes, beneath the root.
     top: RemotePath,
-    /// Whether the top was made by this transfer.
-    fresh: bool,
     /// Whether the top's own mode and time may be set (never the served
     /// root's).
     touch_top: bool,
@@ -109,8 +107,9 @@ pub struct Receiver {
     force: bool,
     /// Offer partials of interrupted runs for resuming.
     resume: bool,
-    /// Directories (relative to the top) made just now: files in them
-    /// cannot exist yet, so looking each up would only cost time.
+    /// Directories (relative to the top, `""` for the top itself) made
+    /// just now: files in them cannot exist yet, so looking each up would
+    /// only cost time.
     made: HashSet<String>,
     /// The directories, to give their times (and, if made now, modes) at
     /// the end: path, mode, mtime, made now.
@@ -133,7 +132,6 @@ impl Receiver {
         }
         Receiver {
             top,
-            fresh,
             touch_top,
             force,
             resume,
@@ -423,8 +421,9 @@ impl Receiver {
     /// stays readable and repairable. A directory that was there keeps its
     /// mode. `top` is the top's own, from the manifest's `end`.
     pub fn finish_dirs(&self, root: &Root, top: Option<(u32, i64)>) {
-        let top =
-            top.filter(|_| self.touch_top).map(|(mode, mtime)| (self.top.clone(), mode, mtime, self.fresh));
+        let top = top
+            .filter(|_| self.touch_top)
+            .map(|(mode, mtime)| (self.top.clone(), mode, mtime, self.made.contains("")));
         for (path, mode, mtime, made) in self.dirs.iter().rev().cloned().chain(top) {
             let mode = made.then_some(mode | 0o700);
             let _ = root.set_dir_meta(&path, mode, mtime);

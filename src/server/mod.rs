@@ -46,7 +46,8 @@ pub struct Config {
     /// How long a connection has to finish TLS and prove the token.
     pub handshake_timeout: Duration,
     /// Connections not yet served (in their handshake, or waiting for a
-    /// slot) held at once, outside `max_connections`; more are closed.
+    /// slot) held at once, outside `max_connections`; more wait, in a
+    /// bounded queue, for a place (see `admission`).
     pub pending_max: usize,
     /// The same, from one source address (an IPv6 /64).
     pub pending_per_source: usize,
@@ -68,19 +69,26 @@ pub struct Config {
 
 impl Config {
     /// Defaults for serving `root` to holders of `token` with a new TLS
-    /// identity: no exec, 256 connections, 30 s idle, 10 s grace at
-    /// shutdown, 10 s for a handshake.
+    /// identity (see [`serving`](Self::serving)).
     pub fn new(root: impl Into<PathBuf>, token: Token) -> Self {
+        Self::serving(root, token, Identity::generate())
+    }
+
+    /// Defaults for serving `root` to holders of `token` as `identity`: no
+    /// exec, 256 connections, 30 s idle, 10 s grace at shutdown, 10 s for a
+    /// handshake.
+    pub fn serving(root: impl Into<PathBuf>, token: Token, identity: Identity) -> Self {
         Config {
             root: root.into(),
             token,
-            identity: Identity::generate(),
+            identity,
             allow_exec: false,
             max_connections: 256,
             handshake_timeout: Duration::from_secs(10),
-            // A TLS session with its buffers is about 100 KiB, so a full
-            // pool stays near 25 MiB; 32 from one address lets a user run
-            // that many clients at once, as `parallel -j32` would.
+            // 32 from one address lets a user run that many clients at
+            // once, as `parallel -j32` would; the pool bounds what TLS
+            // sessions (each with a 256 KiB socket buffer) strangers can
+            // make the server hold.
             pending_max: 256,
             pending_per_source: 32,
             idle_timeout: Some(Duration::from_secs(30)),
