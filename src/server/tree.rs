@@ -58,7 +58,7 @@ pub(crate) async fn put_tree(
     // The top's own mode and time, from the manifest's `end`.
     let top_meta = loop {
         if !batch.is_empty() && !conn.reader.header_buffered() {
-            receiver = apply(shared, receiver, std::mem::take(&mut batch), &mut replies).await;
+            receiver = apply(shared, receiver, std::mem::take(&mut batch), &mut replies, false).await;
         }
         let h = conn.reader.expect_header().await?;
         conn.reader.skip_body(h.total_size).await?;
@@ -74,14 +74,7 @@ pub(crate) async fn put_tree(
             other => return Err(ConnError::Unexpected { got: other, expected: "entry or end" }),
         }
     };
-    receiver = apply(shared, receiver, batch, &mut replies).await;
-    let (receiver_back, checked) = blocking(shared, move |root| {
-        let checked = receiver.check_links(root);
-        (receiver, checked)
-    })
-    .await;
-    let mut receiver = receiver_back;
-    replies.extend(checked.into_iter().filter_map(reply_for));
+    let mut receiver = apply(shared, receiver, batch, &mut replies, true).await;
     for r in &replies {
         conn.writer.queue(r, &[]).await?;
     }
@@ -180,15 +173,20 @@ fn reply_for(applied: Applied) -> Option<Header> {
     }
 }
 
-/// Applies a batch of entries on the blocking pool, adding the replies.
+/// Applies a batch of entries on the blocking pool, adding the replies;
+/// after the `last` batch, also the check of every link.
 async fn apply(
     shared: &Arc<Shared>,
     mut receiver: Receiver,
     batch: Vec<TreeEntry>,
     replies: &mut Vec<Header>,
+    last: bool,
 ) -> Receiver {
     let (receiver, applied) = blocking(shared, move |root| {
-        let applied = receiver.apply(root, batch);
+        let mut applied = receiver.apply(root, batch);
+        if last {
+            applied.extend(receiver.check_links(root));
+        }
         (receiver, applied)
     })
     .await;
