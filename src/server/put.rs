@@ -2,7 +2,7 @@
 //! the sender's MD5 of the whole file, then commit it by rename. A partial
 //! left by an interrupted put is offered back for resuming.
 
-use super::request::{expect_done, refuse, Outcome};
+use super::request::{refuse, Outcome};
 use super::Shared;
 use crate::connection::Connection;
 use crate::digest::Md5;
@@ -83,13 +83,13 @@ pub(crate) async fn handle(
             outcome.bytes = done;
             let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
             conn.reader.skip_body(len - done).await?;
-            expect_done(conn).await?;
+            conn.reader.expect_done().await?;
             return Ok(outcome);
         }
     };
     outcome.bytes = len;
 
-    let sent = match expect_done(conn).await {
+    let sent = match conn.reader.expect_done().await {
         Ok(sent) => sent,
         Err(e) => {
             // A peer that breaks the protocol here gets nothing kept; one that

@@ -1,5 +1,5 @@
-//! What every request handler shares: its outcome for the log line, the
-//! refusal that ends it, and the `done` frame that ends a body.
+//! What every request handler shares: its outcome for the log line and
+//! the refusal that ends it.
 
 use crate::connection::Connection;
 use crate::error::{ConnError, RequestError};
@@ -33,9 +33,4 @@ pub(crate) async fn refuse(
     conn.writer.write_header(&Header::error(err.code, err.message.clone())).await?;
     outcome.error = Some(err);
     Ok(outcome)
-}
-
-/// Reads the `done` frame that ends a body and returns the sender's digest.
-pub(crate) async fn expect_done(conn: &mut Connection) -> Result<Option<Md5Hex>, ConnError> {
-    conn.reader.expect_done().await
 }

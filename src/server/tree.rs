@@ -2,7 +2,7 @@
 //! exchange. Every file carries its own header and MD5 and is verified and
 //! committed on its own; one failing file is reported and the rest go on.
 
-use super::request::{expect_done, refuse, Outcome};
+use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::Connection;
 use crate::digest::Md5;
@@ -114,7 +114,7 @@ pub(crate) async fn put_tree(
         // Not resumed after all (the file shrank): its partial is stale.
         receiver.forget_partial(&h.filename);
         let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
-        let sent = expect_done(conn).await?;
+        let sent = conn.reader.expect_done().await?;
         let meta = receiver.files.get(&h.filename).map(|e| (e.mode, e.mtime));
         match (meta, receiver.path(&h.filename)) {
             (Some(meta), Ok(path)) => {
