@@ -5,10 +5,11 @@
 //! that one task can send (stdin, a file body) while another receives.
 
 use crate::error::ConnError;
-use crate::protocol::{self, FrameError, Header};
+use crate::protocol::{self, ClientMessage, Common, Frame, FrameError, Md5Hex, Message, ServerMessage};
 use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::io::Cursor;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,8 +29,8 @@ const READ_BUF: usize = 64 * 1024;
 /// small exec output chunk costs one syscall and one TCP segment.
 const COALESCE_MAX: usize = 16 * 1024;
 
-/// Receives frames from one peer.
-pub struct FrameReader<R> {
+/// Receives frames of messages `M` from one peer.
+pub struct FrameReader<R, M> {
     /// The socket's read half (or any byte stream in tests).
     inner: R,
     /// Bytes read from `inner` but not yet consumed: the start of the next
@@ -37,6 +38,8 @@ pub struct FrameReader<R> {
     buf: BytesMut,
     /// How long to wait for the next header before giving up on the peer.
     idle: Option<Duration>,
+    /// The direction's messages: what this reader decodes.
+    messages: PhantomData<fn() -> M>,
 }
 
 /// Queued frames are sent once this many bytes wait: a tree's thousands of
@@ -46,32 +49,40 @@ pub struct FrameReader<R> {
 /// /usr/include's 14 KiB average; other sizes were not compared.
 pub const QUEUE_MAX: usize = 256 * 1024;
 
-/// Sends frames to one peer.
-pub struct FrameWriter<W> {
+/// Sends frames of messages `M` to one peer.
+pub struct FrameWriter<W, M> {
     /// The socket's write half.
     inner: W,
     /// Reused scratch space for encoding headers, so sending allocates
     /// nothing; it also holds frames queued with [`queue`](Self::queue)
     /// until the next write or [`flush`](Self::flush).
     scratch: Vec<u8>,
+    /// The direction's messages: what this writer encodes.
+    messages: PhantomData<fn(M)>,
 }
 
-/// The receiving half of a connection.
-pub type Reader = FrameReader<Idle<ReadHalf<crate::tls::Stream>>>;
-/// The sending half of a connection.
-pub type Writer = FrameWriter<Idle<WriteHalf<crate::tls::Stream>>>;
+/// The receiving half of a connection, for messages `M`.
+pub type Reader<M> = FrameReader<Idle<ReadHalf<crate::tls::Stream>>, M>;
+/// The sending half of a connection, for messages `M`.
+pub type Writer<M> = FrameWriter<Idle<WriteHalf<crate::tls::Stream>>, M>;
 
-/// Both halves of a TLS connection, plus who is on the other end.
-pub struct Connection {
+/// Both halves of a TLS connection, plus who is on the other end: messages
+/// `In` arrive, messages `Out` leave.
+pub struct Connection<In, Out> {
     /// Incoming frames.
-    pub reader: Reader,
+    pub reader: Reader<In>,
     /// Outgoing frames.
-    pub writer: Writer,
+    pub writer: Writer<Out>,
     /// The peer's address, for logs and messages.
     pub peer: SocketAddr,
 }
 
-impl Connection {
+/// The server's end: client messages in, server messages out.
+pub type ServerConnection = Connection<ClientMessage, ServerMessage>;
+/// The client's end: server messages in, client messages out.
+pub type ClientConnection = Connection<ServerMessage, ClientMessage>;
+
+impl<In: Message, Out: Message> Connection<In, Out> {
     /// Wraps an established TLS connection to `peer`.
     pub fn new(stream: crate::tls::Stream, peer: SocketAddr) -> Self {
         let (r, w) = tokio::io::split(stream);
@@ -175,13 +186,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
     }
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(READ_BUF), idle: None }
+        FrameReader { inner, buf: BytesMut::with_capacity(READ_BUF), idle: None, messages: PhantomData }
     }
 
-    /// Fails [`read_header`](Self::read_header) with [`ConnError::Idle`] when
+    /// Fails [`read`](Self::read) with [`ConnError::Idle`] when
     /// no complete header arrives within `idle`.
     pub fn set_idle_timeout(&mut self, idle: Option<Duration>) {
         self.idle = idle;
@@ -189,20 +200,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the next header. `Ok(None)` means the peer closed the connection
     /// cleanly between frames.
-    pub async fn read_header(&mut self) -> Result<Option<Header>, ConnError> {
+    pub async fn read(&mut self) -> Result<Option<Frame<M>>, ConnError> {
         match self.idle {
-            Some(limit) => tokio::time::timeout(limit, self.read_header_inner())
+            Some(limit) => tokio::time::timeout(limit, self.read_inner())
                 .await
                 .map_err(|_| ConnError::Idle(limit.as_secs()))?,
-            None => self.read_header_inner().await,
+            None => self.read_inner().await,
         }
     }
 
-    async fn read_header_inner(&mut self) -> Result<Option<Header>, ConnError> {
+    async fn read_inner(&mut self) -> Result<Option<Frame<M>>, ConnError> {
         loop {
-            if let Some((header, used)) = protocol::decode_header(&self.buf)? {
+            if let Some((frame, used)) = protocol::decode(&self.buf)? {
                 self.buf.advance(used);
-                return Ok(Some(header));
+                return Ok(Some(frame));
             }
             // The codec has checked the prefix against the limit, so reserving
             // room for the whole header is bounded.
@@ -225,8 +236,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads a header, treating a clean close as an error: for the points of
     /// an exchange where the peer owes us a frame.
-    pub async fn expect_header(&mut self) -> Result<Header, ConnError> {
-        self.read_header().await?.ok_or(ConnError::Closed)
+    pub async fn expect(&mut self) -> Result<Frame<M>, ConnError> {
+        self.read().await?.ok_or(ConnError::Closed)
+    }
+
+    /// Reads a message that carries no body of its own: a body announced
+    /// anyway is read and dropped, never parsed as frames.
+    pub async fn expect_control(&mut self) -> Result<M, ConnError> {
+        let frame = self.expect().await?;
+        self.skip_body(frame.total_size).await?;
+        Ok(frame.msg)
     }
 
     /// The body of `len` bytes that follows the header just read, as a
@@ -257,13 +276,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads the `done` frame that ends a body and returns the sender's
     /// digest.
-    pub async fn expect_done(&mut self) -> Result<Option<crate::protocol::Md5Hex>, ConnError> {
-        let done = self.expect_header().await?;
-        if done.op != crate::protocol::Op::Done {
-            return Err(ConnError::Unexpected { got: done.op, expected: "done" });
+    pub async fn expect_done(&mut self) -> Result<Option<Md5Hex>, ConnError>
+    where
+        M: Common,
+    {
+        match self.expect_control().await?.into_done() {
+            Ok(done) => Ok(done.md5),
+            Err(other) => Err(ConnError::Unexpected { got: other.op(), expected: "done" }),
         }
-        self.skip_body(done.total_size).await?;
-        Ok(done.md5)
     }
 
     /// Reads and discards a body of `len` bytes, to keep the stream in step
@@ -291,24 +311,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     /// Wraps a byte stream.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, scratch: Vec::with_capacity(1024) }
+        FrameWriter { inner, scratch: Vec::with_capacity(1024), messages: PhantomData }
     }
 
-    /// Sends a header (after any queued frames). Its body, if `total_size`
-    /// is not 0, must follow through [`body_writer`](Self::body_writer).
-    pub async fn write_header(&mut self, header: &Header) -> Result<(), ConnError> {
-        protocol::encode_header(header, &mut self.scratch)?;
+    /// Sends a message without a body (after any queued frames).
+    pub async fn write(&mut self, msg: &M) -> Result<(), ConnError> {
+        self.write_head(msg, 0).await
+    }
+
+    /// Sends the header of a frame whose body of `len` bytes must follow
+    /// through [`body_writer`](Self::body_writer).
+    pub async fn write_head(&mut self, msg: &M, len: u64) -> Result<(), ConnError> {
+        protocol::encode(msg, len, &mut self.scratch)?;
         self.flush().await
     }
 
-    /// Sends a header whose `total_size` is `body.len()`, then the body;
-    /// small bodies go out in the same write.
-    pub async fn write_frame(&mut self, header: &Header, body: &[u8]) -> Result<(), ConnError> {
-        debug_assert_eq!(header.total_size, body.len() as u64);
-        protocol::encode_header(header, &mut self.scratch)?;
+    /// Sends a frame of `msg` and `body`; small bodies go out in the same
+    /// write as the header.
+    pub async fn write_frame(&mut self, msg: &M, body: &[u8]) -> Result<(), ConnError> {
+        protocol::encode(msg, body.len() as u64, &mut self.scratch)?;
         if body.len() <= COALESCE_MAX {
             self.scratch.extend_from_slice(body);
             self.flush().await
@@ -321,9 +345,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Queues a frame (header and whole body) to go out with the next write;
     /// sends the queue once it holds [`QUEUE_MAX`] bytes.
-    pub async fn queue(&mut self, header: &Header, body: &[u8]) -> Result<(), ConnError> {
-        debug_assert_eq!(header.total_size, body.len() as u64);
-        protocol::encode_header(header, &mut self.scratch)?;
+    pub async fn queue(&mut self, msg: &M, body: &[u8]) -> Result<(), ConnError> {
+        protocol::encode(msg, body.len() as u64, &mut self.scratch)?;
         self.scratch.extend_from_slice(body);
         if self.scratch.len() >= QUEUE_MAX {
             self.flush().await?;
@@ -359,53 +382,60 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Op;
+    use crate::protocol::{Done, End};
+
+    type Reader<S> = FrameReader<S, ServerMessage>;
+    type Writer<S> = FrameWriter<S, ServerMessage>;
+
+    fn data() -> ServerMessage {
+        ServerMessage::Data(Default::default())
+    }
 
     #[tokio::test]
     async fn headers_and_bodies_survive_arbitrary_splits() {
         let (client, server) = tokio::io::duplex(7);
         let send = tokio::spawn(async move {
-            let mut w = FrameWriter::new(client);
-            w.write_frame(&Header::new(Op::Data).with_body(5), b"hello").await.unwrap();
-            w.write_header(&Header::new(Op::Done)).await.unwrap();
-            w.write_frame(&Header::new(Op::Stdout).with_body(0), b"").await.unwrap();
+            let mut w = Writer::new(client);
+            w.write_frame(&data(), b"hello").await.unwrap();
+            w.write(&Done::default().into()).await.unwrap();
+            w.write_frame(&ServerMessage::Stdout, b"").await.unwrap();
         });
-        let mut r = FrameReader::new(server);
-        let h = r.expect_header().await.unwrap();
-        assert_eq!((h.op, h.total_size), (Op::Data, 5));
+        let mut r = Reader::new(server);
+        let h = r.expect().await.unwrap();
+        assert_eq!((h.msg, h.total_size), (data(), 5));
         let mut body = Vec::new();
         r.body(5).read_to_end(&mut body).await.unwrap();
         assert_eq!(body, b"hello");
-        assert_eq!(r.expect_header().await.unwrap().op, Op::Done);
-        assert_eq!(r.expect_header().await.unwrap().op, Op::Stdout);
+        assert_eq!(r.expect().await.unwrap().msg.op(), "done");
+        assert_eq!(r.expect().await.unwrap().msg, ServerMessage::Stdout);
         send.await.unwrap();
-        assert!(r.read_header().await.unwrap().is_none());
+        assert!(r.read().await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn queued_frames_go_out_in_order_before_the_next_write() {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let mut w = FrameWriter::new(client);
-        let mut r = FrameReader::new(server);
-        w.queue(&Header::new(Op::Data).with_body(3), b"abc").await.unwrap();
-        w.queue(&Header::new(Op::Done), &[]).await.unwrap();
+        let mut w = Writer::new(client);
+        let mut r = Reader::new(server);
+        w.queue(&data(), b"abc").await.unwrap();
+        w.queue(&Done::default().into(), &[]).await.unwrap();
         // Nothing is sent until a write or a flush.
-        let early = tokio::time::timeout(std::time::Duration::from_millis(50), r.read_header()).await;
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), r.read()).await;
         assert!(early.is_err(), "a queued frame went out early");
-        w.write_header(&Header::new(Op::End)).await.unwrap();
-        let h = r.expect_header().await.unwrap();
-        assert_eq!((h.op, h.total_size), (Op::Data, 3));
+        w.write(&End::default().into()).await.unwrap();
+        let h = r.expect().await.unwrap();
+        assert_eq!((h.msg, h.total_size), (data(), 3));
         let mut body = Vec::new();
         r.body(3).read_to_end(&mut body).await.unwrap();
         assert_eq!(body, b"abc");
         assert!(r.header_buffered(), "done and end arrived in the same write");
-        assert_eq!(r.expect_header().await.unwrap().op, Op::Done);
-        assert_eq!(r.expect_header().await.unwrap().op, Op::End);
+        assert_eq!(r.expect().await.unwrap().msg.op(), "done");
+        assert_eq!(r.expect().await.unwrap().msg.op(), "end");
         assert!(!r.header_buffered());
         // A full queue goes out by itself.
         let big = vec![7u8; QUEUE_MAX];
-        w.queue(&Header::new(Op::Data).with_body(big.len() as u64), &big).await.unwrap();
-        assert_eq!(r.expect_header().await.unwrap().total_size, QUEUE_MAX as u64);
+        w.queue(&data(), &big).await.unwrap();
+        assert_eq!(r.expect().await.unwrap().total_size, QUEUE_MAX as u64);
     }
 
     #[tokio::test]
@@ -413,8 +443,8 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64);
         client.write_all(&[0, 0, 0, 10, b'{']).await.unwrap();
         drop(client);
-        let mut r = FrameReader::new(server);
-        assert!(matches!(r.read_header().await, Err(ConnError::Truncated("header"))));
+        let mut r = Reader::new(server);
+        assert!(matches!(r.read().await, Err(ConnError::Truncated("header"))));
     }
 
     #[tokio::test]
@@ -422,15 +452,15 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64);
         client.write_all(b"abc").await.unwrap();
         drop(client);
-        let mut r = FrameReader::new(server);
+        let mut r = Reader::new(server);
         assert!(matches!(r.skip_body(10).await, Err(ConnError::Truncated("body"))));
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_peer_hits_idle_timeout() {
         let (_client, server) = tokio::io::duplex(64);
-        let mut r = FrameReader::new(server);
+        let mut r = Reader::new(server);
         r.set_idle_timeout(Some(Duration::from_secs(3)));
-        assert!(matches!(r.read_header().await, Err(ConnError::Idle(3))));
+        assert!(matches!(r.read().await, Err(ConnError::Idle(3))));
     }
 }

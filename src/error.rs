@@ -6,7 +6,7 @@
 //! - [`enum@Error`]: what the client reports to its user, with an exit code.
 
 pub use crate::plain::plain_io;
-use crate::protocol::{ErrorCode, FrameError, Op};
+use crate::protocol::{ErrorCode, FrameError};
 use std::io;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -35,7 +35,7 @@ pub enum ConnError {
     #[error("unexpected {got} frame (expected {expected})")]
     Unexpected {
         /// The op that arrived.
-        got: Op,
+        got: &'static str,
         /// What the exchange called for, in words.
         expected: &'static str,
     },
@@ -199,8 +199,9 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
-    /// The connection to the server failed mid-exchange.
-    #[error("connection to server lost: {0}")]
+    /// The connection to the server failed mid-exchange, or the server
+    /// broke the protocol (and the connection was closed).
+    #[error("{}", conn_words(.0))]
     Conn(#[from] ConnError),
     /// The command line asks for something that cannot be done (a path
     /// that names nothing usable).
@@ -242,6 +243,16 @@ impl Error {
     /// A local I/O failure on `path`.
     pub fn local(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Local { path: path.into(), source }
+    }
+}
+
+/// What a person is told when the connection to the server ends early.
+fn conn_words(e: &ConnError) -> String {
+    match e {
+        ConnError::Frame(_) | ConnError::Unexpected { .. } => {
+            format!("the server broke the protocol ({e}); nothing more was sent to it")
+        }
+        _ => format!("connection to server lost: {e}"),
     }
 }
 

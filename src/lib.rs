@@ -11,9 +11,14 @@
 //!   both sides' configurations, the channel binding.
 //! - [`auth`]: the shared token and the challenge-response that proves it,
 //!   bound to the TLS channel.
-//! - [`protocol`]: header types and the pure frame codec (no I/O).
-//! - [`connection`]: the only code that reads or writes a connection.
-//! - [`transfer`]: streaming file bodies through a hashing pipeline.
+//! - [`protocol`]: every message as a Rust type, one enum per direction
+//!   ([`ClientMessage`](protocol::ClientMessage),
+//!   [`ServerMessage`](protocol::ServerMessage)), and the pure frame codec
+//!   (no I/O).
+//! - [`connection`]: the only code that reads or writes a connection; typed
+//!   by direction, so the server cannot send a client's message.
+//! - [`transfer`]: streaming file bodies through a hashing pipeline,
+//!   reporting progress through a trait (it knows no progress bars).
 //! - [`digest`]: the one MD5 implementation everything uses, and
 //!   [`md5_many`](digest::md5_many) for many small bodies at once.
 //! - [`tree`]: the one walk of a tree into a manifest (sent while the walk

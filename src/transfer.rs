@@ -19,11 +19,24 @@
 
 use crate::digest::{md5_many, Md5};
 use crate::protocol::Md5Hex;
-use indicatif::ProgressBar;
 use std::io::{self, Read, Write};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+/// Told how many bytes of a body have gone through, for a progress bar;
+/// the streaming code knows nothing of how progress is shown.
+pub trait Progress: Sync {
+    /// `n` more bytes have been sent or received.
+    fn advance(&self, n: u64);
+}
+
+/// Progress that nobody watches (the server's transfers).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn advance(&self, _: u64) {}
+}
 
 /// Size of one chunk. Measured on 1 GiB over loopback (bench/run): 256 KiB
 /// chunks cost more syscalls and wake-ups, 4 MiB and up gained nothing over
@@ -238,7 +251,7 @@ pub async fn send_file<W>(
     len: u64,
     digest: Digest,
     dst: &mut W,
-    bar: &ProgressBar,
+    bar: &dyn Progress,
 ) -> Result<Md5Hex, CopyError>
 where
     W: AsyncWrite + Unpin + ?Sized,
@@ -264,7 +277,7 @@ where
         };
         dst.write_all(&buf).await.map_err(|source| CopyError::Write { done: 0, source })?;
         dst.flush().await.map_err(|source| CopyError::Write { done: len, source })?;
-        bar.inc(len);
+        bar.advance(len);
         return Ok(md5);
     }
     let (mut pool, give_back) = Pool::new(len);
@@ -313,7 +326,7 @@ where
             return Err(CopyError::Write { done: sent, source });
         }
         sent += buf.len() as u64;
-        bar.inc(buf.len() as u64);
+        bar.advance(buf.len() as u64);
         let _ = give_back.send(buf);
     }
     reader.await.expect("the reading thread does not panic")?;
@@ -334,7 +347,7 @@ pub async fn receive_into<R, S>(
     len: u64,
     sink: S,
     md5: Md5,
-    bar: &ProgressBar,
+    bar: &dyn Progress,
 ) -> Result<Md5Hex, CopyError>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -348,7 +361,7 @@ where
         // What did arrive is a valid prefix: keep it for a resume.
         let written = sink.write_all(&buf).and_then(|()| sink.flush());
         md5.update(&buf);
-        bar.inc(short);
+        bar.advance(short);
         return match (read, written) {
             (Err(source), _) => Err(CopyError::Read { done: short, source }),
             (Ok(_), _) if short < len => Err(CopyError::Short { done: short, expected: len }),
@@ -401,7 +414,7 @@ where
             break;
         }
         done += want as u64;
-        bar.inc(want as u64);
+        bar.advance(want as u64);
         if tx.send(buf).await.is_err() {
             // The writing thread stopped: its error says why.
             break;
@@ -462,16 +475,14 @@ mod tests {
             data.len() as u64,
             Digest::Compute(Md5::new()),
             &mut dst,
-            &ProgressBar::hidden(),
+            &NoProgress,
         )
         .await
         .unwrap();
         assert_eq!(dst, data);
         assert_eq!(md5.to_string(), md5_of(&data));
         let mut dst = Vec::new();
-        send_file(temp_with(&data), 10, Digest::Compute(Md5::new()), &mut dst, &ProgressBar::hidden())
-            .await
-            .unwrap();
+        send_file(temp_with(&data), 10, Digest::Compute(Md5::new()), &mut dst, &NoProgress).await.unwrap();
         assert_eq!(dst, &data[..10]);
     }
 
@@ -482,8 +493,7 @@ mod tests {
             let mut dst = Vec::new();
             let digest = Digest::Known(known.clone());
             let len = data.len() as u64;
-            let md5 =
-                send_file(temp_with(&data), len, digest, &mut dst, &ProgressBar::hidden()).await.unwrap();
+            let md5 = send_file(temp_with(&data), len, digest, &mut dst, &NoProgress).await.unwrap();
             assert_eq!(dst, data);
             assert_eq!(md5, known);
         }
@@ -496,8 +506,7 @@ mod tests {
         let len = data.len() as u64 - 10;
         let mut src = &data[..];
         let sink = Shared::default();
-        let md5 =
-            receive_into(&mut src, len, sink.clone(), Md5::new(), &ProgressBar::hidden()).await.unwrap();
+        let md5 = receive_into(&mut src, len, sink.clone(), Md5::new(), &NoProgress).await.unwrap();
         assert_eq!(&*sink.0.lock().unwrap(), &data[..len as usize]);
         assert_eq!(md5.to_string(), md5_of(&data[..len as usize]));
         assert_eq!(src, b"next frame");
@@ -515,20 +524,14 @@ mod tests {
             tail.len() as u64,
             Digest::Compute(prefix.clone()),
             &mut dst,
-            &ProgressBar::hidden(),
+            &NoProgress,
         )
         .await
         .unwrap();
         assert_eq!(md5.to_string(), md5_of(&data));
-        let md5 = receive_into(
-            &mut &tail[..],
-            tail.len() as u64,
-            Shared::default(),
-            prefix,
-            &ProgressBar::hidden(),
-        )
-        .await
-        .unwrap();
+        let md5 = receive_into(&mut &tail[..], tail.len() as u64, Shared::default(), prefix, &NoProgress)
+            .await
+            .unwrap();
         assert_eq!(md5.to_string(), md5_of(&data));
         let mut f = temp_with(&data);
         assert_eq!(hash_prefix(&mut f, 777_777).unwrap().finish().to_string(), md5_of(head));
@@ -538,31 +541,21 @@ mod tests {
     #[tokio::test]
     async fn empty_bodies_hash_to_the_md5_of_nothing() {
         let mut dst = Vec::new();
-        let md5 = send_file(temp_with(b""), 0, Digest::Compute(Md5::new()), &mut dst, &ProgressBar::hidden())
-            .await
-            .unwrap();
+        let md5 =
+            send_file(temp_with(b""), 0, Digest::Compute(Md5::new()), &mut dst, &NoProgress).await.unwrap();
         assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
-        let md5 = receive_into(&mut &b""[..], 0, Shared::default(), Md5::new(), &ProgressBar::hidden())
-            .await
-            .unwrap();
+        let md5 = receive_into(&mut &b""[..], 0, Shared::default(), Md5::new(), &NoProgress).await.unwrap();
         assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
     }
 
     #[tokio::test]
     async fn short_sources_are_errors() {
-        let err = send_file(
-            temp_with(b"abc"),
-            10,
-            Digest::Compute(Md5::new()),
-            &mut Vec::new(),
-            &ProgressBar::hidden(),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
-        let err = receive_into(&mut &b"abc"[..], 10, Shared::default(), Md5::new(), &ProgressBar::hidden())
+        let err = send_file(temp_with(b"abc"), 10, Digest::Compute(Md5::new()), &mut Vec::new(), &NoProgress)
             .await
             .unwrap_err();
+        assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
+        let err =
+            receive_into(&mut &b"abc"[..], 10, Shared::default(), Md5::new(), &NoProgress).await.unwrap_err();
         assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
     }
 
@@ -578,9 +571,8 @@ mod tests {
             }
         }
         let data = odd_data();
-        let err = receive_into(&mut &data[..], data.len() as u64, Full, Md5::new(), &ProgressBar::hidden())
-            .await
-            .unwrap_err();
+        let err =
+            receive_into(&mut &data[..], data.len() as u64, Full, Md5::new(), &NoProgress).await.unwrap_err();
         assert!(
             matches!(err, CopyError::Write { ref source, .. } if source.kind() == io::ErrorKind::StorageFull)
         );

@@ -10,7 +10,7 @@ use crate::digest::{md5_many, Md5};
 use crate::error::ConnError;
 use crate::fs::{Partial, Staged};
 pub use crate::meta::{apply_meta, MODE_MASK};
-use crate::protocol::{EntryKind, Header, Md5Hex, Op};
+use crate::protocol::{Common, Entry, EntryKind, Md5Hex};
 use crate::transfer::hash_prefix;
 use std::path::{Component, Path, PathBuf};
 use tokio::io::AsyncWrite;
@@ -66,9 +66,9 @@ impl ManifestBudget {
     /// Counts a note of the manifest (an item the sender left out, with
     /// its reason): only printed, not held, but a peer may not send them
     /// forever; false once over the byte cap or a million notes.
-    pub fn admit_note(&mut self, h: &crate::protocol::Header) -> bool {
+    pub fn admit_note(&mut self, message: &str) -> bool {
         self.notes += 1;
-        self.bytes += h.message.as_ref().map_or(0, String::len);
+        self.bytes += message.len();
         self.bytes <= MANIFEST_BYTES_MAX && self.notes <= MAX_ENTRIES
     }
 
@@ -259,30 +259,30 @@ pub struct TreeEntry {
 }
 
 impl TreeEntry {
-    /// The `entry` frame describing this item.
-    pub fn to_header(&self) -> Header {
-        let mut h = Header::new(Op::Entry).with_filename(&self.rel);
-        h.kind = Some(self.kind);
-        h.size = Some(self.size);
-        h.mode = Some(self.mode);
-        h.mtime = Some(self.mtime);
-        h.target = self.target.clone();
-        h
+    /// The `entry` message describing this item.
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            size: Some(self.size),
+            mode: Some(self.mode),
+            mtime: Some(self.mtime),
+            target: self.target.clone(),
+            ..Entry::new(&self.rel, self.kind)
+        }
     }
 
-    /// The item an `entry` frame describes; `None` if it is not one.
-    pub fn from_header(h: &Header) -> Option<TreeEntry> {
-        let kind = h.kind?;
+    /// The item an `entry` message describes; `None` if it is not one.
+    pub fn from_entry(h: Entry) -> Option<TreeEntry> {
+        let kind = h.kind;
         if !matches!(kind, EntryKind::File | EntryKind::Dir | EntryKind::Symlink) {
             return None;
         }
         Some(TreeEntry {
-            rel: h.filename.clone(),
+            rel: h.filename,
             kind,
             size: h.size.unwrap_or(0),
             mode: h.mode.unwrap_or(0o644) & MODE_MASK,
             mtime: h.mtime.unwrap_or(0),
-            target: h.target.clone(),
+            target: h.target,
         })
     }
 }
@@ -354,12 +354,13 @@ pub fn walk(dir: &cap_std::fs::Dir, out: &mut dyn FnMut(TreeEntry)) -> std::io::
 /// frames, batch by batch as it goes, so the peer can start on them (make
 /// directories) while the walk goes on. `walk` hands its batches to the
 /// function it is given. Returns the entries sent and the walk's result.
-pub async fn send_walk<W, T>(
-    writer: &mut FrameWriter<W>,
+pub async fn send_walk<W, M, T>(
+    writer: &mut FrameWriter<W, M>,
     walk: impl FnOnce(&mut dyn FnMut(Vec<TreeEntry>)) -> std::io::Result<T> + Send + 'static,
 ) -> Result<(Vec<TreeEntry>, std::io::Result<T>), ConnError>
 where
     W: AsyncWrite + Unpin,
+    M: Common,
     T: Send + 'static,
 {
     let (batches, mut walked) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
@@ -373,7 +374,7 @@ where
     let mut entries = Vec::new();
     while let Some(batch) = walked.recv().await {
         for e in &batch {
-            writer.queue(&e.to_header(), &[]).await?;
+            writer.queue(&M::from(e.to_entry()), &[]).await?;
         }
         writer.flush().await?;
         entries.extend(batch);
@@ -531,11 +532,10 @@ mod tests {
     #[test]
     fn notes_and_entries_of_a_manifest_are_counted_apart() {
         let mut budget = ManifestBudget::default();
-        let note = crate::protocol::Header::new(crate::protocol::Op::Entry);
         for _ in 0..MAX_ENTRIES {
-            assert!(budget.admit_note(&note));
+            assert!(budget.admit_note(""));
         }
-        assert!(!budget.admit_note(&note), "a million notes at most");
+        assert!(!budget.admit_note(""), "a million notes at most");
         let e = TreeEntry {
             rel: "f".into(),
             kind: EntryKind::File,

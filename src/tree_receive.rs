@@ -9,14 +9,13 @@
 //! target leaves the tree by name, passes through another link, or (checked
 //! once the manifest is in, when every link exists) resolves outside.
 
-use crate::connection::Connection;
+use crate::connection::FrameReader;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Root, Staged};
-use crate::protocol::{EntryKind, ErrorCode, Header, Md5Hex};
-use crate::transfer::{receive_into, CopyError};
+use crate::protocol::{Common, Data, EntryKind, ErrorCode, Md5Hex};
+use crate::transfer::{receive_into, CopyError, Progress};
 use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
-use indicatif::ProgressBar;
 use std::collections::{HashMap, HashSet};
 use std::io;
 
@@ -352,20 +351,24 @@ impl Receiver {
         Ok((staged, file, Md5::new()))
     }
 
-    /// Receives one large file of the tree: its `data` body (announced by
-    /// `data`) and `done` frame, into its partial (from `data.offset` on in
+    /// Receives one large file of the tree: its `data` body of `len` bytes
+    /// (announced by `data`) and `done` frame, into its partial (from `data.offset` on in
     /// the one offered, if the sender resumes it); verifies it against the
     /// sender's digest and commits it with its mode and time. The same for
     /// both sides, which differ only in how they report. The outer error is
     /// a broken connection.
-    pub async fn receive_file(
+    pub async fn receive_file<R, M>(
         &mut self,
-        conn: &mut Connection,
+        reader: &mut FrameReader<R, M>,
         root: &Root,
-        data: &Header,
-        bar: &ProgressBar,
-    ) -> Result<Result<Md5Hex, FileFailure>, ConnError> {
-        let (rel, len) = (data.filename.as_str(), data.total_size);
+        (data, len): (&Data, u64),
+        bar: &dyn Progress,
+    ) -> Result<Result<Md5Hex, FileFailure>, ConnError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        M: Common,
+    {
+        let rel = data.filename.as_str();
         let meta = self.files.get(rel).map(|e| (data.mode.unwrap_or(e.mode), data.mtime.unwrap_or(e.mtime)));
         // A few syscalls at most (an offered partial was hashed with the
         // manifest), so not worth a hop to a blocking thread.
@@ -373,27 +376,27 @@ impl Receiver {
         let (staged, file, md5, (mode, mtime)) = match (started, meta) {
             (Ok((staged, file, md5)), Some(meta)) => (staged, file, md5, meta),
             (Err(err), _) => {
-                conn.reader.skip_body(len).await?;
-                conn.reader.expect_done().await?;
+                reader.skip_body(len).await?;
+                reader.expect_done().await?;
                 return Ok(Err(FileFailure::Start(err)));
             }
             (Ok(_), None) => unreachable!("start_file refuses files not in the manifest"),
         };
         // A handle to set the mode and time once the bytes are in.
         let handle = file.try_clone();
-        let copied = receive_into(&mut conn.reader.body(len), len, file, md5, bar).await;
+        let copied = receive_into(&mut reader.body(len), len, file, md5, bar).await;
         let received = match copied {
             Ok(md5) => md5,
             Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
             Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
             Err(CopyError::Write { done, source }) => {
                 staged.discard();
-                conn.reader.skip_body(len - done).await?;
-                conn.reader.expect_done().await?;
+                reader.skip_body(len - done).await?;
+                reader.expect_done().await?;
                 return Ok(Err(FileFailure::Write(source)));
             }
         };
-        let sent = conn.reader.expect_done().await?;
+        let sent = reader.expect_done().await?;
         if sent.as_ref() != Some(&received) {
             staged.discard();
             return Ok(Err(FileFailure::Mismatch { sent, received }));

@@ -107,6 +107,13 @@ pub fn human_bytes(n: f64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
+/// A bar shows the bytes the streaming code reports.
+impl crate::transfer::Progress for ProgressBar {
+    fn advance(&self, n: u64) {
+        self.inc(n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use super::{unexpected_reply, Client, Options};
 use crate::connection::{Reader, Writer};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
-use crate::protocol::{Header, Op, StreamSummary};
+use crate::protocol::{ClientMessage, Exec, ServerMessage, StreamSummary};
 use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
@@ -82,8 +82,8 @@ pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> 
 
 /// One command on an open connection: request, stream, verify, exit code.
 async fn run_one<I, O, E>(
-    reader: &mut Reader,
-    writer: &mut Writer,
+    reader: &mut Reader<ServerMessage>,
+    writer: &mut Writer<ClientMessage>,
     command: &str,
     how: ExecOptions,
     stdin: Option<I>,
@@ -95,13 +95,10 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let mut req = Header::new(Op::Exec);
-    req.command = Some(command.to_string());
-    req.timeout = how.timeout;
-    req.stdin = stdin.is_some();
-    writer.write_header(&req).await?;
-    let reply = reader.expect_header().await?;
-    if reply.op != Op::Started {
+    let req = Exec { command: command.to_string(), timeout: how.timeout, stdin: stdin.is_some() };
+    writer.write(&ClientMessage::Exec(req)).await?;
+    let reply = reader.expect_control().await?;
+    if reply != ServerMessage::Started {
         // The command never ran: exec disabled, or refused.
         return Err(match unexpected_reply(reply, "started") {
             Error::Remote(e) => Error::NotRun(e.message),
@@ -132,7 +129,7 @@ where
 /// the EOF frame (`total_size` 0).
 async fn forward_stdin<I: AsyncRead + Unpin>(
     mut stdin: I,
-    writer: &mut Writer,
+    writer: &mut Writer<ClientMessage>,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), Error> {
     let mut buf = vec![0u8; STDIN_CHUNK];
@@ -143,7 +140,7 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
             n = stdin.read(&mut buf) => n.map_err(|e| Error::local("stdin", e))?,
             _ = &mut stop => 0,
         };
-        writer.write_frame(&Header::new(Op::Stdin).with_body(n as u64), &buf[..n]).await?;
+        writer.write_frame(&ClientMessage::Stdin, &buf[..n]).await?;
         if n == 0 {
             return Ok(());
         }
@@ -152,7 +149,11 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
 
 /// Writes `stdout` and `stderr` frames to ours as they arrive, hashing
 /// each stream, until the `exit` frame; checks the digests it carries.
-async fn receive_output<O, E>(reader: &mut Reader, stdout: &mut O, stderr: &mut E) -> Result<Header, Error>
+async fn receive_output<O, E>(
+    reader: &mut Reader<ServerMessage>,
+    stdout: &mut O,
+    stderr: &mut E,
+) -> Result<Ended, Error>
 where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
@@ -161,16 +162,20 @@ where
     let (mut out_len, mut err_len) = (0u64, 0u64);
     let mut buf = Vec::new();
     loop {
-        let h = reader.expect_header().await?;
-        let (sink, md5, len, name): (&mut (dyn AsyncWrite + Unpin), _, _, _) = match h.op {
-            Op::Stdout => (stdout, &mut out_md5, &mut out_len, "stdout"),
-            Op::Stderr => (stderr, &mut err_md5, &mut err_len, "stderr"),
-            Op::Exit => {
-                check_stream("stdout", h.stdout.as_ref(), out_len, out_md5)?;
-                check_stream("stderr", h.stderr.as_ref(), err_len, err_md5)?;
-                return Ok(h);
+        let h = reader.expect().await?;
+        let (sink, md5, len, name): (&mut (dyn AsyncWrite + Unpin), _, _, _) = match h.msg {
+            ServerMessage::Stdout => (stdout, &mut out_md5, &mut out_len, "stdout"),
+            ServerMessage::Stderr => (stderr, &mut err_md5, &mut err_len, "stderr"),
+            ServerMessage::Exit { exit_code, signal, timed_out, stdout: sent_out, stderr: sent_err } => {
+                reader.skip_body(h.total_size).await?;
+                check_stream("stdout", sent_out.as_ref(), out_len, out_md5)?;
+                check_stream("stderr", sent_err.as_ref(), err_len, err_md5)?;
+                return Ok(Ended { exit_code, signal, timed_out });
             }
-            _ => return Err(unexpected_reply(h, "stdout, stderr or exit")),
+            reply => {
+                reader.skip_body(h.total_size).await?;
+                return Err(unexpected_reply(reply, "stdout, stderr or exit"));
+            }
         };
         buf.clear();
         let n = reader.body(h.total_size).read_to_end(&mut buf).await.map_err(ConnError::Io)?;
@@ -206,9 +211,20 @@ fn check_stream(name: &str, sent: Option<&StreamSummary>, len: u64, md5: Md5) ->
     }
 }
 
+/// How a command ended, from its `exit` frame.
+#[derive(Debug, Default)]
+struct Ended {
+    /// Its exit code, if it exited.
+    exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    signal: Option<i32>,
+    /// Its time ran out.
+    timed_out: bool,
+}
+
 /// The exit code to leave with, as ssh: the command's own, 128+N for a
 /// signal, and a timeout error when the limit ran out.
-fn exit_code(exit: &Header, timeout: Option<u64>) -> Result<u8, Error> {
+fn exit_code(exit: &Ended, timeout: Option<u64>) -> Result<u8, Error> {
     if exit.timed_out {
         return Err(Error::Timeout(timeout.unwrap_or(0)));
     }
@@ -226,8 +242,7 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_ssh() {
-        let mut h = Header::new(Op::Exit);
-        h.exit_code = Some(3);
+        let mut h = Ended { exit_code: Some(3), ..Ended::default() };
         assert_eq!(exit_code(&h, None).unwrap(), 3);
         h.exit_code = None;
         h.signal = Some(9);

@@ -5,7 +5,7 @@ use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::fs::{CommitError, Staged};
-use crate::protocol::{Header, Op};
+use crate::protocol::{ClientMessage, Get, ServerMessage};
 use crate::transfer::{hash_prefix, receive_into, CopyError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -48,16 +48,19 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
 
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    let mut req = Header::new(Op::Get).with_filename(remote);
-    if let Some(p) = partial.as_ref().filter(|p| p.held > 0) {
-        req.offset = Some(p.held);
-        req.md5 = Some(p.prefix.clone().finish());
-    }
-    conn.writer.write_header(&req).await?;
-    let data = conn.reader.expect_header().await?;
-    if data.op != Op::Data {
-        return Err(unexpected_reply(data, "data"));
-    }
+    let held = partial.as_ref().filter(|p| p.held > 0);
+    let req = Get {
+        filename: remote.to_string(),
+        offset: held.map(|p| p.held),
+        md5: held.map(|p| p.prefix.clone().finish()),
+    };
+    conn.writer.write(&ClientMessage::Get(req)).await?;
+    let frame = conn.reader.expect().await?;
+    let ServerMessage::Data(data) = frame.msg else {
+        conn.reader.skip_body(frame.total_size).await?;
+        return Err(unexpected_reply(frame.msg, "data"));
+    };
+    let body_len = frame.total_size;
     let offset = data.offset.unwrap_or(0);
     let started = Instant::now();
 
@@ -67,29 +70,27 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
                 Ok(Some(resumed)) => resumed,
                 Ok(None) => {
                     let expected = "data at offset 0 or at the offset we offered";
-                    return Err(ConnError::Unexpected { got: Op::Data, expected }.into());
+                    return Err(ConnError::Unexpected { got: "data", expected }.into());
                 }
                 Err(e) => return Err(Error::local(path, e)),
             };
             if offset > 0 {
                 opts.ui.resuming(name, offset);
             }
-            let bar = opts.ui.transfer_bar(name, offset + data.total_size);
+            let bar = opts.ui.transfer_bar(name, offset + body_len);
             bar.set_position(offset);
-            let copied =
-                receive_into(&mut conn.reader.body(data.total_size), data.total_size, file, md5, &bar).await;
+            let copied = receive_into(&mut conn.reader.body(body_len), body_len, file, md5, &bar).await;
             bar.finish_and_clear();
             (Some(p.staged), copied)
         }
         _ => {
             if offset != 0 {
-                return Err(ConnError::Unexpected { got: Op::Data, expected: "data at offset 0" }.into());
+                return Err(ConnError::Unexpected { got: "data", expected: "data at offset 0" }.into());
             }
-            let bar = opts.ui.transfer_bar(name, data.total_size);
+            let bar = opts.ui.transfer_bar(name, body_len);
             let sink = std::io::stdout();
             let copied =
-                receive_into(&mut conn.reader.body(data.total_size), data.total_size, sink, Md5::new(), &bar)
-                    .await;
+                receive_into(&mut conn.reader.body(body_len), body_len, sink, Md5::new(), &bar).await;
             bar.finish_and_clear();
             (None, copied)
         }
@@ -107,17 +108,17 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
             return Err(Error::local(shown, source));
         }
     };
-    let len = offset + data.total_size;
+    let len = offset + body_len;
 
-    let done = conn.reader.expect_header().await?;
-    if done.op != Op::Done {
-        return Err(unexpected_reply(done, "done"));
-    }
-    if done.md5.as_ref() != Some(&received) {
+    let sent = match conn.reader.expect_control().await? {
+        ServerMessage::Done(done) => done.md5,
+        reply => return Err(unexpected_reply(reply, "done")),
+    };
+    if sent.as_ref() != Some(&received) {
         if let Some(s) = staged {
             s.discard();
         }
-        let sent = done.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+        let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
         return Err(Error::Md5Mismatch { name: remote.to_string(), sent, received: received.to_string() });
     }
     if let (Some(staged), Some(path)) = (staged, &target) {

@@ -3,7 +3,7 @@
 use super::{unexpected_reply, Client, Options};
 use crate::error::Error;
 use crate::fs::escape;
-use crate::protocol::{EntryKind, Header, Op};
+use crate::protocol::{ClientMessage, Entry, EntryKind, Ls, ServerMessage};
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -13,24 +13,23 @@ use std::time::{Duration, UNIX_EPOCH};
 pub async fn ls(opts: &Options, dir: Option<&str>, out: &mut impl Write) -> Result<(), Error> {
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    conn.writer.write_header(&Header::new(Op::Ls).with_filename(dir.unwrap_or(""))).await?;
+    conn.writer.write(&ClientMessage::Ls(Ls { filename: dir.unwrap_or("").to_string() })).await?;
     loop {
-        let h = conn.reader.expect_header().await?;
-        match h.op {
-            Op::Entry => {
-                let line = entry_line(&h);
+        match conn.reader.expect_control().await? {
+            ServerMessage::Entry(entry) => {
+                let line = entry_line(&entry);
                 writeln!(out, "{line}").map_err(|e| Error::local("stdout", e))?;
             }
-            Op::End => return Ok(()),
-            _ => return Err(unexpected_reply(h, "entry or end")),
+            ServerMessage::End(_) => return Ok(()),
+            reply => return Err(unexpected_reply(reply, "entry or end")),
         }
     }
 }
 
-fn entry_line(h: &Header) -> String {
+fn entry_line(h: &Entry) -> String {
     let (size, mark) = match h.kind {
-        Some(EntryKind::Dir) => ("-".to_string(), "/"),
-        Some(EntryKind::Symlink) => (h.size.unwrap_or(0).to_string(), "@"),
+        EntryKind::Dir => ("-".to_string(), "/"),
+        EntryKind::Symlink => (h.size.unwrap_or(0).to_string(), "@"),
         _ => (h.size.unwrap_or(0).to_string(), ""),
     };
     let secs = h.mtime.unwrap_or(0).max(0) as u64;
@@ -44,12 +43,9 @@ mod tests {
 
     #[test]
     fn entry_lines_mark_kinds_and_escape_names() {
-        let mut h = Header::new(Op::Entry).with_filename("a\x1b[1mb");
-        h.kind = Some(EntryKind::File);
-        h.size = Some(42);
-        h.mtime = Some(0);
+        let mut h = Entry { size: Some(42), mtime: Some(0), ..Entry::new("a\x1b[1mb", EntryKind::File) };
         assert_eq!(entry_line(&h), "          42  1970-01-01T00:00:00Z  a\\u{1b}[1mb");
-        h.kind = Some(EntryKind::Dir);
+        h.kind = EntryKind::Dir;
         assert!(entry_line(&h).ends_with("b/"));
     }
 }

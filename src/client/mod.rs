@@ -14,9 +14,9 @@ pub use put::put;
 pub use tree::{get_tree, put_tree};
 
 use crate::auth::{self, Challenge, Role, Token};
-use crate::connection::Connection;
+use crate::connection::ClientConnection;
 use crate::error::{plain_io, ConnError, Error, RequestError};
-use crate::protocol::{ErrorCode, Header, Op, PROTOCOL_VERSION};
+use crate::protocol::{ClientMessage, ErrorCode, Message, Refusal, ServerMessage, PROTOCOL_VERSION};
 use crate::ui::Ui;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -59,7 +59,7 @@ pub struct Flags {
 /// A greeted connection to a server.
 pub struct Client {
     /// The connection, past the greeting.
-    pub conn: Connection,
+    pub conn: ClientConnection,
 }
 
 impl Client {
@@ -86,37 +86,32 @@ impl Client {
         }
         let binding =
             crate::tls::peer_binding(session).ok_or_else(|| not_xfer("it showed no certificate".into()))?;
-        let mut conn = Connection::new(tokio_rustls::TlsStream::Client(tls), peer);
+        let mut conn = ClientConnection::new(tokio_rustls::TlsStream::Client(tls), peer);
         conn.set_idle_timeout(Some(CLIENT_IDLE));
-        let hello = tokio::time::timeout(GREETING_WAIT, conn.reader.expect_header())
+        let hello = tokio::time::timeout(GREETING_WAIT, conn.reader.expect_control())
             .await
             .map_err(|_| not_xfer(format!("no greeting within {} s", GREETING_WAIT.as_secs())))?
             .map_err(|e| not_xfer(format!("no greeting: {e}")))?;
-        if hello.op != Op::Hello {
-            return Err(not_xfer(format!("it sent {} instead of hello", hello.op)));
+        let ServerMessage::Hello { version, nonce: server_nonce } = hello else {
+            return Err(not_xfer(format!("it sent {} instead of hello", hello.op())));
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(Error::Version { addr: addr.to_string(), theirs: version, ours: PROTOCOL_VERSION });
         }
-        if hello.version != Some(PROTOCOL_VERSION) {
-            let theirs = hello.version.unwrap_or(0);
-            return Err(Error::Version { addr: addr.to_string(), theirs, ours: PROTOCOL_VERSION });
-        }
-        let server_nonce = hello.nonce.unwrap_or_default();
         let client_nonce = auth::new_nonce();
         let challenge =
             Challenge { binding: &binding, server_nonce: &server_nonce, client_nonce: &client_nonce };
-        let mut proof = Header::new(Op::Auth);
-        proof.mac = Some(auth::mac(&opts.token, Role::Client, challenge));
-        proof.nonce = Some(client_nonce.clone());
-        conn.writer.write_header(&proof).await?;
-        let reply = conn.reader.expect_header().await?;
-        match (reply.op, &reply.mac) {
-            (Op::Welcome, Some(mac)) if auth::verify(&opts.token, Role::Server, challenge, mac) => {
+        let mac = auth::mac(&opts.token, Role::Client, challenge);
+        conn.writer.write(&ClientMessage::Auth { nonce: client_nonce.clone(), mac }).await?;
+        match conn.reader.expect_control().await? {
+            ServerMessage::Welcome { mac } if auth::verify(&opts.token, Role::Server, challenge, &mac) => {
                 Ok(Client { conn })
             }
             // A server that cannot prove the token on this channel may be
             // an impostor, or a relay between us and the real one.
-            (Op::Welcome, _) => Err(Error::ServerNotProven),
-            (Op::Error, _) if reply.code == Some(ErrorCode::AuthFailed) => Err(Error::AuthFailed),
-            _ => Err(unexpected_reply(reply, "welcome")),
+            ServerMessage::Welcome { .. } => Err(Error::ServerNotProven),
+            ServerMessage::Error(Refusal { code: ErrorCode::AuthFailed, .. }) => Err(Error::AuthFailed),
+            reply => Err(unexpected_reply(reply, "welcome")),
         }
     }
 }
@@ -148,14 +143,17 @@ fn tls_failure(e: &std::io::Error) -> String {
 
 /// Turns a server reply that is not what the exchange expected into an
 /// error: an `error` frame becomes its message, anything else a protocol error.
-pub(crate) fn unexpected_reply(reply: Header, expected: &'static str) -> Error {
-    if reply.op != Op::Error {
-        return ConnError::Unexpected { got: reply.op, expected }.into();
-    }
-    let code = reply.code.unwrap_or(ErrorCode::Internal);
+pub(crate) fn unexpected_reply(reply: ServerMessage, expected: &'static str) -> Error {
+    let ServerMessage::Error(Refusal { code, message, .. }) = reply else {
+        return ConnError::Unexpected { got: reply.op(), expected }.into();
+    };
     if code == ErrorCode::ExecDisabled {
         return Error::ExecDisabled;
     }
-    let message = crate::fs::escape(reply.message.as_deref().unwrap_or("the server gave no reason"));
-    Error::Remote(RequestError::new(code, message))
+    Error::Remote(RequestError::new(code, reason(&message)))
+}
+
+/// A server's reason for refusing, escaped for the terminal.
+pub(crate) fn reason(message: &str) -> String {
+    crate::fs::escape(if message.is_empty() { "the server gave no reason" } else { message })
 }

@@ -4,7 +4,7 @@
 use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
-use crate::protocol::{Header, Op};
+use crate::protocol::{ClientMessage, Data, Done, Put, ServerMessage};
 use crate::transfer::{hash_prefix, send_file, CopyError, Digest};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,37 +32,37 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
 
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    let mut req = Header::new(Op::Put).with_filename(&remote);
-    req.force = flags.force;
-    req.fsync = flags.fsync;
-    req.resume = flags.resume;
-    req.size = Some(len);
-    conn.writer.write_header(&req).await?;
-    let reply = conn.reader.expect_header().await?;
-    if reply.op != Op::Ready {
-        return Err(unexpected_reply(reply, "ready"));
-    }
+    let req = Put {
+        filename: remote.clone(),
+        size: Some(len),
+        resume: flags.resume,
+        force: flags.force,
+        fsync: flags.fsync,
+    };
+    conn.writer.write(&ClientMessage::Put(req)).await?;
+    let (offered, theirs) = match conn.reader.expect_control().await? {
+        ServerMessage::Ready { offset, md5, .. } => (offset.unwrap_or(0), md5),
+        reply => return Err(unexpected_reply(reply, "ready")),
+    };
 
     // The server offers the partial it holds; take it only if our first
     // bytes hash the same, so a changed source starts over.
-    let (file, offset, md5) = resume_point(file, len, reply.offset.unwrap_or(0), reply.md5)
-        .await
-        .map_err(|e| Error::local(local, e))?;
+    let (file, offset, md5) =
+        resume_point(file, len, offered, theirs).await.map_err(|e| Error::local(local, e))?;
     if offset > 0 {
         opts.ui.resuming(&remote, offset);
     }
 
     let started = Instant::now();
-    let mut data = Header::new(Op::Data).with_filename(&remote).with_body(len - offset);
-    data.offset = Some(offset);
-    conn.writer.write_header(&data).await?;
+    let data = Data { filename: remote.clone(), offset: Some(offset), mode: None, mtime: None };
+    conn.writer.write_head(&data.into(), len - offset).await?;
     let bar = opts.ui.transfer_bar(&remote, len);
     bar.set_position(offset);
     // The server may refuse part way (its disk filled): watch for its reply
     // while sending, and stop at once when it comes.
     let copied = tokio::select! {
         res = send_file(file, len - offset, Digest::Compute(md5), conn.writer.body_writer(), &bar) => res,
-        early = conn.reader.expect_header() => {
+        early = conn.reader.expect_control() => {
             bar.abandon();
             return Err(unexpected_reply(early?, "ok"));
         }
@@ -81,19 +81,19 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
         }
         Err(CopyError::Write { source, .. }) => {
             // The server may have said why before closing.
-            if let Ok(Ok(Some(reply))) = tokio::time::timeout(REASON_WAIT, conn.reader.read_header()).await {
-                return Err(unexpected_reply(reply, "ok"));
+            if let Ok(Ok(Some(reply))) = tokio::time::timeout(REASON_WAIT, conn.reader.read()).await {
+                return Err(unexpected_reply(reply.msg, "ok"));
             }
             return Err(ConnError::Io(source).into());
         }
     };
-    conn.writer.write_header(&Header::new(Op::Done).with_filename(&remote).with_md5(md5.clone())).await?;
-    let reply = conn.reader.expect_header().await?;
-    if reply.op != Op::Ok {
-        return Err(unexpected_reply(reply, "ok"));
-    }
-    if reply.md5.as_ref() != Some(&md5) {
-        let received = reply.md5.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+    conn.writer.write(&Done { filename: remote.clone(), md5: Some(md5.clone()) }.into()).await?;
+    let stored = match conn.reader.expect_control().await? {
+        ServerMessage::Ok { md5, .. } => md5,
+        reply => return Err(unexpected_reply(reply, "ok")),
+    };
+    if stored.as_ref() != Some(&md5) {
+        let received = stored.map_or_else(|| "nothing".to_string(), |m| m.to_string());
         return Err(Error::Md5Mismatch { name: remote, sent: md5.to_string(), received });
     }
     opts.ui.summary("put", &remote, len - offset, started.elapsed(), &md5);

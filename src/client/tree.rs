@@ -5,11 +5,15 @@
 //! stream back to back, no round trip per file, while results come back on
 //! the same connection. Each file is verified and committed on its own.
 
-use super::{unexpected_reply, Client, Flags, Options};
+use super::{reason, unexpected_reply, Client, Flags, Options};
+use crate::connection::{ClientConnection, Writer};
 use crate::digest::Md5;
 use crate::error::{exists_words, mismatch_words, ConnError, Error};
 use crate::fs::{escape, RemotePath, Root};
-use crate::protocol::{EntryKind, Header, Md5Hex, Op};
+use crate::protocol::{
+    ClientMessage, Data, Done, End, EntryKind, GetTree, Md5Hex, Message, PutTree, Refusal, ServerMessage,
+    Want,
+};
 use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
 use crate::tree_receive::{Applied, FileFailure, Found, Receiver};
@@ -51,13 +55,11 @@ pub async fn put_tree(
     let started = Instant::now();
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    let mut req = Header::new(Op::PutTree).with_filename(&remote);
-    req.force = flags.force;
-    req.fsync = flags.fsync;
-    conn.writer.write_header(&req).await?;
-    let reply = conn.reader.expect_header().await?;
-    if reply.op != Op::Ready {
-        return Err(unexpected_reply(reply, "ready"));
+    let req = PutTree { filename: remote.clone(), force: flags.force, fsync: flags.fsync };
+    conn.writer.write(&ClientMessage::PutTree(req)).await?;
+    match conn.reader.expect_control().await? {
+        ServerMessage::Ready { .. } => {}
+        reply => return Err(unexpected_reply(reply, "ready")),
     }
 
     // The manifest goes out batch by batch as the walk finds it, so the
@@ -71,12 +73,12 @@ pub async fn put_tree(
         warn(opts, &format!("{rel}: {why}"));
     }
     // The top's own mode and time, for the server to give its copy last.
-    let mut end = Header::new(Op::End);
+    let mut end = End::default();
     if let Ok(meta) = std::fs::metadata(local) {
         use std::os::unix::fs::MetadataExt;
         (end.mode, end.mtime) = (Some(meta.mode() & tree::MODE_MASK), Some(meta.mtime()));
     }
-    conn.writer.write_header(&end).await?;
+    conn.writer.write(&end.into()).await?;
 
     // What the server has already, and what it refused in the manifest.
     let mut report = TreeReport::default();
@@ -87,29 +89,27 @@ pub async fn put_tree(
     let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
     let mut refused = std::collections::HashSet::new();
     for answered in 0.. {
-        let h = conn.reader.expect_header().await?;
-        if answered > entries.len() && h.op != Op::End {
+        let h = conn.reader.expect_control().await?;
+        if answered > entries.len() && !matches!(h, ServerMessage::End(_)) {
             // At most one answer per item we sent: a server sending more
             // could only be trying to fill our memory.
             return Err(
-                ConnError::Unexpected { got: h.op, expected: "at most one answer per item sent" }.into()
+                ConnError::Unexpected { got: h.op(), expected: "at most one answer per item sent" }.into()
             );
         }
-        match h.op {
-            Op::Have => {
-                have.insert(h.filename.clone(), (h.size.unwrap_or(0), h.md5));
+        match h {
+            ServerMessage::Have { filename, size, md5 } => {
+                have.insert(filename, (size, md5));
             }
-            Op::Partial => {
-                if let (Some(offset), Some(md5)) = (h.offset, h.md5) {
-                    offered.insert(h.filename, (offset, md5));
-                }
+            ServerMessage::Partial { filename, offset, md5 } => {
+                offered.insert(filename, (offset, md5));
             }
-            Op::Error => {
-                file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("failed"));
-                refused.insert(h.filename);
+            ServerMessage::Error(Refusal { filename, message, .. }) => {
+                file_failed(&mut report, &filename, &reason(&message));
+                refused.insert(filename);
             }
-            Op::End => break,
-            _ => return Err(unexpected_reply(h, "have or end")),
+            ServerMessage::End(_) => break,
+            reply => return Err(unexpected_reply(reply, "have or end")),
         }
     }
 
@@ -186,11 +186,10 @@ pub async fn put_tree(
         for e in &to_send {
             let path = tree::local_path(local, &e.rel);
             if let Some((file, offset, md5)) = resumes.remove(&e.rel) {
-                let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(e.size - offset);
-                (data.offset, data.mode, data.mtime) = (Some(offset), Some(e.mode), Some(e.mtime));
-                writer.write_header(&data).await?;
+                let data = Data { offset: Some(offset), ..file_data(e) };
+                writer.write_head(&data.into(), e.size - offset).await?;
                 let md5 = send_large(file, e.size - offset, md5, writer, &bar, &path).await?;
-                writer.write_header(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5)).await?;
+                writer.write(&Done { filename: e.rel.clone(), md5: Some(md5) }.into()).await?;
                 sent_bytes += e.size - offset;
                 continue;
             }
@@ -223,30 +222,28 @@ pub async fn put_tree(
                 }
                 continue;
             }
-            let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(e.size);
-            data.mode = Some(e.mode);
-            data.mtime = Some(e.mtime);
-            writer.write_header(&data).await?;
+            writer.write_head(&file_data(e).into(), e.size).await?;
             let md5 = send_large(file, e.size, Md5::new(), writer, &bar, &path).await?;
-            writer.write_header(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5)).await?;
+            writer.write(&Done { filename: e.rel.clone(), md5: Some(md5) }.into()).await?;
             sent_bytes += e.size;
         }
         sent_bytes += send_small(&mut small, writer, &bar).await?;
-        writer.write_header(&Header::new(Op::End)).await?;
+        writer.write(&End::default().into()).await?;
         Ok::<u64, Error>(sent_bytes)
     };
     let receiving = async {
         let mut results = TreeReport::default();
         loop {
-            let h = reader.expect_header().await?;
-            match h.op {
-                Op::Ok => {
+            match reader.expect_control().await? {
+                ServerMessage::Ok { .. } => {
                     results.sent += 1;
                     bar.set_message(format!("{}/{count} files", results.sent + results.failed));
                 }
-                Op::Error => file_failed(&mut results, &h.filename, h.message.as_deref().unwrap_or("failed")),
-                Op::End => return Ok::<_, Error>(results),
-                _ => return Err(unexpected_reply(h, "ok, error or end")),
+                ServerMessage::Error(Refusal { filename, message, .. }) => {
+                    file_failed(&mut results, &filename, &reason(&message))
+                }
+                ServerMessage::End(_) => return Ok::<_, Error>(results),
+                reply => return Err(unexpected_reply(reply, "ok, error or end")),
             }
         }
     };
@@ -259,6 +256,11 @@ pub async fn put_tree(
     report.bytes = bytes;
     opts.ui.tree_summary("put", &remote, &report, started.elapsed());
     Ok(report)
+}
+
+/// The `data` message for a file of the tree, sent whole.
+fn file_data(e: &TreeEntry) -> Data {
+    Data { filename: e.rel.clone(), offset: None, mode: Some(e.mode), mtime: Some(e.mtime) }
 }
 
 /// A small file of the tree, read and waiting for its MD5.
@@ -279,16 +281,13 @@ impl AsRef<[u8]> for Outgoing<'_> {
 /// header, with its `done` frame. Returns the body bytes queued.
 async fn send_small(
     batch: &mut HashBatch<Outgoing<'_>>,
-    writer: &mut crate::connection::Writer,
+    writer: &mut Writer<ClientMessage>,
     bar: &ProgressBar,
 ) -> Result<u64, Error> {
     let mut bytes = 0;
     for (Outgoing { entry: e, body }, md5) in batch.hash() {
-        let mut data = Header::new(Op::Data).with_filename(&e.rel).with_body(body.len() as u64);
-        data.mode = Some(e.mode);
-        data.mtime = Some(e.mtime);
-        writer.queue(&data, &body).await?;
-        writer.queue(&Header::new(Op::Done).with_filename(&e.rel).with_md5(md5), &[]).await?;
+        writer.queue(&file_data(e).into(), &body).await?;
+        writer.queue(&Done { filename: e.rel.clone(), md5: Some(md5) }.into(), &[]).await?;
         bar.inc(body.len() as u64);
         bytes += body.len() as u64;
     }
@@ -302,7 +301,7 @@ async fn send_large(
     file: std::fs::File,
     len: u64,
     md5: Md5,
-    writer: &mut crate::connection::Writer,
+    writer: &mut Writer<ClientMessage>,
     bar: &ProgressBar,
     path: &Path,
 ) -> Result<Md5Hex, Error> {
@@ -331,9 +330,8 @@ pub async fn get_tree(
     let started = Instant::now();
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    let mut req = Header::new(Op::GetTree).with_filename(remote);
-    req.force = flags.force;
-    conn.writer.write_header(&req).await?;
+    let req = GetTree { filename: remote.to_string(), force: flags.force };
+    conn.writer.write(&ClientMessage::GetTree(req)).await?;
 
     // The manifest, applied beneath `root` as it comes in batches: every
     // name is checked as strictly as the server checks ours, and no link a
@@ -350,31 +348,34 @@ pub async fn get_tree(
             let applied = receiver.apply(&root, std::mem::take(&mut batch));
             want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
         }
-        let h = conn.reader.expect_header().await?;
-        conn.reader.skip_body(h.total_size).await?;
-        let note = matches!(h.op, Op::Error) || h.kind == Some(EntryKind::Other);
-        if note && !budget.admit_note(&h) {
-            return Err(ConnError::Unexpected { got: h.op, expected: tree::MANIFEST_LIMIT }.into());
+        let h = conn.reader.expect_control().await?;
+        let note = match &h {
+            ServerMessage::Entry(e) if e.kind == EntryKind::Other => e.message.as_deref(),
+            ServerMessage::Error(r) => Some(r.message.as_str()),
+            _ => None,
+        };
+        if note.is_some_and(|note| !budget.admit_note(note)) {
+            return Err(ConnError::Unexpected { got: h.op(), expected: tree::MANIFEST_LIMIT }.into());
         }
-        match h.op {
+        let entry = match h {
             // What the server's walk left out: a warning, or (could not
             // be read) a failure, as our own walk reports them in put -r.
-            Op::Entry if h.kind == Some(EntryKind::Other) => {
-                let why = h.message.as_deref().unwrap_or("skipped");
-                warn(opts, &format!("{}: {why}", h.filename));
+            ServerMessage::Entry(e) if e.kind == EntryKind::Other => {
+                let why = e.message.as_deref().unwrap_or("skipped");
+                warn(opts, &format!("{}: {why}", e.filename));
                 continue;
             }
-            Op::Error if !h.filename.is_empty() => {
-                file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("cannot be read"));
+            ServerMessage::Error(Refusal { filename, message, .. }) if !filename.is_empty() => {
+                file_failed(&mut report, &filename, &reason(&message));
                 continue;
             }
-            Op::Entry => {}
-            Op::End => break h.mode.zip(h.mtime),
-            _ => return Err(unexpected_reply(h, "entry or end")),
-        }
-        let Some(e) = TreeEntry::from_header(&h) else { continue };
+            ServerMessage::Entry(e) => e,
+            ServerMessage::End(end) => break end.mode.zip(end.mtime),
+            reply => return Err(unexpected_reply(reply, "entry or end")),
+        };
+        let Some(e) = TreeEntry::from_entry(entry) else { continue };
         if !budget.admit(&e) {
-            return Err(ConnError::Unexpected { got: Op::Entry, expected: tree::MANIFEST_LIMIT }.into());
+            return Err(ConnError::Unexpected { got: "entry", expected: tree::MANIFEST_LIMIT }.into());
         }
         batch.push(e);
     };
@@ -384,15 +385,13 @@ pub async fn get_tree(
     want_or_fail(checked, &receiver, flags.force, &mut wants, &mut report);
 
     let files = &receiver.files;
-    let total: u64 = wants
-        .iter()
-        .filter_map(|w: &Header| Some(files.get(&w.filename)?.size - w.offset.unwrap_or(0)))
-        .sum();
+    let total: u64 =
+        wants.iter().filter_map(|w: &Want| Some(files.get(&w.filename)?.size - w.offset.unwrap_or(0))).sum();
     let count = wants.len() as u64;
-    for w in &wants {
-        conn.writer.queue(w, &[]).await?;
+    for w in wants {
+        conn.writer.queue(&ClientMessage::Want(w), &[]).await?;
     }
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    conn.writer.write(&End::default().into()).await?;
 
     // Small files are verified and written by the tree writer's threads
     // while we read on; larger ones are streamed here.
@@ -404,34 +403,47 @@ pub async fn get_tree(
         for w in small.ready() {
             small_result(&mut report, w);
         }
-        let h = conn.reader.expect_header().await?;
-        match h.op {
-            Op::End => break,
-            Op::Ok if h.skipped => report.skipped += 1,
-            Op::Error => file_failed(&mut report, &h.filename, h.message.as_deref().unwrap_or("failed")),
-            Op::Data => {
+        let frame = conn.reader.expect().await?;
+        let len = frame.total_size;
+        let h = match frame.msg {
+            ServerMessage::Data(data) => data,
+            other => {
+                conn.reader.skip_body(len).await?;
+                match other {
+                    ServerMessage::End(_) => break,
+                    ServerMessage::Ok { skipped: true, .. } => report.skipped += 1,
+                    ServerMessage::Error(Refusal { filename, message, .. }) => {
+                        file_failed(&mut report, &filename, &reason(&message))
+                    }
+                    reply => return Err(unexpected_reply(reply, "data, ok, error or end")),
+                }
+                answered += 1;
+                bar.set_message(format!("{answered}/{count} files"));
+                continue;
+            }
+        };
+        {
+            {
                 let Some(e) = receiver.files.get(&h.filename).cloned() else {
-                    return Err(
-                        ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
-                    );
+                    return Err(ConnError::Unexpected { got: "data", expected: "a file we asked for" }.into());
                 };
-                if h.total_size <= WHOLE_MAX && h.offset.is_none() {
+                if len <= WHOLE_MAX && h.offset.is_none() {
                     // Not resumed after all (the file shrank): its partial is stale.
                     receiver.forget_partial(&h.filename);
-                    let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
-                    let done = conn.reader.expect_header().await?;
-                    if done.op != Op::Done {
-                        return Err(unexpected_reply(done, "done"));
-                    }
+                    let body = conn.reader.read_small_body(len, WHOLE_MAX as usize).await?;
+                    let sent = match conn.reader.expect_control().await? {
+                        ServerMessage::Done(done) => done.md5,
+                        reply => return Err(unexpected_reply(reply, "done")),
+                    };
                     // Names were checked when the manifest came.
                     let Ok(path) = receiver.path(&e.rel) else {
                         return Err(
-                            ConnError::Unexpected { got: Op::Data, expected: "a file we asked for" }.into()
+                            ConnError::Unexpected { got: "data", expected: "a file we asked for" }.into()
                         );
                     };
                     let meta = (h.mode.unwrap_or(e.mode), h.mtime.unwrap_or(e.mtime));
-                    bar.inc(h.total_size);
-                    small.write(SmallFile { rel: e.rel.clone(), path, body, sent: done.md5, meta }).await;
+                    bar.inc(len);
+                    small.write(SmallFile { rel: e.rel.clone(), path, body, sent, meta }).await;
                     answered += 1;
                     bar.set_message(format!("{answered}/{count} files"));
                     continue;
@@ -441,15 +453,14 @@ pub async fn get_tree(
                 if let Some(offset) = h.offset {
                     bar.suspend(|| opts.ui.resuming(&e.rel, offset));
                 }
-                match receive_file(conn, &root, &mut receiver, &h, &bar).await? {
+                match receive_file(conn, &root, &mut receiver, (&h, len), &bar).await? {
                     Ok(()) => {
                         report.sent += 1;
-                        report.bytes += h.total_size;
+                        report.bytes += len;
                     }
                     Err(msg) => file_failed(&mut report, &e.rel, &msg),
                 }
             }
-            _ => return Err(unexpected_reply(h, "data, ok, error or end")),
         }
         answered += 1;
         bar.set_message(format!("{answered}/{count} files"));
@@ -486,7 +497,7 @@ fn want_or_fail(
     applied: Vec<Applied>,
     receiver: &Receiver,
     force: bool,
-    wants: &mut Vec<Header>,
+    wants: &mut Vec<Want>,
     report: &mut TreeReport,
 ) {
     for a in applied {
@@ -494,7 +505,7 @@ fn want_or_fail(
             Applied::Refused { rel, err } => file_failed(report, &rel, &err.message),
             Applied::File { rel, found } => {
                 let size = receiver.files.get(&rel).map_or(0, |e| e.size);
-                let mut want = Header::new(Op::Want).with_filename(&rel);
+                let mut want = Want { filename: rel.clone(), md5: None, offset: None };
                 match found {
                     Found::Nothing => {}
                     Found::Existing { size: theirs, md5 } if theirs == size => want.md5 = md5,
@@ -534,19 +545,19 @@ fn small_result(report: &mut TreeReport, w: Written) {
 /// error is a broken connection or a server that resumes what we did not
 /// offer; the inner one a failure of this file alone, in words.
 async fn receive_file(
-    conn: &mut crate::connection::Connection,
+    conn: &mut ClientConnection,
     root: &Root,
     receiver: &mut Receiver,
-    data: &Header,
+    data: (&Data, u64),
     bar: &ProgressBar,
 ) -> Result<Result<(), String>, Error> {
-    Ok(Err(match receiver.receive_file(conn, root, data, bar).await? {
+    Ok(Err(match receiver.receive_file(&mut conn.reader, root, data, bar).await? {
         Ok(_) => return Ok(Ok(())),
         Err(FileFailure::Start(err))
-            if data.offset.is_some() && err.code == crate::protocol::ErrorCode::BadRequest =>
+            if data.0.offset.is_some() && err.code == crate::protocol::ErrorCode::BadRequest =>
         {
             return Err(
-                ConnError::Unexpected { got: Op::Data, expected: "data from an offset we offered" }.into()
+                ConnError::Unexpected { got: "data", expected: "data from an offset we offered" }.into()
             )
         }
         Err(FileFailure::Start(err)) => err.message,

@@ -1,12 +1,15 @@
 //! The pure frame codec: bytes in, headers out, and back. No I/O here.
 //!
 //! A frame is a 4-byte big-endian length `N`, `N` bytes of UTF-8 JSON
-//! (the [`Header`]), then `total_size` bytes of body. The codec handles the
+//! (the header: a [`Message`] and its body's length), then `total_size`
+//! bytes of body. The codec handles the
 //! prefix and header; bodies are streamed by the connection so they never sit
 //! whole in memory. A buffer that holds only part of a header is a normal
-//! state ([`decode_header`] returns `Ok(None)`), not an error.
+//! state ([`decode`] returns `Ok(None)`), not an error.
 
-use super::header::Header;
+use super::fields::Md5Hex;
+use super::message::{Frame, Message};
+use serde::Deserialize;
 use thiserror::Error;
 
 /// Bytes in the length prefix.
@@ -35,11 +38,27 @@ pub enum FrameError {
     BadShape(String),
 }
 
-/// Decodes one header from the start of `buf`.
+/// The fields every header carries, read from every header whatever its
+/// op, so that a body is always consumed as a body and the core fields are
+/// checked even on ops that do not use them.
+#[derive(Deserialize)]
+struct Core {
+    #[serde(default)]
+    #[allow(dead_code)] // read only to check its type
+    filename: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read only to check its shape
+    md5: Option<Md5Hex>,
+    #[serde(default)]
+    total_size: u64,
+}
+
+/// Decodes one header from the start of `buf` as a message of `M` (the
+/// direction it travels).
 ///
-/// Returns the header and how many bytes it used (prefix included), or
+/// Returns the frame and how many bytes it used (prefix included), or
 /// `Ok(None)` when `buf` does not yet hold the whole header.
-pub fn decode_header(buf: &[u8]) -> Result<Option<(Header, usize)>, FrameError> {
+pub fn decode<M: Message>(buf: &[u8]) -> Result<Option<(Frame<M>, usize)>, FrameError> {
     let Some(len) = header_len(buf)? else {
         return Ok(None);
     };
@@ -59,14 +78,16 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(Header, usize)>, FrameError> 
             FrameError::NotJson(text.chars().take(40).collect::<String>().escape_debug().to_string())
         });
     }
-    let header = serde_json::from_str(text).map_err(|e| {
+    let shape = |e: serde_json::Error| {
         if is_json() {
             FrameError::BadShape(e.to_string())
         } else {
             FrameError::NotJson(e.to_string())
         }
-    })?;
-    Ok(Some((header, PREFIX_LEN + len)))
+    };
+    let msg = serde_json::from_str(text).map_err(shape)?;
+    let core: Core = serde_json::from_str(text).map_err(shape)?;
+    Ok(Some((Frame { msg, total_size: core.total_size }, PREFIX_LEN + len)))
 }
 
 /// Reads the length prefix, checking it against the limit as soon as the four
@@ -82,11 +103,24 @@ pub fn header_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     Ok(Some(len))
 }
 
-/// Appends the prefix and JSON of `header` to `out`.
-pub fn encode_header(header: &Header, out: &mut Vec<u8>) -> Result<(), FrameError> {
+/// Appends the prefix and JSON header of a frame of `msg` with a body of
+/// `total_size` bytes to `out`. The header starts with `op`, `filename`,
+/// `md5` and `total_size`, in that order, then the fields `msg` has set.
+pub fn encode<M: Message>(msg: &M, total_size: u64, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; PREFIX_LEN]);
-    serde_json::to_writer(&mut *out, header).expect("a Header always serializes");
+    let json = out.len();
+    serde_json::to_writer(&mut *out, msg).expect("a message always serializes");
+    // The tag comes first (`{"op":"NAME"`, no comma in any NAME): the core
+    // fields go right after it.
+    let after_op = json + out[json..].iter().position(|&b| b == b',' || b == b'}').expect("a JSON object");
+    let mut core = Vec::with_capacity(64 + msg.filename().len());
+    core.extend_from_slice(b",\"filename\":");
+    serde_json::to_writer(&mut core, msg.filename()).expect("a string always serializes");
+    core.extend_from_slice(b",\"md5\":");
+    serde_json::to_writer(&mut core, &msg.md5()).expect("a digest always serializes");
+    core.extend_from_slice(format!(",\"total_size\":{total_size}").as_bytes());
+    out.splice(after_op..after_op, core);
     let len = out.len() - start - PREFIX_LEN;
     if len > MAX_HEADER_LEN {
         out.truncate(start);
@@ -99,9 +133,10 @@ pub fn encode_header(header: &Header, out: &mut Vec<u8>) -> Result<(), FrameErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::message::{ClientMessage, Data, Done, Get, Ls, Put, ServerMessage};
+    use crate::protocol::ErrorCode;
 
     type Case = (&'static [u8], fn(&FrameError) -> bool);
-    use crate::protocol::header::{ErrorCode, Md5Hex, Op};
 
     fn frame(json: &[u8]) -> Vec<u8> {
         let mut v = (json.len() as u32).to_be_bytes().to_vec();
@@ -109,65 +144,116 @@ mod tests {
         v
     }
 
-    fn encoded(h: &Header) -> Vec<u8> {
+    fn encoded<M: Message>(msg: &M, total_size: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_header(h, &mut out).unwrap();
+        encode(msg, total_size, &mut out).unwrap();
         out
+    }
+
+    fn client(bytes: &[u8]) -> Result<Option<(Frame<ClientMessage>, usize)>, FrameError> {
+        decode(bytes)
+    }
+
+    fn md5(hex: &str) -> Md5Hex {
+        Md5Hex::try_from(hex.to_string()).unwrap()
     }
 
     #[test]
     fn round_trip_keeps_every_field() {
-        let mut h = Header::new(Op::Put)
-            .with_filename("dir/ünï.bin")
-            .with_body(5 * 1024 * 1024 * 1024 + 7)
-            .with_md5(Md5Hex::try_from("9e107d9d372bb6826bd81d3542a419d6".to_string()).unwrap());
-        h.force = true;
-        h.size = Some(u64::MAX);
-        let bytes = encoded(&h);
-        let (back, used) = decode_header(&bytes).unwrap().unwrap();
-        assert_eq!(back, h);
+        let put = ClientMessage::Put(Put {
+            filename: "dir/ünï.bin".into(),
+            size: Some(u64::MAX),
+            resume: true,
+            force: true,
+            fsync: false,
+        });
+        let bytes = encoded(&put, 5 * 1024 * 1024 * 1024 + 7);
+        let (back, used) = client(&bytes).unwrap().unwrap();
+        assert_eq!(back, Frame { msg: put, total_size: 5 * 1024 * 1024 * 1024 + 7 });
         assert_eq!(used, bytes.len());
+        let ok = ServerMessage::Ok {
+            filename: "a".into(),
+            md5: Some(md5("9e107d9d372bb6826bd81d3542a419d6")),
+            size: Some(3),
+            skipped: false,
+        };
+        let (back, _) = decode::<ServerMessage>(&encoded(&ok, 0)).unwrap().unwrap();
+        assert_eq!(back.msg, ok);
+    }
+
+    /// The core fields come first and are always there, whatever the op;
+    /// unset fields stay off the wire.
+    #[test]
+    fn core_fields_lead_every_header_and_unset_ones_stay_off() {
+        let json = |bytes: Vec<u8>| String::from_utf8(bytes[PREFIX_LEN..].to_vec()).unwrap();
+        let get = ClientMessage::Get(Get { filename: "a".into(), offset: None, md5: None });
+        assert_eq!(json(encoded(&get, 0)), r#"{"op":"get","filename":"a","md5":null,"total_size":0}"#);
+        assert_eq!(
+            json(encoded(&ServerMessage::Started, 0)),
+            r#"{"op":"started","filename":"","md5":null,"total_size":0}"#
+        );
+        let data =
+            ClientMessage::Data(Data { filename: "b".into(), offset: Some(4), mode: None, mtime: None });
+        assert_eq!(
+            json(encoded(&data, 9)),
+            r#"{"op":"data","filename":"b","md5":null,"total_size":9,"offset":4}"#
+        );
+        let done = ServerMessage::Done(Done {
+            filename: "\"q\"".into(),
+            md5: Some(md5("d41d8cd98f00b204e9800998ecf8427e")),
+        });
+        assert_eq!(
+            json(encoded(&done, 0)),
+            r#"{"op":"done","filename":"\"q\"","md5":"d41d8cd98f00b204e9800998ecf8427e","total_size":0}"#
+        );
     }
 
     /// PROTOCOL.md's settled points on header shape.
     #[test]
     fn duplicate_keys_are_malformed_and_missing_core_fields_default() {
-        assert!(decode_header(&frame(br#"{"op":"ls","filename":"a","filename":"b"}"#)).is_err());
-        assert!(decode_header(&frame(br#"{"op":"ls","op":"get"}"#)).is_err());
-        let (h, _) = decode_header(&frame(br#"{"op":"ls"}"#)).unwrap().unwrap();
-        assert_eq!((h.op, h.filename.as_str(), h.md5, h.total_size), (Op::Ls, "", None, 0));
-        assert!(decode_header(&frame(br#"{"filename":""}"#)).is_err(), "op is required");
+        assert!(client(&frame(br#"{"op":"ls","filename":"a","filename":"b"}"#)).is_err());
+        assert!(client(&frame(br#"{"op":"ls","op":"get"}"#)).is_err());
+        assert!(client(&frame(br#"{"op":"stdin","total_size":1,"total_size":2}"#)).is_err());
+        let (h, _) = client(&frame(br#"{"op":"ls"}"#)).unwrap().unwrap();
+        assert_eq!(h, Frame { msg: ClientMessage::Ls(Ls { filename: String::new() }), total_size: 0 });
+        assert!(client(&frame(br#"{"filename":""}"#)).is_err(), "op is required");
+    }
+
+    #[test]
+    fn each_direction_knows_only_its_own_ops() {
+        assert!(client(&frame(br#"{"op":"hello","version":2}"#)).is_err());
+        assert!(decode::<ServerMessage>(&frame(br#"{"op":"put"}"#)).is_err());
+        assert!(decode::<ServerMessage>(&frame(br#"{"op":"data"}"#)).is_ok(), "data goes both ways");
     }
 
     #[test]
     fn total_size_above_4_gib_survives() {
-        let h = Header::new(Op::Data).with_body(1 << 40);
-        let (back, _) = decode_header(&encoded(&h)).unwrap().unwrap();
+        let (back, _) = client(&encoded(&ClientMessage::Stdin, 1 << 40)).unwrap().unwrap();
         assert_eq!(back.total_size, 1 << 40);
     }
 
     #[test]
     fn every_prefix_of_a_frame_is_incomplete_not_an_error() {
-        let bytes = encoded(&Header::new(Op::Get).with_filename("a/b"));
+        let bytes = encoded(&ClientMessage::Ls(Ls { filename: "a/b".into() }), 0);
         for cut in 0..bytes.len() {
-            assert_eq!(decode_header(&bytes[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(client(&bytes[..cut]), Ok(None), "cut at {cut}");
         }
     }
 
     #[test]
     fn trailing_body_bytes_are_left_alone() {
-        let mut bytes = encoded(&Header::new(Op::Data).with_body(3));
+        let mut bytes = encoded(&ClientMessage::Stdin, 3);
         let header_len = bytes.len();
         bytes.extend_from_slice(b"abc");
-        let (_, used) = decode_header(&bytes).unwrap().unwrap();
+        let (_, used) = client(&bytes).unwrap().unwrap();
         assert_eq!(used, header_len);
     }
 
     #[test]
     fn oversized_length_is_refused_from_the_prefix_alone() {
-        assert_eq!(decode_header(&[0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLarge(0xffff_ffff)));
+        assert_eq!(client(&[0xff, 0xff, 0xff, 0xff]), Err(FrameError::TooLarge(0xffff_ffff)));
         let just_over = ((MAX_HEADER_LEN + 1) as u32).to_be_bytes();
-        assert!(matches!(decode_header(&just_over), Err(FrameError::TooLarge(_))));
+        assert!(matches!(client(&just_over), Err(FrameError::TooLarge(_))));
     }
 
     #[test]
@@ -190,39 +276,38 @@ mod tests {
                 matches!(e, FrameError::BadShape(_) | FrameError::NotJson(_))
             }),
             (br#"{"op":"done","md5":"xyz"}"#, |e| matches!(e, FrameError::BadShape(_))),
+            // Checked on every op, even those that carry no digest.
+            (br#"{"op":"ls","md5":"XYZ"}"#, |e| matches!(e, FrameError::BadShape(_))),
             (br#"{"op":"put","filename":null}"#, |e| matches!(e, FrameError::BadShape(_))),
+            (br#"{"op":"put","size":-5}"#, |e| matches!(e, FrameError::BadShape(_))),
+            (br#"{"op":"entry","filename":"a"}"#, |e| matches!(e, FrameError::BadShape(_))),
             (br#"{"op":"put"} trailing"#, |e| matches!(e, FrameError::NotJson(_))),
         ];
         for (json, expected) in cases {
-            let err = decode_header(&frame(json)).expect_err(&String::from_utf8_lossy(json));
+            let err = client(&frame(json)).expect_err(&String::from_utf8_lossy(json));
             assert!(expected(&err), "{:?} gave {err:?}", String::from_utf8_lossy(json));
         }
     }
 
     #[test]
-    fn missing_optional_fields_take_defaults() {
-        let (h, _) = decode_header(&frame(br#"{"op":"ls"}"#)).unwrap().unwrap();
-        assert_eq!(h, Header::new(Op::Ls));
-    }
-
-    #[test]
     fn unknown_fields_are_ignored_for_forward_compatibility() {
-        let (h, _) = decode_header(&frame(br#"{"op":"ls","future":[1]}"#)).unwrap().unwrap();
-        assert_eq!(h.op, Op::Ls);
+        let (h, _) = client(&frame(br#"{"op":"ls","future":[1]}"#)).unwrap().unwrap();
+        assert_eq!(h.msg, ClientMessage::Ls(Ls::default()));
     }
 
     #[test]
     fn error_frames_carry_code_and_message() {
-        let h = Header::error(ErrorCode::NotFound, "remote file not found: a");
-        let json = String::from_utf8(encoded(&h)[PREFIX_LEN..].to_vec()).unwrap();
+        let h = ServerMessage::error(ErrorCode::NotFound, "remote file not found: a");
+        let json = String::from_utf8(encoded(&h, 0)[PREFIX_LEN..].to_vec()).unwrap();
         assert!(json.contains(r#""code":"not_found""#), "{json}");
+        assert!(json.contains(r#""message":"remote file not found: a""#), "{json}");
     }
 
     #[test]
     fn encoding_refuses_a_header_over_the_limit() {
-        let h = Header::new(Op::Put).with_filename("x".repeat(MAX_HEADER_LEN));
+        let h = ClientMessage::Ls(Ls { filename: "x".repeat(MAX_HEADER_LEN) });
         let mut out = b"keep".to_vec();
-        assert!(matches!(encode_header(&h, &mut out), Err(FrameError::TooLarge(_))));
+        assert!(matches!(encode(&h, 0, &mut out), Err(FrameError::TooLarge(_))));
         assert_eq!(out, b"keep");
     }
 
@@ -232,70 +317,47 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        fn any_op() -> impl Strategy<Value = Op> {
-            prop::sample::select(vec![
-                Op::Hello,
-                Op::Auth,
-                Op::Welcome,
-                Op::Put,
-                Op::Ready,
-                Op::Get,
-                Op::Data,
-                Op::Done,
-                Op::Ok,
-                Op::Ls,
-                Op::Entry,
-                Op::End,
-                Op::Exec,
-                Op::Started,
-                Op::Stdin,
-                Op::Stdout,
-                Op::Stderr,
-                Op::Exit,
-                Op::Error,
-                Op::PutTree,
-                Op::GetTree,
-                Op::Have,
-                Op::Want,
-                Op::Partial,
-            ])
-        }
-
         proptest! {
             #[test]
             fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
-                let _ = decode_header(&bytes);
+                let _ = client(&bytes);
+                let _ = decode::<ServerMessage>(&bytes);
             }
 
             #[test]
             fn arbitrary_json_after_a_valid_prefix_never_panics(json in "\\PC{0,300}") {
-                let _ = decode_header(&frame(json.as_bytes()));
+                let _ = client(&frame(json.as_bytes()));
+                let _ = decode::<ServerMessage>(&frame(json.as_bytes()));
             }
 
             #[test]
             fn arbitrary_headers_round_trip(
-                op in any_op(),
                 filename in "\\PC{0,200}",
                 total_size in any::<u64>(),
                 size in proptest::option::of(any::<u64>()),
                 force in any::<bool>(),
                 md5 in proptest::option::of("[0-9a-f]{32}"),
             ) {
-                let mut h = Header::new(op).with_filename(filename).with_body(total_size);
-                h.size = size;
-                h.force = force;
-                h.md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
-                let bytes = encoded(&h);
-                let (back, used) = decode_header(&bytes).unwrap().unwrap();
-                prop_assert_eq!(back, h);
-                prop_assert_eq!(used, bytes.len());
+                let md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
+                let msgs = [
+                    ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force }),
+                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone() }),
+                    ClientMessage::Done(Done { filename: filename.clone(), md5 }),
+                    ClientMessage::Stdin,
+                ];
+                for msg in msgs {
+                    let bytes = encoded(&msg, total_size);
+                    let (back, used) = client(&bytes).unwrap().unwrap();
+                    prop_assert_eq!(back, Frame { msg, total_size });
+                    prop_assert_eq!(used, bytes.len());
+                }
             }
 
             #[test]
             fn decoding_any_split_agrees_with_decoding_whole(cut in 0usize..200, name in "[a-z]{0,100}") {
-                let bytes = encoded(&Header::new(Op::Get).with_filename(name));
+                let bytes = encoded(&ClientMessage::Ls(Ls { filename: name }), 0);
                 let cut = cut.min(bytes.len());
-                let partial = decode_header(&bytes[..cut]).unwrap();
+                let partial = client(&bytes[..cut]).unwrap();
                 prop_assert_eq!(partial.is_some(), cut == bytes.len());
             }
         }

@@ -1,10 +1,16 @@
-//! The wire protocol: header types and the pure frame codec.
+//! The wire protocol: the messages of each direction, the small types they
+//! carry, and the pure frame codec.
 //!
 //! `PROTOCOL.md` at the top of the repository is the full description; this
 //! module is its implementation and holds no I/O.
 
+pub mod fields;
 pub mod frame;
-pub mod header;
+pub mod message;
 
-pub use frame::{decode_header, encode_header, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
-pub use header::{hex, EntryKind, ErrorCode, Header, Md5Hex, Op, StreamSummary, PROTOCOL_VERSION};
+pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, PROTOCOL_VERSION};
+pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
+pub use message::{
+    ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Ls, Message, Put, PutTree,
+    Refusal, ServerMessage, Want,
+};

@@ -9,10 +9,10 @@
 
 use super::request::{refuse, Outcome};
 use super::Shared;
-use crate::connection::{Connection, FrameWriter, Reader};
+use crate::connection::{FrameWriter, Reader, ServerConnection};
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{ErrorCode, Header, Op, StreamSummary};
+use crate::protocol::{ClientMessage, ErrorCode, Exec, Message, ServerMessage, StreamSummary};
 use rustix::process::{kill_process_group, Pid, Signal};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -50,11 +50,11 @@ impl Drop for ProcessGroup {
 }
 
 pub(crate) async fn handle(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
-    req: Header,
+    req: Exec,
 ) -> Result<Outcome, ConnError> {
-    let command = req.command.clone().unwrap_or_default();
+    let command = req.command.clone();
     let mut outcome = Outcome::new(&command);
     if !shared.config.allow_exec {
         let err = RequestError::new(
@@ -77,7 +77,7 @@ pub(crate) async fn handle(
         }
     };
     let mut group = ProcessGroup(child.id().and_then(|id| Pid::from_raw(id as i32)));
-    conn.writer.write_header(&Header::new(Op::Started)).await?;
+    conn.writer.write(&ServerMessage::Started).await?;
 
     // A command may run silently for as long as it likes; the client's
     // disconnect, not its silence, is what ends it.
@@ -105,7 +105,7 @@ fn spawn(command: &str, shared: &Shared, stdin: bool) -> std::io::Result<Child> 
 /// Runs the exchange until the command is over, its output drained and its
 /// `exit` frame sent. Returns the output bytes sent.
 async fn run(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     child: &mut Child,
     group: &mut ProcessGroup,
     stdin: bool,
@@ -114,7 +114,7 @@ async fn run(
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let child_stdin = child.stdin.take();
-    let Connection { reader, writer, .. } = conn;
+    let ServerConnection { reader, writer, .. } = conn;
     let (finished_tx, finished_rx) = oneshot::channel::<()>();
 
     // The command is over when it has exited (or been killed) and both
@@ -135,7 +135,7 @@ async fn run(
         };
         let (pumped, (status, timed_out)) = tokio::join!(pump_output(writer, stdout, stderr), waited);
         let (out, err) = pumped?;
-        writer.write_header(&exit_frame(status, timed_out, &out, &err)).await?;
+        writer.write(&exit_frame(status, timed_out, &out, &err)).await?;
         let _ = finished_tx.send(());
         Ok::<u64, ConnError>(out.total_size + err.total_size)
     };
@@ -163,26 +163,19 @@ fn exit_frame(
     timed_out: bool,
     out: &StreamSummary,
     err: &StreamSummary,
-) -> Header {
-    let mut h = Header::new(Op::Exit);
-    match status {
-        Ok(st) => {
-            h.exit_code = st.code();
-            h.signal = st.signal();
-        }
+) -> ServerMessage {
+    let (exit_code, signal) = match status {
+        Ok(st) => (st.code(), st.signal()),
         // The child could not be waited for: report it as killed.
-        Err(_) => h.signal = Some(Signal::KILL.as_raw()),
-    }
-    h.timed_out = timed_out;
-    h.stdout = Some(out.clone());
-    h.stderr = Some(err.clone());
-    h
+        Err(_) => (None, Some(Signal::KILL.as_raw())),
+    };
+    ServerMessage::Exit { exit_code, signal, timed_out, stdout: Some(out.clone()), stderr: Some(err.clone()) }
 }
 
 /// Drains both pipes concurrently into `stdout` and `stderr` frames, hashing
 /// each stream; returns their summaries once both are at EOF.
 async fn pump_output<W, A, B>(
-    writer: &mut FrameWriter<W>,
+    writer: &mut FrameWriter<W, ServerMessage>,
     mut stdout: A,
     mut stderr: B,
 ) -> Result<(StreamSummary, StreamSummary), ConnError>
@@ -191,8 +184,8 @@ where
     A: AsyncRead + Unpin,
     B: AsyncRead + Unpin,
 {
-    let mut out = StreamState::new(Op::Stdout);
-    let mut err = StreamState::new(Op::Stderr);
+    let mut out = StreamState::new(ServerMessage::Stdout);
+    let mut err = StreamState::new(ServerMessage::Stderr);
     while out.open || err.open {
         // Both reads are cancel-safe: the one that loses the race has read
         // nothing.
@@ -206,8 +199,8 @@ where
 
 /// One output stream's progress.
 struct StreamState {
-    /// `stdout` or `stderr`: the op of this stream's frames.
-    op: Op,
+    /// `stdout` or `stderr`: the message of this stream's frames.
+    op: ServerMessage,
     /// Read buffer, reused for every chunk.
     buf: Vec<u8>,
     /// False once the pipe reached EOF.
@@ -219,14 +212,14 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(op: Op) -> Self {
+    fn new(op: ServerMessage) -> Self {
         StreamState { op, buf: vec![0; PIPE_CHUNK], open: true, total: 0, md5: Md5::new() }
     }
 
     async fn forward<W: AsyncWrite + Unpin>(
         &mut self,
         read: std::io::Result<usize>,
-        writer: &mut FrameWriter<W>,
+        writer: &mut FrameWriter<W, ServerMessage>,
     ) -> Result<(), ConnError> {
         // A read error on our end of the pipe is treated as its end.
         let n = read.unwrap_or(0);
@@ -237,7 +230,7 @@ impl StreamState {
         let chunk = &self.buf[..n];
         self.md5.update(chunk);
         self.total += n as u64;
-        writer.write_frame(&Header::new(self.op).with_body(n as u64), chunk).await
+        writer.write_frame(&self.op, chunk).await
     }
 
     fn summary(&self) -> StreamSummary {
@@ -249,7 +242,7 @@ impl StreamState {
 /// (`total_size` 0). Keeps reading (and dropping) chunks once the command
 /// stops taking them, so the connection stays in step.
 async fn forward_stdin(
-    reader: &mut Reader,
+    reader: &mut Reader<ClientMessage>,
     mut sink: Option<ChildStdin>,
     expected: bool,
 ) -> Result<(), ConnError> {
@@ -257,9 +250,9 @@ async fn forward_stdin(
         return Ok(());
     }
     loop {
-        let h = reader.expect_header().await?;
-        if h.op != Op::Stdin {
-            return Err(ConnError::Unexpected { got: h.op, expected: "stdin" });
+        let h = reader.expect().await?;
+        if h.msg != ClientMessage::Stdin {
+            return Err(ConnError::Unexpected { got: h.msg.op(), expected: "stdin" });
         }
         if h.total_size == 0 {
             // Dropping the pipe closes the command's stdin: it reads EOF.
@@ -283,10 +276,10 @@ async fn forward_stdin(
 
 /// Completes when the client disconnects or sends anything at all while a
 /// command runs without stdin: both end the command.
-async fn watch_disconnect(reader: &mut Reader) -> ConnError {
-    match reader.read_header().await {
+async fn watch_disconnect(reader: &mut Reader<ClientMessage>) -> ConnError {
+    match reader.read().await {
         Ok(None) => ConnError::Closed,
-        Ok(Some(h)) => ConnError::Unexpected { got: h.op, expected: "nothing while the command runs" },
+        Ok(Some(h)) => ConnError::Unexpected { got: h.msg.op(), expected: "nothing while the command runs" },
         Err(e) => e,
     }
 }

@@ -4,20 +4,19 @@
 
 use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
-use crate::connection::Connection;
+use crate::connection::ServerConnection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::RemotePath;
-use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, send_file, CopyError, Digest};
-use indicatif::ProgressBar;
+use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage};
+use crate::transfer::{hash_prefix, send_file, CopyError, Digest, NoProgress};
 use std::io::Seek;
 use std::sync::Arc;
 
 pub(crate) async fn handle(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
-    req: Header,
+    req: Get,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let path = match RemotePath::parse(&req.filename) {
@@ -66,14 +65,12 @@ pub(crate) async fn handle(
         }
     }
     let body = len - offset;
-    let mut data = Header::new(Op::Data).with_filename(&req.filename).with_body(body);
-    data.mtime = Some(mtime);
-    data.offset = Some(offset);
-    conn.writer.write_header(&data).await?;
+    let data = Data { filename: req.filename.clone(), offset: Some(offset), mode: None, mtime: Some(mtime) };
+    conn.writer.write_head(&data.into(), body).await?;
 
     // A digest computed over the whole file is worth remembering.
     let whole = offset == 0 && matches!(digest, Digest::Compute(_));
-    let sent = send_file(file, body, digest, conn.writer.body_writer(), &ProgressBar::hidden()).await;
+    let sent = send_file(file, body, digest, conn.writer.body_writer(), &NoProgress).await;
     let md5 = match sent {
         Ok(md5) => md5,
         // The file shrank or became unreadable after its size was announced:
@@ -87,9 +84,8 @@ pub(crate) async fn handle(
         shared.digests.remember(stamp, &md5);
     }
     outcome.bytes = body;
-    conn.writer
-        .write_header(&Header::new(Op::Done).with_filename(&req.filename).with_md5(md5.clone()))
-        .await?;
+    let done = Done { filename: req.filename, md5: Some(md5.clone()) };
+    conn.writer.write(&ServerMessage::Done(done)).await?;
     outcome.md5 = Some(md5);
     Ok(outcome)
 }

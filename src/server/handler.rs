@@ -6,9 +6,9 @@ use super::admission::Ticket;
 use super::request::{refuse, Outcome};
 use super::{exec, get, ls, put, tree, Shared};
 use crate::auth::{self, Challenge, Role};
-use crate::connection::Connection;
+use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{ErrorCode, Header, Md5Hex, Op, PROTOCOL_VERSION};
+use crate::protocol::{ClientMessage, ErrorCode, Md5Hex, Message, ServerMessage, PROTOCOL_VERSION};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,8 +47,8 @@ pub(crate) async fn serve_connection(
             ConnError::Frame(ref fe) => {
                 warn!(%peer, error = %e, "closing connection");
                 // Best effort: tell the peer why before closing.
-                let reply = Header::error(ErrorCode::BadRequest, format!("malformed frame: {fe}"));
-                let _ = conn.writer.write_header(&reply).await;
+                let reply = ServerMessage::error(ErrorCode::BadRequest, format!("malformed frame: {fe}"));
+                let _ = conn.writer.write(&reply).await;
             }
             ConnError::Unexpected { .. } => warn!(%peer, error = %e, "closing connection"),
             _ => debug!(%peer, error = %e, "connection ended"),
@@ -60,9 +60,9 @@ pub(crate) async fn serve_connection(
 /// How the handshake ended.
 enum Handshake {
     /// The client proved the token and has our proof: serve it.
-    Proven(Connection),
+    Proven(ServerConnection),
     /// It did not: refuse it, after the limiter's delay.
-    Refused(Connection),
+    Refused(ServerConnection),
 }
 
 /// TLS, then the greeting and the client's proof of the token, bound to
@@ -71,11 +71,9 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Resu
     // Small frames (headers, exec chunks) must not wait for Nagle.
     stream.set_nodelay(true)?;
     let nonce = auth::new_nonce();
-    let mut hello = Header::new(Op::Hello);
-    hello.version = Some(PROTOCOL_VERSION);
-    hello.nonce = Some(nonce.clone());
+    let hello = ServerMessage::Hello { version: PROTOCOL_VERSION, nonce: nonce.clone() };
     let mut greeting = Vec::new();
-    crate::protocol::encode_header(&hello, &mut greeting)?;
+    crate::protocol::encode(&hello, 0, &mut greeting)?;
     // Queued before the handshake, so it leaves with our handshake flight
     // (see `tls::server_config`).
     let tls = shared
@@ -85,12 +83,11 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Resu
             let _ = session.writer().write_all(&greeting);
         })
         .await?;
-    let mut conn = Connection::new(tokio_rustls::TlsStream::Server(tls), peer);
+    let mut conn = ServerConnection::new(tokio_rustls::TlsStream::Server(tls), peer);
     conn.set_idle_timeout(shared.config.idle_timeout);
 
-    let reply = conn.reader.expect_header().await?;
-    let (Op::Auth, 0, Some(client_nonce), Some(mac)) = (reply.op, reply.total_size, &reply.nonce, &reply.mac)
-    else {
+    let reply = conn.reader.expect().await?;
+    let (ClientMessage::Auth { nonce: client_nonce, mac }, 0) = (&reply.msg, reply.total_size) else {
         return Ok(Handshake::Refused(conn));
     };
     let binding = shared.config.identity.binding();
@@ -100,15 +97,14 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Resu
         return Ok(Handshake::Refused(conn));
     }
     shared.limiter.succeeded(peer.ip());
-    let mut welcome = Header::new(Op::Welcome);
-    welcome.mac = Some(auth::mac(token, Role::Server, challenge));
-    conn.writer.write_header(&welcome).await?;
+    let welcome = ServerMessage::Welcome { mac: auth::mac(token, Role::Server, challenge) };
+    conn.writer.write(&welcome).await?;
     Ok(Handshake::Proven(conn))
 }
 
 /// Answers a failed proof after the limiter's delay, holding the
 /// connection's place among the unauthenticated meanwhile, then closes.
-async fn refuse_auth(mut conn: Connection, shared: &Shared) {
+async fn refuse_auth(mut conn: ServerConnection, shared: &Shared) {
     let failure = shared.limiter.failed(conn.peer.ip());
     if let Some(unlogged) = failure.log {
         let delay_ms = failure.delay.as_millis() as u64;
@@ -119,42 +115,38 @@ async fn refuse_auth(mut conn: Connection, shared: &Shared) {
         }
     }
     tokio::time::sleep(failure.delay).await;
-    let refusal = Header::error(ErrorCode::AuthFailed, "authentication failed");
-    let _ = conn.writer.write_header(&refusal).await;
+    let refusal = ServerMessage::error(ErrorCode::AuthFailed, "authentication failed");
+    let _ = conn.writer.write(&refusal).await;
     let _ = conn.writer.shutdown().await;
 }
 
 async fn serve_requests(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
     shutdown: &mut broadcast::Receiver<()>,
 ) -> Result<(), ConnError> {
     loop {
         let req = tokio::select! {
-            req = conn.reader.read_header() => req?,
+            req = conn.reader.read() => req?,
             _ = shutdown.recv() => return Ok(()),
         };
-        let Some(mut req) = req else { return Ok(()) };
+        let Some(req) = req else { return Ok(()) };
         let started = Instant::now();
-        let op = req.op;
+        let op = req.msg.op();
         // No request carries a body of its own (a put's bytes follow in
         // `data` frames): whatever one announces is read and dropped here,
         // never parsed as the next frame.
-        if req.total_size > 0 {
-            conn.reader.skip_body(req.total_size).await?;
-            req.total_size = 0;
-        }
-        let outcome = match op {
-            Op::Put => put::handle(conn, shared, req).await?,
-            Op::Get => get::handle(conn, shared, req).await?,
-            Op::Ls => ls::handle(conn, shared, req).await?,
-            Op::Exec => exec::handle(conn, shared, req).await?,
-            Op::PutTree => tree::put_tree(conn, shared, req).await?,
-            Op::GetTree => tree::get_tree(conn, shared, req).await?,
-            _ => {
-                // Its body, if any, was skipped above.
+        conn.reader.skip_body(req.total_size).await?;
+        let outcome = match req.msg {
+            ClientMessage::Put(req) => put::handle(conn, shared, req).await?,
+            ClientMessage::Get(req) => get::handle(conn, shared, req).await?,
+            ClientMessage::Ls(req) => ls::handle(conn, shared, req).await?,
+            ClientMessage::Exec(req) => exec::handle(conn, shared, req).await?,
+            ClientMessage::PutTree(req) => tree::put_tree(conn, shared, req).await?,
+            ClientMessage::GetTree(req) => tree::get_tree(conn, shared, req).await?,
+            other => {
                 let err = RequestError::new(ErrorCode::BadRequest, format!("{op} is not a request"));
-                refuse(conn, Outcome::new(&req.filename), err).await?
+                refuse(conn, Outcome::new(other.filename()), err).await?
             }
         };
         let ms = started.elapsed().as_millis() as u64;

@@ -2,16 +2,16 @@
 
 use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
-use crate::connection::Connection;
+use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::fs::RemotePath;
-use crate::protocol::{ErrorCode, Header, Op};
+use crate::protocol::{End, Entry, ErrorCode, Ls, ServerMessage};
 use std::sync::Arc;
 
 pub(crate) async fn handle(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
-    req: Header,
+    req: Ls,
 ) -> Result<Outcome, ConnError> {
     let outcome = Outcome::new(&req.filename);
     let path = match RemotePath::parse(&req.filename) {
@@ -29,12 +29,10 @@ pub(crate) async fn handle(
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,
     };
     for entry in entries {
-        let mut h = Header::new(Op::Entry).with_filename(entry.name);
-        h.kind = Some(entry.kind);
-        h.size = Some(entry.size);
-        h.mtime = Some(entry.mtime);
-        conn.writer.write_header(&h).await?;
+        let listed =
+            Entry { size: Some(entry.size), mtime: Some(entry.mtime), ..Entry::new(entry.name, entry.kind) };
+        conn.writer.write(&listed.into()).await?;
     }
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
 }

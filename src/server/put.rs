@@ -4,13 +4,12 @@
 
 use super::request::{refuse, Outcome};
 use super::Shared;
-use crate::connection::Connection;
+use crate::connection::ServerConnection;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::fs::{CommitError, RemotePath, Staged};
-use crate::protocol::{ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, receive_into, CopyError};
-use indicatif::ProgressBar;
+use crate::protocol::{ClientMessage, ErrorCode, Message, Put, ServerMessage};
+use crate::transfer::{hash_prefix, receive_into, CopyError, NoProgress};
 use std::io::Seek;
 use std::sync::Arc;
 
@@ -29,9 +28,9 @@ struct Prepared {
 }
 
 pub(crate) async fn handle(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
-    req: Header,
+    req: Put,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let prepared = match prepare(shared, &req).await {
@@ -39,17 +38,18 @@ pub(crate) async fn handle(
         Err(e) => return refuse(conn, outcome, e).await,
     };
     let Prepared { staged, mut file, held, prefix, path } = prepared;
-    let mut ready = Header::new(Op::Ready).with_filename(&req.filename);
-    ready.offset = Some(held);
-    if held > 0 {
-        ready.md5 = Some(prefix.clone().finish());
-    }
-    conn.writer.write_header(&ready).await?;
+    let ready = ServerMessage::Ready {
+        filename: req.filename.clone(),
+        offset: Some(held),
+        md5: (held > 0).then(|| prefix.clone().finish()),
+    };
+    conn.writer.write(&ready).await?;
 
-    let data = conn.reader.expect_header().await?;
-    if data.op != Op::Data {
-        return Err(ConnError::Unexpected { got: data.op, expected: "data" });
-    }
+    let frame = conn.reader.expect().await?;
+    let ClientMessage::Data(data) = frame.msg else {
+        return Err(ConnError::Unexpected { got: frame.msg.op(), expected: "data" });
+    };
+    let len = frame.total_size;
     // The client resumes at our offset when its own prefix matches, or
     // starts over at 0; nothing else is valid.
     let (start, md5) = match data.offset.unwrap_or(0) {
@@ -57,7 +57,7 @@ pub(crate) async fn handle(
         o if o == held => (held, prefix),
         other => {
             // Stay in step: the body still follows.
-            conn.reader.skip_body(data.total_size).await?;
+            conn.reader.skip_body(len).await?;
             let msg = format!("data for {path} starts at {other}, but the server holds {held} bytes");
             return refuse(conn, outcome, RequestError::new(ErrorCode::BadRequest, msg)).await;
         }
@@ -65,12 +65,11 @@ pub(crate) async fn handle(
     if start == 0 {
         let reset = file.set_len(0).and_then(|()| file.rewind());
         if let Err(e) = reset {
-            conn.reader.skip_body(data.total_size).await?;
+            conn.reader.skip_body(len).await?;
             return refuse(conn, outcome, RequestError::from_io(&e, &path)).await;
         }
     }
-    let len = data.total_size;
-    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, &ProgressBar::hidden()).await;
+    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, &NoProgress).await;
     let received = match copied {
         Ok(md5) => md5,
         // The client vanished mid-body: the partial keeps what arrived, for
@@ -117,15 +116,19 @@ pub(crate) async fn handle(
         Err(CommitError::Exists) => return refuse(conn, outcome, exists(&path)).await,
         Err(CommitError::Io(e)) => return refuse(conn, outcome, RequestError::from_io(&e, &path)).await,
     }
-    let mut ok = Header::new(Op::Ok).with_filename(&req.filename).with_md5(received.clone());
-    ok.size = Some(start + len);
-    conn.writer.write_header(&ok).await?;
+    let ok = ServerMessage::Ok {
+        filename: req.filename.clone(),
+        md5: Some(received.clone()),
+        size: Some(start + len),
+        skipped: false,
+    };
+    conn.writer.write(&ok).await?;
     outcome.md5 = Some(received);
     Ok(outcome)
 }
 
 /// Checks the request and opens the partial, before any body is sent.
-async fn prepare(shared: &Arc<Shared>, req: &Header) -> Result<Prepared, RequestError> {
+async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestError> {
     let path =
         RemotePath::parse(&req.filename).map_err(|e| RequestError::new(ErrorCode::BadPath, e.to_string()))?;
     if path.is_root() {

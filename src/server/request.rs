@@ -1,9 +1,9 @@
 //! What every request handler shares: its outcome for the log line and
 //! the refusal that ends it.
 
-use crate::connection::Connection;
+use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{Header, Md5Hex};
+use crate::protocol::{Md5Hex, Refusal, ServerMessage};
 
 /// What one request did, for its log line.
 pub(crate) struct Outcome {
@@ -26,11 +26,16 @@ impl Outcome {
 
 /// Sends `err` as an `error` frame and records it in the outcome.
 pub(crate) async fn refuse(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     mut outcome: Outcome,
     err: RequestError,
 ) -> Result<Outcome, ConnError> {
-    conn.writer.write_header(&Header::error(err.code, err.message.clone())).await?;
+    conn.writer.write(&ServerMessage::error(err.code, err.message.clone())).await?;
     outcome.error = Some(err);
     Ok(outcome)
+}
+
+/// An `error` message about one item (`rel`) of a tree.
+pub(crate) fn item_refusal(rel: &str, err: &RequestError) -> ServerMessage {
+    ServerMessage::Error(Refusal { filename: rel.to_string(), code: err.code, message: err.message.clone() })
 }

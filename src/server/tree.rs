@@ -2,18 +2,19 @@
 //! exchange. Every file carries its own header and MD5 and is verified and
 //! committed on its own; one failing file is reported and the rest go on.
 
-use super::request::{refuse, Outcome};
+use super::request::{item_refusal as file_error, refuse, Outcome};
 use super::{blocking, Shared};
-use crate::connection::Connection;
+use crate::connection::ServerConnection;
 use crate::digest::Md5;
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::fs::{Opened, RemotePath, Stamp};
-use crate::protocol::{EntryKind, ErrorCode, Header, Op};
-use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch};
+use crate::protocol::{
+    ClientMessage, Data, Done, End, EntryKind, ErrorCode, GetTree, Message, PutTree, ServerMessage, Want,
+};
+use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch, NoProgress};
 use crate::tree::{self, TreeEntry, WHOLE_MAX};
 use crate::tree_receive::{Applied, FileFailure, Found, Receiver};
 use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
-use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -21,15 +22,10 @@ fn bad_path(e: impl std::fmt::Display) -> RequestError {
     RequestError::new(ErrorCode::BadPath, e.to_string())
 }
 
-/// An `error` frame about one file of a tree.
-fn file_error(rel: &str, err: &RequestError) -> Header {
-    Header::error(err.code, err.message.clone()).with_filename(rel)
-}
-
 pub(crate) async fn put_tree(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
-    req: Header,
+    req: PutTree,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let top = match RemotePath::parse(&req.filename) {
@@ -44,7 +40,8 @@ pub(crate) async fn put_tree(
         Ok(made) => made,
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
     };
-    conn.writer.write_header(&Header::new(Op::Ready).with_filename(&req.filename)).await?;
+    let ready = ServerMessage::Ready { filename: req.filename.clone(), offset: None, md5: None };
+    conn.writer.write(&ready).await?;
 
     // The manifest: make directories and symlinks now, note the files, and
     // tell the client which files we already have (with their MD5 when the
@@ -60,25 +57,23 @@ pub(crate) async fn put_tree(
         if !batch.is_empty() && !conn.reader.header_buffered() {
             receiver = apply(shared, receiver, std::mem::take(&mut batch), &mut replies, false).await;
         }
-        let h = conn.reader.expect_header().await?;
-        conn.reader.skip_body(h.total_size).await?;
-        match h.op {
-            Op::Entry => {
-                let Some(entry) = TreeEntry::from_header(&h) else { continue };
+        match conn.reader.expect_control().await? {
+            ClientMessage::Entry(entry) => {
+                let Some(entry) = TreeEntry::from_entry(entry) else { continue };
                 if !budget.admit(&entry) {
-                    return Err(ConnError::Unexpected { got: h.op, expected: tree::MANIFEST_LIMIT });
+                    return Err(ConnError::Unexpected { got: "entry", expected: tree::MANIFEST_LIMIT });
                 }
                 batch.push(entry);
             }
-            Op::End => break h.mode.zip(h.mtime),
-            other => return Err(ConnError::Unexpected { got: other, expected: "entry or end" }),
+            ClientMessage::End(end) => break end.mode.zip(end.mtime),
+            other => return Err(ConnError::Unexpected { got: other.op(), expected: "entry or end" }),
         }
     };
     let mut receiver = apply(shared, receiver, batch, &mut replies, true).await;
     for r in &replies {
         conn.writer.queue(r, &[]).await?;
     }
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    conn.writer.write(&ServerMessage::End(End::default())).await?;
 
     // The files, one after another: small ones go to the tree writer's
     // thread, larger ones are streamed here. Replies are queued while more
@@ -95,25 +90,29 @@ pub(crate) async fn put_tree(
         if !conn.reader.header_buffered() {
             conn.writer.flush().await?;
         }
-        let h = conn.reader.expect_header().await?;
-        match h.op {
-            Op::End => break,
-            Op::Data => {}
-            other => return Err(ConnError::Unexpected { got: other, expected: "data or end" }),
-        }
-        if h.total_size > WHOLE_MAX || h.offset.is_some() {
+        let frame = conn.reader.expect().await?;
+        let len = frame.total_size;
+        let h = match frame.msg {
+            ClientMessage::End(_) => {
+                conn.reader.skip_body(len).await?;
+                break;
+            }
+            ClientMessage::Data(data) => data,
+            other => return Err(ConnError::Unexpected { got: other.op(), expected: "data or end" }),
+        };
+        if len > WHOLE_MAX || h.offset.is_some() {
             // The threads write what waits while this one streams.
             small.flush().await;
-            let reply = receive_one(conn, shared, &mut receiver, &h).await?;
-            if reply.op == Op::Ok {
-                outcome.bytes += h.total_size;
+            let reply = receive_one(conn, shared, &mut receiver, (&h, len)).await?;
+            if matches!(reply, ServerMessage::Ok { .. }) {
+                outcome.bytes += len;
             }
             conn.writer.queue(&reply, &[]).await?;
             continue;
         }
         // Not resumed after all (the file shrank): its partial is stale.
         receiver.forget_partial(&h.filename);
-        let body = conn.reader.read_small_body(h.total_size, WHOLE_MAX as usize).await?;
+        let body = conn.reader.read_small_body(len, WHOLE_MAX as usize).await?;
         let sent = conn.reader.expect_done().await?;
         let meta = receiver.files.get(&h.filename).map(|e| (e.mode, e.mtime));
         match (meta, receiver.path(&h.filename)) {
@@ -148,26 +147,21 @@ pub(crate) async fn put_tree(
         let err = RequestError::from_io(&e, &top.to_string());
         conn.writer.queue(&file_error(&req.filename, &err), &[]).await?;
     }
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
 }
 
 /// The frame that tells the client what one entry found: `have` for a
 /// file there already, `partial` for one to resume, `error` for a
 /// refusal; nothing for a file that is simply missing.
-fn reply_for(applied: Applied) -> Option<Header> {
+fn reply_for(applied: Applied) -> Option<ServerMessage> {
     match applied {
         Applied::File { found: Found::Nothing, .. } => None,
         Applied::File { rel, found: Found::Existing { size, md5 } } => {
-            let mut have = Header::new(Op::Have).with_filename(&rel);
-            have.size = Some(size);
-            have.md5 = md5;
-            Some(have)
+            Some(ServerMessage::Have { filename: rel, size, md5 })
         }
         Applied::File { rel, found: Found::Partial { offset, md5 } } => {
-            let mut offer = Header::new(Op::Partial).with_filename(&rel).with_md5(md5);
-            offer.offset = Some(offset);
-            Some(offer)
+            Some(ServerMessage::Partial { filename: rel, offset, md5 })
         }
         Applied::Refused { rel, err } => Some(file_error(&rel, &err)),
     }
@@ -179,7 +173,7 @@ async fn apply(
     shared: &Arc<Shared>,
     mut receiver: Receiver,
     batch: Vec<TreeEntry>,
-    replies: &mut Vec<Header>,
+    replies: &mut Vec<ServerMessage>,
     last: bool,
 ) -> Receiver {
     let (receiver, applied) = blocking(shared, move |root| {
@@ -195,10 +189,10 @@ async fn apply(
 }
 
 /// The reply for a small file the tree writer is done with.
-fn small_reply(w: Written) -> Header {
+fn small_reply(w: Written) -> ServerMessage {
     let shown = w.path.to_string();
     let err = match w.result {
-        Ok(md5) => return Header::new(Op::Ok).with_filename(&w.rel).with_md5(md5),
+        Ok(md5) => return stored(w.rel, md5),
         Err(WriteError::Mismatch { sent, received }) => {
             RequestError::mismatch(&shown, sent.as_ref(), &received)
         }
@@ -212,15 +206,15 @@ fn small_reply(w: Written) -> Header {
 /// returns the reply for it (`ok` or `error`); only connection failures
 /// are errors.
 async fn receive_one(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
     receiver: &mut Receiver,
-    data: &Header,
-) -> Result<Header, ConnError> {
-    let rel = data.filename.as_str();
+    data: (&Data, u64),
+) -> Result<ServerMessage, ConnError> {
+    let rel = data.0.filename.as_str();
     let shown = receiver.path(rel).map_or_else(|_| rel.to_string(), |p| p.to_string());
-    let err = match receiver.receive_file(conn, &shared.root, data, &ProgressBar::hidden()).await? {
-        Ok(md5) => return Ok(Header::new(Op::Ok).with_filename(rel).with_md5(md5)),
+    let err = match receiver.receive_file(&mut conn.reader, &shared.root, data, &NoProgress).await? {
+        Ok(md5) => return Ok(stored(rel.to_string(), md5)),
         Err(FileFailure::Start(err)) => err,
         Err(FileFailure::Write(e) | FileFailure::Commit(e)) => RequestError::from_io(&e, &shown),
         Err(FileFailure::Mismatch { sent, received }) => {
@@ -231,10 +225,20 @@ async fn receive_one(
     Ok(file_error(rel, &err))
 }
 
+/// The `ok` for a file of a put_tree stored with digest `md5`.
+fn stored(rel: String, md5: crate::protocol::Md5Hex) -> ServerMessage {
+    ServerMessage::Ok { filename: rel, md5: Some(md5), size: None, skipped: false }
+}
+
+/// The `ok` for a wanted file the client's copy of which is identical.
+fn skipped(rel: &str) -> ServerMessage {
+    ServerMessage::Ok { filename: rel.to_string(), md5: None, size: None, skipped: true }
+}
+
 pub(crate) async fn get_tree(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
-    req: Header,
+    req: GetTree,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let top = match RemotePath::parse(&req.filename) {
@@ -250,16 +254,17 @@ pub(crate) async fn get_tree(
         }
     };
     let (entries, walked) = tree::send_walk(&mut conn.writer, walker).await?;
-    let mut end = Header::new(Op::End);
+    let mut end = End::default();
     match walked {
         Ok((left, (mode, mtime))) => {
             // What the walk left out, for the client to report as our own
             // walk's are reported in put -r: warnings, and failures.
             for (rel, why) in left.skipped {
-                let mut note = Header::new(Op::Entry).with_filename(&rel);
-                note.kind = Some(EntryKind::Other);
-                note.message = Some(why);
-                conn.writer.queue(&note, &[]).await?;
+                let note = crate::protocol::Entry {
+                    message: Some(why),
+                    ..crate::protocol::Entry::new(rel, EntryKind::Other)
+                };
+                conn.writer.queue(&note.into(), &[]).await?;
             }
             for (rel, why) in left.unreadable {
                 let err = RequestError::new(ErrorCode::PermissionDenied, why);
@@ -277,26 +282,24 @@ pub(crate) async fn get_tree(
         }
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &top.to_string())).await,
     }
-    conn.writer.write_header(&end).await?;
+    conn.writer.write(&end.into()).await?;
 
     // The client says which files it wants (with its MD5 where it has a
     // copy of the same size); then they stream back to back.
     let mut wants = Vec::new();
     loop {
-        let h = conn.reader.expect_header().await?;
-        conn.reader.skip_body(h.total_size).await?;
-        match h.op {
+        match conn.reader.expect_control().await? {
             // One want per item of the tree at most: more can only be a
             // client trying to make us send the same file over and over.
-            Op::Want if wants.len() < entries.len() => wants.push(h),
-            Op::Want => {
+            ClientMessage::Want(want) if wants.len() < entries.len() => wants.push(want),
+            ClientMessage::Want(_) => {
                 return Err(ConnError::Unexpected {
-                    got: h.op,
+                    got: "want",
                     expected: "at most one want per item of the tree",
                 })
             }
-            Op::End => break,
-            other => return Err(ConnError::Unexpected { got: other, expected: "want or end" }),
+            ClientMessage::End(_) => break,
+            other => return Err(ConnError::Unexpected { got: other.op(), expected: "want or end" }),
         }
     }
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
@@ -311,16 +314,14 @@ pub(crate) async fn get_tree(
             continue;
         };
         if identical.contains(&rel) {
-            let mut ok = Header::new(Op::Ok).with_filename(&rel);
-            ok.skipped = true;
-            conn.writer.queue(&ok, &[]).await?;
+            conn.writer.queue(&skipped(&rel), &[]).await?;
             continue;
         }
         outcome.bytes +=
             send_one(conn, shared, &top, (&rel, &entry, &want), req.force, &mut unhashed).await?;
     }
     send_hashed(conn, shared, &mut unhashed).await?;
-    conn.writer.write_header(&Header::new(Op::End)).await?;
+    conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
 }
 
@@ -330,7 +331,7 @@ pub(crate) async fn get_tree(
 async fn identical_to_theirs(
     shared: &Arc<Shared>,
     top: &RemotePath,
-    wants: &[Header],
+    wants: &[Want],
 ) -> std::collections::HashSet<String> {
     let checks: Vec<_> = wants
         .iter()
@@ -387,16 +388,15 @@ impl AsRef<[u8]> for Unhashed {
 /// Hashes the small files waiting, remembers their digests and queues each
 /// with its `done` frame.
 async fn send_hashed(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Shared,
     batch: &mut HashBatch<Unhashed>,
 ) -> Result<(), ConnError> {
     for (Unhashed { rel, mode, mtime, stamp, body }, md5) in batch.hash() {
         shared.digests.remember(stamp, &md5);
-        let mut data = Header::new(Op::Data).with_filename(&rel).with_body(body.len() as u64);
-        (data.mode, data.mtime) = (Some(mode), Some(mtime));
-        conn.writer.queue(&data, &body).await?;
-        conn.writer.queue(&Header::new(Op::Done).with_filename(&rel).with_md5(md5), &[]).await?;
+        let data = Data { filename: rel.clone(), offset: None, mode: Some(mode), mtime: Some(mtime) };
+        conn.writer.queue(&data.into(), &body).await?;
+        conn.writer.queue(&Done { filename: rel, md5: Some(md5) }.into(), &[]).await?;
     }
     Ok(())
 }
@@ -407,10 +407,10 @@ async fn send_hashed(
 /// prefix of it. A small file whose digest is not remembered may wait in
 /// `unhashed`. Returns the body bytes sent.
 async fn send_one(
-    conn: &mut Connection,
+    conn: &mut ServerConnection,
     shared: &Arc<Shared>,
     top: &RemotePath,
-    (rel, entry, want): (&str, &TreeEntry, &Header),
+    (rel, entry, want): (&str, &TreeEntry, &Want),
     force: bool,
     unhashed: &mut HashBatch<Unhashed>,
 ) -> Result<u64, ConnError> {
@@ -453,22 +453,21 @@ async fn send_one(
                     md5
                 });
                 let reply = match &theirs {
-                    Some(theirs) if *theirs == md5 => {
-                        let mut ok = Header::new(Op::Ok).with_filename(rel);
-                        ok.skipped = true;
-                        ok
-                    }
+                    Some(theirs) if *theirs == md5 => skipped(rel),
                     Some(_) if !force => {
                         let msg = exists_words(&format!("{rel} exists and differs"));
                         file_error(rel, &RequestError::new(ErrorCode::Exists, msg))
                     }
                     _ => {
-                        let mut data = Header::new(Op::Data).with_filename(rel).with_body(body.len() as u64);
-                        data.mode = Some(entry.mode);
-                        data.mtime = Some(mtime);
-                        conn.writer.queue(&data, &body).await?;
-                        let done = Header::new(Op::Done).with_filename(rel).with_md5(md5);
-                        conn.writer.queue(&done, &[]).await?;
+                        let data = Data {
+                            filename: rel.to_string(),
+                            offset: None,
+                            mode: Some(entry.mode),
+                            mtime: Some(mtime),
+                        };
+                        conn.writer.queue(&data.into(), &body).await?;
+                        let done = Done { filename: rel.to_string(), md5: Some(md5) };
+                        conn.writer.queue(&done.into(), &[]).await?;
                         return Ok(body.len() as u64);
                     }
                 };
@@ -520,32 +519,31 @@ async fn send_one(
     let ToSend { file, size, mtime, same, offset, digest, stamp } = match opened {
         Ok(o) => o,
         Err(e) => {
-            conn.writer.write_header(&file_error(rel, &RequestError::from_io(&e, &shown))).await?;
+            conn.writer.write(&file_error(rel, &RequestError::from_io(&e, &shown))).await?;
             return Ok(0);
         }
     };
     match same {
         Some(true) => {
-            let mut ok = Header::new(Op::Ok).with_filename(rel);
-            ok.skipped = true;
-            conn.writer.write_header(&ok).await?;
+            conn.writer.write(&skipped(rel)).await?;
             return Ok(0);
         }
         Some(false) if !force => {
             let msg = exists_words(&format!("{rel} exists and differs"));
-            conn.writer.write_header(&file_error(rel, &RequestError::new(ErrorCode::Exists, msg))).await?;
+            conn.writer.write(&file_error(rel, &RequestError::new(ErrorCode::Exists, msg))).await?;
             return Ok(0);
         }
         _ => {}
     }
-    let mut data = Header::new(Op::Data).with_filename(rel).with_body(size - offset);
-    data.mode = Some(entry.mode);
-    data.mtime = Some(mtime);
-    data.offset = (offset > 0).then_some(offset);
-    conn.writer.write_header(&data).await?;
+    let data = Data {
+        filename: rel.to_string(),
+        offset: (offset > 0).then_some(offset),
+        mode: Some(entry.mode),
+        mtime: Some(mtime),
+    };
+    conn.writer.write_head(&data.into(), size - offset).await?;
     let whole = offset == 0 && matches!(digest, Digest::Compute(_));
-    let sent =
-        send_file(file, size - offset, digest, conn.writer.body_writer(), &ProgressBar::hidden()).await;
+    let sent = send_file(file, size - offset, digest, conn.writer.body_writer(), &NoProgress).await;
     let md5 = match sent {
         Ok(md5) => md5,
         Err(CopyError::Write { source, .. } | CopyError::Read { source, .. }) => {
@@ -556,7 +554,7 @@ async fn send_one(
     if whole {
         shared.digests.remember(stamp, &md5);
     }
-    conn.writer.write_header(&Header::new(Op::Done).with_filename(rel).with_md5(md5)).await?;
+    conn.writer.write(&Done { filename: rel.to_string(), md5: Some(md5) }.into()).await?;
     Ok(size - offset)
 }
 

@@ -209,7 +209,7 @@ impl Mitm {
 async fn relay_inside_tls(client: TcpStream, server: TcpStream, dir: Direction) {
     use xfer::auth::{self, Challenge, Role};
     use xfer::connection::{FrameReader, FrameWriter};
-    use xfer::protocol::{Header, Op};
+    use xfer::protocol::{ClientMessage, ServerMessage};
     let id = xfer::tls::Identity::generate();
     let acceptor = tokio_rustls::TlsAcceptor::from(xfer::tls::server_config(&id).unwrap());
     let connector = tokio_rustls::TlsConnector::from(xfer::tls::client_config());
@@ -218,33 +218,28 @@ async fn relay_inside_tls(client: TcpStream, server: TcpStream, dir: Direction) 
     let server_binding = xfer::tls::peer_binding(server.get_ref().1).unwrap();
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
-    let (mut cr, mut cw) = (FrameReader::new(cr), FrameWriter::new(cw));
-    let (mut sr, mut sw) = (FrameReader::new(sr), FrameWriter::new(sw));
+    let (mut cr, mut cw) =
+        (FrameReader::<_, ClientMessage>::new(cr), FrameWriter::<_, ServerMessage>::new(cw));
+    let (mut sr, mut sw) =
+        (FrameReader::<_, ServerMessage>::new(sr), FrameWriter::<_, ClientMessage>::new(sw));
     let token = super::token();
     // The server's side of the handshake, to the client.
     let ns = auth::new_nonce();
-    let mut hello = Header::new(Op::Hello);
-    hello.version = Some(xfer::protocol::PROTOCOL_VERSION);
-    hello.nonce = Some(ns.clone());
-    cw.write_header(&hello).await.unwrap();
-    let Ok(proof) = cr.expect_header().await else { return };
-    let nc = proof.nonce.unwrap();
+    let hello = ServerMessage::Hello { version: xfer::protocol::PROTOCOL_VERSION, nonce: ns.clone() };
+    cw.write(&hello).await.unwrap();
+    let Ok(ClientMessage::Auth { nonce: nc, mac }) = cr.expect_control().await else { return };
     let mine = id.binding();
     let to_client = Challenge { binding: &mine, server_nonce: &ns, client_nonce: &nc };
-    assert!(auth::verify(&token, Role::Client, to_client, proof.mac.as_deref().unwrap()));
-    let mut welcome = Header::new(Op::Welcome);
-    welcome.mac = Some(auth::mac(&token, Role::Server, to_client));
-    cw.write_header(&welcome).await.unwrap();
+    assert!(auth::verify(&token, Role::Client, to_client, &mac));
+    let welcome = ServerMessage::Welcome { mac: auth::mac(&token, Role::Server, to_client) };
+    cw.write(&welcome).await.unwrap();
     // The client's side, to the server.
-    let Ok(hello) = sr.expect_header().await else { return };
-    let ns = hello.nonce.unwrap();
+    let Ok(ServerMessage::Hello { nonce: ns, .. }) = sr.expect_control().await else { return };
     let nc = auth::new_nonce();
     let to_server = Challenge { binding: &server_binding, server_nonce: &ns, client_nonce: &nc };
-    let mut proof = Header::new(Op::Auth);
-    proof.nonce = Some(nc.clone());
-    proof.mac = Some(auth::mac(&token, Role::Client, to_server));
-    sw.write_header(&proof).await.unwrap();
-    let Ok(_welcome) = sr.expect_header().await else { return };
+    let proof = ClientMessage::Auth { nonce: nc.clone(), mac: auth::mac(&token, Role::Client, to_server) };
+    sw.write(&proof).await.unwrap();
+    let Ok(_welcome) = sr.expect_control().await else { return };
     match dir {
         Direction::ToServer => {
             tokio::join!(flip(&mut cr, &mut sw, true), flip(&mut sr, &mut cw, false));
@@ -257,14 +252,13 @@ async fn relay_inside_tls(client: TcpStream, server: TcpStream, dir: Direction) 
 
 /// Relays frames from `reader` to `writer`, flipping the middle byte of
 /// every `data` body when `damage` is set.
-async fn flip<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    reader: &mut xfer::connection::FrameReader<R>,
-    writer: &mut xfer::connection::FrameWriter<W>,
+async fn flip<R: AsyncRead + Unpin, W: AsyncWrite + Unpin, M: xfer::protocol::Message>(
+    reader: &mut xfer::connection::FrameReader<R, M>,
+    writer: &mut xfer::connection::FrameWriter<W, M>,
     damage: bool,
 ) {
-    use xfer::protocol::Op;
-    while let Ok(Some(h)) = reader.read_header().await {
-        if writer.write_header(&h).await.is_err() {
+    while let Ok(Some(h)) = reader.read().await {
+        if writer.write_head(&h.msg, h.total_size).await.is_err() {
             return;
         }
         let mut body = reader.body(h.total_size);
@@ -276,7 +270,7 @@ async fn flip<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if damage && h.op == Op::Data && (offset..offset + n as u64).contains(&target) {
+            if damage && h.msg.op() == "data" && (offset..offset + n as u64).contains(&target) {
                 buf[(target - offset) as usize] ^= 0x01;
             }
             offset += n as u64;

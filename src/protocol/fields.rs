@@ -1,0 +1,152 @@
+//! The small types that messages carry: digests, error codes, kinds of
+//! entry, the protocol version.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks. A peer announcing another version
+/// is refused with [`ErrorCode::Version`] before any request is read.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Machine-readable reason carried by an `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The named file or directory does not exist.
+    NotFound,
+    /// The destination exists and `force` was not set.
+    Exists,
+    /// The path is not acceptable (absolute, `..`, control characters...).
+    BadPath,
+    /// The path names a directory where a file was expected, or the reverse.
+    WrongType,
+    /// The received body did not match the sender's MD5.
+    Md5Mismatch,
+    /// The frame or the message sequence is not valid.
+    BadRequest,
+    /// The peer speaks another protocol version.
+    Version,
+    /// The client did not prove it holds the token.
+    AuthFailed,
+    /// Exec was asked of a server started without `--allow-exec`.
+    ExecDisabled,
+    /// The server refused for lack of permission.
+    PermissionDenied,
+    /// The server's disk is full.
+    NoSpace,
+    /// Anything else that went wrong on the server (also what an `error`
+    /// frame without a code means).
+    #[default]
+    Internal,
+}
+
+/// Lowercase hex of `bytes`: the one hex encoding (digests, nonces, MACs).
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
+}
+
+/// A lowercase hex MD5 digest, checked on parse: exactly 32 of `0-9a-f`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Md5Hex(String);
+
+impl Md5Hex {
+    /// Formats a raw 16-byte digest.
+    pub fn from_digest(bytes: &[u8; 16]) -> Self {
+        Md5Hex(hex(bytes))
+    }
+
+    /// The raw 16-byte digest.
+    pub fn to_digest(&self) -> [u8; 16] {
+        let nibble = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
+        let mut out = [0u8; 16];
+        for (o, pair) in out.iter_mut().zip(self.0.as_bytes().chunks_exact(2)) {
+            *o = nibble(pair[0]) << 4 | nibble(pair[1]);
+        }
+        out
+    }
+
+    /// The 32 hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Md5Hex {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ok {
+            Ok(Md5Hex(s))
+        } else {
+            Err(format!("md5 must be 32 lowercase hex digits, got {s:?}"))
+        }
+    }
+}
+
+impl From<Md5Hex> for String {
+    fn from(m: Md5Hex) -> String {
+        m.0
+    }
+}
+
+impl fmt::Display for Md5Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of thing a listing entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Size and digest of one exec output stream, sent in the `exit` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSummary {
+    /// Bytes the server read from the stream and sent.
+    pub total_size: u64,
+    /// MD5 of those bytes.
+    pub md5: Md5Hex,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_hex_round_trips_raw_digests() {
+        let raw: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+        let hex = Md5Hex::from_digest(&raw);
+        assert_eq!(hex.as_str(), "a580efca311c7ba68de8d7321944a38e");
+        assert_eq!(hex.to_digest(), raw);
+        assert!(Md5Hex::try_from(hex.as_str().to_string()).is_ok());
+    }
+
+    #[test]
+    fn md5_hex_accepts_only_lowercase_32_hex() {
+        assert!(Md5Hex::try_from("d41d8cd98f00b204e9800998ecf8427e".to_string()).is_ok());
+        for bad in [
+            "",
+            "D41D8CD98F00B204E9800998ECF8427E",
+            "d41d8cd98f00b204e9800998ecf8427",
+            "d41d8cd98f00b204e9800998ecf8427e0",
+            "g41d8cd98f00b204e9800998ecf8427e",
+        ] {
+            assert!(Md5Hex::try_from(bad.to_string()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn md5_hex_formats_digest() {
+        let d = [0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0, 0xb2, 4, 0xe9, 0x80, 9, 0x98, 0xec, 0xf8, 0x42, 0x7e];
+        assert_eq!(Md5Hex::from_digest(&d).as_str(), "d41d8cd98f00b204e9800998ecf8427e");
+    }
+}

@@ -1,0 +1,579 @@
+//! Every message of the protocol as a Rust type: one enum per direction,
+//! tagged by `op`, each variant with exactly the fields that op carries, so
+//! the compiler knows which op carries what.
+//!
+//! On the wire every header also carries `filename`, `md5` and
+//! `total_size`. `total_size`, the length of the body that follows, belongs
+//! to the frame ([`Frame`]), not the message; `filename` and `md5` belong to
+//! the messages that use them, and the codec writes them (as `""` and
+//! `null`) for the others. Fields left unset are left out of the JSON.
+
+use super::fields::{EntryKind, ErrorCode, Md5Hex, StreamSummary};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A decoded header: the message, and the length of the body after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame<M> {
+    /// What the frame says.
+    pub msg: M,
+    /// Bytes of body that follow the header: always consumed as a body.
+    pub total_size: u64,
+}
+
+/// What the codec needs of a direction's messages.
+pub trait Message: Serialize + DeserializeOwned + Send + 'static {
+    /// The wire name of the op, for logs and errors.
+    fn op(&self) -> &'static str;
+    /// The `filename` this message carries, or `""`.
+    fn filename(&self) -> &str;
+    /// The `md5` this message carries, if any.
+    fn md5(&self) -> Option<&Md5Hex>;
+}
+
+/// The messages both directions send (a tree's manifest and its files go
+/// either way), so one piece of code can send or receive a tree whichever
+/// side it runs on.
+pub trait Common: Message + From<Data> + From<Done> + From<Entry> + From<End> {
+    /// The `done` frame, if this is one.
+    fn into_done(self) -> Result<Done, Self>;
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A file body (either direction): the file's bytes follow the header.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Data {
+    /// Which file (a tree's `REL`, or the requested path).
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Bytes of the file before this body: what a resumed transfer skips.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Permission bits (trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Modification time, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
+/// Ends a body: the sender's MD5 of the whole file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Done {
+    /// Which file.
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// The sender's digest; `None` only from a broken peer.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+}
+
+/// One item of a listing or of a tree's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its name (`ls`) or `REL` within the tree.
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// What it is; `other` in a manifest is an item the walk left out.
+    pub kind: EntryKind,
+    /// Its size (0 for directories and symlinks in trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Permission bits (trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Modification time, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+    /// Where a symlink points (trees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Why an item of kind `other` was left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Entry {
+    /// An entry of `kind` named `filename`, every other field unset.
+    pub fn new(filename: impl Into<String>, kind: EntryKind) -> Self {
+        Entry {
+            filename: filename.into(),
+            kind,
+            size: None,
+            mode: None,
+            mtime: None,
+            target: None,
+            message: None,
+        }
+    }
+}
+
+/// Ends a listing, a manifest, a list of wants or of replies.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct End {
+    /// The tree's top's own permission bits (a manifest's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// The tree's top's own modification time (a manifest's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
+/// A request failed, or (with a `filename` in a tree) one item of it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The item concerned in a tree; `""` for the request as a whole.
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Machine-readable reason.
+    #[serde(default)]
+    pub code: ErrorCode,
+    /// Human-readable reason naming the file concerned.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Store the `data` body that follows `ready` at `filename`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Put {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// The client may resume from a partial the server holds.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub resume: bool,
+    /// Replace an existing destination.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+    /// Flush to disk before replying `ok`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fsync: bool,
+    /// The whole file's size, so a partial longer than it is not offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Send the file at `filename`; `offset` and `md5` offer a partial.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Get {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Bytes of the client's partial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// MD5 of those bytes.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+}
+
+/// List the directory at `filename`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Ls {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+}
+
+/// Run `command` with `sh -c`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Exec {
+    /// The command line.
+    #[serde(default)]
+    pub command: String,
+    /// Seconds before the command's process group is killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Whether `stdin` frames follow.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin: bool,
+}
+
+/// Make the directory `filename` a copy of the manifest that follows.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PutTree {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Replace differing files.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+    /// Flush to disk before the last `end`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fsync: bool,
+}
+
+/// Send the tree at `filename`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GetTree {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Send differing files.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+}
+
+/// A file the client wants of a get_tree manifest: `md5` of its copy of
+/// the same size, or `offset` and `md5` of a partial to resume.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Want {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// MD5 of the client's copy, or of its partial.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+    /// Bytes of the client's partial, to resume after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Client to server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// The answer to `hello`: the client's nonce and proof of the token.
+    Auth {
+        /// 64 hex digits; `""` from a peer that sent none (refused).
+        #[serde(default)]
+        nonce: String,
+        /// HMAC-SHA256 proof, 64 hex digits.
+        #[serde(default)]
+        mac: String,
+    },
+    /// Store the `data` body that follows `ready` at `filename`.
+    Put(Put),
+    /// Send the file at `filename`; `offset` and `md5` offer a partial.
+    Get(Get),
+    /// List the directory at `filename`.
+    Ls(Ls),
+    /// Run `command` with `sh -c`.
+    Exec(Exec),
+    /// Make the directory `filename` a copy of the manifest that follows.
+    PutTree(PutTree),
+    /// Send the tree at `filename`.
+    GetTree(GetTree),
+    /// A file the client wants of a get_tree manifest: `md5` of its copy of
+    /// the same size, or `offset` and `md5` of a partial to resume.
+    Want(Want),
+    /// A chunk of the command's stdin (the body); an empty one is EOF.
+    Stdin,
+    Data(Data),
+    Done(Done),
+    Entry(Entry),
+    End(End),
+}
+
+/// Server to client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The greeting: protocol version and the server's nonce.
+    Hello {
+        /// `0` from a peer that sent none.
+        #[serde(default)]
+        version: u32,
+        /// 64 hex digits.
+        #[serde(default)]
+        nonce: String,
+    },
+    /// The server's proof of the token, after a good `auth`.
+    Welcome {
+        #[serde(default)]
+        mac: String,
+    },
+    /// Send the body now (`put`, from `offset`: the partial held, of `md5`);
+    /// or go on with the manifest (`put_tree`).
+    Ready {
+        /// The path concerned.
+        #[serde(default, skip_serializing)]
+        filename: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(default, skip_serializing)]
+        md5: Option<Md5Hex>,
+    },
+    /// A file was stored, of digest `md5` (or, `skipped`, was identical).
+    Ok {
+        /// The path concerned.
+        #[serde(default, skip_serializing)]
+        filename: String,
+        #[serde(default, skip_serializing)]
+        md5: Option<Md5Hex>,
+        /// The stored file's size (`put`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        /// The client's copy was identical and was not sent (get_tree).
+        #[serde(default, skip_serializing_if = "is_false")]
+        skipped: bool,
+    },
+    /// A file of a put_tree the server has already: its size, and MD5
+    /// when the size is the entry's.
+    Have {
+        /// The path concerned.
+        #[serde(default, skip_serializing)]
+        filename: String,
+        #[serde(default)]
+        size: u64,
+        #[serde(default, skip_serializing)]
+        md5: Option<Md5Hex>,
+    },
+    /// A partial the server holds for a file of a put_tree: its first
+    /// `offset` bytes, of MD5 `md5`.
+    Partial {
+        /// The path concerned.
+        #[serde(default, skip_serializing)]
+        filename: String,
+        offset: u64,
+        #[serde(skip_serializing)]
+        md5: Md5Hex,
+    },
+    /// The command is running.
+    Started,
+    /// A chunk of the command's stdout (the body).
+    Stdout,
+    /// A chunk of the command's stderr (the body).
+    Stderr,
+    /// The command ended: how, and what each stream carried.
+    Exit {
+        /// Its exit code, if it exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// The signal that killed it, if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// Its time ran out.
+        #[serde(default, skip_serializing_if = "is_false")]
+        timed_out: bool,
+        /// Size and MD5 of everything sent on stdout.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stdout: Option<StreamSummary>,
+        /// Size and MD5 of everything sent on stderr.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stderr: Option<StreamSummary>,
+    },
+    Error(Refusal),
+    Data(Data),
+    Done(Done),
+    Entry(Entry),
+    End(End),
+}
+
+impl ServerMessage {
+    /// An `error` frame about the request as a whole.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error(Refusal { filename: String::new(), code, message: message.into() })
+    }
+}
+
+impl Message for ClientMessage {
+    fn op(&self) -> &'static str {
+        match self {
+            ClientMessage::Auth { .. } => "auth",
+            ClientMessage::Put(_) => "put",
+            ClientMessage::Get(_) => "get",
+            ClientMessage::Ls(_) => "ls",
+            ClientMessage::Exec(_) => "exec",
+            ClientMessage::PutTree(_) => "put_tree",
+            ClientMessage::GetTree(_) => "get_tree",
+            ClientMessage::Want(_) => "want",
+            ClientMessage::Stdin => "stdin",
+            ClientMessage::Data(_) => "data",
+            ClientMessage::Done(_) => "done",
+            ClientMessage::Entry(_) => "entry",
+            ClientMessage::End(_) => "end",
+        }
+    }
+
+    fn filename(&self) -> &str {
+        match self {
+            ClientMessage::Put(Put { filename, .. })
+            | ClientMessage::Get(Get { filename, .. })
+            | ClientMessage::Ls(Ls { filename })
+            | ClientMessage::PutTree(PutTree { filename, .. })
+            | ClientMessage::GetTree(GetTree { filename, .. })
+            | ClientMessage::Want(Want { filename, .. })
+            | ClientMessage::Data(Data { filename, .. })
+            | ClientMessage::Done(Done { filename, .. })
+            | ClientMessage::Entry(Entry { filename, .. }) => filename,
+            ClientMessage::Auth { .. }
+            | ClientMessage::Exec(_)
+            | ClientMessage::Stdin
+            | ClientMessage::End(_) => "",
+        }
+    }
+
+    fn md5(&self) -> Option<&Md5Hex> {
+        match self {
+            ClientMessage::Get(Get { md5, .. })
+            | ClientMessage::Want(Want { md5, .. })
+            | ClientMessage::Done(Done { md5, .. }) => md5.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl Message for ServerMessage {
+    fn op(&self) -> &'static str {
+        match self {
+            ServerMessage::Hello { .. } => "hello",
+            ServerMessage::Welcome { .. } => "welcome",
+            ServerMessage::Ready { .. } => "ready",
+            ServerMessage::Ok { .. } => "ok",
+            ServerMessage::Have { .. } => "have",
+            ServerMessage::Partial { .. } => "partial",
+            ServerMessage::Started => "started",
+            ServerMessage::Stdout => "stdout",
+            ServerMessage::Stderr => "stderr",
+            ServerMessage::Exit { .. } => "exit",
+            ServerMessage::Error(_) => "error",
+            ServerMessage::Data(_) => "data",
+            ServerMessage::Done(_) => "done",
+            ServerMessage::Entry(_) => "entry",
+            ServerMessage::End(_) => "end",
+        }
+    }
+
+    fn filename(&self) -> &str {
+        match self {
+            ServerMessage::Ready { filename, .. }
+            | ServerMessage::Ok { filename, .. }
+            | ServerMessage::Have { filename, .. }
+            | ServerMessage::Partial { filename, .. }
+            | ServerMessage::Error(Refusal { filename, .. })
+            | ServerMessage::Data(Data { filename, .. })
+            | ServerMessage::Done(Done { filename, .. })
+            | ServerMessage::Entry(Entry { filename, .. }) => filename,
+            ServerMessage::Hello { .. }
+            | ServerMessage::Welcome { .. }
+            | ServerMessage::Started
+            | ServerMessage::Stdout
+            | ServerMessage::Stderr
+            | ServerMessage::Exit { .. }
+            | ServerMessage::End(_) => "",
+        }
+    }
+
+    fn md5(&self) -> Option<&Md5Hex> {
+        match self {
+            ServerMessage::Ready { md5, .. }
+            | ServerMessage::Ok { md5, .. }
+            | ServerMessage::Have { md5, .. }
+            | ServerMessage::Done(Done { md5, .. }) => md5.as_ref(),
+            ServerMessage::Partial { md5, .. } => Some(md5),
+            _ => None,
+        }
+    }
+}
+
+/// `From` for each shared message, into both directions' enums.
+macro_rules! common {
+    ($($shared:ident),*) => {$(
+        impl From<$shared> for ClientMessage {
+            fn from(m: $shared) -> Self {
+                ClientMessage::$shared(m)
+            }
+        }
+        impl From<$shared> for ServerMessage {
+            fn from(m: $shared) -> Self {
+                ServerMessage::$shared(m)
+            }
+        }
+    )*};
+}
+common!(Data, Done, Entry, End);
+
+impl Common for ClientMessage {
+    fn into_done(self) -> Result<Done, Self> {
+        match self {
+            ClientMessage::Done(done) => Ok(done),
+            other => Err(other),
+        }
+    }
+}
+
+impl Common for ServerMessage {
+    fn into_done(self) -> Result<Done, Self> {
+        match self {
+            ServerMessage::Done(done) => Ok(done),
+            other => Err(other),
+        }
+    }
+}
+
+impl From<Refusal> for ServerMessage {
+    fn from(r: Refusal) -> Self {
+        ServerMessage::Error(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{decode, encode};
+
+    /// The byte dumps of PROTOCOL.md's "A real exchange": each block of
+    /// one direction, as (from the client?, bytes).
+    fn captured() -> Vec<(bool, Vec<u8>)> {
+        let doc = include_str!("../../PROTOCOL.md");
+        let section = &doc[doc.find("## A real exchange").expect("the section")..];
+        let mut blocks: Vec<(bool, Vec<u8>)> = Vec::new();
+        for line in section.lines() {
+            if let Some(dir) = ["C->S", "S->C"].iter().position(|d| line.starts_with(d)) {
+                blocks.push((dir == 0, Vec::new()));
+            } else if let (Some(hex), Some((_, bytes))) = (line.strip_prefix("  "), blocks.last_mut()) {
+                // "  0010  22 66 ...  text": the offset, then up to 16 bytes.
+                let hex = hex.get(6..).unwrap_or("");
+                bytes.extend(
+                    hex.split(' ')
+                        .take_while(|w| w.len() == 2)
+                        .map(|w| u8::from_str_radix(w, 16).expect("hex byte")),
+                );
+            }
+        }
+        blocks
+    }
+
+    /// Decodes every frame of `bytes` as messages `M`, checks that encoding
+    /// each gives back its header byte for byte, and returns their ops.
+    fn replay<M: Message + std::fmt::Debug>(mut bytes: &[u8]) -> Vec<&'static str> {
+        let mut ops = Vec::new();
+        while !bytes.is_empty() {
+            let (frame, used) = decode::<M>(bytes).expect("a valid header").expect("a whole header");
+            let mut again = Vec::new();
+            encode(&frame.msg, frame.total_size, &mut again).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&again),
+                String::from_utf8_lossy(&bytes[..used]),
+                "{:?} encodes differently",
+                frame.msg
+            );
+            ops.push(frame.msg.op());
+            bytes = &bytes[used + frame.total_size as usize..];
+        }
+        ops
+    }
+
+    #[test]
+    fn protocol_md_exchanges_decode_and_encode_byte_for_byte() {
+        let mut ops = Vec::new();
+        for (from_client, bytes) in captured() {
+            let sent =
+                if from_client { replay::<ClientMessage>(&bytes) } else { replay::<ServerMessage>(&bytes) };
+            ops.extend(sent);
+        }
+        let expected = [
+            "put", "ready", "data", "done", "ok", "get", "data", "done", "get", "error", "exec", "started",
+            "stdin", "stdin", "stdout", "stderr", "exit",
+        ];
+        assert_eq!(ops, expected);
+    }
+}
