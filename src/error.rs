@@ -88,6 +88,12 @@ impl RequestError {
         RequestError::new(ErrorCode::Exists, exists_words(&format!("remote file exists: {path}")))
     }
 
+    /// A body for `path` starts at `offset`, where `held` bytes were offered.
+    pub fn offset(path: &str, offset: u64, held: u64) -> Self {
+        let msg = format!("data for {path} starts at {offset}, but {held} bytes were offered");
+        RequestError::new(ErrorCode::BadRequest, msg)
+    }
+
     /// The body received for `path` is not what its sender's digest says.
     pub fn mismatch(
         path: &str,

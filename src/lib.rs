@@ -3,39 +3,38 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (clap).
+//! From the bottom up; imports point down this list, never round.
+//!
 //! - [`plain`]: words for people: OS errors in plain words, escaped names.
-//! - [`meta`]: permission bits and modification times.
 //! - [`private_file`]: files only their owner may read (token, server key).
-//! - [`tls`]: TLS 1.3 under every connection: the server's certificate,
-//!   both sides' configurations, the channel binding.
-//! - [`auth`]: the shared token and the challenge-response that proves it,
-//!   bound to the TLS channel.
 //! - [`protocol`]: every message as a Rust type, one enum per direction
 //!   ([`ClientMessage`](protocol::ClientMessage),
 //!   [`ServerMessage`](protocol::ServerMessage)), and the pure frame codec
 //!   (no I/O).
+//! - [`digest`]: the one MD5 implementation, [`md5_many`](digest::md5_many)
+//!   for many bodies at once in SIMD lanes, and the one rule for batching
+//!   them ([`HashBatch`](digest::HashBatch)).
+//! - [`tls`]: TLS 1.3 under every connection: the server's certificate,
+//!   both sides' configurations, the channel binding.
+//! - [`auth`]: the shared token and the challenge-response that proves it,
+//!   bound to the TLS channel.
+//! - [`error`]: error types per phase, their messages and exit codes.
+//! - [`local`]: confined filesystem work for both sides: checked paths, the
+//!   directory handle everything goes through, the partial file and its
+//!   commit, small files written whole, modes and times.
 //! - [`connection`]: the only code that reads or writes a connection; typed
 //!   by direction, so the server cannot send a client's message.
-//! - [`transfer`]: streaming file bodies through a hashing pipeline,
-//!   reporting progress through a trait (it knows no progress bars).
-//! - [`digest`]: the one MD5 implementation everything uses, and
-//!   [`md5_many`](digest::md5_many) for many small bodies at once.
-//! - [`tree`]: the one walk of a tree into a manifest (sent while the walk
-//!   goes on), for whichever side sends, and the rules both sides keep.
-//! - [`tree_receive`]: the receiving side of a tree, for whichever side
-//!   receives: the manifest applied beneath a directory handle, what each
-//!   file finds, where its bytes go, directory modes and times.
-//! - [`tree_writer`]: a tree's small files verified and written on a thread of their own.
-//! - [`fs`]: safe remote paths, the served root, partial files and commits.
-//! - [`server`]: listener, admission of unauthenticated connections,
-//!   per-connection handler, one module per request.
-//! - [`client`]: connecting, and one module per client command.
+//! - [`transfer`]: streaming bodies through a hashing pipeline (reporting
+//!   progress through a trait: it knows no progress bars), and the one
+//!   receive → verify → commit path of every streamed file.
+//! - [`tree`]: trees for both sides: the one walk into a manifest, its
+//!   application beneath the destination, many files hashed at once, small
+//!   files written on threads of their own.
 //! - [`ui`]: progress bars and summary lines.
-//! - [`error`]: error types per phase, messages and exit codes.
-//!
-//! Imports point down this list's layers, never round: `plain`, `meta`,
-//! `private_file` and `protocol` use no other module of xfer.
+//! - [`server`]: listener, admission of unauthenticated connections,
+//!   per-connection handler, one module per request: who speaks first.
+//! - [`client`]: connecting, and one module per client command.
+//! - [`cli`]: the command line (clap).
 //!
 //! `PROTOCOL.md` describes the wire format for other implementations.
 
@@ -45,8 +44,7 @@ pub mod client;
 pub mod connection;
 pub mod digest;
 pub mod error;
-pub mod fs;
-pub mod meta;
+pub mod local;
 pub mod plain;
 pub mod private_file;
 pub mod protocol;
@@ -54,8 +52,6 @@ pub mod server;
 pub mod tls;
 pub mod transfer;
 pub mod tree;
-pub mod tree_receive;
-pub mod tree_writer;
 pub mod ui;
 
 use cli::{Cli, Command, ServeArgs};

@@ -3,7 +3,7 @@
 //! Bars go to stderr and only when stderr is a terminal (indicatif hides them
 //! otherwise) and `--quiet` is off. Names are escaped before display.
 
-use crate::fs::escape;
+use crate::local::escape;
 use crate::protocol::Md5Hex;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::Duration;

@@ -4,9 +4,9 @@
 use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
-use crate::fs::{CommitError, Staged};
-use crate::protocol::{ClientMessage, Get, ServerMessage};
-use crate::transfer::{hash_prefix, receive_into, CopyError};
+use crate::local::Partial;
+use crate::protocol::{ClientMessage, Get, Md5Hex, ServerMessage};
+use crate::transfer::{receive_file, receive_into, Commit, CopyError, FileFailure};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -48,12 +48,9 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
 
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    let held = partial.as_ref().filter(|p| p.held > 0);
-    let req = Get {
-        filename: remote.to_string(),
-        offset: held.map(|p| p.held),
-        md5: held.map(|p| p.prefix.clone().finish()),
-    };
+    let offer = partial.as_ref().and_then(Partial::offer);
+    let req =
+        Get { filename: remote.to_string(), offset: offer.as_ref().map(|o| o.0), md5: offer.map(|o| o.1) };
     conn.writer.write(&ClientMessage::Get(req)).await?;
     let frame = conn.reader.expect().await?;
     let ServerMessage::Data(data) = frame.msg else {
@@ -64,24 +61,34 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
     let offset = data.offset.unwrap_or(0);
     let started = Instant::now();
 
-    let (staged, copied) = match (partial, &target) {
-        (Some(p), Some(path)) => {
-            let (file, md5) = match p.resume_at(offset) {
-                Ok(Some(resumed)) => resumed,
-                Ok(None) => {
-                    let expected = "data at offset 0 or at the offset we offered";
-                    return Err(ConnError::Unexpected { got: "data", expected }.into());
-                }
-                Err(e) => return Err(Error::local(path, e)),
-            };
+    let received = match (partial, &target) {
+        (Some(partial), Some(path)) => {
+            if offset != 0 && offset != partial.held() {
+                let expected = "data at offset 0 or at the offset we offered";
+                return Err(ConnError::Unexpected { got: "data", expected }.into());
+            }
             if offset > 0 {
                 opts.ui.resuming(name, offset);
             }
             let bar = opts.ui.transfer_bar(name, offset + body_len);
             bar.set_position(offset);
-            let copied = receive_into(&mut conn.reader.body(body_len), body_len, file, md5, &bar).await;
+            let how = Commit { replace: flags.force, durable: flags.fsync, meta: None };
+            let received = receive_file(&mut conn.reader, partial, (offset, body_len), how, &bar).await?;
             bar.finish_and_clear();
-            (Some(p.staged), copied)
+            match received {
+                Ok(md5) => md5,
+                Err(FileFailure::Offset { .. } | FileFailure::Refused(_)) => {
+                    let expected = "data at offset 0 or at the offset we offered";
+                    return Err(ConnError::Unexpected { got: "data", expected }.into());
+                }
+                Err(FileFailure::Write { source, .. } | FileFailure::Commit(source)) => {
+                    return Err(Error::local(path, source))
+                }
+                Err(FileFailure::Mismatch { sent, received }) => {
+                    return Err(mismatch(remote, sent, &received))
+                }
+                Err(FileFailure::Exists) => return Err(Error::LocalExists(path.clone())),
+            }
         }
         _ => {
             if offset != 0 {
@@ -92,94 +99,42 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
             let copied =
                 receive_into(&mut conn.reader.body(body_len), body_len, sink, Md5::new(), &bar).await;
             bar.finish_and_clear();
-            (None, copied)
-        }
-    };
-    let received = match copied {
-        Ok(md5) => md5,
-        // The partial keeps what arrived, for the next run to resume.
-        Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
-        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body").into()),
-        Err(CopyError::Write { source, .. }) => {
-            if let Some(s) = staged {
-                s.discard();
+            let received = match copied {
+                Ok(md5) => md5,
+                Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
+                Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body").into()),
+                Err(CopyError::Write { source, .. }) => return Err(Error::local("stdout", source)),
+            };
+            let sent = conn.reader.expect_done().await?;
+            if sent.as_ref() != Some(&received) {
+                return Err(mismatch(remote, sent, &received));
             }
-            let shown = target.as_deref().unwrap_or(Path::new("stdout"));
-            return Err(Error::local(shown, source));
+            received
         }
     };
     let len = offset + body_len;
-
-    let sent = match conn.reader.expect_control().await? {
-        ServerMessage::Done(done) => done.md5,
-        reply => return Err(unexpected_reply(reply, "done")),
-    };
-    if sent.as_ref() != Some(&received) {
-        if let Some(s) = staged {
-            s.discard();
-        }
-        let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-        return Err(Error::Md5Mismatch { name: remote.to_string(), sent, received: received.to_string() });
-    }
-    if let (Some(staged), Some(path)) = (staged, &target) {
-        let committed = match flags.fsync {
-            true => staged.commit_durably(flags.force),
-            false => staged.commit(flags.force),
-        };
-        match committed {
-            Ok(()) => {}
-            Err(CommitError::Exists) => return Err(Error::LocalExists(path.clone())),
-            Err(CommitError::Io(e)) => return Err(Error::local(path, e)),
-        }
-    }
     opts.ui.summary("get", remote, len - offset, started.elapsed(), &received);
     Ok(())
 }
 
-/// The local partial for a fetch, with what it holds.
-struct LocalPartial {
-    /// The partial's guard.
-    staged: Staged,
-    /// The partial, open for writing.
-    file: std::fs::File,
-    /// Bytes offered for resuming (0: none).
-    held: u64,
-    /// MD5 of those bytes.
-    prefix: Md5,
-}
-
-impl LocalPartial {
-    /// The file positioned where the server's body starts, with the MD5 of
-    /// what precedes it; `None` if the server picked an offset we did not
-    /// offer.
-    fn resume_at(&self, offset: u64) -> std::io::Result<Option<(std::fs::File, Md5)>> {
-        let mut file = self.file.try_clone()?;
-        match offset {
-            0 => {
-                file.set_len(0)?;
-                std::io::Seek::rewind(&mut file)?;
-                Ok(Some((file, Md5::new())))
-            }
-            o if o == self.held => {
-                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(o))?;
-                Ok(Some((file, self.prefix.clone())))
-            }
-            _ => Ok(None),
-        }
-    }
+/// The words for a file whose bytes are not what the server's digest says.
+fn mismatch(remote: &str, sent: Option<Md5Hex>, received: &Md5Hex) -> Error {
+    let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+    Error::Md5Mismatch { name: remote.to_string(), sent, received: received.to_string() }
 }
 
 /// Opens the partial beside `path` and hashes what it holds (nothing when
 /// resuming is off).
-async fn open_partial(path: &Path, resume: bool) -> Result<LocalPartial, Error> {
+async fn open_partial(path: &Path, resume: bool) -> Result<Partial, Error> {
     let owned = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let (staged, mut file, held) = Staged::beside(&owned)?;
-        let held = if resume { held } else { 0 };
-        let prefix = hash_prefix(&mut file, held)?;
-        Ok(LocalPartial { staged, file, held, prefix })
+        let mut partial = Partial::beside(&owned)?;
+        if resume {
+            partial.hash_for_resume();
+        }
+        Ok(partial)
     })
     .await
     .expect("hashing does not panic")
-    .map_err(|e| Error::local(path, e))
+    .map_err(|e: std::io::Error| Error::local(path, e))
 }

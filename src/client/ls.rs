@@ -2,7 +2,7 @@
 
 use super::{unexpected_reply, Client, Options};
 use crate::error::Error;
-use crate::fs::escape;
+use crate::local::escape;
 use crate::protocol::{ClientMessage, Entry, EntryKind, Ls, ServerMessage};
 use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};

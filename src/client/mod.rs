@@ -155,5 +155,5 @@ pub(crate) fn unexpected_reply(reply: ServerMessage, expected: &'static str) -> 
 
 /// A server's reason for refusing, escaped for the terminal.
 pub(crate) fn reason(message: &str) -> String {
-    crate::fs::escape(if message.is_empty() { "the server gave no reason" } else { message })
+    crate::local::escape(if message.is_empty() { "the server gave no reason" } else { message })
 }

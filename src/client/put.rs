@@ -2,10 +2,11 @@
 //! upload when the server holds a partial whose bytes match ours.
 
 use super::{unexpected_reply, Client, Flags, Options};
+use crate::digest::hash_prefix;
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::protocol::{ClientMessage, Data, Done, Put, ServerMessage};
-use crate::transfer::{hash_prefix, send_file, CopyError, Digest};
+use crate::transfer::{send_file, CopyError, Digest};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

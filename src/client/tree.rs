@@ -8,16 +8,18 @@
 use super::{reason, unexpected_reply, Client, Flags, Options};
 use crate::connection::{ClientConnection, Writer};
 use crate::digest::Md5;
+use crate::digest::{hash_prefix, HashBatch};
 use crate::error::{exists_words, mismatch_words, ConnError, Error};
-use crate::fs::{escape, RemotePath, Root};
+use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
     ClientMessage, Data, Done, End, EntryKind, GetTree, Md5Hex, Message, PutTree, Refusal, ServerMessage,
     Want,
 };
-use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch};
+use crate::transfer::FileFailure;
+use crate::transfer::{read_whole, send_file, CopyError, Digest};
+use crate::tree::receive::{Applied, Found, Receiver};
+use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
-use crate::tree_receive::{Applied, FileFailure, Found, Receiver};
-use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -314,7 +316,7 @@ async fn send_large(
 
 /// Fetches the tree at `remote` into `local` (default: `remote`'s name).
 /// Everything is made beneath a directory handle on `local`, as the server
-/// does beneath its root (see [`crate::tree_receive`]).
+/// does beneath its root (see [`crate::tree::receive`]).
 pub async fn get_tree(
     opts: &Options,
     remote: &str,
@@ -471,7 +473,7 @@ pub async fn get_tree(
     bar.finish_and_clear();
     receiver.finish_dirs(&root, top_meta);
     if flags.fsync {
-        let synced = root.handle().and_then(|dir| crate::fs::sync_filesystem(&dir));
+        let synced = root.handle().and_then(|dir| crate::local::sync_filesystem(&dir));
         if let Err(err) = synced {
             file_failed(&mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
         }
@@ -553,15 +555,20 @@ async fn receive_file(
 ) -> Result<Result<(), String>, Error> {
     Ok(Err(match receiver.receive_file(&mut conn.reader, root, data, bar).await? {
         Ok(_) => return Ok(Ok(())),
-        Err(FileFailure::Start(err))
+        Err(FileFailure::Offset { .. }) => {
+            return Err(
+                ConnError::Unexpected { got: "data", expected: "data from an offset we offered" }.into()
+            )
+        }
+        Err(FileFailure::Refused(err))
             if data.0.offset.is_some() && err.code == crate::protocol::ErrorCode::BadRequest =>
         {
             return Err(
                 ConnError::Unexpected { got: "data", expected: "data from an offset we offered" }.into()
             )
         }
-        Err(FileFailure::Start(err)) => err.message,
-        Err(FileFailure::Write(e) | FileFailure::Commit(e)) => crate::error::plain_io(&e),
+        Err(FileFailure::Refused(err)) => err.message,
+        Err(FileFailure::Write { source: e, .. } | FileFailure::Commit(e)) => crate::error::plain_io(&e),
         Err(FileFailure::Mismatch { sent, received }) => {
             mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str())
         }

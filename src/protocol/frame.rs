@@ -16,7 +16,7 @@ use thiserror::Error;
 pub const PREFIX_LEN: usize = 4;
 
 /// Largest header accepted, checked before allocating. Real headers are under
-/// 1 KiB (the longest field is a path, capped at 4 KiB by [`crate::fs`]), so
+/// 1 KiB (the longest field is a path, capped at 4 KiB where paths are checked), so
 /// 64 KiB leaves room for growth while bounding what a hostile peer can make
 /// us buffer.
 pub const MAX_HEADER_LEN: usize = 64 * 1024;

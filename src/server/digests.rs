@@ -10,7 +10,7 @@
 //! commits nothing. It never decides that two files are identical; those
 //! comparisons hash the bytes.
 
-use crate::fs::Stamp;
+use crate::local::Stamp;
 use crate::protocol::Md5Hex;
 use std::collections::HashMap;
 use std::sync::Mutex;

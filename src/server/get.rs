@@ -5,11 +5,12 @@
 use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::ServerConnection;
+use crate::digest::hash_prefix;
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::fs::RemotePath;
+use crate::local::RemotePath;
 use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage};
-use crate::transfer::{hash_prefix, send_file, CopyError, Digest, NoProgress};
+use crate::transfer::{send_file, CopyError, Digest, NoProgress};
 use std::io::Seek;
 use std::sync::Arc;
 
@@ -92,6 +93,6 @@ pub(crate) async fn handle(
 
 /// The digest to send the whole file `stamp` with: the remembered one, or
 /// one computed on the way.
-pub(super) fn remembered(shared: &Shared, stamp: Option<&crate::fs::Stamp>) -> Digest {
+pub(super) fn remembered(shared: &Shared, stamp: Option<&crate::local::Stamp>) -> Digest {
     shared.digests.get(stamp).map_or_else(|| Digest::Compute(Md5::new()), Digest::Known)
 }

@@ -150,7 +150,7 @@ async fn serve_requests(
             }
         };
         let ms = started.elapsed().as_millis() as u64;
-        let path = crate::fs::escape(&outcome.path);
+        let path = crate::local::escape(&outcome.path);
         match &outcome.error {
             None => {
                 let md5 = outcome.md5.as_ref().map_or("-", Md5Hex::as_str);

@@ -4,7 +4,7 @@ use super::request::{refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
-use crate::fs::RemotePath;
+use crate::local::RemotePath;
 use crate::protocol::{End, Entry, ErrorCode, Ls, ServerMessage};
 use std::sync::Arc;
 

@@ -17,7 +17,7 @@ mod request;
 mod tree;
 
 use crate::auth::{FailureLimiter, Token};
-use crate::fs::Root;
+use crate::local::Root;
 use crate::tls::Identity;
 use admission::Admission;
 use digests::Digests;

@@ -5,27 +5,11 @@
 use super::request::{refuse, Outcome};
 use super::Shared;
 use crate::connection::ServerConnection;
-use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::fs::{CommitError, RemotePath, Staged};
+use crate::local::{Partial, RemotePath};
 use crate::protocol::{ClientMessage, ErrorCode, Message, Put, ServerMessage};
-use crate::transfer::{hash_prefix, receive_into, CopyError, NoProgress};
-use std::io::Seek;
+use crate::transfer::{drain, receive_file, Commit, FileFailure, NoProgress};
 use std::sync::Arc;
-
-/// A destination ready to receive: its partial, and what it already holds.
-struct Prepared {
-    /// The partial file's guard.
-    staged: Staged,
-    /// The partial, open for writing.
-    file: std::fs::File,
-    /// Bytes the partial holds that may be resumed from (0: start over).
-    held: u64,
-    /// MD5 of those bytes, ready to continue with the rest.
-    prefix: Md5,
-    /// The destination path as shown in messages.
-    path: String,
-}
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
@@ -33,15 +17,15 @@ pub(crate) async fn handle(
     req: Put,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
-    let prepared = match prepare(shared, &req).await {
+    let (partial, path) = match prepare(shared, &req).await {
         Ok(p) => p,
         Err(e) => return refuse(conn, outcome, e).await,
     };
-    let Prepared { staged, mut file, held, prefix, path } = prepared;
+    let offer = partial.offer();
     let ready = ServerMessage::Ready {
         filename: req.filename.clone(),
-        offset: Some(held),
-        md5: (held > 0).then(|| prefix.clone().finish()),
+        offset: Some(offer.as_ref().map_or(0, |o| o.0)),
+        md5: offer.map(|o| o.1),
     };
     conn.writer.write(&ready).await?;
 
@@ -49,73 +33,35 @@ pub(crate) async fn handle(
     let ClientMessage::Data(data) = frame.msg else {
         return Err(ConnError::Unexpected { got: frame.msg.op(), expected: "data" });
     };
-    let len = frame.total_size;
     // The client resumes at our offset when its own prefix matches, or
     // starts over at 0; nothing else is valid.
-    let (start, md5) = match data.offset.unwrap_or(0) {
-        0 => (0, Md5::new()),
-        o if o == held => (held, prefix),
-        other => {
-            // Stay in step: the body still follows.
-            conn.reader.skip_body(len).await?;
-            let msg = format!("data for {path} starts at {other}, but the server holds {held} bytes");
-            return refuse(conn, outcome, RequestError::new(ErrorCode::BadRequest, msg)).await;
-        }
-    };
-    if start == 0 {
-        let reset = file.set_len(0).and_then(|()| file.rewind());
-        if let Err(e) = reset {
-            conn.reader.skip_body(len).await?;
-            return refuse(conn, outcome, RequestError::from_io(&e, &path)).await;
-        }
-    }
-    let copied = receive_into(&mut conn.reader.body(len), len, file, md5, &NoProgress).await;
-    let received = match copied {
+    let (start, len) = (data.offset.unwrap_or(0), frame.total_size);
+    let how = Commit { replace: req.force, durable: req.fsync || shared.config.fsync, meta: None };
+    let received = match receive_file(&mut conn.reader, partial, (start, len), how, &NoProgress).await? {
         Ok(md5) => md5,
-        // The client vanished mid-body: the partial keeps what arrived, for
-        // the next run to resume.
-        Err(CopyError::Read { .. } | CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
-        Err(CopyError::Write { done, source }) => {
-            // Our disk failed (full, say). Tell the client at once, so it can
-            // stop sending, then stay in step by discarding the rest.
-            staged.discard();
-            outcome.bytes = done;
-            let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
-            conn.reader.skip_body(len - done).await?;
-            conn.reader.expect_done().await?;
-            return Ok(outcome);
+        Err(failure) => {
+            let err = match failure {
+                FileFailure::Offset { offset, held } => RequestError::offset(&path, offset, held),
+                FileFailure::Refused(err) => err,
+                FileFailure::Write { source, written, unread } => {
+                    // Our disk failed (full, say). Tell the client at once,
+                    // so it can stop sending, then stay in step.
+                    outcome.bytes = written;
+                    let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
+                    drain(&mut conn.reader, unread).await?;
+                    return Ok(outcome);
+                }
+                FileFailure::Mismatch { sent, received } => {
+                    outcome.bytes = len;
+                    RequestError::mismatch(&path, sent.as_ref(), &received)
+                }
+                FileFailure::Exists => RequestError::exists(&path),
+                FileFailure::Commit(e) => RequestError::from_io(&e, &path),
+            };
+            return refuse(conn, outcome, err).await;
         }
     };
     outcome.bytes = len;
-
-    let sent = match conn.reader.expect_done().await {
-        Ok(sent) => sent,
-        Err(e) => {
-            // A peer that breaks the protocol here gets nothing kept; one that
-            // merely vanished may resume (its bytes are checked then).
-            if matches!(e, ConnError::Frame(_) | ConnError::Unexpected { .. }) {
-                staged.discard();
-            }
-            return Err(e);
-        }
-    };
-    if sent.as_ref() != Some(&received) {
-        staged.discard();
-        return refuse(conn, outcome, RequestError::mismatch(&path.to_string(), sent.as_ref(), &received))
-            .await;
-    }
-    let (force, durable) = (req.force, req.fsync || shared.config.fsync);
-    let committed = tokio::task::spawn_blocking(move || match durable {
-        true => staged.commit_durably(force),
-        false => staged.commit(force),
-    })
-    .await
-    .expect("commit does not panic");
-    match committed {
-        Ok(()) => {}
-        Err(CommitError::Exists) => return refuse(conn, outcome, exists(&path)).await,
-        Err(CommitError::Io(e)) => return refuse(conn, outcome, RequestError::from_io(&e, &path)).await,
-    }
     let ok = ServerMessage::Ok {
         filename: req.filename.clone(),
         md5: Some(received.clone()),
@@ -127,8 +73,9 @@ pub(crate) async fn handle(
     Ok(outcome)
 }
 
-/// Checks the request and opens the partial, before any body is sent.
-async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestError> {
+/// Checks the request and opens the partial, before any body is sent;
+/// returns it (hashed, if it may be resumed) and the path as shown.
+async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<(Partial, String), RequestError> {
     let path =
         RemotePath::parse(&req.filename).map_err(|e| RequestError::new(ErrorCode::BadPath, e.to_string()))?;
     if path.is_root() {
@@ -142,11 +89,11 @@ async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestErr
                 let msg = format!("remote path is a directory: {shown} (end it with / to put inside it)");
                 return Err(RequestError::new(ErrorCode::WrongType, msg));
             }
-            Ok(Some(false)) if !force => return Err(exists(&shown)),
+            Ok(Some(false)) if !force => return Err(RequestError::exists(&shown)),
             Ok(_) => {}
             Err(e) => return Err(RequestError::from_io(&e, &shown)),
         }
-        let (staged, mut file, held) = task_shared.root.stage(&path).map_err(|e| {
+        let mut partial = task_shared.root.stage(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 // A missing file here is a parent that could not be made.
                 RequestError::new(ErrorCode::NotFound, format!("cannot create {shown}: a parent is missing"))
@@ -155,17 +102,11 @@ async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestErr
             }
         })?;
         // Resume only what can be a prefix of the incoming file.
-        let usable = resume && size.is_some_and(|s| held <= s);
-        let (held, prefix) = match usable.then(|| hash_prefix(&mut file, held)) {
-            Some(Ok(prefix)) if held > 0 => (held, prefix),
-            _ => (0, Md5::new()),
-        };
-        Ok(Prepared { staged, file, held, prefix, path: shown })
+        if resume && size.is_some_and(|s| partial.found() <= s) {
+            partial.hash_for_resume();
+        }
+        Ok((partial, shown))
     })
     .await
     .expect("staging does not panic")
-}
-
-fn exists(path: &str) -> RequestError {
-    RequestError::exists(path)
 }

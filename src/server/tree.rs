@@ -6,15 +6,17 @@ use super::request::{item_refusal as file_error, refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::ServerConnection;
 use crate::digest::Md5;
+use crate::digest::{hash_prefix, HashBatch};
 use crate::error::{exists_words, ConnError, RequestError};
-use crate::fs::{Opened, RemotePath, Stamp};
+use crate::local::{Opened, RemotePath, Stamp};
 use crate::protocol::{
     ClientMessage, Data, Done, End, EntryKind, ErrorCode, GetTree, Message, PutTree, ServerMessage, Want,
 };
-use crate::transfer::{hash_prefix, read_whole, send_file, CopyError, Digest, HashBatch, NoProgress};
+use crate::transfer::FileFailure;
+use crate::transfer::{read_whole, send_file, CopyError, Digest, NoProgress};
+use crate::tree::receive::{Applied, Found, Receiver};
+use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, WHOLE_MAX};
-use crate::tree_receive::{Applied, FileFailure, Found, Receiver};
-use crate::tree_writer::{SmallFile, TreeWriter, WriteError, Written};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -137,7 +139,7 @@ pub(crate) async fn put_tree(
     let synced = blocking(shared, move |root| {
         receiver.finish_dirs(root, top_meta);
         match durable {
-            true => root.handle().and_then(|dir| crate::fs::sync_filesystem(&dir)),
+            true => root.handle().and_then(|dir| crate::local::sync_filesystem(&dir)),
             false => Ok(()),
         }
     })
@@ -215,8 +217,11 @@ async fn receive_one(
     let shown = receiver.path(rel).map_or_else(|_| rel.to_string(), |p| p.to_string());
     let err = match receiver.receive_file(&mut conn.reader, &shared.root, data, &NoProgress).await? {
         Ok(md5) => return Ok(stored(rel.to_string(), md5)),
-        Err(FileFailure::Start(err)) => err,
-        Err(FileFailure::Write(e) | FileFailure::Commit(e)) => RequestError::from_io(&e, &shown),
+        Err(FileFailure::Refused(err)) => err,
+        Err(FileFailure::Offset { offset, held }) => RequestError::offset(rel, offset, held),
+        Err(FileFailure::Write { source: e, .. } | FileFailure::Commit(e)) => {
+            RequestError::from_io(&e, &shown)
+        }
         Err(FileFailure::Mismatch { sent, received }) => {
             RequestError::mismatch(&shown, sent.as_ref(), &received)
         }

@@ -4,15 +4,15 @@
 //! (create, write, chmod, utimes, rename) for thousands of small files.
 //! Done in the connection's task, they stop it from reading the next
 //! frames; here a dedicated thread checks each body against its MD5 and
-//! writes it (see [`write_whole`](crate::fs::write_whole)) while the task
+//! writes it (see [`write_whole`](crate::local::write_whole)) while the task
 //! goes on reading. Files are independent, so they need no ordering.
 //!
 //! Bodies are hashed before they are handed over, many at once (see
 //! [`HashBatch`]): 3.5-6 times less CPU than one at a time on a thread.
 
-use crate::fs::{write_whole_beneath, CommitError, DirCache, RemotePath};
+use crate::digest::HashBatch;
+use crate::local::{write_whole_beneath, CommitError, DirCache, RemotePath};
 use crate::protocol::Md5Hex;
-use crate::transfer::HashBatch;
 use crate::tree::WHOLE_MAX;
 use cap_std::fs::Dir;
 use std::io;

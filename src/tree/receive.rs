@@ -10,12 +10,11 @@
 //! once the manifest is in, when every link exists) resolves outside.
 
 use crate::connection::FrameReader;
-use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
-use crate::fs::{CommitError, RemotePath, Root, Staged};
+use crate::local::{Partial, RemotePath, Root};
 use crate::protocol::{Common, Data, EntryKind, ErrorCode, Md5Hex};
-use crate::transfer::{receive_into, CopyError, Progress};
-use crate::tree::{self, Resumable, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
+use crate::transfer::{drain, receive_file, Commit, FileFailure, Progress};
+use crate::tree::{self, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
 use std::collections::{HashMap, HashSet};
 use std::io;
 
@@ -73,28 +72,6 @@ pub fn exists_message() -> String {
     crate::error::exists_words("exists")
 }
 
-/// Why one large file of a tree was not committed; the connection stays
-/// in step, and each side tells it in its own words.
-#[derive(Debug)]
-pub enum FileFailure {
-    /// Its bytes had nowhere to go, or it resumed from an offset that was
-    /// not offered.
-    Start(RequestError),
-    /// Writing it failed part way (a full disk, say).
-    Write(io::Error),
-    /// Its bytes are not what the sender's digest says.
-    Mismatch {
-        /// The sender's digest, if it sent one.
-        sent: Option<Md5Hex>,
-        /// Ours.
-        received: Md5Hex,
-    },
-    /// It exists and may not be replaced.
-    Exists,
-    /// Its mode, time or commit failed.
-    Commit(io::Error),
-}
-
 /// A tree being received beneath a [`Root`].
 pub struct Receiver {
     /// Where the tree goes, beneath the root.
@@ -118,7 +95,7 @@ pub struct Receiver {
     /// The files expected, by name.
     pub files: HashMap<String, TreeEntry>,
     /// Partials offered for resuming, held locked until their file comes.
-    pub resumable: HashMap<String, Resumable>,
+    pub resumable: HashMap<String, Partial>,
 }
 
 impl Receiver {
@@ -228,7 +205,7 @@ impl Receiver {
         let target = match entry.target.as_deref() {
             Some(t) if tree::link_stays_inside(rel, t) => t,
             Some(t) => {
-                let msg = format!("symlink to {} leads out of the tree, skipped", crate::fs::escape(t));
+                let msg = format!("symlink to {} leads out of the tree, skipped", crate::local::escape(t));
                 return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
             }
             None => return Some(Applied::refused(rel, ErrorCode::BadRequest, "symlink without a target")),
@@ -299,64 +276,56 @@ impl Receiver {
         if !self.resume || (entry.size > WHOLE_MAX && self.resumable.len() >= MAX_RESUMABLE) {
             return Found::Nothing;
         }
-        let Some(partial) = root.existing_partial(path).ok().flatten() else { return Found::Nothing };
+        let Some(mut partial) = root.existing_partial(path).ok().flatten() else { return Found::Nothing };
         if entry.size <= WHOLE_MAX {
-            partial.0.discard();
+            partial.discard();
             return Found::Nothing;
         }
-        let Some(r) = Resumable::check(partial, entry.size) else { return Found::Nothing };
-        let found = Found::Partial { offset: r.held, md5: r.prefix.clone().finish() };
-        self.resumable.insert(entry.rel.clone(), r);
-        found
+        // A partial is a prefix only if it holds some of the bytes, not all.
+        if partial.found() >= entry.size {
+            return Found::Nothing;
+        }
+        partial.hash_for_resume();
+        let Some((offset, md5)) = partial.offer() else { return Found::Nothing };
+        self.resumable.insert(entry.rel.clone(), partial);
+        Found::Partial { offset, md5 }
     }
 
-    /// Where a large file's bytes go: its partial, emptied, or (when the
-    /// sender resumes at `offset`) the one offered, after its bytes. Returns
-    /// the partial's guard and file, and the MD5 to continue.
-    pub fn start_file(
+    /// Where a large file's bytes go: its partial (emptied when the body
+    /// starts at 0), or, when the sender resumes at `offset`, the one
+    /// offered. Returns it with the file's mode and time.
+    fn start_file(
         &mut self,
         root: &Root,
         rel: &str,
         offset: Option<u64>,
         len: u64,
-    ) -> Result<(Staged, std::fs::File, Md5), RequestError> {
-        let size = self.files.get(rel).map(|e| e.size);
-        let Some(size) = size else {
+    ) -> Result<(Partial, (u32, i64)), RequestError> {
+        let Some(entry) = self.files.get(rel) else {
             return Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest")));
         };
+        let (size, meta) = (entry.size, (entry.mode, entry.mtime));
         let path = self.path(rel)?;
         let partial = self.resumable.remove(rel);
         if let Some(offset) = offset {
             return match partial {
-                Some(r) if r.held == offset && offset.checked_add(len) == Some(size) => {
-                    Ok((r.staged, r.file, r.prefix))
-                }
-                other => {
-                    let held = other.map_or(0, |r| r.held);
-                    let msg = format!("data for {rel} starts at {offset}, but {held} bytes were offered");
-                    Err(RequestError::new(ErrorCode::BadRequest, msg))
-                }
+                Some(p) if p.held() == offset && offset.checked_add(len) == Some(size) => Ok((p, meta)),
+                other => Err(RequestError::offset(rel, offset, other.map_or(0, |p| p.held()))),
             };
         }
-        let emptied = match partial {
-            Some(r) => r.restart(),
-            // A partial left by an interrupted run may be longer than this
-            // file: its bytes must not outlive the write.
-            None => root.stage(&path).and_then(|(staged, file, _)| {
-                file.set_len(0)?;
-                Ok((staged, file))
-            }),
-        };
-        let (staged, file) = emptied.map_err(|e| RequestError::from_io(&e, rel))?;
-        Ok((staged, file, Md5::new()))
+        match partial {
+            Some(p) => Ok((p, meta)),
+            None => Ok((root.stage(&path).map_err(|e| RequestError::from_io(&e, rel))?, meta)),
+        }
     }
 
     /// Receives one large file of the tree: its `data` body of `len` bytes
-    /// (announced by `data`) and `done` frame, into its partial (from `data.offset` on in
-    /// the one offered, if the sender resumes it); verifies it against the
-    /// sender's digest and commits it with its mode and time. The same for
-    /// both sides, which differ only in how they report. The outer error is
-    /// a broken connection.
+    /// and `done` frame, through [`crate::transfer::receive_file`]
+    /// into its partial (after the bytes offered, if the sender resumes
+    /// it), committed with its mode and time. The same for both sides,
+    /// which differ only in how they report; the connection is in step
+    /// after any failure of the file. The outer error is a broken
+    /// connection.
     pub async fn receive_file<R, M>(
         &mut self,
         reader: &mut FrameReader<R, M>,
@@ -368,53 +337,26 @@ impl Receiver {
         R: tokio::io::AsyncRead + Unpin,
         M: Common,
     {
-        let rel = data.filename.as_str();
-        let meta = self.files.get(rel).map(|e| (data.mode.unwrap_or(e.mode), data.mtime.unwrap_or(e.mtime)));
-        // A few syscalls at most (an offered partial was hashed with the
-        // manifest), so not worth a hop to a blocking thread.
-        let started = self.start_file(root, rel, data.offset, len);
-        let (staged, file, md5, (mode, mtime)) = match (started, meta) {
-            (Ok((staged, file, md5)), Some(meta)) => (staged, file, md5, meta),
-            (Err(err), _) => {
-                reader.skip_body(len).await?;
-                reader.expect_done().await?;
-                return Ok(Err(FileFailure::Start(err)));
-            }
-            (Ok(_), None) => unreachable!("start_file refuses files not in the manifest"),
-        };
-        // A handle to set the mode and time once the bytes are in.
-        let handle = file.try_clone();
-        let copied = receive_into(&mut reader.body(len), len, file, md5, bar).await;
-        let received = match copied {
-            Ok(md5) => md5,
-            Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
-            Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
-            Err(CopyError::Write { done, source }) => {
-                staged.discard();
-                reader.skip_body(len - done).await?;
-                reader.expect_done().await?;
-                return Ok(Err(FileFailure::Write(source)));
+        let (partial, (mode, mtime)) = match self.start_file(root, &data.filename, data.offset, len) {
+            Ok(started) => started,
+            Err(err) => {
+                drain(reader, len).await?;
+                return Ok(Err(FileFailure::Refused(err)));
             }
         };
-        let sent = reader.expect_done().await?;
-        if sent.as_ref() != Some(&received) {
-            staged.discard();
-            return Ok(Err(FileFailure::Mismatch { sent, received }));
+        let meta = Some((data.mode.unwrap_or(mode), data.mtime.unwrap_or(mtime)));
+        let how = Commit { replace: self.force, durable: false, meta };
+        let received = receive_file(reader, partial, (data.offset.unwrap_or(0), len), how, bar).await?;
+        if let Err(FileFailure::Write { unread, .. }) = &received {
+            drain(reader, *unread).await?;
         }
-        if let Err(e) = handle.and_then(|h| tree::apply_meta(&h, mode, mtime)) {
-            return Ok(Err(FileFailure::Commit(e)));
-        }
-        Ok(match staged.commit(self.force) {
-            Ok(()) => Ok(received),
-            Err(CommitError::Exists) => Err(FileFailure::Exists),
-            Err(CommitError::Io(e)) => Err(FileFailure::Commit(e)),
-        })
+        Ok(received)
     }
 
     /// Drops the partial held for `rel`, if any: its file is coming whole.
     pub fn forget_partial(&mut self, rel: &str) {
-        if let Some(r) = self.resumable.remove(rel) {
-            r.staged.discard();
+        if let Some(p) = self.resumable.remove(rel) {
+            p.discard();
         }
     }
 

@@ -17,26 +17,13 @@
 //! File I/O goes straight from our buffers to the kernel (no intermediate
 //! copy).
 
-use crate::digest::{md5_many, Md5};
+use super::Progress;
+use crate::digest::Md5;
 use crate::protocol::Md5Hex;
 use std::io::{self, Read, Write};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-
-/// Told how many bytes of a body have gone through, for a progress bar;
-/// the streaming code knows nothing of how progress is shown.
-pub trait Progress: Sync {
-    /// `n` more bytes have been sent or received.
-    fn advance(&self, n: u64);
-}
-
-/// Progress that nobody watches (the server's transfers).
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn advance(&self, _: u64) {}
-}
 
 /// Size of one chunk. Measured on 1 GiB over loopback (bench/run): 256 KiB
 /// chunks cost more syscalls and wake-ups, 4 MiB and up gained nothing over
@@ -131,57 +118,6 @@ impl Pool {
     }
 }
 
-/// Small bodies waiting to be hashed together by [`md5_many`], which
-/// hashes 16 side by side and keeps its lanes busy only with many to choose
-/// from. /usr/include's small files, by batch size: 16: 57-90 ms, 64:
-/// 27-46 ms, 128: 23-40 ms, all 7,581 at once: 21-39 ms (one at a time:
-/// 129-140 ms). Capped in bytes too, so memory stays bounded.
-pub struct HashBatch<T> {
-    /// Bodies read, in arrival order.
-    waiting: Vec<T>,
-    /// Their total size.
-    bytes: usize,
-}
-
-impl<T: AsRef<[u8]>> HashBatch<T> {
-    /// Files per batch (see the type's figures).
-    const FILES: usize = 128;
-    /// Bytes per batch: 2 MiB holds 128 files of /usr/include's 16 KiB
-    /// average; the bound matters only when many are near 64 KiB.
-    const BYTES: usize = 2 << 20;
-
-    /// An empty batch.
-    pub fn new() -> Self {
-        HashBatch { waiting: Vec::new(), bytes: 0 }
-    }
-
-    /// Adds a body; says whether the batch is full and should be hashed now.
-    pub fn push(&mut self, item: T) -> bool {
-        self.bytes += item.as_ref().len();
-        self.waiting.push(item);
-        self.waiting.len() >= Self::FILES || self.bytes >= Self::BYTES
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Every waiting body with its MD5, in the order they came; empties the batch.
-    pub fn hash(&mut self) -> Vec<(T, Md5Hex)> {
-        let bodies: Vec<&[u8]> = self.waiting.iter().map(AsRef::as_ref).collect();
-        let digests = md5_many(&bodies);
-        self.bytes = 0;
-        self.waiting.drain(..).zip(digests).collect()
-    }
-}
-
-impl<T: AsRef<[u8]>> Default for HashBatch<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Reads a whole file of at most `max` bytes into memory; `Ok(None)` if
 /// it holds more than that. `size` is what the file is expected to hold,
 /// to size the buffer once.
@@ -189,28 +125,6 @@ pub fn read_whole(file: impl Read, size: u64, max: u64) -> io::Result<Option<Vec
     let mut body = Vec::with_capacity(size.min(max) as usize);
     file.take(max + 1).read_to_end(&mut body)?;
     Ok((body.len() as u64 <= max).then_some(body))
-}
-
-/// Hashes the first `len` bytes of `file` (a partial being resumed, or the
-/// source's matching prefix), leaving the file positioned after them.
-/// Fails with `UnexpectedEof` if the file is shorter.
-pub fn hash_prefix(file: &mut std::fs::File, len: u64) -> io::Result<Md5> {
-    io::Seek::rewind(file)?;
-    let mut md5 = Md5::new();
-    // Sized to the file: a tree re-run hashes thousands of small files, and
-    // a zeroed 1 MiB buffer for each cost more than the hashing (1.6 s for
-    // /usr/include). 256 KiB reads of a large file are as fast as 1 MiB
-    // ones (dd, page cache warm) and stay in the L2 cache for the hash.
-    let step = len.min(256 * 1024) as usize;
-    let mut buf = vec![0u8; step];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(step as u64) as usize;
-        file.read_exact(&mut buf[..want])?;
-        md5.update(&buf[..want]);
-        left -= want as u64;
-    }
-    Ok(md5)
 }
 
 /// The middle stage of both pipelines: a blocking thread that hashes each
@@ -433,6 +347,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::hash_prefix;
+    use crate::transfer::NoProgress;
 
     fn md5_of(data: &[u8]) -> String {
         let mut m = Md5::new();

@@ -1,0 +1,55 @@
+//! The one rule for hashing many small bodies together.
+
+use super::md5_many;
+use crate::protocol::Md5Hex;
+
+/// Small bodies waiting to be hashed together by [`md5_many`], which
+/// hashes 16 side by side and keeps its lanes busy only with many to choose
+/// from. /usr/include's small files, by batch size: 16: 57-90 ms, 64:
+/// 27-46 ms, 128: 23-40 ms, all 7,581 at once: 21-39 ms (one at a time:
+/// 129-140 ms). Capped in bytes too, so memory stays bounded.
+pub struct HashBatch<T> {
+    /// Bodies read, in arrival order.
+    waiting: Vec<T>,
+    /// Their total size.
+    bytes: usize,
+}
+
+impl<T: AsRef<[u8]>> HashBatch<T> {
+    /// Files per batch (see the type's figures).
+    pub const FILES: usize = 128;
+    /// Bytes per batch: 2 MiB holds 128 files of /usr/include's 16 KiB
+    /// average; the bound matters only when many are near 64 KiB.
+    const BYTES: usize = 2 << 20;
+
+    /// An empty batch.
+    pub fn new() -> Self {
+        HashBatch { waiting: Vec::new(), bytes: 0 }
+    }
+
+    /// Adds a body; says whether the batch is full and should be hashed now.
+    pub fn push(&mut self, item: T) -> bool {
+        self.bytes += item.as_ref().len();
+        self.waiting.push(item);
+        self.waiting.len() >= Self::FILES || self.bytes >= Self::BYTES
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Every waiting body with its MD5, in the order they came; empties the batch.
+    pub fn hash(&mut self) -> Vec<(T, Md5Hex)> {
+        let bodies: Vec<&[u8]> = self.waiting.iter().map(AsRef::as_ref).collect();
+        let digests = md5_many(&bodies);
+        self.bytes = 0;
+        self.waiting.drain(..).zip(digests).collect()
+    }
+}
+
+impl<T: AsRef<[u8]>> Default for HashBatch<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,395 @@
+//! The partial file: where a file's bytes go until they are verified, beside
+//! its destination, then renamed into place. One type for every side and
+//! every size of transfer that streams (put, get, a tree's large files).
+
+use super::sync::opened_for_sync;
+use super::TEMP_SUFFIX;
+use crate::digest::{hash_prefix, Md5};
+use crate::protocol::Md5Hex;
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, File, OpenOptions};
+use std::io;
+use std::path::Path;
+use thiserror::Error;
+
+/// Longest part of the destination name kept in a temporary's name, so that
+/// with the dot, random tag and suffix it stays under NAME_MAX (255).
+const TEMP_NAME_KEEP: usize = 200;
+
+/// Why a partial could not be committed.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    /// The destination appeared (or was there) and replacing was not asked.
+    #[error("destination exists")]
+    Exists,
+    /// The rename or link failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A hidden partial file beside its destination, open, with what it holds.
+///
+/// The well-known `.NAME.xfer-part` is locked while open, so a second
+/// transfer to the same destination cannot write into it; that one gets a
+/// one-off `.NAME.RANDOM.xfer-part` instead (never resumed). Dropped without
+/// [`commit`](Self::commit), a well-known partial stays for a later run to
+/// resume (unless empty); [`discard`](Self::discard) removes it.
+pub struct Partial {
+    /// The destination's directory; the partial lives here too, so the
+    /// final rename never crosses filesystems.
+    dir: Dir,
+    /// The partial's name in `dir`.
+    temp: String,
+    /// The destination's name in `dir`.
+    name: String,
+    /// Whether the partial is kept when dropped: true for the locked,
+    /// well-known partial; false for a one-off temporary, or once its bytes
+    /// are known bad.
+    keep: bool,
+    /// Set once the partial has been renamed away, so drop leaves it alone.
+    committed: bool,
+    /// The partial, open for reading and writing. It shares its open file
+    /// description (and so its lock) with every handle cloned from it, and
+    /// holds the lock until the rename even after a writer closed its own:
+    /// no second transfer can take the partial over before the commit.
+    file: std::fs::File,
+    /// Its length when opened: bytes an interrupted run left.
+    found: u64,
+    /// Bytes offered for resuming: `found` once hashed, else 0.
+    held: u64,
+    /// MD5 of the `held` bytes, to go on hashing after them.
+    prefix: Md5,
+}
+
+impl Partial {
+    /// The partial for destination `name` in `dir`, created if missing.
+    pub fn open(dir: Dir, name: &str) -> io::Result<Partial> {
+        match lock_partial(&dir, name, true)? {
+            Some((temp, file)) => Partial::well_known(dir, temp, name, file),
+            None => Partial::one_off(dir, name),
+        }
+    }
+
+    /// The partial for destination `name` in `dir` if one is there, not in
+    /// use by another transfer, and not empty: what a tree offers to
+    /// resume. Never creates one.
+    pub fn existing(dir: Dir, name: &str) -> io::Result<Option<Partial>> {
+        let Some((temp, file)) = lock_partial(&dir, name, false)? else { return Ok(None) };
+        let partial = Partial::well_known(dir, temp, name, file)?;
+        Ok((partial.found > 0).then_some(partial))
+    }
+
+    /// The partial beside a local path (the client's side, where the user
+    /// chose the path and it is not confined).
+    pub fn beside(path: &Path) -> io::Result<Partial> {
+        let (dir, name) = local_dir_and_name(path)?;
+        Partial::open(dir, name)
+    }
+
+    /// The partial beside a local path if there is one to resume (see
+    /// [`existing`](Self::existing)).
+    pub fn existing_beside(path: &Path) -> io::Result<Option<Partial>> {
+        let (dir, name) = local_dir_and_name(path)?;
+        Partial::existing(dir, name)
+    }
+
+    /// The well-known partial `temp`, locked, with its length.
+    fn well_known(dir: Dir, temp: String, name: &str, file: std::fs::File) -> io::Result<Partial> {
+        let found = file.metadata()?.len();
+        Ok(Partial {
+            dir,
+            temp,
+            name: name.to_string(),
+            keep: true,
+            committed: false,
+            file,
+            found,
+            held: 0,
+            prefix: Md5::new(),
+        })
+    }
+
+    /// A one-off `.NAME.RANDOM.xfer-part` in `dir`, removed when dropped
+    /// uncommitted.
+    fn one_off(dir: Dir, name: &str) -> io::Result<Partial> {
+        let (temp, file) = create_temp(&dir, name)?;
+        let file = File::into_std(file);
+        Ok(Partial {
+            dir,
+            temp,
+            name: name.to_string(),
+            keep: false,
+            committed: false,
+            file,
+            found: 0,
+            held: 0,
+            prefix: Md5::new(),
+        })
+    }
+
+    /// Bytes an interrupted run left in it.
+    pub fn found(&self) -> u64 {
+        self.found
+    }
+
+    /// Hashes the bytes an interrupted run left, so a transfer may resume
+    /// after them; a partial that cannot be read offers nothing.
+    pub fn hash_for_resume(&mut self) {
+        if self.found == 0 {
+            return;
+        }
+        if let Ok(prefix) = hash_prefix(&mut self.file, self.found) {
+            (self.held, self.prefix) = (self.found, prefix);
+        }
+    }
+
+    /// Bytes offered for resuming (0: none).
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// What it offers to resume: its length and the MD5 of its bytes.
+    pub fn offer(&self) -> Option<(u64, Md5Hex)> {
+        (self.held > 0).then(|| (self.held, self.prefix.clone().finish()))
+    }
+
+    /// A handle for a body that starts at `offset` of the file, positioned
+    /// there, with the MD5 of what precedes it: emptied for 0, after its
+    /// bytes for what it offered. `None` for any other offset.
+    pub fn start_at(&mut self, offset: u64) -> io::Result<Option<(std::fs::File, Md5)>> {
+        let mut file = self.file.try_clone()?;
+        match offset {
+            0 => {
+                file.set_len(0)?;
+                io::Seek::rewind(&mut file)?;
+                Ok(Some((file, Md5::new())))
+            }
+            o if o == self.held => {
+                io::Seek::seek(&mut file, io::SeekFrom::Start(o))?;
+                Ok(Some((file, self.prefix.clone())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The open partial, to set its mode and time before the commit.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Removes the partial: its bytes are bad or useless.
+    pub fn discard(mut self) {
+        self.keep = false;
+    }
+
+    /// Moves the partial to its destination. Without `replace` this fails
+    /// with [`CommitError::Exists`] if the destination exists, atomically (a
+    /// no-replace rename, or a hard link, cannot overwrite); with it, a
+    /// rename swaps the file in one step, so readers see the old file or the
+    /// new one. The partial is removed on failure.
+    pub fn commit(mut self, replace: bool) -> Result<(), CommitError> {
+        self.keep = false;
+        rename_into_place(&self.dir, &self.temp, &self.name, replace)?;
+        self.committed = true;
+        Ok(())
+    }
+
+    /// [`commit`](Self::commit), on disk when it returns: the partial's
+    /// bytes and metadata are flushed before the rename, and the directory
+    /// after it, so a power loss cannot leave the name short or missing.
+    pub fn commit_durably(self, replace: bool) -> Result<(), CommitError> {
+        self.file.sync_all()?;
+        let dir = opened_for_sync(&self.dir)?;
+        self.commit(replace)?;
+        Ok(rustix::fs::fsync(&dir).map_err(io::Error::from)?)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let empty = self.file.metadata().map(|m| m.len() == 0).unwrap_or(true);
+        if !self.keep || empty {
+            let _ = self.dir.remove_file(&self.temp);
+        }
+    }
+}
+
+/// Opens and locks `.NAME.xfer-part`; `None` if another transfer holds it,
+/// or if it is missing and `create` is false.
+fn lock_partial(dir: &Dir, name: &str, create: bool) -> io::Result<Option<(String, std::fs::File)>> {
+    let temp = format!(".{}{TEMP_SUFFIX}", temp_base(name));
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(create);
+    let file = match dir.open_with(&temp, &opts) {
+        Ok(f) => File::into_std(f),
+        Err(e) if !create && e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some((temp, file))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Creates a hidden temporary `.NAME.RANDOM.xfer-part` in `dir` that no one
+/// else has, open for reading and writing.
+pub(super) fn create_temp(dir: &Dir, name: &str) -> io::Result<(String, File)> {
+    let base = temp_base(name);
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    loop {
+        let temp = format!(".{base}.{:016x}{TEMP_SUFFIX}", rand::random::<u64>());
+        match dir.open_with(&temp, &opts) {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The directory holding a local path, opened, and the path's file name.
+fn local_dir_and_name(path: &Path) -> io::Result<(Dir, &str)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((Dir::open_ambient_dir(parent, ambient_authority())?, name))
+}
+
+/// Renames `temp` to `name` within `dir`. Without `replace`, an existing
+/// `name` is never overwritten: `renameat2(RENAME_NOREPLACE)` where the
+/// filesystem has it (one syscall), else a hard link and an unlink.
+pub(super) fn rename_into_place(dir: &Dir, temp: &str, name: &str, replace: bool) -> Result<(), CommitError> {
+    if replace {
+        return Ok(dir.rename(temp, dir, name)?);
+    }
+    match rustix::fs::renameat_with(dir, temp, dir, name, rustix::fs::RenameFlags::NOREPLACE) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::EXIST) => return Err(CommitError::Exists),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::NOTSUP) => {}
+        Err(e) => return Err(io::Error::from(e).into()),
+    }
+    match dir.hard_link(temp, dir, name) {
+        Ok(()) => {
+            // The data is safely at its name; a failure to remove the
+            // temporary is tidied by the stale sweep.
+            let _ = dir.remove_file(temp);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(CommitError::Exists),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The destination name as kept in a partial's name, cut so that with the
+/// dot, random tag and suffix it stays under NAME_MAX (255).
+pub(super) fn temp_base(name: &str) -> &str {
+    let mut keep = name.len().min(TEMP_NAME_KEEP);
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    &name[..keep]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{sync_filesystem, RemotePath, Root};
+    use super::*;
+
+    fn md5_of(bytes: &[u8]) -> String {
+        let mut md5 = Md5::new();
+        md5.update(bytes);
+        md5.finish().to_string()
+    }
+
+    #[test]
+    fn staged_file_commits_or_vanishes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("sub/dir/f.txt").unwrap();
+
+        let staged = root.stage(&p).unwrap();
+        io::Write::write_all(&mut staged.file(), b"one").unwrap();
+        staged.discard();
+        let names: Vec<_> = std::fs::read_dir(tmp.path().join("sub/dir")).unwrap().collect();
+        assert!(names.is_empty(), "a discarded partial must be removed");
+
+        let staged = root.stage(&p).unwrap();
+        assert_eq!(staged.found(), 0);
+        io::Write::write_all(&mut staged.file(), b"one").unwrap();
+        staged.commit(false).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"one");
+
+        let staged = root.stage(&p).unwrap();
+        io::Write::write_all(&mut staged.file(), b"two").unwrap();
+        assert!(matches!(staged.commit(false), Err(CommitError::Exists)));
+        assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"one");
+
+        let staged = root.stage(&p).unwrap();
+        io::Write::write_all(&mut staged.file(), b"two").unwrap();
+        staged.commit(true).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("sub/dir/f.txt")).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(tmp.path().join("sub/dir")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn durable_commits_flush_and_keep_the_same_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("d/f.txt").unwrap();
+        let staged = root.stage(&p).unwrap();
+        io::Write::write_all(&mut staged.file(), b"one").unwrap();
+        staged.commit_durably(false).unwrap();
+        let staged = root.stage(&p).unwrap();
+        io::Write::write_all(&mut staged.file(), b"two").unwrap();
+        assert!(matches!(staged.commit_durably(false), Err(CommitError::Exists)));
+        assert_eq!(std::fs::read(tmp.path().join("d/f.txt")).unwrap(), b"one");
+        let staged = root.stage(&p).unwrap();
+        io::Write::write_all(&mut staged.file(), b"three").unwrap();
+        staged.commit_durably(true).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("d/f.txt")).unwrap(), b"three");
+        assert_eq!(std::fs::read_dir(tmp.path().join("d")).unwrap().count(), 1, "no partial left");
+        sync_filesystem(&root.handle().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn interrupted_partials_stay_locked_and_resumable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("f.bin").unwrap();
+        let staged = root.stage(&p).unwrap();
+        assert_eq!(staged.found(), 0);
+        io::Write::write_all(&mut staged.file(), b"prefix").unwrap();
+        // A second writer meanwhile gets a one-off temporary, not the partial.
+        let other = root.stage(&p).unwrap();
+        assert_eq!(other.found(), 0);
+        drop(other);
+        drop(staged);
+        assert_eq!(std::fs::read(tmp.path().join(".f.bin.xfer-part")).unwrap(), b"prefix");
+        let mut again = root.stage(&p).unwrap();
+        assert_eq!((again.found(), again.held()), (6, 0), "the next run finds the partial");
+        again.hash_for_resume();
+        assert_eq!(again.offer().map(|(n, md5)| (n, md5.to_string())), Some((6, md5_of(b"prefix"))));
+        assert!(again.start_at(3).unwrap().is_none(), "only its own length or 0");
+        let (_, md5) = again.start_at(6).unwrap().unwrap();
+        assert_eq!(md5.finish().to_string(), md5_of(b"prefix"));
+        again.start_at(0).unwrap().unwrap();
+        assert_eq!(again.file().metadata().unwrap().len(), 0, "starting over empties it");
+    }
+
+    #[test]
+    fn empty_partials_are_not_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        drop(root.stage(&RemotePath::parse("f").unwrap()).unwrap());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

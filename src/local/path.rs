@@ -1,0 +1,170 @@
+//! Paths named by the other side, checked before anything touches the disk.
+
+use super::TEMP_SUFFIX;
+pub use crate::plain::escape;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Longest path a client may name, in bytes (Linux's PATH_MAX).
+const MAX_PATH_LEN: usize = 4096;
+
+/// Why a client-supplied path was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("absolute paths are not allowed: {0}")]
+    Absolute(String),
+    #[error("'..' is not allowed in paths: {0}")]
+    DotDot(String),
+    #[error("backslashes are not allowed in paths: {0}")]
+    Backslash(String),
+    #[error("drive letters are not allowed in paths: {0}")]
+    Drive(String),
+    #[error("control characters are not allowed in paths: {0}")]
+    Control(String),
+    #[error("path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("names ending in {TEMP_SUFFIX} are reserved for xfer's temporary files: {0}")]
+    Reserved(String),
+}
+
+/// A path relative to the served root, known to hold no way out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePath {
+    /// Normal components only: no `.`, `..`, empty or separator-bearing parts.
+    parts: Vec<String>,
+}
+
+impl RemotePath {
+    /// Checks a client-supplied path. `""`, `.` and `/`-separated `.` or empty
+    /// components are allowed and dropped, so `""` is the root itself; every
+    /// other sign of escape or trickery is refused with a reason.
+    pub fn parse(raw: &str) -> Result<Self, PathError> {
+        let shown = escape(raw);
+        if raw.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        if raw.chars().any(|c| c.is_control()) {
+            return Err(PathError::Control(shown));
+        }
+        if raw.contains('\\') {
+            return Err(PathError::Backslash(shown));
+        }
+        if raw.starts_with('/') {
+            return Err(PathError::Absolute(shown));
+        }
+        let b = raw.as_bytes();
+        if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
+            return Err(PathError::Drive(shown));
+        }
+        let mut parts = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(PathError::DotDot(shown)),
+                p if p.ends_with(TEMP_SUFFIX) => return Err(PathError::Reserved(shown)),
+                p => parts.push(p.to_string()),
+            }
+        }
+        Ok(RemotePath { parts })
+    }
+
+    /// The root itself.
+    pub fn is_root(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The last component, `None` for the root.
+    pub fn file_name(&self) -> Option<&str> {
+        self.parts.last().map(String::as_str)
+    }
+
+    /// The path as a relative `Path` for `cap_std` calls ("." for the root).
+    pub fn to_path(&self) -> PathBuf {
+        if self.parts.is_empty() {
+            PathBuf::from(".")
+        } else {
+            self.parts.iter().collect()
+        }
+    }
+
+    /// The parent directory as a relative `Path` ("." at the top).
+    pub fn parent_path(&self) -> PathBuf {
+        match self.parts.split_last() {
+            Some((_, parent)) if !parent.is_empty() => parent.iter().collect(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+impl RemotePath {
+    /// `self/rel`, checked like any client-supplied path.
+    pub fn join(&self, rel: &str) -> Result<RemotePath, PathError> {
+        let joined = RemotePath::parse(rel)?;
+        if joined.is_root() {
+            return Err(PathError::Empty);
+        }
+        let mut parts = self.parts.clone();
+        parts.extend(joined.parts);
+        Ok(RemotePath { parts })
+    }
+}
+
+impl std::fmt::Display for RemotePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Case = (&'static str, fn(&PathError) -> bool);
+
+    #[test]
+    fn plain_relative_paths_parse() {
+        let p = RemotePath::parse("docs/./a b/ünï.txt/").unwrap();
+        assert_eq!(p.to_string(), "docs/a b/ünï.txt");
+        assert_eq!(p.file_name(), Some("ünï.txt"));
+        assert!(RemotePath::parse("").unwrap().is_root());
+        assert!(RemotePath::parse(".").unwrap().is_root());
+        assert!(RemotePath::parse("..a/b..").is_ok(), "dots inside names are fine");
+    }
+
+    #[test]
+    fn escapes_are_refused_with_a_reason() {
+        let cases: &[Case] = &[
+            ("/etc/passwd", |e| matches!(e, PathError::Absolute(_))),
+            ("../x", |e| matches!(e, PathError::DotDot(_))),
+            ("a/../../x", |e| matches!(e, PathError::DotDot(_))),
+            ("a/..", |e| matches!(e, PathError::DotDot(_))),
+            ("a\\..\\x", |e| matches!(e, PathError::Backslash(_))),
+            ("C:/Windows", |e| matches!(e, PathError::Drive(_))),
+            ("c:x", |e| matches!(e, PathError::Drive(_))),
+            ("a\0b", |e| matches!(e, PathError::Control(_))),
+            ("a\nb", |e| matches!(e, PathError::Control(_))),
+            ("\x1b[31mred", |e| matches!(e, PathError::Control(_))),
+            ("a\u{9b}b", |e| matches!(e, PathError::Control(_))),
+            ("x.xfer-part", |e| matches!(e, PathError::Reserved(_))),
+        ];
+        for (raw, expected) in cases {
+            let err = RemotePath::parse(raw).expect_err(raw);
+            assert!(expected(&err), "{raw:?} gave {err:?}");
+        }
+        assert_eq!(RemotePath::parse(&"a".repeat(5000)), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn error_messages_never_carry_raw_control_characters() {
+        let err = RemotePath::parse("\x1b]0;pwned\x07").unwrap_err().to_string();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+    }
+
+    #[test]
+    fn escape_shows_control_characters() {
+        assert_eq!(escape("a\nb\x1b"), "a\\nb\\u{1b}");
+        assert_eq!(escape("plain"), "plain");
+    }
+}

@@ -1,0 +1,346 @@
+//! The directory a server serves (or a client fetches a tree into), opened
+//! once as a capability: every access resolves beneath it.
+
+use super::partial::Partial;
+use super::path::RemotePath;
+use super::stamp::Stamp;
+use super::TEMP_SUFFIX;
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One listing entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    /// The entry's name within the listed directory.
+    pub name: String,
+    /// What it is (symlinks are not followed).
+    pub kind: crate::protocol::EntryKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// The directory a server serves, opened once as a capability.
+pub struct Root {
+    /// Handle through which every access resolves, beneath the root only.
+    dir: Dir,
+    /// Where the root is, for logs.
+    path: PathBuf,
+}
+
+impl Root {
+    /// Opens `path`, creating it if missing.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        std::fs::create_dir_all(path)?;
+        let dir = Dir::open_ambient_dir(path, ambient_authority())?;
+        Ok(Root { dir, path: path.to_path_buf() })
+    }
+
+    /// A second handle on the root, for a thread of its own.
+    pub fn handle(&self) -> io::Result<Dir> {
+        self.dir.try_clone()
+    }
+
+    /// Where the root is on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens a regular file for reading, with what its metadata says.
+    /// Anything else is refused at once: opened non-blocking, so a FIFO
+    /// with no writer cannot hold the thread (66 `get fifo` requests once
+    /// pinned every blocking thread of the server).
+    pub fn open_read(&self, p: &RemotePath) -> io::Result<Opened> {
+        use cap_std::fs::OpenOptionsExt;
+        let mut opts = OpenOptions::new();
+        opts.read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        let file = self.dir.open_with(p.to_path(), &opts)?.into_std();
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        if !meta.is_file() {
+            return Err(io::Error::other(crate::error::NotRegular));
+        }
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        let stamp = Stamp::of(&meta, SystemTime::now());
+        Ok(Opened { file, size: meta.len(), mtime: mtime.map_or(0, |d| d.as_secs() as i64), stamp })
+    }
+
+    /// Whether `p` exists, and is a directory (symlinks are not followed).
+    pub fn kind_of(&self, p: &RemotePath) -> io::Result<Option<bool>> {
+        Ok(self.lstat(p)?.map(|m| m.is_dir()))
+    }
+
+    /// Creates missing parent directories of `p` and opens the partial file
+    /// beside it (see [`Partial::open`]).
+    pub fn stage(&self, p: &RemotePath) -> io::Result<Partial> {
+        let name = p.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::IsADirectory))?;
+        let parent = p.parent_path();
+        self.dir.create_dir_all(&parent)?;
+        Partial::open(self.dir.open_dir(&parent)?, name)
+    }
+
+    /// The partial beside `p` if there is one to resume (see
+    /// [`Partial::existing`]); a missing parent means none.
+    pub fn existing_partial(&self, p: &RemotePath) -> io::Result<Option<Partial>> {
+        let name = p.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::IsADirectory))?;
+        match self.dir.open_dir(p.parent_path()) {
+            Ok(dir) => Partial::existing(dir, name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The entries of a directory, sorted by name, temporaries hidden.
+    pub fn list(&self, p: &RemotePath) -> io::Result<Vec<ListEntry>> {
+        use crate::protocol::EntryKind;
+        let dir = self.dir.open_dir(p.to_path())?;
+        let mut out = Vec::new();
+        for entry in dir.entries()? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TEMP_SUFFIX) {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            let ft = meta.file_type();
+            let kind = if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_file() {
+                EntryKind::File
+            } else if ft.is_symlink() {
+                EntryKind::Symlink
+            } else {
+                EntryKind::Other
+            };
+            out.push(ListEntry { name, kind, size: meta.len(), mtime: mtime_secs(&meta) });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Creates `p` and its missing parents as directories.
+    pub fn create_dir_all(&self, p: &RemotePath) -> io::Result<()> {
+        self.dir.create_dir_all(p.to_path())
+    }
+
+    /// Like [`create_dir_all`](Self::create_dir_all), but says whether `p`
+    /// itself was made just now (so it was empty, and nothing in it needs
+    /// looking up).
+    pub fn make_dir(&self, p: &RemotePath) -> io::Result<bool> {
+        match self.dir.create_dir(p.to_path()) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match self.kind_of(p)? {
+                Some(true) => Ok(false),
+                _ => Err(e),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.create_dir_all(p).map(|()| false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets a directory's modification time, and its permission bits when
+    /// `mode` is given.
+    pub fn set_dir_meta(&self, p: &RemotePath, mode: Option<u32>, mtime: i64) -> io::Result<()> {
+        // Never through a link (a tree cannot turn one of its directories
+        // into a link, so this check does not race the transfer).
+        if !self.lstat(p)?.is_some_and(|m| m.is_dir()) {
+            return Err(io::Error::from(io::ErrorKind::NotADirectory));
+        }
+        // Opened for reading (not as a path-only handle), so that fchmod
+        // and futimens work on it.
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        let file = self.dir.open_with(p.to_path(), &opts)?.into_std();
+        match mode {
+            Some(mode) => crate::local::meta::apply_meta(&file, mode, mtime),
+            None => crate::local::meta::set_mtime(&file, mtime),
+        }
+    }
+
+    /// What is at `p` (a link is not followed), or `None` for nothing.
+    pub fn lstat(&self, p: &RemotePath) -> io::Result<Option<cap_std::fs::Metadata>> {
+        match self.dir.symlink_metadata(p.to_path()) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `p` is a symlink.
+    pub fn is_symlink(&self, p: &RemotePath) -> bool {
+        matches!(self.lstat(p), Ok(Some(m)) if m.file_type().is_symlink())
+    }
+
+    /// Whether following `p` (links and all) stays beneath the root. Only
+    /// an escape says no: a link to nothing yet, a loop, or a directory
+    /// that cannot be read on the way are not escapes.
+    pub fn resolves_inside(&self, p: &RemotePath) -> bool {
+        match self.dir.canonicalize(p.to_path()) {
+            Ok(_) => true,
+            // cap-std's escape error carries no OS error code; a real
+            // EACCES does.
+            Err(e) => !(e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error().is_none()),
+        }
+    }
+
+    /// Removes the link at `p` (never what it points to).
+    pub fn remove_link(&self, p: &RemotePath) -> io::Result<()> {
+        if !self.is_symlink(p) {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        self.dir.remove_file(p.to_path())
+    }
+
+    /// Makes `p` a symlink to `target` (checked by the caller to stay in
+    /// its tree). An existing symlink there is replaced only with `replace`.
+    pub fn symlink(&self, p: &RemotePath, target: &str, replace: bool) -> io::Result<()> {
+        match self.dir.symlink_metadata(p.to_path()) {
+            Ok(m) if m.file_type().is_symlink() && replace => self.dir.remove_file(p.to_path())?,
+            Ok(m) if m.file_type().is_symlink() => {
+                if self.dir.read_link_contents(p.to_path())?.as_os_str() == target {
+                    return Ok(());
+                }
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            Ok(_) => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.dir.symlink_contents(target, p.to_path())
+    }
+
+    /// Opens the directory `p` as a handle of its own, beneath the root.
+    pub fn open_dir(&self, p: &RemotePath) -> io::Result<Dir> {
+        self.dir.open_dir(p.to_path())
+    }
+
+    /// Removes partial files not written to for `max_age`: transfers that
+    /// were interrupted and never resumed. Returns how many were removed.
+    pub fn remove_stale_temps(&self, max_age: Duration) -> usize {
+        remove_temps_in(&self.dir, max_age)
+    }
+}
+
+/// Removes partials under `root` not written to for `max_age`, at any
+/// depth: directories are visited from a list of paths, not by recursion
+/// (no stack to overflow) and not through a chain of open handles (no
+/// descriptors to run out of). A directory whose path is too long to open
+/// is passed over; xfer makes no partial there.
+fn remove_temps_in(root: &Dir, max_age: Duration) -> usize {
+    let mut removed = 0;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let dir = if rel.as_os_str().is_empty() { root.try_clone() } else { root.open_dir(&rel) };
+        let Ok(dir) = dir else { continue };
+        let Ok(entries) = dir.entries() else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                pending.push(rel.join(&name));
+            } else if ft.is_file() && name.to_string_lossy().ends_with(TEMP_SUFFIX) {
+                let age = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.into_std().elapsed().unwrap_or_default())
+                    .unwrap_or(Duration::MAX);
+                if age >= max_age && dir.remove_file(&name).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
+fn mtime_secs(meta: &cap_std::fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A file of the root opened for reading.
+#[derive(Debug)]
+pub struct Opened {
+    /// The file, at its start.
+    pub file: std::fs::File,
+    /// Its size when opened.
+    pub size: u64,
+    /// Its modification time (seconds since the epoch), passed on to copies.
+    pub mtime: i64,
+    /// This version of the file, to find a digest remembered from an
+    /// earlier read; `None` if it changed too recently to be told apart
+    /// from a next change (see [`Stamp::of`]).
+    pub stamp: Option<Stamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{write_whole_beneath, DirCache};
+    use super::*;
+
+    #[test]
+    fn symlinks_out_of_the_root_are_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("out")).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = RemotePath::parse("out/secret").unwrap();
+        assert!(root.open_read(&p).is_err());
+        assert!(root.stage(&RemotePath::parse("out/new").unwrap()).is_err());
+        assert!(!outside.path().join("new").exists());
+    }
+
+    #[test]
+    fn stale_temps_are_swept_and_hidden_from_listings() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/.f.0123.xfer-part"), b"x").unwrap();
+        std::fs::write(tmp.path().join("keep"), b"x").unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let listed = root.list(&RemotePath::parse("d").unwrap()).unwrap();
+        assert!(listed.is_empty());
+        assert_eq!(root.remove_stale_temps(Duration::from_secs(3600)), 0, "too young to be stale");
+        assert_eq!(root.remove_stale_temps(Duration::ZERO), 1);
+        assert!(tmp.path().join("keep").exists());
+    }
+
+    #[test]
+    fn the_sweep_reaches_partials_at_any_depth() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Deeper than the 64 levels the sweep once stopped at, and as deep
+        // as xfer can make a partial (a path of at most 4,096 bytes).
+        let deep = vec!["d"; 1500].join("/");
+        let root = Root::open(tmp.path()).unwrap();
+        root.create_dir_all(&RemotePath::parse(&deep).unwrap()).unwrap();
+        let dir = root.dir.open_dir(&deep).unwrap();
+        dir.write(".f.xfer-part", b"x").unwrap();
+        dir.write("keep", b"x").unwrap();
+        assert_eq!(root.remove_stale_temps(Duration::ZERO), 1);
+        assert!(dir.exists("keep"));
+        assert!(!dir.exists(".f.xfer-part"));
+    }
+
+    #[test]
+    fn a_dir_cache_creates_missing_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let (base, mut dirs) = (root.handle().unwrap(), DirCache::default());
+        for name in ["a/b/one", "a/b/two", "c/three", "top"] {
+            let p = RemotePath::parse(name).unwrap();
+            write_whole_beneath(&base, &mut dirs, &p, name.as_bytes(), (0o644, 0), false).unwrap();
+            assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), name.as_bytes());
+        }
+        assert!(root.make_dir(&RemotePath::parse("new").unwrap()).unwrap(), "made just now");
+        assert!(!root.make_dir(&RemotePath::parse("a").unwrap()).unwrap(), "already there");
+        assert!(root.make_dir(&RemotePath::parse("top").unwrap()).is_err(), "a file is in the way");
+    }
+}

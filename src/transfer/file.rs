@@ -1,0 +1,146 @@
+//! Receive → verify → commit: the one path a streamed file takes on the
+//! receiving side, whichever side that is (the server for put and put -r,
+//! the client for get and get -r). The body goes into the file's partial,
+//! is hashed on the way, is compared with the sender's `done` digest, and
+//! only then is the partial given its mode and time and renamed into place.
+//! Any failure leaves the destination as it was.
+
+use super::{receive_into, CopyError, Progress};
+use crate::connection::FrameReader;
+use crate::error::ConnError;
+use crate::local::{meta, CommitError, Partial};
+use crate::protocol::{Common, Md5Hex};
+use std::io;
+use tokio::io::AsyncRead;
+
+/// How a verified file is committed.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit {
+    /// Replace a file already at the destination.
+    pub replace: bool,
+    /// Flush the file and its directory to disk before returning.
+    pub durable: bool,
+    /// Permission bits and modification time to give it, if the sender's
+    /// are kept.
+    pub meta: Option<(u32, i64)>,
+}
+
+/// Why one file was not committed, with the connection still in step
+/// (except where said). Each side tells it in its own words.
+#[derive(Debug)]
+pub enum FileFailure {
+    /// Refused before a byte was written: not a file that was asked for,
+    /// or a name it cannot have.
+    Refused(crate::error::RequestError),
+    /// The body starts at `offset`, but the partial offered `held` bytes.
+    Offset {
+        /// Where the sender started.
+        offset: u64,
+        /// What the receiver offered.
+        held: u64,
+    },
+    /// Writing the partial failed (a full disk, say); it is removed. The
+    /// rest of the body (`unread` bytes) and its `done` frame have not been
+    /// read: the caller tells the sender first, then [`drain`]s them.
+    Write {
+        /// What the OS said.
+        source: io::Error,
+        /// Body bytes written before the failure.
+        written: u64,
+        /// Body bytes still to come.
+        unread: u64,
+    },
+    /// The bytes received are not what the sender's digest says.
+    Mismatch {
+        /// The sender's digest (none if it sent none).
+        sent: Option<Md5Hex>,
+        /// The digest of what arrived.
+        received: Md5Hex,
+    },
+    /// The destination appeared meanwhile and replacing was not asked.
+    Exists,
+    /// Setting its mode or time, or the rename, failed.
+    Commit(io::Error),
+}
+
+/// Receives a body of `len` bytes that starts at `offset` of the file into
+/// `partial`, then its `done` frame; commits the file as `how` says if the
+/// digests agree. Returns the file's MD5. The outer error is a broken
+/// connection; a peer that breaks the protocol after the body has its bytes
+/// thrown away (one that merely vanished leaves them to be resumed).
+pub async fn receive_file<R, M>(
+    reader: &mut FrameReader<R, M>,
+    mut partial: Partial,
+    (offset, len): (u64, u64),
+    how: Commit,
+    bar: &dyn Progress,
+) -> Result<Result<Md5Hex, FileFailure>, ConnError>
+where
+    R: AsyncRead + Unpin,
+    M: Common,
+{
+    let (file, md5) = match partial.start_at(offset) {
+        Ok(Some(start)) => start,
+        Ok(None) => {
+            drain(reader, len).await?;
+            return Ok(Err(FileFailure::Offset { offset, held: partial.held() }));
+        }
+        Err(source) => return Ok(Err(FileFailure::Write { source, written: 0, unread: len })),
+    };
+    let received = match receive_into(&mut reader.body(len), len, file, md5, bar).await {
+        Ok(md5) => md5,
+        // The sender vanished mid-body: the partial keeps what arrived,
+        // for the next run to resume.
+        Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
+        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
+        Err(CopyError::Write { done, source }) => {
+            partial.discard();
+            return Ok(Err(FileFailure::Write { source, written: done, unread: len - done }));
+        }
+    };
+    let sent = match reader.expect_done().await {
+        Ok(sent) => sent,
+        Err(e) => {
+            if matches!(e, ConnError::Frame(_) | ConnError::Unexpected { .. }) {
+                partial.discard();
+            }
+            return Err(e);
+        }
+    };
+    if sent.as_ref() != Some(&received) {
+        partial.discard();
+        return Ok(Err(FileFailure::Mismatch { sent, received }));
+    }
+    // Setting times and renaming are quick, but a durable commit waits for
+    // the disk: on a blocking thread, not the connection's.
+    let committed =
+        tokio::task::spawn_blocking(move || commit(partial, how)).await.expect("committing does not panic");
+    Ok(committed.map(|()| received))
+}
+
+/// Gives a verified partial its metadata and renames it into place.
+fn commit(partial: Partial, how: Commit) -> Result<(), FileFailure> {
+    if let Some((mode, mtime)) = how.meta {
+        meta::apply_meta(partial.file(), mode, mtime).map_err(FileFailure::Commit)?;
+    }
+    let committed = match how.durable {
+        true => partial.commit_durably(how.replace),
+        false => partial.commit(how.replace),
+    };
+    committed.map_err(|e| match e {
+        CommitError::Exists => FileFailure::Exists,
+        CommitError::Io(e) => FileFailure::Commit(e),
+    })
+}
+
+/// Reads and drops the rest of a body (`unread` bytes) and its `done`
+/// frame, to stay in step after a file failed part way.
+pub async fn drain<R, M>(reader: &mut FrameReader<R, M>, unread: u64) -> Result<(), ConnError>
+where
+    R: AsyncRead + Unpin,
+    M: Common,
+{
+    reader.skip_body(unread).await?;
+    reader.expect_done().await?;
+    Ok(())
+}
