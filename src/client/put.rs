@@ -90,7 +90,7 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
     };
     conn.writer.write(&Done { filename: remote.clone(), md5: Some(md5.clone()) }.into()).await?;
     let stored = match conn.reader.expect_control().await? {
-        ServerMessage::Ok { md5, .. } => md5,
+        ServerMessage::Ok(stored) => stored.md5,
         reply => return Err(unexpected_reply(reply, "ok")),
     };
     if stored.as_ref() != Some(&md5) {

@@ -12,11 +12,11 @@ use crate::digest::{hash_prefix, HashBatch};
 use crate::error::{exists_words, mismatch_words, ConnError, Error};
 use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
-    ClientMessage, Data, Done, End, EntryKind, GetTree, Md5Hex, Message, PutTree, Refusal, ServerMessage,
-    Want,
+    ClientMessage, Data, Done, End, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal,
+    ServerMessage, Stored, Want,
 };
 use crate::transfer::FileFailure;
-use crate::transfer::{read_whole, send_file, CopyError, Digest};
+use crate::transfer::{read_whole, send_file, CopyError, Digest, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
@@ -100,7 +100,7 @@ pub async fn put_tree(
             );
         }
         match h {
-            ServerMessage::Have { filename, size, md5 } => {
+            ServerMessage::Have(Have { filename, size, md5 }) => {
                 have.insert(filename, (size, md5));
             }
             ServerMessage::Partial { filename, offset, md5 } => {
@@ -207,8 +207,18 @@ pub async fn put_tree(
             if e.size <= WHOLE_MAX {
                 // Small: read whole, hashed with others (see `HashBatch`),
                 // then queued with its `done` frame, so many files go out
-                // in one write.
-                let body = match read_whole(file, e.size, WHOLE_MAX) {
+                // in one write. Read here when no larger than a pipe's
+                // worth, on the blocking pool when larger.
+                let read = match e.size <= INLINE_MAX {
+                    true => read_whole(file, e.size, WHOLE_MAX),
+                    false => {
+                        let size = e.size;
+                        tokio::task::spawn_blocking(move || read_whole(file, size, WHOLE_MAX))
+                            .await
+                            .expect("reading does not panic")
+                    }
+                };
+                let body = match read {
                     Ok(Some(body)) => body,
                     Ok(None) => {
                         eprintln!("xfer: error: {}: it grew while being sent; skipped", escape(&e.rel));
@@ -219,7 +229,7 @@ pub async fn put_tree(
                         continue;
                     }
                 };
-                if small.push(Outgoing { entry: e, body }) {
+                if small.push(Outgoing { data: file_data(e), body }) {
                     sent_bytes += send_small(&mut small, writer, &bar).await?;
                 }
                 continue;
@@ -237,7 +247,7 @@ pub async fn put_tree(
         let mut results = TreeReport::default();
         loop {
             match reader.expect_control().await? {
-                ServerMessage::Ok { .. } => {
+                ServerMessage::Ok(_) => {
                     results.sent += 1;
                     bar.set_message(format!("{}/{count} files", results.sent + results.failed));
                 }
@@ -266,14 +276,14 @@ fn file_data(e: &TreeEntry) -> Data {
 }
 
 /// A small file of the tree, read and waiting for its MD5.
-struct Outgoing<'a> {
-    /// What the walk found.
-    entry: &'a TreeEntry,
+struct Outgoing {
+    /// Its `data` message.
+    data: Data,
     /// Its whole body.
     body: Vec<u8>,
 }
 
-impl AsRef<[u8]> for Outgoing<'_> {
+impl AsRef<[u8]> for Outgoing {
     fn as_ref(&self) -> &[u8] {
         &self.body
     }
@@ -282,14 +292,15 @@ impl AsRef<[u8]> for Outgoing<'_> {
 /// Hashes the small files waiting in `batch` and queues each behind its
 /// header, with its `done` frame. Returns the body bytes queued.
 async fn send_small(
-    batch: &mut HashBatch<Outgoing<'_>>,
+    batch: &mut HashBatch<Outgoing>,
     writer: &mut Writer<ClientMessage>,
     bar: &ProgressBar,
 ) -> Result<u64, Error> {
     let mut bytes = 0;
-    for (Outgoing { entry: e, body }, md5) in batch.hash() {
-        writer.queue(&file_data(e).into(), &body).await?;
-        writer.queue(&Done { filename: e.rel.clone(), md5: Some(md5) }.into(), &[]).await?;
+    for (Outgoing { data, body }, md5) in batch.hash_off_thread().await {
+        let done = Done { filename: data.filename.clone(), md5: Some(md5) };
+        writer.queue(&data.into(), &body).await?;
+        writer.queue(&done.into(), &[]).await?;
         bar.inc(body.len() as u64);
         bytes += body.len() as u64;
     }
@@ -327,7 +338,7 @@ pub async fn get_tree(
         last_name(remote).ok_or_else(|| Error::Usage(format!("{remote:?} does not name a directory")))?;
     let top: PathBuf = local.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
     let fresh = make_top(&top).map_err(|e| Error::local(&top, e))?;
-    let root = Root::open(&top).map_err(|e| Error::local(&top, e))?;
+    let root = std::sync::Arc::new(Root::open(&top).map_err(|e| Error::local(&top, e))?);
 
     let started = Instant::now();
     let mut client = Client::connect(opts).await?;
@@ -347,7 +358,9 @@ pub async fn get_tree(
     // The top's own mode and time, from the manifest's `end`.
     let top_meta = loop {
         if !batch.is_empty() && !conn.reader.header_buffered() {
-            let applied = receiver.apply(&root, std::mem::take(&mut batch));
+            let applied;
+            (receiver, applied) =
+                receiver.apply_off_thread(root.clone(), std::mem::take(&mut batch), false).await;
             want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
         }
         let h = conn.reader.expect_control().await?;
@@ -381,10 +394,9 @@ pub async fn get_tree(
         }
         batch.push(e);
     };
-    let applied = receiver.apply(&root, batch);
+    let applied;
+    (receiver, applied) = receiver.apply_off_thread(root.clone(), batch, true).await;
     want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
-    let checked = receiver.check_links(&root);
-    want_or_fail(checked, &receiver, flags.force, &mut wants, &mut report);
 
     let files = &receiver.files;
     let total: u64 =
@@ -413,7 +425,7 @@ pub async fn get_tree(
                 conn.reader.skip_body(len).await?;
                 match other {
                     ServerMessage::End(_) => break,
-                    ServerMessage::Ok { skipped: true, .. } => report.skipped += 1,
+                    ServerMessage::Ok(Stored { skipped: true, .. }) => report.skipped += 1,
                     ServerMessage::Error(Refusal { filename, message, .. }) => {
                         file_failed(&mut report, &filename, &reason(&message))
                     }
@@ -471,12 +483,19 @@ pub async fn get_tree(
         small_result(&mut report, w);
     }
     bar.finish_and_clear();
-    receiver.finish_dirs(&root, top_meta);
-    if flags.fsync {
-        let synced = root.handle().and_then(|dir| crate::local::sync_filesystem(&dir));
-        if let Err(err) = synced {
-            file_failed(&mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
+    // Directory modes and times last, then, if asked, everything to disk:
+    // on the blocking pool, as the server does.
+    let synced = tokio::task::spawn_blocking(move || {
+        receiver.finish_dirs(&root, top_meta);
+        match flags.fsync {
+            true => root.handle().and_then(|dir| crate::local::sync_filesystem(&dir)),
+            false => Ok(()),
         }
+    })
+    .await
+    .expect("setting directory times does not panic");
+    if let Err(err) = synced {
+        file_failed(&mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
     }
     opts.ui.tree_summary("get", remote, &report, started.elapsed());
     Ok(report)

@@ -48,6 +48,19 @@ impl<T: AsRef<[u8]>> HashBatch<T> {
     }
 }
 
+impl<T: AsRef<[u8]> + Send + 'static> HashBatch<T> {
+    /// [`hash`](Self::hash), on the blocking pool when the batch holds more
+    /// than 64 KiB: hashing more would hold up an async thread, and every
+    /// connection on it, for over 0.1 ms.
+    pub async fn hash_off_thread(&mut self) -> Vec<(T, Md5Hex)> {
+        if self.bytes <= 64 * 1024 {
+            return self.hash();
+        }
+        let mut batch = std::mem::take(self);
+        tokio::task::spawn_blocking(move || batch.hash()).await.expect("hashing does not panic")
+    }
+}
+
 impl<T: AsRef<[u8]>> Default for HashBatch<T> {
     fn default() -> Self {
         Self::new()

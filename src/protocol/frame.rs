@@ -7,9 +7,8 @@
 //! whole in memory. A buffer that holds only part of a header is a normal
 //! state ([`decode`] returns `Ok(None)`), not an error.
 
-use super::fields::Md5Hex;
 use super::message::{Frame, Message};
-use serde::Deserialize;
+use super::split::Split;
 use thiserror::Error;
 
 /// Bytes in the length prefix.
@@ -36,21 +35,6 @@ pub enum FrameError {
     /// The header is JSON of the wrong shape (unknown op, wrong field type...).
     #[error("header has the wrong shape: {0}")]
     BadShape(String),
-}
-
-/// The fields every header carries, read from every header whatever its
-/// op, so that a body is always consumed as a body and the core fields are
-/// checked even on ops that do not use them.
-#[derive(Deserialize)]
-struct Core {
-    #[serde(default)]
-    #[allow(dead_code)] // read only to check its type
-    filename: String,
-    #[serde(default)]
-    #[allow(dead_code)] // read only to check its shape
-    md5: Option<Md5Hex>,
-    #[serde(default)]
-    total_size: u64,
 }
 
 /// Decodes one header from the start of `buf` as a message of `M` (the
@@ -85,9 +69,22 @@ pub fn decode<M: Message>(buf: &[u8]) -> Result<Option<(Frame<M>, usize)>, Frame
             FrameError::NotJson(e.to_string())
         }
     };
-    let msg = serde_json::from_str(text).map_err(shape)?;
-    let core: Core = serde_json::from_str(text).map_err(shape)?;
-    Ok(Some((Frame { msg, total_size: core.total_size }, PREFIX_LEN + len)))
+    let Split { msg, total_size } = match leading_op(text).and_then(|op| M::from_op(op, text)) {
+        Some(straight) => straight.map_err(shape)?,
+        None => serde_json::from_str(text).map_err(shape)?,
+    };
+    Ok(Some((Frame { msg, total_size }, PREFIX_LEN + len)))
+}
+
+/// The op of a header that starts `{"op":"NAME"`, as xfer writes them, and
+/// names no other `op`: its message can be read straight into its
+/// variant (see [`Message::from_op`]). Any other header (a second `op`, or
+/// a name that merely contains `"op"`, or other spacing) takes the tagged
+/// path, which reads every shape the protocol allows.
+fn leading_op(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(r#"{"op":""#)?;
+    let (name, after) = rest.split_once('"')?;
+    (!name.contains('\\') && !after.contains(r#""op""#)).then_some(name)
 }
 
 /// Reads the length prefix, checking it against the limit as soon as the four
@@ -114,13 +111,16 @@ pub fn encode<M: Message>(msg: &M, total_size: u64, out: &mut Vec<u8>) -> Result
     // The tag comes first (`{"op":"NAME"`, no comma in any NAME): the core
     // fields go right after it.
     let after_op = json + out[json..].iter().position(|&b| b == b',' || b == b'}').expect("a JSON object");
-    let mut core = Vec::with_capacity(64 + msg.filename().len());
-    core.extend_from_slice(b",\"filename\":");
-    serde_json::to_writer(&mut core, msg.filename()).expect("a string always serializes");
-    core.extend_from_slice(b",\"md5\":");
-    serde_json::to_writer(&mut core, &msg.md5()).expect("a digest always serializes");
-    core.extend_from_slice(format!(",\"total_size\":{total_size}").as_bytes());
-    out.splice(after_op..after_op, core);
+    // Written at the end, then rotated into place: no second buffer.
+    let core = out.len();
+    out.extend_from_slice(b",\"filename\":");
+    serde_json::to_writer(&mut *out, msg.filename()).expect("a string always serializes");
+    out.extend_from_slice(b",\"md5\":");
+    serde_json::to_writer(&mut *out, &msg.md5()).expect("a digest always serializes");
+    out.extend_from_slice(b",\"total_size\":");
+    serde_json::to_writer(&mut *out, &total_size).expect("a number always serializes");
+    let core_len = out.len() - core;
+    out[after_op..].rotate_right(core_len);
     let len = out.len() - start - PREFIX_LEN;
     if len > MAX_HEADER_LEN {
         out.truncate(start);
@@ -134,7 +134,7 @@ pub fn encode<M: Message>(msg: &M, total_size: u64, out: &mut Vec<u8>) -> Result
 mod tests {
     use super::*;
     use crate::protocol::message::{ClientMessage, Data, Done, Get, Ls, Put, ServerMessage};
-    use crate::protocol::ErrorCode;
+    use crate::protocol::{ErrorCode, Md5Hex};
 
     type Case = (&'static [u8], fn(&FrameError) -> bool);
 
@@ -171,12 +171,12 @@ mod tests {
         let (back, used) = client(&bytes).unwrap().unwrap();
         assert_eq!(back, Frame { msg: put, total_size: 5 * 1024 * 1024 * 1024 + 7 });
         assert_eq!(used, bytes.len());
-        let ok = ServerMessage::Ok {
+        let ok = ServerMessage::Ok(crate::protocol::Stored {
             filename: "a".into(),
             md5: Some(md5("9e107d9d372bb6826bd81d3542a419d6")),
             size: Some(3),
             skipped: false,
-        };
+        });
         let (back, _) = decode::<ServerMessage>(&encoded(&ok, 0)).unwrap().unwrap();
         assert_eq!(back.msg, ok);
     }
@@ -224,6 +224,53 @@ mod tests {
         assert!(client(&frame(br#"{"op":"hello","version":2}"#)).is_err());
         assert!(decode::<ServerMessage>(&frame(br#"{"op":"put"}"#)).is_err());
         assert!(decode::<ServerMessage>(&frame(br#"{"op":"data"}"#)).is_ok(), "data goes both ways");
+    }
+
+    /// Headers as xfer writes them (op first) are read straight into their
+    /// variant; any other order takes the tagged path. Both must agree.
+    #[test]
+    fn op_first_or_not_decodes_the_same() {
+        let msgs = [
+            ClientMessage::Put(Put {
+                filename: "a/b".into(),
+                size: Some(5),
+                resume: true,
+                force: false,
+                fsync: true,
+            }),
+            ClientMessage::Get(Get {
+                filename: "op".into(),
+                offset: Some(3),
+                md5: Some(md5("d41d8cd98f00b204e9800998ecf8427e")),
+            }),
+            ClientMessage::Stdin,
+            ClientMessage::Auth { nonce: "ab".into(), mac: "cd".into() },
+            ClientMessage::Done(Done { filename: "\"op\"".into(), md5: None }),
+        ];
+        for msg in msgs {
+            let bytes = encoded(&msg, 7);
+            let text = std::str::from_utf8(&bytes[PREFIX_LEN..]).unwrap();
+            // The same object with `op` moved to the end.
+            let mut object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+            let op = object.remove("op").unwrap();
+            let mut moved = serde_json::to_string(&object).unwrap();
+            moved.pop();
+            moved.push_str(&format!(",\"op\":{op}}}"));
+            let straight = client(&bytes).unwrap().unwrap().0;
+            let tagged = client(&frame(moved.as_bytes())).unwrap().unwrap().0;
+            assert_eq!(straight, Frame { msg: msg.clone(), total_size: 7 }, "{text}");
+            assert_eq!(tagged, straight, "{moved}");
+        }
+        // Checks that hold on both paths.
+        for bad in [br#"{"op":"ls","md5":"XYZ"}"#.as_slice(), br#"{"md5":"XYZ","op":"ls"}"#] {
+            assert!(client(&frame(bad)).is_err());
+        }
+        for dup in [
+            br#"{"op":"stdin","total_size":1,"total_size":1}"#.as_slice(),
+            br#"{"total_size":1,"op":"stdin","total_size":1}"#,
+        ] {
+            assert!(client(&frame(dup)).is_err());
+        }
     }
 
     #[test]

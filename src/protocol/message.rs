@@ -9,6 +9,7 @@
 //! `null`) for the others. Fields left unset are left out of the JSON.
 
 use super::fields::{EntryKind, ErrorCode, Md5Hex, StreamSummary};
+pub use super::split::Split;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,24 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     fn filename(&self) -> &str;
     /// The `md5` this message carries, if any.
     fn md5(&self) -> Option<&Md5Hex>;
+
+    /// The message of op `op` read from the header `json`, straight into
+    /// its variant's fields; `None` for an op this direction does not
+    /// have. The derived, tag-first path buffers every field before it
+    /// knows the variant: 0.66 µs for a tree's `entry` against 0.28 µs
+    /// straight (examples/codec_cost.rs).
+    fn from_op(op: &str, json: &str) -> Option<serde_json::Result<Split<Self>>>;
+}
+
+/// `json` read as a `T`, made a message by `f`.
+fn read<T: DeserializeOwned, M>(json: &str, f: impl FnOnce(T) -> M) -> Option<serde_json::Result<Split<M>>> {
+    Some(serde_json::from_str(json).map(|s: Split<T>| Split { msg: f(s.msg), total_size: s.total_size }))
+}
+
+/// A message without fields, whatever the header holds besides: the frame's
+/// `total_size` still has to be read, and the core fields checked.
+fn bare<M>(json: &str, msg: M) -> Option<serde_json::Result<Split<M>>> {
+    read(json, |serde::de::IgnoredAny| msg)
 }
 
 /// The messages both directions send (a tree's manifest and its files go
@@ -236,6 +255,39 @@ pub struct Want {
     pub offset: Option<u64>,
 }
 
+/// A file was stored, of digest `md5` (or, `skipped`, was identical):
+/// the `ok` message.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stored {
+    /// The path concerned, relative to the root (or to the tree).
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// The stored file's MD5.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+    /// The stored file's size (`put`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The client's copy was identical and was not sent (get_tree).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skipped: bool,
+}
+
+/// A file of a put_tree the server has already: its size, and MD5 when the
+/// size is the entry's.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Have {
+    /// The path concerned, relative to the tree.
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Its size.
+    #[serde(default)]
+    pub size: u64,
+    /// Its MD5, when `size` is the entry's.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+}
+
 /// Client to server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -302,30 +354,9 @@ pub enum ServerMessage {
         md5: Option<Md5Hex>,
     },
     /// A file was stored, of digest `md5` (or, `skipped`, was identical).
-    Ok {
-        /// The path concerned.
-        #[serde(default, skip_serializing)]
-        filename: String,
-        #[serde(default, skip_serializing)]
-        md5: Option<Md5Hex>,
-        /// The stored file's size (`put`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        size: Option<u64>,
-        /// The client's copy was identical and was not sent (get_tree).
-        #[serde(default, skip_serializing_if = "is_false")]
-        skipped: bool,
-    },
-    /// A file of a put_tree the server has already: its size, and MD5
-    /// when the size is the entry's.
-    Have {
-        /// The path concerned.
-        #[serde(default, skip_serializing)]
-        filename: String,
-        #[serde(default)]
-        size: u64,
-        #[serde(default, skip_serializing)]
-        md5: Option<Md5Hex>,
-    },
+    Ok(Stored),
+    /// A file of a put_tree the server has already.
+    Have(Have),
     /// A partial the server holds for a file of a put_tree: its first
     /// `offset` bytes, of MD5 `md5`.
     Partial {
@@ -411,6 +442,25 @@ impl Message for ClientMessage {
         }
     }
 
+    fn from_op(op: &str, json: &str) -> Option<serde_json::Result<Split<Self>>> {
+        match op {
+            "put" => read(json, ClientMessage::Put),
+            "get" => read(json, ClientMessage::Get),
+            "ls" => read(json, ClientMessage::Ls),
+            "exec" => read(json, ClientMessage::Exec),
+            "put_tree" => read(json, ClientMessage::PutTree),
+            "get_tree" => read(json, ClientMessage::GetTree),
+            "want" => read(json, ClientMessage::Want),
+            "stdin" => bare(json, ClientMessage::Stdin),
+            "data" => read(json, ClientMessage::Data),
+            "done" => read(json, ClientMessage::Done),
+            "entry" => read(json, ClientMessage::Entry),
+            "end" => read(json, ClientMessage::End),
+            // `auth`, whose fields are inline, takes the tagged path.
+            _ => None,
+        }
+    }
+
     fn md5(&self) -> Option<&Md5Hex> {
         match self {
             ClientMessage::Get(Get { md5, .. })
@@ -427,8 +477,8 @@ impl Message for ServerMessage {
             ServerMessage::Hello { .. } => "hello",
             ServerMessage::Welcome { .. } => "welcome",
             ServerMessage::Ready { .. } => "ready",
-            ServerMessage::Ok { .. } => "ok",
-            ServerMessage::Have { .. } => "have",
+            ServerMessage::Ok(_) => "ok",
+            ServerMessage::Have(_) => "have",
             ServerMessage::Partial { .. } => "partial",
             ServerMessage::Started => "started",
             ServerMessage::Stdout => "stdout",
@@ -445,8 +495,8 @@ impl Message for ServerMessage {
     fn filename(&self) -> &str {
         match self {
             ServerMessage::Ready { filename, .. }
-            | ServerMessage::Ok { filename, .. }
-            | ServerMessage::Have { filename, .. }
+            | ServerMessage::Ok(Stored { filename, .. })
+            | ServerMessage::Have(Have { filename, .. })
             | ServerMessage::Partial { filename, .. }
             | ServerMessage::Error(Refusal { filename, .. })
             | ServerMessage::Data(Data { filename, .. })
@@ -462,11 +512,28 @@ impl Message for ServerMessage {
         }
     }
 
+    fn from_op(op: &str, json: &str) -> Option<serde_json::Result<Split<Self>>> {
+        match op {
+            "ok" => read(json, ServerMessage::Ok),
+            "have" => read(json, ServerMessage::Have),
+            "started" => bare(json, ServerMessage::Started),
+            "stdout" => bare(json, ServerMessage::Stdout),
+            "stderr" => bare(json, ServerMessage::Stderr),
+            "error" => read(json, ServerMessage::Error),
+            "data" => read(json, ServerMessage::Data),
+            "done" => read(json, ServerMessage::Done),
+            "entry" => read(json, ServerMessage::Entry),
+            "end" => read(json, ServerMessage::End),
+            // The rest, once per connection or request, take the tagged path.
+            _ => None,
+        }
+    }
+
     fn md5(&self) -> Option<&Md5Hex> {
         match self {
             ServerMessage::Ready { md5, .. }
-            | ServerMessage::Ok { md5, .. }
-            | ServerMessage::Have { md5, .. }
+            | ServerMessage::Ok(Stored { md5, .. })
+            | ServerMessage::Have(Have { md5, .. })
             | ServerMessage::Done(Done { md5, .. }) => md5.as_ref(),
             ServerMessage::Partial { md5, .. } => Some(md5),
             _ => None,

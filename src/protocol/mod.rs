@@ -7,10 +7,11 @@
 pub mod fields;
 pub mod frame;
 pub mod message;
+mod split;
 
 pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, PROTOCOL_VERSION};
 pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
 pub use message::{
-    ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Ls, Message, Put, PutTree,
-    Refusal, ServerMessage, Want,
+    ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Message, Put,
+    PutTree, Refusal, ServerMessage, Stored, Want,
 };

@@ -103,7 +103,7 @@ impl Config {
 /// State every connection handler reads.
 pub(crate) struct Shared {
     /// The served directory.
-    pub root: Root,
+    pub root: Arc<Root>,
     /// The configuration the server was started with.
     pub config: Config,
     /// Slows down clients that keep failing authentication.
@@ -132,7 +132,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
     let digests = Digests::new(config.digest_cache);
     let shared = Arc::new(Shared {
-        root,
+        root: Arc::new(root),
         limiter: FailureLimiter::default(),
         digests,
         tls: tokio_rustls::TlsAcceptor::from(tls),

@@ -7,7 +7,7 @@ use super::Shared;
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::local::{Partial, RemotePath};
-use crate::protocol::{ClientMessage, ErrorCode, Message, Put, ServerMessage};
+use crate::protocol::{ClientMessage, ErrorCode, Message, Put, ServerMessage, Stored};
 use crate::transfer::{drain, receive_file, Commit, FileFailure, NoProgress};
 use std::sync::Arc;
 
@@ -62,12 +62,12 @@ pub(crate) async fn handle(
         }
     };
     outcome.bytes = len;
-    let ok = ServerMessage::Ok {
+    let ok = ServerMessage::Ok(Stored {
         filename: req.filename.clone(),
         md5: Some(received.clone()),
         size: Some(start + len),
         skipped: false,
-    };
+    });
     conn.writer.write(&ok).await?;
     outcome.md5 = Some(received);
     Ok(outcome)

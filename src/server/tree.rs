@@ -8,12 +8,13 @@ use crate::connection::ServerConnection;
 use crate::digest::Md5;
 use crate::digest::{hash_prefix, HashBatch};
 use crate::error::{exists_words, ConnError, RequestError};
-use crate::local::{Opened, RemotePath, Stamp};
+use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
-    ClientMessage, Data, Done, End, EntryKind, ErrorCode, GetTree, Message, PutTree, ServerMessage, Want,
+    ClientMessage, Data, Done, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage,
+    Stored, Want,
 };
 use crate::transfer::FileFailure;
-use crate::transfer::{read_whole, send_file, CopyError, Digest, NoProgress};
+use crate::transfer::{read_whole, send_file, CopyError, Digest, NoProgress, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, WHOLE_MAX};
@@ -106,7 +107,7 @@ pub(crate) async fn put_tree(
             // The threads write what waits while this one streams.
             small.flush().await;
             let reply = receive_one(conn, shared, &mut receiver, (&h, len)).await?;
-            if matches!(reply, ServerMessage::Ok { .. }) {
+            if matches!(reply, ServerMessage::Ok(_)) {
                 outcome.bytes += len;
             }
             conn.writer.queue(&reply, &[]).await?;
@@ -160,7 +161,7 @@ fn reply_for(applied: Applied) -> Option<ServerMessage> {
     match applied {
         Applied::File { found: Found::Nothing, .. } => None,
         Applied::File { rel, found: Found::Existing { size, md5 } } => {
-            Some(ServerMessage::Have { filename: rel, size, md5 })
+            Some(ServerMessage::Have(Have { filename: rel, size, md5 }))
         }
         Applied::File { rel, found: Found::Partial { offset, md5 } } => {
             Some(ServerMessage::Partial { filename: rel, offset, md5 })
@@ -173,19 +174,12 @@ fn reply_for(applied: Applied) -> Option<ServerMessage> {
 /// after the `last` batch, also the check of every link.
 async fn apply(
     shared: &Arc<Shared>,
-    mut receiver: Receiver,
+    receiver: Receiver,
     batch: Vec<TreeEntry>,
     replies: &mut Vec<ServerMessage>,
     last: bool,
 ) -> Receiver {
-    let (receiver, applied) = blocking(shared, move |root| {
-        let mut applied = receiver.apply(root, batch);
-        if last {
-            applied.extend(receiver.check_links(root));
-        }
-        (receiver, applied)
-    })
-    .await;
+    let (receiver, applied) = receiver.apply_off_thread(shared.root.clone(), batch, last).await;
     replies.extend(applied.into_iter().filter_map(reply_for));
     receiver
 }
@@ -232,12 +226,12 @@ async fn receive_one(
 
 /// The `ok` for a file of a put_tree stored with digest `md5`.
 fn stored(rel: String, md5: crate::protocol::Md5Hex) -> ServerMessage {
-    ServerMessage::Ok { filename: rel, md5: Some(md5), size: None, skipped: false }
+    ServerMessage::Ok(Stored { filename: rel, md5: Some(md5), size: None, skipped: false })
 }
 
 /// The `ok` for a wanted file the client's copy of which is identical.
 fn skipped(rel: &str) -> ServerMessage {
-    ServerMessage::Ok { filename: rel.to_string(), md5: None, size: None, skipped: true }
+    ServerMessage::Ok(Stored { filename: rel.to_string(), md5: None, size: None, skipped: true })
 }
 
 pub(crate) async fn get_tree(
@@ -397,7 +391,7 @@ async fn send_hashed(
     shared: &Shared,
     batch: &mut HashBatch<Unhashed>,
 ) -> Result<(), ConnError> {
-    for (Unhashed { rel, mode, mtime, stamp, body }, md5) in batch.hash() {
+    for (Unhashed { rel, mode, mtime, stamp, body }, md5) in batch.hash_off_thread().await {
         shared.digests.remember(stamp, &md5);
         let data = Data { filename: rel.clone(), offset: None, mode: Some(mode), mtime: Some(mtime) };
         conn.writer.queue(&data.into(), &body).await?;
@@ -435,28 +429,41 @@ async fn send_one(
     if entry.size <= WHOLE_MAX {
         // Small: read whole, then queued, so many files go out in one
         // write. Its digest is the remembered one, or computed with other
-        // files' (see `Unhashed`), or here if it is compared with the
-        // client's copy.
-        let read = shared.root.open_read(&path).and_then(|o| {
-            let known = if theirs.is_none() { shared.digests.get(o.stamp.as_ref()) } else { None };
-            Ok((read_whole(o.file, o.size, WHOLE_MAX)?, known, o.stamp, o.mtime))
-        });
+        // files' (see `Unhashed`), or at once if it is compared with the
+        // client's copy. Read and hashed here when no larger than a pipe's
+        // worth, on the blocking pool when larger.
+        let read = {
+            let (digests, path, compare) = (shared.clone(), path.clone(), theirs.is_some());
+            move |root: &Root| {
+                let o = root.open_read(&path)?;
+                let known = digests.digests.get(o.stamp.as_ref());
+                let body = read_whole(o.file, o.size, WHOLE_MAX)?;
+                let md5 = match (&body, known) {
+                    (Some(body), None) if compare => {
+                        let mut md5 = Md5::new();
+                        md5.update(body);
+                        let md5 = md5.finish();
+                        digests.digests.remember(o.stamp, &md5);
+                        Some(md5)
+                    }
+                    (_, known) => known,
+                };
+                Ok::<_, std::io::Error>((body, md5, o.stamp, o.mtime))
+            }
+        };
+        let read = match entry.size <= INLINE_MAX {
+            true => read(&shared.root),
+            false => blocking(shared, read).await,
+        };
         match read {
-            Ok((Some(body), None, stamp, mtime)) if theirs.is_none() => {
+            Ok((Some(body), None, stamp, mtime)) => {
                 let size = body.len() as u64;
                 if unhashed.push(Unhashed { rel: rel.to_string(), mode: entry.mode, mtime, stamp, body }) {
                     send_hashed(conn, shared, unhashed).await?;
                 }
                 return Ok(size);
             }
-            Ok((Some(body), known, stamp, mtime)) => {
-                let md5 = known.unwrap_or_else(|| {
-                    let mut md5 = Md5::new();
-                    md5.update(&body);
-                    let md5 = md5.finish();
-                    shared.digests.remember(stamp, &md5);
-                    md5
-                });
+            Ok((Some(body), Some(md5), _, mtime)) => {
                 let reply = match &theirs {
                     Some(theirs) if *theirs == md5 => skipped(rel),
                     Some(_) if !force => {

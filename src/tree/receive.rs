@@ -17,6 +17,7 @@ use crate::transfer::{drain, receive_file, Commit, FileFailure, Progress};
 use crate::tree::{self, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::sync::Arc;
 
 /// What a file of the manifest finds at its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +318,26 @@ impl Receiver {
             Some(p) => Ok((p, meta)),
             None => Ok((root.stage(&path).map_err(|e| RequestError::from_io(&e, rel))?, meta)),
         }
+    }
+
+    /// [`apply`](Self::apply) on the blocking pool (it makes directories
+    /// and links, and hashes files already there): the receiver goes there
+    /// and back. After the `last` batch, also the check of every link.
+    pub async fn apply_off_thread(
+        mut self,
+        root: Arc<Root>,
+        batch: Vec<TreeEntry>,
+        last: bool,
+    ) -> (Receiver, Vec<Applied>) {
+        tokio::task::spawn_blocking(move || {
+            let mut applied = self.apply(&root, batch);
+            if last {
+                applied.extend(self.check_links(&root));
+            }
+            (self, applied)
+        })
+        .await
+        .expect("applying a manifest does not panic")
     }
 
     /// Receives one large file of the tree: its `data` body of `len` bytes
