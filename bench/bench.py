@@ -203,6 +203,9 @@ class Bench:
                 ("put", ("xfer put, baseline", rm(self.base_root / "big.bin"), self.base + ["put", big])),
                 ("get", ("xfer get, baseline", rm(out), self.base + ["get", "seed.bin", str(out)])),
                 ("get", (f"{GET_NULL}, baseline", None, self.base + ["get", "seed.bin", "-"])),
+                ("tree", ("xfer put -r, baseline", None, lambda: self.base + ["put", "-r", str(TREE), fresh("tree")])),
+                ("tree", ("xfer get -r, baseline", None, lambda: self.base + ["get", "-r", "seed", str(w / fresh("back"))])),
+                ("tree", ("xfer put -r, nothing changed, baseline", None, self.base + ["put", "-r", str(TREE), "seed"])),
             ]
         cases = {
             "put": [
@@ -312,6 +315,8 @@ class Bench:
             run(self.base + ["put", "-f", str(self.big), "seed.bin"], env=self.env)
         if TREE.is_dir():
             run(x + ["put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
+            if BASELINE:
+                run(self.base + ["put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
         # Digests are remembered only for files unchanged for a second.
         time.sleep(1.5)
         run(x + ["get", "seed.bin", str(self.work / "out.bin")], env=self.env)
@@ -322,6 +327,9 @@ class Bench:
         if TREE.is_dir():
             subprocess.run(x + ["get", "-r", "seed", str(self.work / "warm")], env=self.env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if BASELINE:
+                subprocess.run(self.base + ["get", "-r", "seed", str(self.work / "warm-base")], env=self.env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             run(["rsync", "-a", f"{TREE}/", f"rsync://127.0.0.1:{self.rsync_port}/bench/seed/"])
         else:
             cases.pop("tree")
@@ -370,10 +378,10 @@ def fmt_table(b):
          ["xfer get", "xfer get, baseline", GET_NULL, f"{GET_NULL}, baseline", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
           "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
         ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "xfer exec true, baseline", "ssh 127.0.0.1 true"]),
-        (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "rsync daemon put -a", "rsync over ssh put -a"]),
-        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", COLD_GET_TREE, "rsync daemon get -a", "rsync over ssh get -a"]),
+        (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "xfer put -r, baseline", "rsync daemon put -a", "rsync over ssh put -a"]),
+        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", "xfer get -r, baseline", COLD_GET_TREE, "rsync daemon get -a", "rsync over ssh get -a"]),
         (f"Tree put again, nothing changed: {TREE}", "xfer put -r, nothing changed",
-         ["xfer put -r, nothing changed", "rsync daemon put -a, nothing changed"]),
+         ["xfer put -r, nothing changed", "xfer put -r, nothing changed, baseline", "rsync daemon put -a, nothing changed"]),
     ]:
         if ref_name not in b.results:
             continue

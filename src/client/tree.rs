@@ -7,17 +7,16 @@
 
 use super::{reason, unexpected_reply, Client, Flags, Options};
 use crate::connection::{ClientConnection, Writer};
-use crate::digest::Md5;
-use crate::digest::{hash_prefix, HashBatch};
+use crate::digest::{hash_prefix, Md5};
 use crate::error::{exists_words, mismatch_words, ConnError, Error};
 use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
-    ClientMessage, Data, Done, End, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal,
-    ServerMessage, Stored, Want,
+    ClientMessage, Data, End, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal, ServerMessage,
+    Stored, Want,
 };
-use crate::transfer::FileFailure;
-use crate::transfer::{read_whole, send_file, CopyError, Digest, INLINE_MAX};
+use crate::transfer::{read_whole, Digest, FileFailure, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
+use crate::tree::send::{self, Outgoing, SmallFiles};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
 use indicatif::ProgressBar;
@@ -184,14 +183,12 @@ pub async fn put_tree(
     let (reader, writer) = (&mut conn.reader, &mut conn.writer);
     let sending = async {
         let mut sent_bytes = 0u64;
-        let mut small = HashBatch::new();
+        let mut small = SmallFiles::default();
         for e in &to_send {
             let path = tree::local_path(local, &e.rel);
             if let Some((file, offset, md5)) = resumes.remove(&e.rel) {
                 let data = Data { offset: Some(offset), ..file_data(e) };
-                writer.write_head(&data.into(), e.size - offset).await?;
-                let md5 = send_large(file, e.size - offset, md5, writer, &bar, &path).await?;
-                writer.write(&Done { filename: e.rel.clone(), md5: Some(md5) }.into()).await?;
+                send_large(writer, data, (file, e.size - offset), md5, &bar, &path).await?;
                 sent_bytes += e.size - offset;
                 continue;
             }
@@ -229,17 +226,16 @@ pub async fn put_tree(
                         continue;
                     }
                 };
-                if small.push(Outgoing { data: file_data(e), body }) {
-                    sent_bytes += send_small(&mut small, writer, &bar).await?;
-                }
+                let file = Outgoing { data: file_data(e), body, stamp: None };
+                sent_bytes += small.push(file, writer, &bar).await?.bytes;
                 continue;
             }
-            writer.write_head(&file_data(e).into(), e.size).await?;
-            let md5 = send_large(file, e.size, Md5::new(), writer, &bar, &path).await?;
-            writer.write(&Done { filename: e.rel.clone(), md5: Some(md5) }.into()).await?;
+            // What waits goes out before a long stream.
+            sent_bytes += small.flush(writer, &bar).await?.bytes;
+            send_large(writer, file_data(e), (file, e.size), Md5::new(), &bar, &path).await?;
             sent_bytes += e.size;
         }
-        sent_bytes += send_small(&mut small, writer, &bar).await?;
+        sent_bytes += small.flush(writer, &bar).await?.bytes;
         writer.write(&End::default().into()).await?;
         Ok::<u64, Error>(sent_bytes)
     };
@@ -275,52 +271,19 @@ fn file_data(e: &TreeEntry) -> Data {
     Data { filename: e.rel.clone(), offset: None, mode: Some(e.mode), mtime: Some(e.mtime) }
 }
 
-/// A small file of the tree, read and waiting for its MD5.
-struct Outgoing {
-    /// Its `data` message.
-    data: Data,
-    /// Its whole body.
-    body: Vec<u8>,
-}
-
-impl AsRef<[u8]> for Outgoing {
-    fn as_ref(&self) -> &[u8] {
-        &self.body
-    }
-}
-
-/// Hashes the small files waiting in `batch` and queues each behind its
-/// header, with its `done` frame. Returns the body bytes queued.
-async fn send_small(
-    batch: &mut HashBatch<Outgoing>,
-    writer: &mut Writer<ClientMessage>,
-    bar: &ProgressBar,
-) -> Result<u64, Error> {
-    let mut bytes = 0;
-    for (Outgoing { data, body }, md5) in batch.hash_off_thread().await {
-        let done = Done { filename: data.filename.clone(), md5: Some(md5) };
-        writer.queue(&data.into(), &body).await?;
-        writer.queue(&done.into(), &[]).await?;
-        bar.inc(body.len() as u64);
-        bytes += body.len() as u64;
-    }
-    Ok(bytes)
-}
-
-/// Sends `len` bytes of a large file of the tree from where `file` stands;
-/// `md5` has seen what came before. A file that changes under us stops
-/// the tree: its frame cannot be completed.
+/// Streams a large file of the tree (see [`send::send_large`]); `md5`
+/// has seen what came before. A file that changes under us stops the tree:
+/// its frame cannot be completed.
 async fn send_large(
-    file: std::fs::File,
-    len: u64,
-    md5: Md5,
     writer: &mut Writer<ClientMessage>,
+    data: Data,
+    file: (std::fs::File, u64),
+    md5: Md5,
     bar: &ProgressBar,
     path: &Path,
 ) -> Result<Md5Hex, Error> {
-    match send_file(file, len, Digest::Compute(md5), writer.body_writer(), bar).await {
+    match send::send_large(writer, data, file, Digest::Compute(md5), bar).await? {
         Ok(md5) => Ok(md5),
-        Err(CopyError::Write { source, .. }) => Err(ConnError::Io(source).into()),
         Err(err) => Err(Error::LocalUnusable(format!("{}: {err}; stopping", path.display()))),
     }
 }

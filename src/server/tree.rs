@@ -5,17 +5,16 @@
 use super::request::{item_refusal as file_error, refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::ServerConnection;
-use crate::digest::Md5;
-use crate::digest::{hash_prefix, HashBatch};
+use crate::digest::{hash_prefix, Md5};
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
     ClientMessage, Data, Done, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage,
     Stored, Want,
 };
-use crate::transfer::FileFailure;
-use crate::transfer::{read_whole, send_file, CopyError, Digest, NoProgress, INLINE_MAX};
+use crate::transfer::{read_whole, CopyError, Digest, FileFailure, NoProgress, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
+use crate::tree::send::{self, Outgoing, SmallFiles};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, WHOLE_MAX};
 use std::collections::HashMap;
@@ -304,7 +303,7 @@ pub(crate) async fn get_tree(
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
     let identical = identical_to_theirs(shared, &top, &wants).await;
     // Small files read and waiting to be hashed together; sent once they are.
-    let mut unhashed = HashBatch::new();
+    let mut unhashed = SmallFiles::default();
     for want in wants {
         let rel = want.filename.clone();
         let Some(entry) = meta.get(&rel).filter(|e| e.kind == EntryKind::File).cloned() else {
@@ -363,39 +362,15 @@ async fn identical_to_theirs(
     .await
 }
 
-/// A small file of a tree read for sending, its digest neither remembered
-/// nor computed yet: hashed with others (see [`HashBatch`]), then sent.
-struct Unhashed {
-    /// Its name in the tree.
-    rel: String,
-    /// Permission bits, for its `data` frame.
-    mode: u32,
-    /// Modification time when it was read.
-    mtime: i64,
-    /// The version read, to remember its digest by.
-    stamp: Option<Stamp>,
-    /// The whole body.
-    body: Vec<u8>,
-}
-
-impl AsRef<[u8]> for Unhashed {
-    fn as_ref(&self) -> &[u8] {
-        &self.body
-    }
-}
-
-/// Hashes the small files waiting, remembers their digests and queues each
-/// with its `done` frame.
+/// Hashes the small files waiting, queues each with its `done` frame, and
+/// remembers their digests.
 async fn send_hashed(
     conn: &mut ServerConnection,
     shared: &Shared,
-    batch: &mut HashBatch<Unhashed>,
+    small: &mut SmallFiles,
 ) -> Result<(), ConnError> {
-    for (Unhashed { rel, mode, mtime, stamp, body }, md5) in batch.hash_off_thread().await {
+    for (stamp, md5) in small.flush(&mut conn.writer, &NoProgress).await?.digests {
         shared.digests.remember(stamp, &md5);
-        let data = Data { filename: rel.clone(), offset: None, mode: Some(mode), mtime: Some(mtime) };
-        conn.writer.queue(&data.into(), &body).await?;
-        conn.writer.queue(&Done { filename: rel, md5: Some(md5) }.into(), &[]).await?;
     }
     Ok(())
 }
@@ -411,7 +386,7 @@ async fn send_one(
     top: &RemotePath,
     (rel, entry, want): (&str, &TreeEntry, &Want),
     force: bool,
-    unhashed: &mut HashBatch<Unhashed>,
+    unhashed: &mut SmallFiles,
 ) -> Result<u64, ConnError> {
     // With an offset, the client's MD5 is of its partial, not of a copy.
     let (theirs, partial) = match want.offset {
@@ -429,7 +404,7 @@ async fn send_one(
     if entry.size <= WHOLE_MAX {
         // Small: read whole, then queued, so many files go out in one
         // write. Its digest is the remembered one, or computed with other
-        // files' (see `Unhashed`), or at once if it is compared with the
+        // files' (see `SmallFiles`), or at once if it is compared with the
         // client's copy. Read and hashed here when no larger than a pipe's
         // worth, on the blocking pool when larger.
         let read = {
@@ -458,8 +433,16 @@ async fn send_one(
         match read {
             Ok((Some(body), None, stamp, mtime)) => {
                 let size = body.len() as u64;
-                if unhashed.push(Unhashed { rel: rel.to_string(), mode: entry.mode, mtime, stamp, body }) {
-                    send_hashed(conn, shared, unhashed).await?;
+                let data = Data {
+                    filename: rel.to_string(),
+                    offset: None,
+                    mode: Some(entry.mode),
+                    mtime: Some(mtime),
+                };
+                let queued =
+                    unhashed.push(Outgoing { data, body, stamp }, &mut conn.writer, &NoProgress).await?;
+                for (stamp, md5) in queued.digests {
+                    shared.digests.remember(stamp, &md5);
                 }
                 return Ok(size);
             }
@@ -553,20 +536,21 @@ async fn send_one(
         mode: Some(entry.mode),
         mtime: Some(mtime),
     };
-    conn.writer.write_head(&data.into(), size - offset).await?;
     let whole = offset == 0 && matches!(digest, Digest::Compute(_));
-    let sent = send_file(file, size - offset, digest, conn.writer.body_writer(), &NoProgress).await;
-    let md5 = match sent {
-        Ok(md5) => md5,
-        Err(CopyError::Write { source, .. } | CopyError::Read { source, .. }) => {
-            return Err(ConnError::Io(source))
-        }
-        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
-    };
+    // A file that shrank or became unreadable after its size was announced
+    // cannot complete its frame: the connection ends, the client commits
+    // nothing of it.
+    let md5 =
+        match send::send_large(&mut conn.writer, data, (file, size - offset), digest, &NoProgress).await? {
+            Ok(md5) => md5,
+            Err(CopyError::Read { source, .. } | CopyError::Write { source, .. }) => {
+                return Err(ConnError::Io(source))
+            }
+            Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
+        };
     if whole {
         shared.digests.remember(stamp, &md5);
     }
-    conn.writer.write(&Done { filename: rel.to_string(), md5: Some(md5) }.into()).await?;
     Ok(size - offset)
 }
 

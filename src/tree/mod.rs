@@ -11,11 +11,14 @@
 //! - [`receive`]: a manifest applied beneath the destination, and each
 //!   file's place; its large files go through
 //!   [`transfer::receive_file`](crate::transfer::receive_file).
+//! - [`send`]: a tree's files sent, for whichever side sends: small ones
+//!   hashed together and queued, large ones streamed.
 //! - [`writer`]: a tree's small files verified and written on threads of
 //!   their own.
 
 pub mod hash;
 pub mod receive;
+pub mod send;
 pub mod walk;
 pub mod writer;
 

@@ -1,0 +1,115 @@
+//! The sending side of a tree's files, whichever side sends (the client
+//! for `put -r`, the server for `get -r`): small files read whole, hashed
+//! many at once and queued behind their headers, so many go out in one
+//! write; large ones streamed, each with its `done` frame.
+
+use crate::connection::FrameWriter;
+use crate::digest::HashBatch;
+use crate::error::ConnError;
+use crate::local::Stamp;
+use crate::protocol::{Common, Data, Done, Md5Hex};
+use crate::transfer::{send_file, CopyError, Digest, Progress};
+use tokio::io::AsyncWrite;
+
+/// A small file of a tree read whole, waiting for its MD5.
+pub struct Outgoing {
+    /// Its `data` message.
+    pub data: Data,
+    /// Its whole body.
+    pub body: Vec<u8>,
+    /// The version read, for a sender that remembers digests by it.
+    pub stamp: Option<Stamp>,
+}
+
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+/// What a batch of small files put on the wire.
+#[derive(Default)]
+pub struct Queued {
+    /// Body bytes queued.
+    pub bytes: u64,
+    /// Each file's stamp and digest, for a sender that remembers them.
+    pub digests: Vec<(Option<Stamp>, Md5Hex)>,
+}
+
+/// Small files waiting to be hashed together (see [`HashBatch`]), then
+/// queued each behind its `data` header with its `done` frame.
+#[derive(Default)]
+pub struct SmallFiles {
+    /// Files read and not yet hashed.
+    batch: HashBatch<Outgoing>,
+}
+
+impl SmallFiles {
+    /// Adds a file; once the batch is full, hashes and queues it.
+    pub async fn push<W, M>(
+        &mut self,
+        file: Outgoing,
+        writer: &mut FrameWriter<W, M>,
+        bar: &dyn Progress,
+    ) -> Result<Queued, ConnError>
+    where
+        W: AsyncWrite + Unpin,
+        M: Common,
+    {
+        match self.batch.push(file) {
+            true => self.flush(writer, bar).await,
+            false => Ok(Queued::default()),
+        }
+    }
+
+    /// Hashes and queues every file waiting: what goes before a long stream,
+    /// and at the end.
+    pub async fn flush<W, M>(
+        &mut self,
+        writer: &mut FrameWriter<W, M>,
+        bar: &dyn Progress,
+    ) -> Result<Queued, ConnError>
+    where
+        W: AsyncWrite + Unpin,
+        M: Common,
+    {
+        let mut queued = Queued::default();
+        for (Outgoing { data, body, stamp }, md5) in self.batch.hash_off_thread().await {
+            let done = Done { filename: data.filename.clone(), md5: Some(md5.clone()) };
+            writer.queue(&data.into(), &body).await?;
+            writer.queue(&done.into(), &[]).await?;
+            bar.advance(body.len() as u64);
+            queued.bytes += body.len() as u64;
+            queued.digests.push((stamp, md5));
+        }
+        Ok(queued)
+    }
+}
+
+/// Streams one file: its `data` header, `len` bytes of `file` from where it
+/// stands, then its `done` frame with the MD5 of the whole file, which
+/// `digest` knows or computes on the way (having seen what came before,
+/// when resumed). The outer error is the connection's; the inner one a
+/// file that could not be read to its announced length (the frame cannot
+/// be completed, so the caller must end the connection).
+pub async fn send_large<W, M>(
+    writer: &mut FrameWriter<W, M>,
+    data: Data,
+    (file, len): (std::fs::File, u64),
+    digest: Digest,
+    bar: &dyn Progress,
+) -> Result<Result<Md5Hex, CopyError>, ConnError>
+where
+    W: AsyncWrite + Unpin,
+    M: Common,
+{
+    let filename = data.filename.clone();
+    writer.write_head(&data.into(), len).await?;
+    let md5 = match send_file(file, len, digest, writer.body_writer(), bar).await {
+        Ok(md5) => md5,
+        Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
+        Err(failed) => return Ok(Err(failed)),
+    };
+    writer.write(&Done { filename, md5: Some(md5.clone()) }.into()).await?;
+    Ok(Ok(md5))
+}
