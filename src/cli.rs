@@ -10,9 +10,11 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9909";
 #[derive(Debug, Parser)]
 #[command(name = "xfer", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Server address (host:port).
-    #[arg(short, long, global = true, env = "XFER_SERVER", default_value = DEFAULT_ADDR)]
-    pub server: String,
+    /// Server address, host[:port] (port 9909 if left out) [default:
+    /// $XFER_SERVER, then 127.0.0.1:9909]. Clients only: `xfer serve`
+    /// listens on --listen.
+    #[arg(short, long, global = true, value_name = "HOST[:PORT]")]
+    pub server: Option<String>,
 
     /// File holding the shared token [default: $XFER_TOKEN (the token
     /// itself), then $XDG_CONFIG_HOME/xfer/token or ~/.config/xfer/token].
@@ -40,7 +42,9 @@ pub enum Command {
         #[arg(long)]
         new: bool,
     },
-    /// Send a local file (or, with -r, a directory tree) to the server.
+    /// Send local files (or, with -r, directory trees) to the server:
+    /// `xfer put FILE [REMOTE]`, or `xfer put SRC... DIR` into a remote
+    /// directory.
     Put {
         /// Replace the remote file if it exists (atomically).
         #[arg(short, long)]
@@ -54,13 +58,20 @@ pub enum Command {
         /// Have the server flush what it saves to disk before saying so.
         #[arg(long)]
         fsync: bool,
-        /// The local file.
-        local: PathBuf,
-        /// Remote path, relative to the server's root [default: LOCAL's
-        /// name]; ending in / puts the file inside that directory.
-        remote: Option<String>,
+        /// Treat REMOTE as a file name even if a local file has that name
+        /// (`xfer put -T a.txt b.txt` when b.txt also exists here).
+        #[arg(short = 'T', long)]
+        no_target_directory: bool,
+        /// The local sources, then the remote destination (relative to the
+        /// server's root; `.` or `/` is the root). One source goes to
+        /// DEST (default: its own name; into DEST when DEST is a
+        /// directory or ends in /); several go into the directory DEST.
+        #[arg(required = true, value_name = "SOURCE... [DEST]")]
+        paths: Vec<PathBuf>,
     },
-    /// Fetch a file (or, with -r, a directory tree) from the server.
+    /// Fetch files (or, with -r, directory trees) from the server:
+    /// `xfer get REMOTE [LOCAL]`, or `xfer get REMOTE... DIR`; `*`, `?` and
+    /// `[...]` in a remote name's last part match on the server.
     Get {
         /// Replace the local file if it exists (atomically).
         #[arg(short, long)]
@@ -74,15 +85,17 @@ pub enum Command {
         /// Flush what is saved here to disk before finishing.
         #[arg(long)]
         fsync: bool,
-        /// Remote path, relative to the server's root.
-        remote: String,
-        /// Local path or directory [default: REMOTE's name here]; - writes
-        /// to standard output.
-        local: Option<PathBuf>,
+        /// The remote sources, then the local destination [default:
+        /// each source's name here]; - writes one file to standard output.
+        /// Several sources go into the directory DEST (made if it ends
+        /// in /).
+        #[arg(required = true, value_name = "SOURCE... [DEST]")]
+        paths: Vec<String>,
     },
-    /// List a remote directory.
+    /// List a remote directory, or the names matching a pattern.
     Ls {
-        /// Remote directory [default: the root].
+        /// Remote directory [default: the root]; `*`, `?` and `[...]` in
+        /// its last part list the matching names.
         remote_dir: Option<String>,
     },
     /// Run a command on the server (which needs --allow-exec); without a
@@ -152,6 +165,6 @@ mod tests {
     fn global_options_work_after_the_subcommand() {
         let cli = Cli::try_parse_from(["xfer", "put", "a", "-q", "-s", "h:1"]).unwrap();
         assert!(cli.quiet);
-        assert_eq!(cli.server, "h:1");
+        assert_eq!(cli.server.as_deref(), Some("h:1"));
     }
 }

@@ -16,6 +16,10 @@ use thiserror::Error;
 pub const EXIT_CONNECT: u8 = 255;
 /// Exit code for a failed operation (missing file, digest mismatch...).
 pub const EXIT_FAILURE: u8 = 1;
+
+/// Exit code for a command line that asks for something that cannot be
+/// done, as clap's own usage errors.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code for `exec --timeout` running out (as timeout(1)).
 pub const EXIT_TIMEOUT: u8 = 124;
 
@@ -242,8 +246,15 @@ impl Error {
             | Error::ExecDisabled
             | Error::NotRun(_) => EXIT_CONNECT,
             Error::Timeout(_) => EXIT_TIMEOUT,
+            Error::Usage(_) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
+    }
+
+    /// Whether this is our own output closed by its reader (`xfer get f - |
+    /// head`): no failure to tell of, as cat and ssh tell none.
+    pub fn is_closed_output(&self) -> bool {
+        matches!(self, Error::Local { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
     }
 
     /// A local I/O failure on `path`.
@@ -280,7 +291,7 @@ mod tests {
         assert_eq!(e.exit_code(), 255);
         assert_eq!(Error::ExecDisabled.exit_code(), 255);
         assert_eq!(Error::Timeout(1).exit_code(), 124);
-        assert_eq!(Error::Usage("u".into()).exit_code(), 1);
+        assert_eq!(Error::Usage("u".into()).exit_code(), 2, "as clap's usage errors");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub mod tree;
 pub mod ui;
 
 use cli::{Cli, Command, ServeArgs};
-use client::{GetTarget, Options};
+use client::Options;
 use error::Error;
 use std::time::Duration;
 
@@ -63,6 +63,9 @@ use std::time::Duration;
 pub fn run(cli: Cli) -> Result<u8, Error> {
     let token_file = cli.token_file.as_deref();
     match cli.command {
+        Command::Serve(_) if cli.server.is_some() => {
+            Err(Error::Usage("xfer serve listens where --listen says; -s/--server is for clients".into()))
+        }
         Command::Serve(args) => serve(args, token_file),
         Command::Token { new } => {
             let token = if new {
@@ -79,7 +82,9 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         // faster and the hashing thread comes from the blocking pool.
         command => {
             let (token, _) = auth::load_token(token_file, false)?;
-            let opts = Options { server: cli.server, token, ui: ui::Ui { quiet: cli.quiet } };
+            let server = cli.server.or_else(|| std::env::var("XFER_SERVER").ok());
+            let server = client::with_default_port(server.as_deref().unwrap_or(cli::DEFAULT_ADDR));
+            let opts = Options { server, token, ui: ui::Ui { quiet: cli.quiet } };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -95,39 +100,30 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
 
 async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     match command {
-        Command::Put { force, recursive: true, no_resume, fsync, local, remote } => {
+        Command::Put { force, recursive, no_resume, fsync, no_target_directory, paths } => {
             let flags = client::Flags { force, resume: !no_resume, fsync };
-            let report = client::put_tree(opts, &local, remote.as_deref(), flags).await?;
-            return Ok(if report.failed > 0 { error::EXIT_FAILURE } else { 0 });
+            let how = client::Sources { recursive, no_target_directory };
+            client::put_many(opts, &paths, how, flags).await
         }
-        Command::Get { force, recursive: true, no_resume, fsync, remote, local } => {
+        Command::Get { force, recursive, no_resume, fsync, paths } => {
             let flags = client::Flags { force, resume: !no_resume, fsync };
-            let report = client::get_tree(opts, &remote, local.as_deref(), flags).await?;
-            return Ok(if report.failed > 0 { error::EXIT_FAILURE } else { 0 });
-        }
-        Command::Put { force, recursive: false, no_resume, fsync, local, remote } => {
-            let flags = client::Flags { force, resume: !no_resume, fsync };
-            client::put(opts, &local, remote.as_deref(), flags).await?
-        }
-        Command::Get { force, recursive: false, no_resume, fsync, remote, local } => {
-            let target =
-                local.map(|p| if p.as_os_str() == "-" { GetTarget::Stdout } else { GetTarget::Path(p) });
-            client::get(opts, &remote, target, client::Flags { force, resume: !no_resume, fsync }).await?
+            let how = client::Sources { recursive, no_target_directory: false };
+            client::get_many(opts, &paths, how, flags).await
         }
         Command::Ls { remote_dir } => {
-            client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?
+            client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?;
+            Ok(0)
         }
         Command::Exec { no_stdin, timeout, command } if command.is_empty() => {
             let _ = no_stdin; // a session reads its commands from stdin
-            return client::session(opts, timeout).await;
+            client::session(opts, timeout).await
         }
         Command::Exec { no_stdin, timeout, command } => {
             let how = client::ExecOptions { stdin: !no_stdin, timeout };
-            return client::exec(opts, &command, how).await;
+            client::exec(opts, &command, how).await
         }
         Command::Serve(_) | Command::Token { .. } => unreachable!("handled by run"),
     }
-    Ok(0)
 }
 
 fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Error> {

@@ -43,6 +43,13 @@ impl Ui {
         }
     }
 
+    /// Says that a file was not sent: its destination holds the same bytes.
+    pub fn identical(&self, verb: &str, name: &str) {
+        if !self.quiet {
+            eprintln!("{verb} {}  identical, skipped", escape(name));
+        }
+    }
+
     /// Says that a transfer continues from an earlier, interrupted one.
     pub fn resuming(&self, name: &str, offset: u64) {
         if !self.quiet {

@@ -32,23 +32,15 @@ fn sixty_four_clients_at_once() {
                         let local = work.path().join(format!("c{i}-r{round}.bin"));
                         std::fs::write(&local, &data).unwrap();
                         let remote = format!("client{i}/round{round}.bin");
-                        client::put(
-                            &opts,
-                            &local,
-                            Some(&remote),
-                            client::Flags { force: false, resume: true, fsync: false },
-                        )
-                        .await
-                        .unwrap();
+                        // A connection per transfer, as separate commands make.
+                        let mut conn = client::Client::connect(&opts).await.unwrap();
+                        let flags = client::Flags { force: false, resume: true, fsync: false };
+                        client::put(&mut conn, &opts, &local, &remote, flags).await.unwrap();
                         let back = work.path().join(format!("c{i}-r{round}.back"));
-                        client::get(
-                            &opts,
-                            &remote,
-                            Some(GetTarget::Path(back.clone())),
-                            client::Flags { force: false, resume: true, fsync: false },
-                        )
-                        .await
-                        .unwrap();
+                        let mut conn = client::Client::connect(&opts).await.unwrap();
+                        client::get(&mut conn, &opts, &remote, GetTarget::Path(back.clone()), flags)
+                            .await
+                            .unwrap();
                         assert_eq!(std::fs::read(&back).unwrap(), data, "client {i} round {round}");
                         let mut listing = Vec::new();
                         client::ls(&opts, Some(&format!("client{i}")), &mut listing).await.unwrap();

@@ -4,8 +4,9 @@
 use super::{unexpected_reply, Client, Flags, Options};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
+use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
-use crate::protocol::{ClientMessage, Get, Md5Hex, ServerMessage};
+use crate::protocol::{ClientMessage, ErrorCode, Get, Md5Hex, Refusal, ServerMessage, Stored};
 use crate::transfer::{receive_file, receive_into, Commit, CopyError, FileFailure};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,30 +14,47 @@ use std::time::Instant;
 /// Where a fetched file goes.
 #[derive(Debug, Clone)]
 pub enum GetTarget {
-    /// A local path (a directory means: inside it, under the remote name).
+    /// A local path, the file's own name.
     Path(PathBuf),
     /// Standard output (`-`): written as it arrives, so a digest mismatch
     /// is reported after the bytes were already out.
     Stdout,
 }
 
-/// Fetches `remote` into `target` (default: its file name in the current
-/// directory).
-pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags: Flags) -> Result<(), Error> {
-    let name = remote.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    if name.is_empty() || name == "." || name == ".." {
-        return Err(Error::Usage(format!("{remote:?} does not name a file")));
-    }
+/// Fetches the remote file `remote` into `target`, with its permission
+/// bits and modification time. A local file already there is replaced only
+/// with `force`, and left as it is when identical.
+pub async fn get(
+    client: &mut Client,
+    opts: &Options,
+    remote: &str,
+    target: GetTarget,
+    flags: Flags,
+) -> Result<(), Error> {
+    let name = remote.trim_end_matches('/').rsplit('/').next().unwrap_or(remote);
     let target = match target {
-        Some(GetTarget::Path(p)) if p.is_dir() => Some(p.join(name)),
-        Some(GetTarget::Path(p)) => Some(p),
-        Some(GetTarget::Stdout) => None,
-        None => Some(PathBuf::from(name)),
+        GetTarget::Path(p) => Some(p),
+        GetTarget::Stdout => None,
     };
-    if let Some(path) = &target {
-        if !flags.force && path.symlink_metadata().is_ok() {
-            return Err(Error::LocalExists(path.clone()));
-        }
+    let conn = &mut client.conn;
+    if let Some(path) = target.as_ref().filter(|p| !flags.force && p.symlink_metadata().is_ok()) {
+        // Ours is identical to theirs, or in the way: the server compares.
+        let file = std::fs::File::open(path).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
+        let Some(file) = file else { return Err(Error::LocalExists(path.clone())) };
+        let len = file.metadata().map_err(|e| Error::local(path, e))?.len();
+        let ours = super::put::hash_whole(file, len).await.map_err(|e| Error::local(path, e))?;
+        let req = Get { filename: remote.to_string(), offset: None, md5: Some(ours), size: Some(len) };
+        conn.writer.write(&ClientMessage::Get(req)).await?;
+        return match conn.reader.expect_control().await? {
+            ServerMessage::Ok(Stored { skipped: true, .. }) => {
+                opts.ui.identical("get", name);
+                Ok(())
+            }
+            ServerMessage::Error(Refusal { code: ErrorCode::Exists, .. }) => {
+                Err(Error::LocalExists(path.clone()))
+            }
+            reply => Err(unexpected_reply(reply, "ok")),
+        };
     }
 
     // A partial from an interrupted run is offered to the server with the
@@ -45,12 +63,13 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
         Some(path) => Some(open_partial(path, flags.resume).await?),
         None => None,
     };
-
-    let mut client = Client::connect(opts).await?;
-    let conn = &mut client.conn;
     let offer = partial.as_ref().and_then(Partial::offer);
-    let req =
-        Get { filename: remote.to_string(), offset: offer.as_ref().map(|o| o.0), md5: offer.map(|o| o.1) };
+    let req = Get {
+        filename: remote.to_string(),
+        offset: offer.as_ref().map(|o| o.0),
+        md5: offer.map(|o| o.1),
+        size: None,
+    };
     conn.writer.write(&ClientMessage::Get(req)).await?;
     let frame = conn.reader.expect().await?;
     let ServerMessage::Data(data) = frame.msg else {
@@ -72,7 +91,8 @@ pub async fn get(opts: &Options, remote: &str, target: Option<GetTarget>, flags:
             }
             let bar = opts.ui.transfer_bar(name, offset + body_len);
             bar.set_position(offset);
-            let how = Commit { replace: flags.force, durable: flags.fsync, meta: None };
+            let meta = data.mode.zip(data.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
+            let how = Commit { replace: flags.force, durable: flags.fsync, meta };
             let received = receive_file(&mut conn.reader, partial, (offset, body_len), how, &bar).await?;
             bar.finish_and_clear();
             match received {

@@ -3,6 +3,7 @@
 mod exec;
 mod get;
 mod ls;
+mod many;
 mod put;
 mod tree;
 
@@ -10,6 +11,7 @@ pub use crate::tree::TreeReport;
 pub use exec::{exec, session, ExecOptions};
 pub use get::{get, GetTarget};
 pub use ls::ls;
+pub use many::{get_many, put_many};
 pub use put::put;
 pub use tree::{get_tree, put_tree};
 
@@ -54,6 +56,31 @@ pub struct Flags {
     /// Flush committed files to disk before reporting success: ours on a
     /// get, the server's on a put.
     pub fsync: bool,
+}
+
+/// How the sources of a put or get are taken.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources {
+    /// Directories are sent as whole trees (`-r`).
+    pub recursive: bool,
+    /// The destination of a single source is a file name, even where a
+    /// local file has that name (`-T`).
+    pub no_target_directory: bool,
+}
+
+/// `host:port` for a server named `host` or `host:port` (the port is 9909
+/// when left out; an IPv6 address goes in brackets, `[::1]:9909`).
+pub fn with_default_port(server: &str) -> String {
+    let port = crate::cli::DEFAULT_ADDR.rsplit(':').next().expect("the default has a port");
+    let has_port = match server.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => server.contains(':'),
+    };
+    if has_port {
+        server.to_string()
+    } else {
+        format!("{server}:{port}")
+    }
 }
 
 /// A greeted connection to a server.

@@ -2,10 +2,10 @@
 //! upload when the server holds a partial whose bytes match ours.
 
 use super::{unexpected_reply, Client, Flags, Options};
-use crate::digest::hash_prefix;
-use crate::digest::Md5;
-use crate::error::{ConnError, Error};
-use crate::protocol::{ClientMessage, Data, Done, Put, ServerMessage};
+use crate::digest::{hash_prefix, Md5};
+use crate::error::{ConnError, Error, RequestError};
+use crate::local::meta::MODE_MASK;
+use crate::protocol::{ClientMessage, Data, Done, Md5Hex, Put, ServerMessage};
 use crate::transfer::{send_file, CopyError, Digest};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -13,17 +13,18 @@ use std::time::{Duration, Instant};
 /// How long to wait for the server's reason after it stopped taking the body.
 const REASON_WAIT: Duration = Duration::from_secs(2);
 
-/// Sends `local` to `remote` (default: `local`'s file name; a trailing `/`
-/// puts it inside that directory).
-pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flags) -> Result<(), Error> {
-    let name = local.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-        Error::Usage(format!("{} has no usable file name; name the remote path", local.display()))
-    })?;
-    let remote = match remote {
-        None => name.to_string(),
-        Some(r) if r.ends_with('/') => format!("{r}{name}"),
-        Some(r) => r.to_string(),
-    };
+/// Sends the file `local` to the remote path `remote`, with its
+/// permission bits and modification time. A file already there is replaced
+/// only with `force`, and left as it is when identical.
+pub async fn put(
+    client: &mut Client,
+    opts: &Options,
+    local: &Path,
+    remote: &str,
+    flags: Flags,
+) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let remote = remote.to_string();
     let file = std::fs::File::open(local).map_err(|e| Error::local(local, e))?;
     let meta = file.metadata().map_err(|e| Error::local(local, e))?;
     if !meta.is_file() {
@@ -31,7 +32,6 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
     }
     let len = meta.len();
 
-    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     let req = Put {
         filename: remote.clone(),
@@ -39,10 +39,27 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
         resume: flags.resume,
         force: flags.force,
         fsync: flags.fsync,
+        mode: Some(meta.mode() & MODE_MASK),
+        mtime: Some(meta.mtime()),
     };
     conn.writer.write(&ClientMessage::Put(req)).await?;
     let (offered, theirs) = match conn.reader.expect_control().await? {
         ServerMessage::Ready { offset, md5, .. } => (offset.unwrap_or(0), md5),
+        // A file is there: ours is identical to it, or it is in the way.
+        ServerMessage::Have(have) => {
+            let same = match have.md5 {
+                Some(theirs) if have.size == len => {
+                    let ours = hash_whole(file, len).await.map_err(|e| Error::local(local, e))?;
+                    ours == theirs
+                }
+                _ => false,
+            };
+            if !same {
+                return Err(Error::Remote(RequestError::exists(&remote)));
+            }
+            opts.ui.identical("put", &remote);
+            return Ok(());
+        }
         reply => return Err(unexpected_reply(reply, "ready")),
     };
 
@@ -101,6 +118,13 @@ pub async fn put(opts: &Options, local: &Path, remote: Option<&str>, flags: Flag
     Ok(())
 }
 
+/// The MD5 of the `len` bytes of `file`, hashed on the blocking pool.
+pub(super) async fn hash_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Md5Hex> {
+    tokio::task::spawn_blocking(move || Ok(hash_prefix(&mut file, len)?.finish()))
+        .await
+        .expect("hashing does not panic")
+}
+
 /// Where to start sending: `offered` if our first `offered` bytes have the
 /// server's digest `theirs`, else 0. Returns the file positioned there and
 /// the MD5 of what precedes it.
@@ -108,7 +132,7 @@ async fn resume_point(
     mut file: std::fs::File,
     len: u64,
     offered: u64,
-    theirs: Option<crate::protocol::Md5Hex>,
+    theirs: Option<Md5Hex>,
 ) -> std::io::Result<(std::fs::File, u64, Md5)> {
     let Some(theirs) = theirs.filter(|_| offered > 0 && offered <= len) else {
         return Ok((file, 0, Md5::new()));

@@ -21,7 +21,7 @@ use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 fn warn(opts: &Options, msg: &str) {
@@ -35,26 +35,19 @@ fn file_failed(report: &mut TreeReport, rel: &str, msg: &str) {
     eprintln!("xfer: error: {}: {}", escape(rel), escape(msg));
 }
 
-/// The default name of a tree's copy: the last component of `path`.
-fn last_name(path: &str) -> Option<&str> {
-    path.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..")
-}
-
-/// Sends the tree at `local` to `remote` (default: `local`'s name).
+/// Makes the remote directory `remote` a copy of the local tree `local`.
 pub async fn put_tree(
+    client: &mut Client,
     opts: &Options,
     local: &Path,
-    remote: Option<&str>,
+    remote: &str,
     flags: Flags,
 ) -> Result<TreeReport, Error> {
-    let shown = local.to_string_lossy();
-    let name = last_name(&shown).ok_or_else(|| Error::Usage(format!("{shown} does not name a directory")))?;
-    let remote = remote.unwrap_or(name).trim_end_matches('/').to_string();
+    let remote = remote.trim_end_matches('/').to_string();
     if !local.is_dir() {
         return Err(Error::LocalUnusable(format!("{} is not a directory", local.display())));
     }
     let started = Instant::now();
-    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     let req = PutTree { filename: remote.clone(), force: flags.force, fsync: flags.fsync };
     conn.writer.write(&ClientMessage::PutTree(req)).await?;
@@ -288,23 +281,37 @@ async fn send_large(
     }
 }
 
-/// Fetches the tree at `remote` into `local` (default: `remote`'s name).
-/// Everything is made beneath a directory handle on `local`, as the server
-/// does beneath its root (see [`crate::tree::receive`]).
+/// Makes the local directory `top` a copy of the remote tree `remote`.
+/// Everything is made beneath a directory handle on `top`, as the server
+/// does beneath its root (see [`crate::tree::receive`]); a directory made
+/// for a tree that then fails at once is removed again.
 pub async fn get_tree(
+    client: &mut Client,
     opts: &Options,
     remote: &str,
-    local: Option<&Path>,
+    top: &Path,
     flags: Flags,
 ) -> Result<TreeReport, Error> {
-    let name =
-        last_name(remote).ok_or_else(|| Error::Usage(format!("{remote:?} does not name a directory")))?;
-    let top: PathBuf = local.map_or_else(|| PathBuf::from(name), Path::to_path_buf);
-    let fresh = make_top(&top).map_err(|e| Error::local(&top, e))?;
-    let root = std::sync::Arc::new(Root::open(&top).map_err(|e| Error::local(&top, e))?);
+    let fresh = make_top(top).map_err(|e| Error::local(top, e))?;
+    let fetched = fetch_tree(client, opts, remote, top, fresh, flags).await;
+    if fetched.is_err() && fresh {
+        // Only if still empty: nothing of the tree came.
+        let _ = std::fs::remove_dir(top);
+    }
+    fetched
+}
 
+/// [`get_tree`] into `top`, there already; `fresh` if made just now.
+async fn fetch_tree(
+    client: &mut Client,
+    opts: &Options,
+    remote: &str,
+    top: &Path,
+    fresh: bool,
+    flags: Flags,
+) -> Result<TreeReport, Error> {
+    let root = std::sync::Arc::new(Root::open(top).map_err(|e| Error::local(top, e))?);
     let started = Instant::now();
-    let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
     let req = GetTree { filename: remote.to_string(), force: flags.force };
     conn.writer.write(&ClientMessage::GetTree(req)).await?;
@@ -372,8 +379,8 @@ pub async fn get_tree(
 
     // Small files are verified and written by the tree writer's threads
     // while we read on; larger ones are streamed here.
-    let base = root.handle().map_err(|err| Error::local(&top, err))?;
-    let mut small = TreeWriter::start(base, flags.force).map_err(|err| Error::local(&top, err))?;
+    let base = root.handle().map_err(|err| Error::local(top, err))?;
+    let mut small = TreeWriter::start(base, flags.force).map_err(|err| Error::local(top, err))?;
     let bar = opts.ui.tree_bar(total, count);
     let mut answered = 0u64;
     loop {

@@ -68,7 +68,9 @@ impl Root {
         }
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
         let stamp = Stamp::of(&meta, SystemTime::now());
-        Ok(Opened { file, size: meta.len(), mtime: mtime.map_or(0, |d| d.as_secs() as i64), stamp })
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & super::meta::MODE_MASK;
+        Ok(Opened { file, size: meta.len(), mode, mtime: mtime.map_or(0, |d| d.as_secs() as i64), stamp })
     }
 
     /// Whether `p` exists, and is a directory (symlinks are not followed).
@@ -273,6 +275,8 @@ pub struct Opened {
     pub file: std::fs::File,
     /// Its size when opened.
     pub size: u64,
+    /// Its permission bits, passed on to copies.
+    pub mode: u32,
     /// Its modification time (seconds since the epoch), passed on to copies.
     pub mtime: i64,
     /// This version of the file, to find a digest remembered from an

@@ -166,6 +166,8 @@ mod tests {
             resume: true,
             force: true,
             fsync: false,
+            mode: Some(0o755),
+            mtime: Some(-1),
         });
         let bytes = encoded(&put, 5 * 1024 * 1024 * 1024 + 7);
         let (back, used) = client(&bytes).unwrap().unwrap();
@@ -186,7 +188,7 @@ mod tests {
     #[test]
     fn core_fields_lead_every_header_and_unset_ones_stay_off() {
         let json = |bytes: Vec<u8>| String::from_utf8(bytes[PREFIX_LEN..].to_vec()).unwrap();
-        let get = ClientMessage::Get(Get { filename: "a".into(), offset: None, md5: None });
+        let get = ClientMessage::Get(Get { filename: "a".into(), ..Default::default() });
         assert_eq!(json(encoded(&get, 0)), r#"{"op":"get","filename":"a","md5":null,"total_size":0}"#);
         assert_eq!(
             json(encoded(&ServerMessage::Started, 0)),
@@ -237,11 +239,14 @@ mod tests {
                 resume: true,
                 force: false,
                 fsync: true,
+                mode: Some(0o600),
+                mtime: Some(1_700_000_000),
             }),
             ClientMessage::Get(Get {
                 filename: "op".into(),
                 offset: Some(3),
                 md5: Some(md5("d41d8cd98f00b204e9800998ecf8427e")),
+                size: None,
             }),
             ClientMessage::Stdin,
             ClientMessage::Auth { nonce: "ab".into(), mac: "cd".into() },
@@ -387,8 +392,8 @@ mod tests {
             ) {
                 let md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
                 let msgs = [
-                    ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force }),
-                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone() }),
+                    ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force, mode: None, mtime: size.map(|s| s as i64) }),
+                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size }),
                     ClientMessage::Done(Done { filename: filename.clone(), md5 }),
                     ClientMessage::Stdin,
                 ];

@@ -174,9 +174,16 @@ pub struct Put {
     /// Flush to disk before replying `ok`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub fsync: bool,
-    /// The whole file's size, so a partial longer than it is not offered.
+    /// The whole file's size, so a partial longer than it is not offered,
+    /// and an identical file already there is told apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Permission bits to give the file (at most `0o777`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Modification time to give the file, seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
 }
 
 /// Send the file at `filename`; `offset` and `md5` offer a partial.
@@ -188,9 +195,14 @@ pub struct Get {
     /// Bytes of the client's partial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// MD5 of those bytes.
+    /// MD5 of those bytes; or, without `offset`, of the client's copy of
+    /// `size` bytes, which the server says is identical or not instead of
+    /// sending the file.
     #[serde(default, skip_serializing)]
     pub md5: Option<Md5Hex>,
+    /// The size of the client's copy (with `md5`, without `offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// List the directory at `filename`.

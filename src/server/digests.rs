@@ -10,7 +10,8 @@
 //! commits nothing. It never decides that two files are identical; those
 //! comparisons hash the bytes.
 
-use crate::local::Stamp;
+use crate::digest::hash_prefix;
+use crate::local::{RemotePath, Root, Stamp};
 use crate::protocol::Md5Hex;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,6 +42,24 @@ impl Digests {
     /// Remembers up to `limit` digests.
     pub fn new(limit: usize) -> Self {
         Digests { limit, known: Mutex::new(HashMap::new()) }
+    }
+
+    /// The size of the file at `p`, and its MD5 if its size is `size`:
+    /// hashed from its bytes, since the answer decides whether a copy is
+    /// identical (then remembered). Blocking.
+    pub fn compare(
+        &self,
+        root: &Root,
+        p: &RemotePath,
+        size: Option<u64>,
+    ) -> std::io::Result<(u64, Option<Md5Hex>)> {
+        let mut opened = root.open_read(p)?;
+        if Some(opened.size) != size {
+            return Ok((opened.size, None));
+        }
+        let md5 = hash_prefix(&mut opened.file, opened.size)?.finish();
+        self.remember(opened.stamp, &md5);
+        Ok((opened.size, Some(md5)))
     }
 
     /// The digest of the file version `stamp`, if it was remembered.

@@ -7,9 +7,9 @@ use super::{blocking, Shared};
 use crate::connection::ServerConnection;
 use crate::digest::hash_prefix;
 use crate::digest::Md5;
-use crate::error::{ConnError, RequestError};
+use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::RemotePath;
-use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage};
+use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage, Stored};
 use crate::transfer::{send_file, CopyError, Digest, NoProgress};
 use std::io::Seek;
 use std::sync::Arc;
@@ -33,9 +33,31 @@ pub(crate) async fn handle(
         Err(e) => return refuse(conn, outcome, RequestError::new(ErrorCode::BadPath, e.to_string())).await,
     };
     let shown = path.to_string();
+    // The client has a copy of this size and MD5: identical, or in its way.
+    if let (None, Some(size), Some(theirs)) = (req.offset, req.size, req.md5.clone()) {
+        let (digests, p) = (shared.clone(), path.clone());
+        let ours = blocking(shared, move |root| digests.digests.compare(root, &p, Some(size))).await;
+        return match ours {
+            Ok((_, Some(ours))) if ours == theirs => {
+                let skipped = Stored {
+                    filename: req.filename.clone(),
+                    md5: Some(ours),
+                    size: Some(size),
+                    skipped: true,
+                };
+                conn.writer.write(&ServerMessage::Ok(skipped)).await?;
+                Ok(outcome)
+            }
+            Ok(_) => {
+                let msg = exists_words(&format!("the client's copy of {shown} differs"));
+                refuse(conn, outcome, RequestError::new(ErrorCode::Exists, msg)).await
+            }
+            Err(e) => refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,
+        };
+    }
     let opened = blocking(shared, move |root| root.open_read(&path)).await;
-    let (mut file, len, mtime, stamp) = match opened {
-        Ok(o) => (o.file, o.size, o.mtime, o.stamp),
+    let (mut file, len, mode, mtime, stamp) = match opened {
+        Ok(o) => (o.file, o.size, o.mode, o.mtime, o.stamp),
         Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
             let err = RequestError::new(ErrorCode::WrongType, format!("remote path is a directory: {shown}"));
             return refuse(conn, outcome, err).await;
@@ -66,7 +88,8 @@ pub(crate) async fn handle(
         }
     }
     let body = len - offset;
-    let data = Data { filename: req.filename.clone(), offset: Some(offset), mode: None, mtime: Some(mtime) };
+    let data =
+        Data { filename: req.filename.clone(), offset: Some(offset), mode: Some(mode), mtime: Some(mtime) };
     conn.writer.write_head(&data.into(), body).await?;
 
     // A digest computed over the whole file is worth remembering.

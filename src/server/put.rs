@@ -6,8 +6,9 @@ use super::request::{refuse, Outcome};
 use super::Shared;
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
+use crate::local::meta::MODE_MASK;
 use crate::local::{Partial, RemotePath};
-use crate::protocol::{ClientMessage, ErrorCode, Message, Put, ServerMessage, Stored};
+use crate::protocol::{ClientMessage, ErrorCode, Have, Md5Hex, Message, Put, ServerMessage, Stored};
 use crate::transfer::{drain, receive_file, Commit, FileFailure, NoProgress};
 use std::sync::Arc;
 
@@ -18,7 +19,15 @@ pub(crate) async fn handle(
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let (partial, path) = match prepare(shared, &req).await {
-        Ok(p) => p,
+        Ok(Prepared::Partial(partial, path)) => (partial, path),
+        // Not replaced without `force`: the client decides from its size
+        // and MD5 whether it is identical (then done) or in the way.
+        Ok(Prepared::Existing { size, md5 }) => {
+            let have = Have { filename: req.filename.clone(), size, md5 };
+            conn.writer.write(&ServerMessage::Have(have)).await?;
+            outcome.error = Some(RequestError::exists(&req.filename));
+            return Ok(outcome);
+        }
         Err(e) => return refuse(conn, outcome, e).await,
     };
     let offer = partial.offer();
@@ -36,7 +45,8 @@ pub(crate) async fn handle(
     // The client resumes at our offset when its own prefix matches, or
     // starts over at 0; nothing else is valid.
     let (start, len) = (data.offset.unwrap_or(0), frame.total_size);
-    let how = Commit { replace: req.force, durable: req.fsync || shared.config.fsync, meta: None };
+    let meta = req.mode.zip(req.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
+    let how = Commit { replace: req.force, durable: req.fsync || shared.config.fsync, meta };
     let received = match receive_file(&mut conn.reader, partial, (start, len), how, &NoProgress).await? {
         Ok(md5) => md5,
         Err(failure) => {
@@ -73,9 +83,19 @@ pub(crate) async fn handle(
     Ok(outcome)
 }
 
-/// Checks the request and opens the partial, before any body is sent;
-/// returns it (hashed, if it may be resumed) and the path as shown.
-async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<(Partial, String), RequestError> {
+/// Where a put stands before any body is sent.
+enum Prepared {
+    /// Ready to receive: the partial (hashed, if it may be resumed) and
+    /// the path as shown.
+    Partial(Partial, String),
+    /// A file is there and `force` was not given: its size, and its MD5
+    /// when the size is the one coming.
+    Existing { size: u64, md5: Option<Md5Hex> },
+}
+
+/// Checks the request and opens the partial, or looks at the file in the
+/// way.
+async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestError> {
     let path =
         RemotePath::parse(&req.filename).map_err(|e| RequestError::new(ErrorCode::BadPath, e.to_string()))?;
     if path.is_root() {
@@ -89,7 +109,13 @@ async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<(Partial, String), R
                 let msg = format!("remote path is a directory: {shown} (end it with / to put inside it)");
                 return Err(RequestError::new(ErrorCode::WrongType, msg));
             }
-            Ok(Some(false)) if !force => return Err(RequestError::exists(&shown)),
+            Ok(Some(false)) if !force => {
+                let (size, md5) = task_shared
+                    .digests
+                    .compare(&task_shared.root, &path, size)
+                    .map_err(|e| RequestError::from_io(&e, &shown))?;
+                return Ok(Prepared::Existing { size, md5 });
+            }
             Ok(_) => {}
             Err(e) => return Err(RequestError::from_io(&e, &shown)),
         }
@@ -105,7 +131,7 @@ async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<(Partial, String), R
         if resume && size.is_some_and(|s| partial.found() <= s) {
             partial.hash_for_resume();
         }
-        Ok((partial, shown))
+        Ok(Prepared::Partial(partial, shown))
     })
     .await
     .expect("staging does not panic")

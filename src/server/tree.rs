@@ -481,7 +481,7 @@ async fn send_one(
     send_hashed(conn, shared, unhashed).await?;
     let digests = shared.clone();
     let opened = blocking(shared, move |root| {
-        let Opened { mut file, size, mtime, stamp } = root.open_read(&path)?;
+        let Opened { mut file, size, mtime, stamp, .. } = root.open_read(&path)?;
         // Compare with the client's copy first, if it has one; or with its
         // partial, to go on after it if it is a prefix of this file.
         let ours = match &theirs {

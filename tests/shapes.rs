@@ -1,0 +1,211 @@
+//! The command shapes scp, cp and rsync users type: several sources and a
+//! destination last, into directories, remote patterns, the root, re-runs
+//! that find the same bytes, modes and times, closed pipes. The real binary
+//! against a real server.
+
+mod common;
+
+use common::{pattern, tree, xfer, TestServer};
+use predicates::prelude::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+#[test]
+fn several_sources_go_into_a_remote_directory_over_one_connection() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        fs::write(work.path().join(name), name).unwrap();
+    }
+    // A trailing / makes the directory.
+    xfer(server.addr, work.path()).args(["put", "a.txt", "b.txt", "c.txt", "d/"]).assert().success();
+    assert_eq!(tree(&server.path("d")), ["a.txt", "b.txt", "c.txt"]);
+    assert_eq!(fs::read(server.path("d/b.txt")).unwrap(), b"b.txt");
+    // An existing one needs no slash; a missing one without it is refused.
+    fs::create_dir(server.path("e")).unwrap();
+    xfer(server.addr, work.path()).args(["put", "a.txt", "b.txt", "e"]).assert().success();
+    assert_eq!(tree(&server.path("e")), ["a.txt", "b.txt"]);
+    xfer(server.addr, work.path())
+        .args(["put", "a.txt", "b.txt", "nodir"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the remote destination nodir is not a directory"));
+    assert!(!server.path("nodir").exists());
+    // And back: several remote files into a local directory.
+    xfer(server.addr, work.path()).args(["get", "d/a.txt", "d/c.txt", "back/"]).assert().success();
+    assert_eq!(tree(&work.path().join("back")), ["a.txt", "c.txt"]);
+}
+
+#[test]
+fn a_glob_that_matched_two_local_files_is_not_a_rename() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("a.txt"), b"a").unwrap();
+    fs::write(work.path().join("b.txt"), b"b").unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "a.txt", "b.txt"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("xfer: error: b.txt is a local file too"));
+    assert!(tree(server.root.path()).is_empty(), "nothing was sent");
+    // Meant: -T says so.
+    xfer(server.addr, work.path()).args(["put", "-T", "a.txt", "b.txt"]).assert().success();
+    assert_eq!(fs::read(server.path("b.txt")).unwrap(), b"a");
+    // The same name on both sides is no accident.
+    xfer(server.addr, work.path()).args(["put", "a.txt", "a.txt"]).assert().success();
+}
+
+#[test]
+fn remote_patterns_match_on_the_server_never_its_partials() {
+    let server = TestServer::start();
+    fs::create_dir(server.path("logs")).unwrap();
+    for name in ["1.gz", "2.gz", "3.txt", ".hidden.gz", ".4.gz.xfer-part"] {
+        fs::write(server.path(&format!("logs/{name}")), name).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path()).args(["get", "logs/*.gz", "."]).assert().success();
+    assert_eq!(tree(work.path()), ["1.gz", "2.gz"]);
+    let out = xfer(server.addr, work.path()).args(["ls", "logs/[13]*"]).assert().success();
+    let listing = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let names: Vec<_> = listing.lines().map(|l| l.rsplit("  ").next().unwrap()).collect();
+    assert_eq!(names, ["1.gz", "3.txt"]);
+    xfer(server.addr, work.path())
+        .args(["get", "logs/*.zip", "."])
+        .assert()
+        .code(1)
+        .stderr("xfer: error: no remote file matches logs/*.zip\n");
+}
+
+#[test]
+fn the_root_is_dot_or_slash() {
+    let server = TestServer::start();
+    fs::create_dir(server.path("sub")).unwrap();
+    fs::write(server.path("sub/f"), b"f").unwrap();
+    fs::write(server.path("top"), b"t").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = xfer(server.addr, work.path()).args(["ls", "/"]).assert().success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("sub/"));
+    xfer(server.addr, work.path()).args(["get", "-r", "/", "all"]).assert().success();
+    assert_eq!(tree(&work.path().join("all")), ["sub", "sub/f", "top"]);
+    xfer(server.addr, work.path()).args(["get", "/sub/f", "f2"]).assert().success();
+    assert_eq!(fs::read(work.path().join("f2")).unwrap(), b"f");
+    // put -r . sends the current directory.
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("x"), b"x").unwrap();
+    xfer(server.addr, src.path()).args(["put", "-r", ".", "copy"]).assert().success();
+    assert_eq!(tree(&server.path("copy")), ["x"]);
+    xfer(server.addr, src.path()).args(["put", "x", "/"]).assert().success();
+    assert_eq!(fs::read(server.path("x")).unwrap(), b"x");
+}
+
+#[test]
+fn identical_files_are_skipped_both_ways_and_differing_ones_need_force() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(300_000, 7);
+    fs::write(work.path().join("f.bin"), &data).unwrap();
+    xfer(server.addr, work.path()).args(["put", "f.bin"]).assert().success();
+    xfer(server.addr, work.path())
+        .args(["put", "f.bin"])
+        .assert()
+        .success()
+        .stderr("put f.bin  identical, skipped\n");
+    xfer(server.addr, work.path())
+        .args(["get", "f.bin"])
+        .assert()
+        .success()
+        .stderr("get f.bin  identical, skipped\n");
+    // Same size, other bytes: in the way without -f, both ways.
+    let mut other = data.clone();
+    other[123] ^= 1;
+    fs::write(work.path().join("f.bin"), &other).unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "f.bin"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("exists").and(predicate::str::contains("--force")));
+    xfer(server.addr, work.path())
+        .args(["get", "f.bin"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("exists").and(predicate::str::contains("--force")));
+    assert_eq!(fs::read(work.path().join("f.bin")).unwrap(), other, "nothing replaced");
+    assert_eq!(fs::read(server.path("f.bin")).unwrap(), data, "nothing replaced");
+    xfer(server.addr, work.path()).args(["put", "-f", "f.bin"]).assert().success();
+    assert_eq!(fs::read(server.path("f.bin")).unwrap(), other);
+}
+
+#[test]
+fn single_files_keep_their_mode_and_time_both_ways() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("run.sh");
+    fs::write(&script, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o4751)).unwrap();
+    let when = filetime_of(1_600_000_000);
+    fs::File::options().write(true).open(&script).unwrap().set_modified(when).unwrap();
+    xfer(server.addr, work.path()).args(["put", "run.sh"]).assert().success();
+    let there = fs::metadata(server.path("run.sh")).unwrap();
+    assert_eq!((there.mode() & 0o7777, there.mtime()), (0o751, 1_600_000_000), "no setuid, the same time");
+    xfer(server.addr, work.path()).args(["get", "run.sh", "back.sh"]).assert().success();
+    let back = fs::metadata(work.path().join("back.sh")).unwrap();
+    assert_eq!((back.mode() & 0o7777, back.mtime()), (0o751, 1_600_000_000));
+}
+
+fn filetime_of(secs: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
+#[test]
+fn a_missing_local_directory_with_a_slash_is_an_error_not_a_file() {
+    let server = TestServer::start();
+    fs::write(server.path("b.txt"), b"b").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    xfer(server.addr, work.path())
+        .args(["get", "b.txt", "newdir/"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("local directory newdir/ does not exist"));
+    assert!(tree(work.path()).is_empty());
+    // A failed get -r leaves no empty directory behind.
+    xfer(server.addr, work.path()).args(["get", "-r", "nope", "made"]).assert().code(1);
+    xfer(server.addr, work.path()).args(["get", "-r", "b.txt", "made"]).assert().code(1);
+    assert!(tree(work.path()).is_empty(), "{:?}", tree(work.path()));
+}
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let server = TestServer::start();
+    fs::write(server.path("big.bin"), pattern(8 << 20, 3)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' get big.bin - | head -c 10 >/dev/null",
+            assert_cmd::cargo::cargo_bin("xfer").display()
+        ))
+        .current_dir(work.path())
+        .env("XFER_SERVER", server.addr.to_string())
+        .env("XFER_TOKEN", common::TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn serve_refuses_client_options_and_a_bare_host_means_port_9909() {
+    let work = tempfile::tempdir().unwrap();
+    assert_cmd::Command::cargo_bin("xfer")
+        .unwrap()
+        .current_dir(work.path())
+        .env("XFER_TOKEN", common::TOKEN)
+        .args(["serve", "-s", "127.0.0.1:9942"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("-s/--server is for clients"));
+    assert_eq!(xfer::client::with_default_port("example.org"), "example.org:9909");
+    assert_eq!(xfer::client::with_default_port("example.org:22"), "example.org:22");
+    assert_eq!(xfer::client::with_default_port("[::1]"), "[::1]:9909");
+    assert_eq!(xfer::client::with_default_port("[::1]:7"), "[::1]:7");
+}
