@@ -14,9 +14,9 @@ use crate::protocol::{
     ClientMessage, Data, End, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal, ServerMessage,
     Stored, Want,
 };
-use crate::transfer::{read_whole, Digest, FileFailure, INLINE_MAX};
+use crate::transfer::{Digest, FileFailure};
 use crate::tree::receive::{Applied, Found, Receiver};
-use crate::tree::send::{self, Outgoing, SmallFiles};
+use crate::tree::send;
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
 use indicatif::ProgressBar;
@@ -174,10 +174,27 @@ pub async fn put_tree(
     let bar = opts.ui.tree_bar(total, to_send.len() as u64);
     let count = to_send.len();
     let (reader, writer) = (&mut conn.reader, &mut conn.writer);
+    // Small files are read and hashed on a thread of their own and go out
+    // first, the large ones streamed after them.
+    let (small, large): (Vec<_>, Vec<_>) =
+        to_send.iter().partition(|e| e.size <= WHOLE_MAX && !resumes.contains_key(&e.rel));
+    let small = small.into_iter().map(|e| (file_data(e), tree::local_path(local, &e.rel), e.size)).collect();
+    let mut ready = send::read_small_files(small);
     let sending = async {
         let mut sent_bytes = 0u64;
-        let mut small = SmallFiles::default();
-        for e in &to_send {
+        while let Some(batch) = ready.recv().await {
+            for file in batch {
+                match file {
+                    Ok((file, md5)) => {
+                        sent_bytes += send::queue_small(writer, file.data, &file.body, &md5, &bar).await?
+                    }
+                    // A file that vanished or changed since the walk: say
+                    // so, and go on with the others.
+                    Err((rel, why)) => eprintln!("xfer: error: {}: {}", escape(&rel), escape(&why)),
+                }
+            }
+        }
+        for e in large {
             let path = tree::local_path(local, &e.rel);
             if let Some((file, offset, md5)) = resumes.remove(&e.rel) {
                 let data = Data { offset: Some(offset), ..file_data(e) };
@@ -185,8 +202,6 @@ pub async fn put_tree(
                 sent_bytes += e.size - offset;
                 continue;
             }
-            // A file that vanished or became unreadable since the walk: say
-            // so, and go on with the others.
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(err) => {
@@ -194,41 +209,9 @@ pub async fn put_tree(
                     continue;
                 }
             };
-            if e.size <= WHOLE_MAX {
-                // Small: read whole, hashed with others (see `HashBatch`),
-                // then queued with its `done` frame, so many files go out
-                // in one write. Read here when no larger than a pipe's
-                // worth, on the blocking pool when larger.
-                let read = match e.size <= INLINE_MAX {
-                    true => read_whole(file, e.size, WHOLE_MAX),
-                    false => {
-                        let size = e.size;
-                        tokio::task::spawn_blocking(move || read_whole(file, size, WHOLE_MAX))
-                            .await
-                            .expect("reading does not panic")
-                    }
-                };
-                let body = match read {
-                    Ok(Some(body)) => body,
-                    Ok(None) => {
-                        eprintln!("xfer: error: {}: it grew while being sent; skipped", escape(&e.rel));
-                        continue;
-                    }
-                    Err(err) => {
-                        eprintln!("xfer: error: {}: {}", escape(&e.rel), crate::error::plain_io(&err));
-                        continue;
-                    }
-                };
-                let file = Outgoing { data: file_data(e), body, stamp: None };
-                sent_bytes += small.push(file, writer, &bar).await?.bytes;
-                continue;
-            }
-            // What waits goes out before a long stream.
-            sent_bytes += small.flush(writer, &bar).await?.bytes;
             send_large(writer, file_data(e), (file, e.size), Md5::new(), &bar, &path).await?;
             sent_bytes += e.size;
         }
-        sent_bytes += small.flush(writer, &bar).await?.bytes;
         writer.write(&End::default().into()).await?;
         Ok::<u64, Error>(sent_bytes)
     };

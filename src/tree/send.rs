@@ -74,16 +74,82 @@ impl SmallFiles {
         M: Common,
     {
         let mut queued = Queued::default();
-        for (Outgoing { data, body, stamp }, md5) in self.batch.hash_off_thread().await {
-            let done = Done { filename: data.filename.clone(), md5: Some(md5.clone()) };
-            writer.queue(&data.into(), &body).await?;
-            writer.queue(&done.into(), &[]).await?;
-            bar.advance(body.len() as u64);
-            queued.bytes += body.len() as u64;
-            queued.digests.push((stamp, md5));
+        for (file, md5) in self.batch.hash_off_thread().await {
+            queued.bytes += queue_small(writer, file.data, &file.body, &md5, bar).await?;
+            queued.digests.push((file.stamp, md5));
         }
         Ok(queued)
     }
+}
+
+/// Queues a small file behind its `data` header, with its `done` frame;
+/// returns the body bytes.
+pub async fn queue_small<W, M>(
+    writer: &mut FrameWriter<W, M>,
+    data: Data,
+    body: &[u8],
+    md5: &Md5Hex,
+    bar: &dyn Progress,
+) -> Result<u64, ConnError>
+where
+    W: AsyncWrite + Unpin,
+    M: Common,
+{
+    let done = Done { filename: data.filename.clone(), md5: Some(md5.clone()) };
+    writer.queue(&data.into(), body).await?;
+    writer.queue(&done.into(), &[]).await?;
+    bar.advance(body.len() as u64);
+    Ok(body.len() as u64)
+}
+
+/// A small file read and hashed by [`read_small_files`], or why it could
+/// not be: its name in the tree and the reason, in words.
+pub type ReadSmall = Result<(Outgoing, Md5Hex), (String, String)>;
+
+/// Batches of read small files [`read_small_files`] keeps ready ahead of
+/// the socket: enough to overlap reading with sending.
+const READ_AHEAD: usize = 2;
+
+/// Reads and hashes local small files on a thread of their own, a batch
+/// at a time (as [`HashBatch`] decides), handing each batch over ready to
+/// queue: one thread hop per batch, where reading those over 64 KiB on the
+/// blocking pool one by one cost a hop each (client CPU +20% on
+/// /usr/include). `files` are each one's `data` message, path and size.
+pub fn read_small_files(
+    files: Vec<(Data, std::path::PathBuf, u64)>,
+) -> tokio::sync::mpsc::Receiver<Vec<ReadSmall>> {
+    use crate::transfer::read_whole;
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut batch = HashBatch::new();
+        let mut failed = Vec::new();
+        let send = |batch: &mut HashBatch<Outgoing>, failed: &mut Vec<ReadSmall>| {
+            let mut ready: Vec<ReadSmall> = std::mem::take(failed);
+            ready.extend(batch.hash().into_iter().map(Ok));
+            // The receiving side only goes away on a connection error,
+            // which it reports.
+            tx.blocking_send(ready).is_ok()
+        };
+        for (data, path, size) in files {
+            let read = std::fs::File::open(&path).and_then(|f| read_whole(f, size, super::WHOLE_MAX));
+            let full = match read {
+                Ok(Some(body)) => batch.push(Outgoing { data, body, stamp: None }),
+                Ok(None) => {
+                    failed.push(Err((data.filename, "it grew while being sent; skipped".to_string())));
+                    false
+                }
+                Err(e) => {
+                    failed.push(Err((data.filename, crate::error::plain_io(&e))));
+                    false
+                }
+            };
+            if full && !send(&mut batch, &mut failed) {
+                return;
+            }
+        }
+        send(&mut batch, &mut failed);
+    });
+    rx
 }
 
 /// Streams one file: its `data` header, `len` bytes of `file` from where it
