@@ -12,6 +12,13 @@ use std::io;
 use std::path::Path;
 use thiserror::Error;
 
+/// How long a transfer waits for the well-known partial another one holds
+/// before it takes a one-off temporary instead. A client killed mid-file and
+/// run again at once finds its old connection still holding the partial
+/// for a moment (about 0.3 s was seen); waiting lets the re-run resume
+/// instead of starting over beside an abandoned partial.
+pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Longest part of the destination name kept in a temporary's name, so that
 /// with the dot, random tag and suffix it stays under NAME_MAX (255).
 const TEMP_NAME_KEEP: usize = 200;
@@ -48,6 +55,9 @@ pub struct Partial {
     keep: bool,
     /// Set once the partial has been renamed away, so drop leaves it alone.
     committed: bool,
+    /// A one-off temporary, taken while another transfer held the
+    /// well-known partial.
+    one_off: bool,
     /// The partial, open for reading and writing. It shares its open file
     /// description (and so its lock) with every handle cloned from it, and
     /// holds the lock until the rename even after a writer closed its own:
@@ -63,10 +73,20 @@ pub struct Partial {
 
 impl Partial {
     /// The partial for destination `name` in `dir`, created if missing.
+    /// Blocks up to [`LOCK_WAIT`] while another transfer holds it.
     pub fn open(dir: Dir, name: &str) -> io::Result<Partial> {
-        match lock_partial(&dir, name, true)? {
-            Some((temp, file)) => Partial::well_known(dir, temp, name, file),
-            None => Partial::one_off(dir, name),
+        Partial::open_within(dir, name, LOCK_WAIT)
+    }
+
+    /// [`open`](Self::open), waiting at most `wait` for the partial.
+    pub fn open_within(dir: Dir, name: &str, wait: std::time::Duration) -> io::Result<Partial> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match lock_partial(&dir, name, true)? {
+                Some((temp, file)) => return Partial::well_known(dir, temp, name, file),
+                None if std::time::Instant::now() < deadline => std::thread::sleep(LOCK_WAIT / 50),
+                None => return Partial::one_off(dir, name),
+            }
         }
     }
 
@@ -102,6 +122,7 @@ impl Partial {
             name: name.to_string(),
             keep: true,
             committed: false,
+            one_off: false,
             file,
             found,
             held: 0,
@@ -120,6 +141,7 @@ impl Partial {
             name: name.to_string(),
             keep: false,
             committed: false,
+            one_off: true,
             file,
             found: 0,
             held: 0,
@@ -191,6 +213,13 @@ impl Partial {
         self.keep = false;
         rename_into_place(&self.dir, &self.temp, &self.name, replace)?;
         self.committed = true;
+        // The well-known partial, left by a transfer that has let go of it
+        // since, is of no use beside the committed file.
+        if self.one_off {
+            if let Ok(Some((stale, _lock))) = lock_partial(&self.dir, &self.name, false) {
+                let _ = self.dir.remove_file(stale);
+            }
+        }
         Ok(())
     }
 
@@ -369,9 +398,19 @@ mod tests {
         assert_eq!(staged.found(), 0);
         io::Write::write_all(&mut staged.file(), b"prefix").unwrap();
         // A second writer meanwhile gets a one-off temporary, not the partial.
-        let other = root.stage(&p).unwrap();
+        let other = root.stage_at_once(&p).unwrap();
         assert_eq!(other.found(), 0);
         drop(other);
+        // One that commits after the holder let go takes the stale partial
+        // with it: a committed file leaves no partial of itself behind.
+        let g = RemotePath::parse("g.bin").unwrap();
+        let stale = root.stage(&g).unwrap();
+        io::Write::write_all(&mut stale.file(), b"old bytes").unwrap();
+        let late = root.stage_at_once(&g).unwrap();
+        drop(stale);
+        assert!(tmp.path().join(".g.bin.xfer-part").exists(), "an interrupted partial stays");
+        late.commit(false).unwrap();
+        assert!(!tmp.path().join(".g.bin.xfer-part").exists(), "the stale partial went with the commit");
         drop(staged);
         assert_eq!(std::fs::read(tmp.path().join(".f.bin.xfer-part")).unwrap(), b"prefix");
         let mut again = root.stage(&p).unwrap();

@@ -80,11 +80,23 @@ impl Root {
 
     /// Creates missing parent directories of `p` and opens the partial file
     /// beside it (see [`Partial::open`]).
+    /// Blocks up to a second while another transfer holds that partial.
     pub fn stage(&self, p: &RemotePath) -> io::Result<Partial> {
+        self.stage_within(p, super::partial::LOCK_WAIT)
+    }
+
+    /// [`stage`](Self::stage) without waiting: a partial another transfer
+    /// holds means a one-off temporary at once (for a caller on an async
+    /// thread).
+    pub fn stage_at_once(&self, p: &RemotePath) -> io::Result<Partial> {
+        self.stage_within(p, std::time::Duration::ZERO)
+    }
+
+    fn stage_within(&self, p: &RemotePath, wait: Duration) -> io::Result<Partial> {
         let name = p.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::IsADirectory))?;
         let parent = p.parent_path();
         self.dir.create_dir_all(&parent)?;
-        Partial::open(self.dir.open_dir(&parent)?, name)
+        Partial::open_within(self.dir.open_dir(&parent)?, name, wait)
     }
 
     /// The partial beside `p` if there is one to resume (see

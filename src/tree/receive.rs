@@ -316,7 +316,9 @@ impl Receiver {
         }
         match partial {
             Some(p) => Ok((p, meta)),
-            None => Ok((root.stage(&path).map_err(|e| RequestError::from_io(&e, rel))?, meta)),
+            // On the connection's thread: never waits for a partial held by
+            // another transfer.
+            None => Ok((root.stage_at_once(&path).map_err(|e| RequestError::from_io(&e, rel))?, meta)),
         }
     }
 
