@@ -142,17 +142,24 @@ fn kill_server_under(client: &mut std::process::Child, server: &mut std::process
     assert_eq!(code, Some(1), "the client saw the server go");
 }
 
-#[test]
-fn put_resumes_after_the_client_is_killed() {
+/// A put of big.iso (from `seed`) killed mid-body: the server, its
+/// client's directory, the data, and the partial's path on the server.
+fn killed_put(seed: u64) -> (TestServer, tempfile::TempDir, Vec<u8>, std::path::PathBuf) {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();
-    let data = pattern(SIZE, 11);
+    let data = pattern(SIZE, seed);
     fs::write(work.path().join("big.iso"), &data).unwrap();
     let proxy = Proxy::start(server.addr, Direction::ToServer, stall_point());
     let mut client = quiet(xfer_process(proxy.addr, work.path()).args(["put", "big.iso"]));
     let partial = server.root.path().join(".big.iso.xfer-part");
     settled_len(&partial);
     kill(&mut client);
+    (server, work, data, partial)
+}
+
+#[test]
+fn put_resumes_after_the_client_is_killed() {
+    let (server, work, data, partial) = killed_put(11);
     // The server sees the connection close, keeps what arrived and lets go.
     let released =
         eventually(Duration::from_secs(5), || fs::File::open(&partial).is_ok_and(|f| f.try_lock().is_ok()));
@@ -167,15 +174,7 @@ fn put_resumes_after_the_client_is_killed() {
 /// it and resumes, rather than start over beside an abandoned partial.
 #[test]
 fn put_run_again_at_once_resumes_and_leaves_no_partial() {
-    let server = TestServer::start();
-    let work = tempfile::tempdir().unwrap();
-    let data = pattern(SIZE, 13);
-    fs::write(work.path().join("big.iso"), &data).unwrap();
-    let proxy = Proxy::start(server.addr, Direction::ToServer, stall_point());
-    let mut client = quiet(xfer_process(proxy.addr, work.path()).args(["put", "big.iso"]));
-    let partial = server.root.path().join(".big.iso.xfer-part");
-    settled_len(&partial);
-    kill(&mut client);
+    let (server, work, data, partial) = killed_put(13);
     let held_by_us = eventually(Duration::from_secs(5), || {
         fs::File::open(&partial).is_ok_and(|f| {
             f.try_lock().is_ok() && {
