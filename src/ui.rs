@@ -26,6 +26,19 @@ impl Ui {
         bar
     }
 
+    /// A spinner with bytes and rate, for a body of unknown length (a put
+    /// from standard input), or a hidden one.
+    pub fn stream_spinner(&self, name: &str) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let style = ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec}")
+            .expect("the template is valid");
+        let bar = ProgressBar::new_spinner().with_style(style);
+        bar.set_message(escape(name));
+        bar
+    }
+
     /// One bar for a whole tree: bytes of all its files, and files done.
     pub fn tree_bar(&self, total_bytes: u64, files: u64) -> ProgressBar {
         if self.quiet {

@@ -209,3 +209,25 @@ fn serve_refuses_client_options_and_a_bare_host_means_port_9909() {
     assert_eq!(xfer::client::with_default_port("[::1]"), "[::1]:9909");
     assert_eq!(xfer::client::with_default_port("[::1]:7"), "[::1]:7");
 }
+
+#[test]
+fn standard_input_of_unknown_length_is_put_verified_and_whole() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    // More than one chunk, and not a multiple of one.
+    let data = pattern(3 * 1024 * 1024 + 77, 5);
+    xfer(server.addr, work.path())
+        .args(["put", "-", "backup.tar"])
+        .write_stdin(data.clone())
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("md5 {} verified", common::md5_hex(&data))));
+    assert_eq!(fs::read(server.path("backup.tar")).unwrap(), data);
+    assert_eq!(tree(server.root.path()), ["backup.tar"], "no partial left");
+    // Not replaced without -f; empty input is an empty file.
+    xfer(server.addr, work.path()).args(["put", "-", "backup.tar"]).write_stdin("x").assert().code(1);
+    assert_eq!(fs::read(server.path("backup.tar")).unwrap(), data);
+    xfer(server.addr, work.path()).args(["put", "-", "empty"]).write_stdin("").assert().success();
+    assert_eq!(fs::read(server.path("empty")).unwrap(), b"");
+    xfer(server.addr, work.path()).args(["put", "-"]).assert().code(2);
+}

@@ -93,10 +93,10 @@ pub async fn get(
             bar.set_position(offset);
             let meta = data.mode.zip(data.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
             let how = Commit { replace: flags.force, durable: flags.fsync, meta };
-            let received = receive_file(&mut conn.reader, partial, (offset, body_len), how, &bar).await?;
+            let received = receive_file(&mut conn.reader, partial, (&data, body_len), how, &bar).await?;
             bar.finish_and_clear();
             match received {
-                Ok(md5) => md5,
+                Ok((md5, _)) => md5,
                 Err(FileFailure::Offset { .. } | FileFailure::Refused(_)) => {
                     let expected = "data at offset 0 or at the offset we offered";
                     return Err(ConnError::Unexpected { got: "data", expected }.into());

@@ -16,6 +16,17 @@ pub async fn put_many(opts: &Options, paths: &[PathBuf], how: Sources, flags: Fl
         [sources @ .., last] => (sources, Some(remote_arg(last)?)),
         [] => return Err(Error::Usage("put needs a file to send".into())),
     };
+    if sources.iter().any(|s| s.as_os_str() == "-") {
+        // Standard input, of unknown length, to the one name given.
+        let ([_], Some(dest)) = (sources, &dest) else {
+            return Err(Error::Usage(
+                "- (standard input) is the only source, with a remote name after it".into(),
+            ));
+        };
+        let mut client = Client::connect(opts).await?;
+        super::put::put_stdin(&mut client, opts, dest, flags).await?;
+        return Ok(0);
+    }
     if let ([source], Some(dest)) = (sources, &dest) {
         // `xfer put *.txt` with two matches would send one under the
         // other's name: a destination that is a local file too is refused.

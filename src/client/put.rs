@@ -118,6 +118,72 @@ pub async fn put(
     Ok(())
 }
 
+/// Bytes of standard input per `data` frame: a pipe's worth (the Linux
+/// pipe capacity), hashed as it is read.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// Sends standard input, of unknown length, to the remote path `remote`:
+/// as `data` frames of one pipe's worth each, every one starting where the
+/// last ended, then `done` with the MD5 of all of it. Committed like any
+/// put: verified first, atomically, never resumed.
+pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags: Flags) -> Result<(), Error> {
+    use tokio::io::AsyncReadExt;
+    let conn = &mut client.conn;
+    let req = Put { filename: remote.to_string(), force: flags.force, fsync: flags.fsync, ..Put::default() };
+    conn.writer.write(&ClientMessage::Put(req)).await?;
+    match conn.reader.expect_control().await? {
+        ServerMessage::Ready { .. } => {}
+        // What stdin holds is not known before it is read: never identical.
+        ServerMessage::Have(_) => return Err(Error::Remote(RequestError::exists(remote))),
+        reply => return Err(unexpected_reply(reply, "ready")),
+    }
+    let started = Instant::now();
+    let spinner = opts.ui.stream_spinner(remote);
+    let (mut stdin, mut buf, mut md5, mut sent) =
+        (tokio::io::stdin(), vec![0u8; STDIN_CHUNK], Md5::new(), 0u64);
+    loop {
+        // Fill a chunk, or take what there is at the end.
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = tokio::select! {
+                n = stdin.read(&mut buf[filled..]) => n.map_err(|e| Error::local("stdin", e))?,
+                early = conn.reader.expect_control() => {
+                    spinner.abandon();
+                    return Err(unexpected_reply(early?, "ok"));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        // An empty input still sends its one (empty) body.
+        if filled > 0 || sent == 0 {
+            md5.update(&buf[..filled]);
+            let data = Data { filename: remote.to_string(), offset: Some(sent), mode: None, mtime: None };
+            conn.writer.write_frame(&data.into(), &buf[..filled]).await?;
+            sent += filled as u64;
+            spinner.set_position(sent);
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    spinner.finish_and_clear();
+    let md5 = md5.finish();
+    conn.writer.write(&Done { filename: remote.to_string(), md5: Some(md5.clone()) }.into()).await?;
+    let stored = match conn.reader.expect_control().await? {
+        ServerMessage::Ok(stored) => stored.md5,
+        reply => return Err(unexpected_reply(reply, "ok")),
+    };
+    if stored.as_ref() != Some(&md5) {
+        let received = stored.map_or_else(|| "nothing".to_string(), |m| m.to_string());
+        return Err(Error::Md5Mismatch { name: remote.to_string(), sent: md5.to_string(), received });
+    }
+    opts.ui.summary("put", remote, sent, started.elapsed(), &md5);
+    Ok(())
+}
+
 /// The MD5 of the `len` bytes of `file`, hashed on the blocking pool.
 pub(super) async fn hash_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Md5Hex> {
     tokio::task::spawn_blocking(move || Ok(hash_prefix(&mut file, len)?.finish()))

@@ -56,6 +56,8 @@ fn bare<M>(json: &str, msg: M) -> Option<serde_json::Result<Split<M>>> {
 pub trait Common: Message + From<Data> + From<Done> + From<Entry> + From<End> {
     /// The `done` frame, if this is one.
     fn into_done(self) -> Result<Done, Self>;
+    /// The `data` frame, if this is one.
+    fn into_data(self) -> Result<Data, Self>;
 }
 
 fn is_false(b: &bool) -> bool {
@@ -577,12 +579,26 @@ impl Common for ClientMessage {
             other => Err(other),
         }
     }
+
+    fn into_data(self) -> Result<Data, Self> {
+        match self {
+            ClientMessage::Data(data) => Ok(data),
+            other => Err(other),
+        }
+    }
 }
 
 impl Common for ServerMessage {
     fn into_done(self) -> Result<Done, Self> {
         match self {
             ServerMessage::Done(done) => Ok(done),
+            other => Err(other),
+        }
+    }
+
+    fn into_data(self) -> Result<Data, Self> {
+        match self {
+            ServerMessage::Data(data) => Ok(data),
             other => Err(other),
         }
     }

@@ -47,30 +47,31 @@ pub(crate) async fn handle(
     let (start, len) = (data.offset.unwrap_or(0), frame.total_size);
     let meta = req.mode.zip(req.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
     let how = Commit { replace: req.force, durable: req.fsync || shared.config.fsync, meta };
-    let received = match receive_file(&mut conn.reader, partial, (start, len), how, &NoProgress).await? {
-        Ok(md5) => md5,
-        Err(failure) => {
-            let err = match failure {
-                FileFailure::Offset { offset, held } => RequestError::offset(&path, offset, held),
-                FileFailure::Refused(err) => err,
-                FileFailure::Write { source, written, unread } => {
-                    // Our disk failed (full, say). Tell the client at once,
-                    // so it can stop sending, then stay in step.
-                    outcome.bytes = written;
-                    let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
-                    drain(&mut conn.reader, unread).await?;
-                    return Ok(outcome);
-                }
-                FileFailure::Mismatch { sent, received } => {
-                    outcome.bytes = len;
-                    RequestError::mismatch(&path, sent.as_ref(), &received)
-                }
-                FileFailure::Exists => RequestError::exists(&path),
-                FileFailure::Commit(e) => RequestError::from_io(&e, &path),
-            };
-            return refuse(conn, outcome, err).await;
-        }
-    };
+    let (received, len) =
+        match receive_file(&mut conn.reader, partial, (&data, len), how, &NoProgress).await? {
+            Ok(received) => received,
+            Err(failure) => {
+                let err = match failure {
+                    FileFailure::Offset { offset, held } => RequestError::offset(&path, offset, held),
+                    FileFailure::Refused(err) => err,
+                    FileFailure::Write { source, written, unread } => {
+                        // Our disk failed (full, say). Tell the client at once,
+                        // so it can stop sending, then stay in step.
+                        outcome.bytes = written;
+                        let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
+                        drain(&mut conn.reader, unread).await?;
+                        return Ok(outcome);
+                    }
+                    FileFailure::Mismatch { sent, received } => {
+                        outcome.bytes = len;
+                        RequestError::mismatch(&path, sent.as_ref(), &received)
+                    }
+                    FileFailure::Exists => RequestError::exists(&path),
+                    FileFailure::Commit(e) => RequestError::from_io(&e, &path),
+                };
+                return refuse(conn, outcome, err).await;
+            }
+        };
     outcome.bytes = len;
     let ok = ServerMessage::Ok(Stored {
         filename: req.filename.clone(),

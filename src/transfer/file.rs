@@ -5,11 +5,12 @@
 //! only then is the partial given its mode and time and renamed into place.
 //! Any failure leaves the destination as it was.
 
-use super::{receive_into, CopyError, Progress};
+use super::stream::receive_continuing;
+use super::{CopyError, Progress};
 use crate::connection::FrameReader;
 use crate::error::ConnError;
 use crate::local::{meta, CommitError, Partial};
-use crate::protocol::{Common, Md5Hex};
+use crate::protocol::{Common, Data, Md5Hex};
 use std::io;
 use tokio::io::AsyncRead;
 
@@ -63,22 +64,26 @@ pub enum FileFailure {
     Commit(io::Error),
 }
 
-/// Receives a body of `len` bytes that starts at `offset` of the file into
-/// `partial`, then its `done` frame; commits the file as `how` says if the
-/// digests agree. Returns the file's MD5. The outer error is a broken
-/// connection; a peer that breaks the protocol after the body has its bytes
-/// thrown away (one that merely vanished leaves them to be resumed).
+/// Receives a body of `len` bytes announced by `data` (which says where in
+/// the file it starts) into
+/// `partial`, and any `data` frames that continue it (each starting where
+/// the last ended: a body of unknown length, from standard input, comes so),
+/// then its `done` frame; commits the file as `how` says if the digests
+/// agree. Returns the file's MD5 and the body bytes received. The outer error is a broken connection; a
+/// peer that breaks the protocol after a body has its bytes thrown away
+/// (one that merely vanished leaves them to be resumed).
 pub async fn receive_file<R, M>(
     reader: &mut FrameReader<R, M>,
     mut partial: Partial,
-    (offset, len): (u64, u64),
+    (data, len): (&Data, u64),
     how: Commit,
     bar: &dyn Progress,
-) -> Result<Result<Md5Hex, FileFailure>, ConnError>
+) -> Result<Result<(Md5Hex, u64), FileFailure>, ConnError>
 where
     R: AsyncRead + Unpin,
     M: Common,
 {
+    let (filename, offset) = (data.filename.as_str(), data.offset.unwrap_or(0));
     let (file, md5) = match partial.start_at(offset) {
         Ok(Some(start)) => start,
         Ok(None) => {
@@ -87,26 +92,40 @@ where
         }
         Err(source) => return Ok(Err(FileFailure::Write { source, written: 0, unread: len })),
     };
-    let received = match receive_into(&mut reader.body(len), len, file, md5, bar).await {
-        Ok(md5) => md5,
-        // The sender vanished mid-body: the partial keeps what arrived,
-        // for the next run to resume.
-        Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
-        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
-        Err(CopyError::Write { done, source }) => {
-            partial.discard();
-            return Ok(Err(FileFailure::Write { source, written: done, unread: len - done }));
-        }
-    };
-    let sent = match reader.expect_done().await {
-        Ok(sent) => sent,
-        Err(e) => {
-            if matches!(e, ConnError::Frame(_) | ConnError::Unexpected { .. }) {
+    let (mut sink, mut md5, mut len, mut at) = (file, md5, len, offset);
+    let sent = loop {
+        md5 = match receive_continuing(&mut reader.body(len), len, sink, md5, bar).await {
+            Ok(md5) => md5,
+            // The sender vanished mid-body: the partial keeps what arrived,
+            // for the next run to resume.
+            Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
+            Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
+            Err(CopyError::Write { done, source }) => {
                 partial.discard();
+                return Ok(Err(FileFailure::Write {
+                    source,
+                    written: at - offset + done,
+                    unread: len - done,
+                }));
             }
-            return Err(e);
+        };
+        at += len;
+        let next = match next_body(reader, filename, at).await {
+            Ok(next) => next,
+            Err(e) => {
+                if matches!(e, ConnError::Frame(_) | ConnError::Unexpected { .. }) {
+                    partial.discard();
+                }
+                return Err(e);
+            }
+        };
+        match next {
+            Next::Done(sent) => break sent,
+            // Shares the partial's file offset: it goes on where this ended.
+            Next::Body(more) => (sink, len) = (partial.file().try_clone().map_err(ConnError::Io)?, more),
         }
     };
+    let received = md5.finish();
     if sent.as_ref() != Some(&received) {
         partial.discard();
         return Ok(Err(FileFailure::Mismatch { sent, received }));
@@ -115,7 +134,7 @@ where
     // the disk: on a blocking thread, not the connection's.
     let committed =
         tokio::task::spawn_blocking(move || commit(partial, how)).await.expect("committing does not panic");
-    Ok(committed.map(|()| received))
+    Ok(committed.map(|()| (received, at - offset)))
 }
 
 /// Gives a verified partial its metadata and renames it into place.
@@ -133,14 +152,56 @@ fn commit(partial: Partial, how: Commit) -> Result<(), FileFailure> {
     })
 }
 
-/// Reads and drops the rest of a body (`unread` bytes) and its `done`
-/// frame, to stay in step after a file failed part way.
+/// What follows a body of a file being received.
+enum Next {
+    /// Its `done` frame, with the sender's digest.
+    Done(Option<Md5Hex>),
+    /// A `data` frame that continues it, of this many bytes.
+    Body(u64),
+}
+
+/// Reads what follows a body of `filename` that ended at `at`: its `done`,
+/// or a `data` that continues it there.
+async fn next_body<R, M>(reader: &mut FrameReader<R, M>, filename: &str, at: u64) -> Result<Next, ConnError>
+where
+    R: AsyncRead + Unpin,
+    M: Common,
+{
+    let frame = reader.expect().await?;
+    match frame.msg.into_data() {
+        Ok(data) if data.filename == filename && data.offset == Some(at) => Ok(Next::Body(frame.total_size)),
+        Ok(_) => Err(ConnError::Unexpected {
+            got: "data",
+            expected: "done, or data going on where the last ended",
+        }),
+        Err(other) => {
+            reader.skip_body(frame.total_size).await?;
+            match other.into_done() {
+                Ok(done) => Ok(Next::Done(done.md5)),
+                Err(other) => Err(ConnError::Unexpected { got: other.op(), expected: "done" }),
+            }
+        }
+    }
+}
+
+/// Reads and drops the rest of a body (`unread` bytes), any bodies that
+/// continue it, and its `done` frame, to stay in step after a file failed
+/// part way.
 pub async fn drain<R, M>(reader: &mut FrameReader<R, M>, unread: u64) -> Result<(), ConnError>
 where
     R: AsyncRead + Unpin,
     M: Common,
 {
     reader.skip_body(unread).await?;
-    reader.expect_done().await?;
-    Ok(())
+    loop {
+        let frame = reader.expect().await?;
+        reader.skip_body(frame.total_size).await?;
+        match frame.msg.into_data() {
+            Ok(_) => continue,
+            Err(other) => match other.into_done() {
+                Ok(_) => return Ok(()),
+                Err(other) => return Err(ConnError::Unexpected { got: other.op(), expected: "done" }),
+            },
+        }
+    }
 }

@@ -267,6 +267,22 @@ where
     R: AsyncRead + Unpin + ?Sized,
     S: Write + Send + 'static,
 {
+    receive_continuing(src, len, sink, md5, bar).await.map(Md5::finish)
+}
+
+/// [`receive_into`], returning the MD5 not yet finished, for a body that
+/// more bodies continue.
+pub async fn receive_continuing<R, S>(
+    src: &mut R,
+    len: u64,
+    sink: S,
+    md5: Md5,
+    bar: &dyn Progress,
+) -> Result<Md5, CopyError>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    S: Write + Send + 'static,
+{
     if len <= INLINE_MAX {
         let (mut sink, mut md5) = (sink, md5);
         let mut buf = Vec::with_capacity(len as usize);
@@ -280,7 +296,7 @@ where
             (Err(source), _) => Err(CopyError::Read { done: short, source }),
             (Ok(_), _) if short < len => Err(CopyError::Short { done: short, expected: len }),
             (Ok(_), Err(source)) => Err(CopyError::Write { done: len, source }),
-            (Ok(_), Ok(())) => Ok(md5.finish()),
+            (Ok(_), Ok(())) => Ok(md5),
         };
     }
     let (mut pool, give_back) = Pool::new(len);
@@ -340,7 +356,7 @@ where
     match (failed, written) {
         (Some(e), _) => Err(e),
         (None, Err((_, source))) => Err(CopyError::Write { done, source }),
-        (None, Ok(())) => Ok(md5.finish()),
+        (None, Ok(())) => Ok(md5),
     }
 }
 

@@ -369,11 +369,11 @@ impl Receiver {
         };
         let meta = Some((data.mode.unwrap_or(mode), data.mtime.unwrap_or(mtime)));
         let how = Commit { replace: self.force, durable: false, meta };
-        let received = receive_file(reader, partial, (data.offset.unwrap_or(0), len), how, bar).await?;
+        let received = receive_file(reader, partial, (data, len), how, bar).await?;
         if let Err(FileFailure::Write { unread, .. }) = &received {
             drain(reader, *unread).await?;
         }
-        Ok(received)
+        Ok(received.map(|(md5, _)| md5))
     }
 
     /// Drops the partial held for `rel`, if any: its file is coming whole.
