@@ -118,19 +118,29 @@ fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
     xfer(server.addr, work.path()).args(["get", "keep.txt"]).assert().success();
 }
 
+/// A put of `f` whose bytes come as two bodies, `abc` at 0 and `def` at
+/// `second`; the `done` is left to the caller.
+fn put_in_two_bodies(server: &TestServer, second: u64) -> raw::Tls {
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
+    for (offset, body) in [(0, b"abc"), (second, b"def")] {
+        raw::send(
+            &mut s,
+            &format!(r#"{{"op":"data","filename":"f","md5":null,"total_size":3,"offset":{offset}}}"#),
+        );
+        s.write_all(body).unwrap();
+    }
+    s
+}
+
 /// A body of unknown length comes as data frames, each where the last
 /// ended; one that skips ahead is a broken protocol: the connection ends,
 /// nothing is committed and the partial's bytes are thrown away.
 #[test]
 fn a_body_continued_anywhere_but_where_it_ended_commits_nothing() {
     let server = TestServer::start();
-    let mut s = raw::connect(server.addr);
-    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
-    assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3,"offset":0}"#);
-    s.write_all(b"abc").unwrap();
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3,"offset":5}"#);
-    s.write_all(b"def").unwrap();
+    let mut s = put_in_two_bodies(&server, 5);
     assert!(raw::try_recv(&mut s).is_none_or(|reply| !reply.contains(r#""op":"ok""#)));
     assert!(
         eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()),
@@ -138,13 +148,7 @@ fn a_body_continued_anywhere_but_where_it_ended_commits_nothing() {
         tree(server.root.path())
     );
     // Where it ended, it goes on: the file is both bodies.
-    let mut s = raw::connect(server.addr);
-    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
-    assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3,"offset":0}"#);
-    s.write_all(b"abc").unwrap();
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3,"offset":3}"#);
-    s.write_all(b"def").unwrap();
+    let mut s = put_in_two_bodies(&server, 3);
     raw::send(
         &mut s,
         &format!(r#"{{"op":"done","filename":"f","md5":"{}","total_size":0}}"#, md5_hex(b"abcdef")),

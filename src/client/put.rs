@@ -105,15 +105,7 @@ pub async fn put(
             return Err(ConnError::Io(source).into());
         }
     };
-    conn.writer.write(&Done { filename: remote.clone(), md5: Some(md5.clone()) }.into()).await?;
-    let stored = match conn.reader.expect_control().await? {
-        ServerMessage::Ok(stored) => stored.md5,
-        reply => return Err(unexpected_reply(reply, "ok")),
-    };
-    if stored.as_ref() != Some(&md5) {
-        let received = stored.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-        return Err(Error::Md5Mismatch { name: remote, sent: md5.to_string(), received });
-    }
+    finish(client, &remote, &md5).await?;
     opts.ui.summary("put", &remote, len - offset, started.elapsed(), &md5);
     Ok(())
 }
@@ -171,16 +163,24 @@ pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags:
     }
     spinner.finish_and_clear();
     let md5 = md5.finish();
+    finish(client, remote, &md5).await?;
+    opts.ui.summary("put", remote, sent, started.elapsed(), &md5);
+    Ok(())
+}
+
+/// Sends the `done` frame with our digest `md5` and checks that the
+/// server stored what we sent.
+async fn finish(client: &mut Client, remote: &str, md5: &Md5Hex) -> Result<(), Error> {
+    let conn = &mut client.conn;
     conn.writer.write(&Done { filename: remote.to_string(), md5: Some(md5.clone()) }.into()).await?;
     let stored = match conn.reader.expect_control().await? {
         ServerMessage::Ok(stored) => stored.md5,
         reply => return Err(unexpected_reply(reply, "ok")),
     };
-    if stored.as_ref() != Some(&md5) {
+    if stored.as_ref() != Some(md5) {
         let received = stored.map_or_else(|| "nothing".to_string(), |m| m.to_string());
         return Err(Error::Md5Mismatch { name: remote.to_string(), sent: md5.to_string(), received });
     }
-    opts.ui.summary("put", remote, sent, started.elapsed(), &md5);
     Ok(())
 }
 
