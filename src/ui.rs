@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct Ui {
     /// `--quiet`: no bars, no summary lines; errors only.
     pub quiet: bool,
+    /// `-v`: a line for each file a tree transfer copies.
+    pub verbose: bool,
 }
 
 impl Ui {
@@ -53,6 +55,13 @@ impl Ui {
     pub fn tree_summary(&self, verb: &str, name: &str, r: &crate::tree::TreeReport, elapsed: Duration) {
         if !self.quiet {
             eprintln!("{}", tree_summary_line(verb, name, r, elapsed));
+        }
+    }
+
+    /// Names a file of a tree once it is copied (with `-v`), above `bar`.
+    pub fn copied(&self, bar: &ProgressBar, rel: &str) {
+        if self.verbose && !self.quiet {
+            bar.suspend(|| eprintln!("{}", escape(rel)));
         }
     }
 

@@ -231,3 +231,25 @@ fn standard_input_of_unknown_length_is_put_verified_and_whole() {
     assert_eq!(fs::read(server.path("empty")).unwrap(), b"");
     xfer(server.addr, work.path()).args(["put", "-"]).assert().code(2);
 }
+
+#[test]
+fn verbose_trees_name_each_file_copied() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("small"), b"s").unwrap();
+    fs::write(src.join("d/large"), pattern(2 << 20, 9)).unwrap();
+    for (args, dest) in
+        [(["put", "-r", "-v", "src", "copy"], "copy"), (["get", "-r", "-v", "copy", "back"], "back")]
+    {
+        let out = xfer(server.addr, work.path()).args(args).assert().success();
+        let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+        let mut named: Vec<_> = stderr.lines().filter(|l| !l.contains("files copied")).collect();
+        named.sort();
+        assert_eq!(named, ["d/large", "small"], "{dest}: {stderr}");
+    }
+    // A re-run copies nothing, so names nothing.
+    let out = xfer(server.addr, work.path()).args(["put", "-r", "-v", "src", "copy"]).assert().success();
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stderr).lines().count(), 1);
+}

@@ -16,7 +16,11 @@ const ROUNDS: usize = 3;
 fn sixty_four_clients_at_once() {
     let server = TestServer::start();
     let work = Arc::new(tempfile::tempdir().unwrap());
-    let opts = Arc::new(Options { server: server.addr.to_string(), token: token(), ui: Ui { quiet: true } });
+    let opts = Arc::new(Options {
+        server: server.addr.to_string(),
+        token: token(),
+        ui: Ui { quiet: true, verbose: false },
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let started = std::time::Instant::now();
     let moved: u64 = rt.block_on(async {

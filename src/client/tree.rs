@@ -219,7 +219,8 @@ pub async fn put_tree(
         let mut results = TreeReport::default();
         loop {
             match reader.expect_control().await? {
-                ServerMessage::Ok(_) => {
+                ServerMessage::Ok(stored) => {
+                    opts.ui.copied(&bar, &stored.filename);
                     results.sent += 1;
                     bar.set_message(format!("{}/{count} files", results.sent + results.failed));
                 }
@@ -368,7 +369,7 @@ async fn fetch_tree(
     let mut answered = 0u64;
     loop {
         for w in small.ready() {
-            small_result(&mut report, w);
+            small_result(&mut report, w, opts, &bar);
         }
         let frame = conn.reader.expect().await?;
         let len = frame.total_size;
@@ -422,6 +423,7 @@ async fn fetch_tree(
                 }
                 match receive_file(conn, &root, &mut receiver, (&h, len), &bar).await? {
                     Ok(()) => {
+                        opts.ui.copied(&bar, &e.rel);
                         report.sent += 1;
                         report.bytes += len;
                     }
@@ -433,7 +435,7 @@ async fn fetch_tree(
         bar.set_message(format!("{answered}/{count} files"));
     }
     for w in small.finish().await {
-        small_result(&mut report, w);
+        small_result(&mut report, w, opts, &bar);
     }
     bar.finish_and_clear();
     // Directory modes and times last, then, if asked, everything to disk:
@@ -500,9 +502,10 @@ fn want_or_fail(
 }
 
 /// Counts a small file the tree writer is done with.
-fn small_result(report: &mut TreeReport, w: Written) {
+fn small_result(report: &mut TreeReport, w: Written, opts: &Options, bar: &ProgressBar) {
     match w.result {
         Ok(_) => {
+            opts.ui.copied(bar, &w.rel);
             report.sent += 1;
             report.bytes += w.size;
         }
