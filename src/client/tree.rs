@@ -179,7 +179,7 @@ pub async fn put_tree(
     let (small, large): (Vec<_>, Vec<_>) =
         to_send.iter().partition(|e| e.size <= WHOLE_MAX && !resumes.contains_key(&e.rel));
     let small = small.into_iter().map(|e| (file_data(e), tree::local_path(local, &e.rel), e.size)).collect();
-    let mut ready = send::read_small_files(small);
+    let mut ready = send::read_small_files(small, send::read_local);
     let sending = async {
         let mut sent_bytes = 0u64;
         while let Some(batch) = ready.recv().await {

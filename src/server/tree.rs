@@ -302,6 +302,32 @@ pub(crate) async fn get_tree(
     }
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
     let identical = identical_to_theirs(shared, &top, &wants).await;
+    // Small files wanted whole are read (and hashed, unless their digest is
+    // remembered) on a thread of their own, a batch at a time, and go first.
+    let (plain, wants): (Vec<_>, Vec<_>) = wants.into_iter().partition(|w| {
+        let small = meta.get(&w.filename).is_some_and(|e| e.kind == EntryKind::File && e.size <= WHOLE_MAX);
+        small && w.md5.is_none() && w.offset.is_none()
+    });
+    let plain: Vec<_> = plain.into_iter().map(|w| (w.filename.clone(), meta[&w.filename].mode)).collect();
+    let mut ready = send::read_small_files(plain, {
+        let (shared, top) = (shared.clone(), top.clone());
+        move |(rel, mode)| read_small(&shared, &top, rel, mode)
+    });
+    while let Some(batch) = ready.recv().await {
+        for file in batch {
+            match file {
+                Ok((file, md5)) => {
+                    shared.digests.remember(file.stamp, &md5);
+                    outcome.bytes +=
+                        send::queue_small(&mut conn.writer, file.data, &file.body, &md5, &NoProgress).await?;
+                }
+                Err((rel, why)) => {
+                    let err = RequestError::new(ErrorCode::Internal, why);
+                    conn.writer.queue(&file_error(&rel, &err), &[]).await?;
+                }
+            }
+        }
+    }
     // Small files read and waiting to be hashed together; sent once they are.
     let mut unhashed = SmallFiles::default();
     for want in wants {
@@ -321,6 +347,34 @@ pub(crate) async fn get_tree(
     send_hashed(conn, shared, &mut unhashed).await?;
     conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
+}
+
+/// A small file of the tree at `rel`, read whole for sending, with its
+/// remembered digest if there is one; or why it cannot be sent.
+fn read_small(
+    shared: &Shared,
+    top: &RemotePath,
+    rel: String,
+    mode: u32,
+) -> Result<(Outgoing, Option<crate::protocol::Md5Hex>), (String, String)> {
+    let read = top.join(&rel).map_err(|e| e.to_string()).and_then(|path| {
+        let o =
+            shared.root.open_read(&path).map_err(|e| RequestError::from_io(&e, &path.to_string()).message)?;
+        let known = shared.digests.get(o.stamp.as_ref());
+        match read_whole(o.file, o.size, WHOLE_MAX) {
+            Ok(Some(body)) => Ok((body, known, o.stamp, o.mtime)),
+            // It grew past the inline size since the walk.
+            Ok(None) => Err(format!("{rel} grew while being sent; run again to fetch it")),
+            Err(e) => Err(RequestError::from_io(&e, &path.to_string()).message),
+        }
+    });
+    match read {
+        Ok((body, known, stamp, mtime)) => {
+            let data = Data { filename: rel, offset: None, mode: Some(mode), mtime: Some(mtime) };
+            Ok((Outgoing { data, body, stamp }, known))
+        }
+        Err(why) => Err((rel, why)),
+    }
 }
 
 /// The wanted files the client already has a copy of with the same MD5

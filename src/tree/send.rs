@@ -110,48 +110,60 @@ pub type ReadSmall = Result<(Outgoing, Md5Hex), (String, String)>;
 /// the socket: enough to overlap reading with sending.
 const READ_AHEAD: usize = 2;
 
-/// Reads and hashes local small files on a thread of their own, a batch
-/// at a time (as [`HashBatch`] decides), handing each batch over ready to
+/// Reads and hashes small files on a thread of their own, a batch at a
+/// time (as [`HashBatch`] decides), handing each batch over ready to
 /// queue: one thread hop per batch, where reading those over 64 KiB on the
 /// blocking pool one by one cost a hop each (client CPU +20% on
-/// /usr/include). `files` are each one's `data` message, path and size.
-pub fn read_small_files(
-    files: Vec<(Data, std::path::PathBuf, u64)>,
-) -> tokio::sync::mpsc::Receiver<Vec<ReadSmall>> {
-    use crate::transfer::read_whole;
+/// /usr/include). `read` gives each item's file whole, with its MD5 when
+/// that is known already (then it is not hashed again), or why not.
+pub fn read_small_files<T, F>(items: Vec<T>, read: F) -> tokio::sync::mpsc::Receiver<Vec<ReadSmall>>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Result<(Outgoing, Option<Md5Hex>), (String, String)> + Send + 'static,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut batch = HashBatch::new();
-        let mut failed = Vec::new();
-        let send = |batch: &mut HashBatch<Outgoing>, failed: &mut Vec<ReadSmall>| {
-            let mut ready: Vec<ReadSmall> = std::mem::take(failed);
+        let mut ready: Vec<ReadSmall> = Vec::new();
+        let send = |batch: &mut HashBatch<Outgoing>, ready: &mut Vec<ReadSmall>| {
             ready.extend(batch.hash().into_iter().map(Ok));
             // The receiving side only goes away on a connection error,
             // which it reports.
-            tx.blocking_send(ready).is_ok()
+            tx.blocking_send(std::mem::take(ready)).is_ok()
         };
-        for (data, path, size) in files {
-            let read = std::fs::File::open(&path).and_then(|f| read_whole(f, size, super::WHOLE_MAX));
-            let full = match read {
-                Ok(Some(body)) => batch.push(Outgoing { data, body, stamp: None }),
-                Ok(None) => {
-                    failed.push(Err((data.filename, "it grew while being sent; skipped".to_string())));
-                    false
+        for item in items {
+            let full = match read(item) {
+                Ok((file, Some(md5))) => {
+                    ready.push(Ok((file, md5)));
+                    ready.len() >= HashBatch::<Outgoing>::FILES
                 }
-                Err(e) => {
-                    failed.push(Err((data.filename, crate::error::plain_io(&e))));
+                Ok((file, None)) => batch.push(file),
+                Err(why) => {
+                    ready.push(Err(why));
                     false
                 }
             };
-            if full && !send(&mut batch, &mut failed) {
+            if full && !send(&mut batch, &mut ready) {
                 return;
             }
         }
-        send(&mut batch, &mut failed);
+        send(&mut batch, &mut ready);
     });
     rx
 }
 
+/// [`read_small_files`]' reader for a local file: `data`, path and size.
+pub fn read_local(
+    (data, path, size): (Data, std::path::PathBuf, u64),
+) -> Result<(Outgoing, Option<Md5Hex>), (String, String)> {
+    let read =
+        std::fs::File::open(&path).and_then(|f| crate::transfer::read_whole(f, size, super::WHOLE_MAX));
+    match read {
+        Ok(Some(body)) => Ok((Outgoing { data, body, stamp: None }, None)),
+        Ok(None) => Err((data.filename, "it grew while being sent; skipped".to_string())),
+        Err(e) => Err((data.filename, crate::error::plain_io(&e))),
+    }
+}
 /// Streams one file: its `data` header, `len` bytes of `file` from where it
 /// stands, then its `done` frame with the MD5 of the whole file, which
 /// `digest` knows or computes on the way (having seen what came before,
