@@ -127,7 +127,7 @@ impl RequestError {
         let message = match code {
             ErrorCode::NotFound => format!("remote file not found: {path}"),
             ErrorCode::NoSpace => format!("no space left on the server's disk while writing {path}"),
-            _ => format!("{path}: {}", plain_io(err)),
+            _ => format!("{} on the server: {path}", plain_io(err)),
         };
         RequestError { code, message }
     }
@@ -202,7 +202,7 @@ pub enum Error {
     #[error("{}", exists_words(&format!("{} already exists", .0.display())))]
     LocalExists(PathBuf),
     /// A local file could not be read, written or committed.
-    #[error("{}: {}", .path.display(), plain_io(.source))]
+    #[error("local {}: {}", .path.display(), plain_io(.source))]
     Local {
         /// The local path concerned.
         path: PathBuf,
@@ -300,5 +300,15 @@ mod tests {
         let r = RequestError::from_io(&e, "docs/a.txt");
         assert_eq!(r.code, ErrorCode::NotFound);
         assert_eq!(r.message, "remote file not found: docs/a.txt");
+    }
+
+    /// Each message says which side failed.
+    #[test]
+    fn failures_name_their_side() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let r = RequestError::from_io(&denied, "secret.txt");
+        assert_eq!(r.message, "permission denied on the server: secret.txt");
+        let here = Error::local("secret.txt", io::Error::from(io::ErrorKind::PermissionDenied));
+        assert_eq!(here.to_string(), "local secret.txt: permission denied");
     }
 }

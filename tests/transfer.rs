@@ -148,7 +148,7 @@ fn missing_local_file_is_a_plain_error() {
         .args(["put", "nope.txt"])
         .assert()
         .code(1)
-        .stderr("xfer: error: nope.txt: no such file or directory\n");
+        .stderr("xfer: error: local nope.txt: no such file or directory\n");
 }
 
 #[test]
