@@ -253,3 +253,24 @@ fn verbose_trees_name_each_file_copied() {
     let out = xfer(server.addr, work.path()).args(["put", "-r", "-v", "src", "copy"]).assert().success();
     assert_eq!(String::from_utf8_lossy(&out.get_output().stderr).lines().count(), 1);
 }
+
+#[test]
+fn trees_among_several_sources_go_in_by_name_or_as_contents() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir_all(work.path().join("src/sub")).unwrap();
+    fs::write(work.path().join("src/sub/x"), b"x").unwrap();
+    fs::write(work.path().join("f.txt"), b"f").unwrap();
+    xfer(server.addr, work.path()).args(["put", "-r", "src", "f.txt", "by-name/"]).assert().success();
+    assert_eq!(tree(&server.path("by-name")), ["f.txt", "src", "src/sub", "src/sub/x"]);
+    // A trailing / on a tree means its contents, as rsync.
+    xfer(server.addr, work.path()).args(["put", "-r", "src/", "f.txt", "contents/"]).assert().success();
+    assert_eq!(tree(&server.path("contents")), ["f.txt", "sub", "sub/x"]);
+    // Without -r a directory among the sources fails alone.
+    xfer(server.addr, work.path())
+        .args(["put", "src", "f.txt", "plain/"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("src is a directory (use -r to send it)"));
+    assert_eq!(tree(&server.path("plain")), ["f.txt"]);
+}

@@ -57,7 +57,10 @@ pub async fn put_many(opts: &Options, paths: &[PathBuf], how: Sources, flags: Fl
     }
     let mut failed = 0;
     for source in sources {
+        // A tree named with a trailing / goes in as its contents, as rsync.
+        let contents = how.recursive && source.as_os_str().as_encoded_bytes().ends_with(b"/");
         let target = match (&into, &dest) {
+            (Some(dir), _) if contents => Ok(dir.trim_end_matches('/').to_string()),
             (Some(dir), _) => local_name(source).map(|name| join(dir, &name)),
             (None, Some(d)) => Ok(d.clone()),
             (None, None) => local_name(source),
@@ -73,7 +76,6 @@ pub async fn put_many(opts: &Options, paths: &[PathBuf], how: Sources, flags: Fl
             if !how.recursive {
                 Err(Error::LocalUnusable(format!("{} is a directory (use -r to send it)", source.display())))
             } else {
-                // A trailing / on the source means its contents, as rsync.
                 put_tree(&mut client, opts, source, &target, flags).await.map(|r| r.failed == 0)
             }
         } else {
