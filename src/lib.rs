@@ -28,8 +28,9 @@
 //!   progress through a trait: it knows no progress bars), and the one
 //!   receive → verify → commit path of every streamed file.
 //! - [`tree`]: trees for both sides: the one walk into a manifest, its
-//!   application beneath the destination, many files hashed at once, small
-//!   files written on threads of their own.
+//!   application beneath the destination, the files sent (small ones read
+//!   and hashed a batch at a time), many files hashed at once, small files
+//!   written on threads of their own.
 //! - [`ui`]: progress bars and summary lines.
 //! - [`server`]: listener, admission of unauthenticated connections,
 //!   per-connection handler, one module per request: who speaks first.
