@@ -10,7 +10,7 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9909";
 #[derive(Debug, Parser)]
 #[command(name = "xfer", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Server address, host[:port] (port 9909 if left out) [default:
+    /// Server address, `host[:port]` (port 9909 if left out) [default:
     /// $XFER_SERVER, then 127.0.0.1:9909]. Clients only: `xfer serve`
     /// listens on --listen.
     #[arg(short, long, global = true, value_name = "HOST[:PORT]")]

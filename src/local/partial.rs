@@ -73,7 +73,8 @@ pub struct Partial {
 
 impl Partial {
     /// The partial for destination `name` in `dir`, created if missing.
-    /// Blocks up to [`LOCK_WAIT`] while another transfer holds it.
+    /// Blocks up to a second while another transfer holds it (a killed
+    /// client's connection lets go a moment after).
     pub fn open(dir: Dir, name: &str) -> io::Result<Partial> {
         Partial::open_within(dir, name, LOCK_WAIT)
     }
