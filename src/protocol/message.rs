@@ -68,7 +68,6 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Data {
     /// Which file (a tree's `REL`, or the requested path).
-    /// The path concerned, relative to the root (or to the tree).
     #[serde(default, skip_serializing)]
     pub filename: String,
     /// Bytes of the file before this body: what a resumed transfer skips.
@@ -86,7 +85,6 @@ pub struct Data {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Done {
     /// Which file.
-    /// The path concerned, relative to the root (or to the tree).
     #[serde(default, skip_serializing)]
     pub filename: String,
     /// The sender's digest; `None` only from a broken peer.
@@ -98,7 +96,6 @@ pub struct Done {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// Its name (`ls`) or `REL` within the tree.
-    /// The path concerned, relative to the root (or to the tree).
     #[serde(default, skip_serializing)]
     pub filename: String,
     /// What it is; `other` in a manifest is an item the walk left out.
@@ -150,7 +147,6 @@ pub struct End {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {
     /// The item concerned in a tree; `""` for the request as a whole.
-    /// The path concerned, relative to the root (or to the tree).
     #[serde(default, skip_serializing)]
     pub filename: String,
     /// Machine-readable reason.

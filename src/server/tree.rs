@@ -9,12 +9,12 @@ use crate::digest::{hash_prefix, Md5};
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
-    ClientMessage, Data, Done, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage,
-    Stored, Want,
+    ClientMessage, Data, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage, Stored,
+    Want,
 };
 use crate::transfer::{read_whole, CopyError, Digest, FileFailure, NoProgress, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
-use crate::tree::send::{self, Outgoing, SmallFiles};
+use crate::tree::send::{self, Outgoing};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, WHOLE_MAX};
 use std::collections::HashMap;
@@ -328,8 +328,6 @@ pub(crate) async fn get_tree(
             }
         }
     }
-    // Small files read and waiting to be hashed together; sent once they are.
-    let mut unhashed = SmallFiles::default();
     for want in wants {
         let rel = want.filename.clone();
         let Some(entry) = meta.get(&rel).filter(|e| e.kind == EntryKind::File).cloned() else {
@@ -341,10 +339,8 @@ pub(crate) async fn get_tree(
             conn.writer.queue(&skipped(&rel), &[]).await?;
             continue;
         }
-        outcome.bytes +=
-            send_one(conn, shared, &top, (&rel, &entry, &want), req.force, &mut unhashed).await?;
+        outcome.bytes += send_one(conn, shared, &top, (&rel, &entry, &want), req.force).await?;
     }
-    send_hashed(conn, shared, &mut unhashed).await?;
     conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
 }
@@ -416,31 +412,17 @@ async fn identical_to_theirs(
     .await
 }
 
-/// Hashes the small files waiting, queues each with its `done` frame, and
-/// remembers their digests.
-async fn send_hashed(
-    conn: &mut ServerConnection,
-    shared: &Shared,
-    small: &mut SmallFiles,
-) -> Result<(), ConnError> {
-    for (stamp, md5) in small.flush(&mut conn.writer, &NoProgress).await?.digests {
-        shared.digests.remember(stamp, &md5);
-    }
-    Ok(())
-}
-
 /// Sends one file of a tree (`rel`, what the walk found of it, and the
 /// client's `want`), or says it is identical to the client's copy, or why
 /// it cannot be sent; resumes it when `want` offers a partial that is a
-/// prefix of it. A small file whose digest is not remembered may wait in
-/// `unhashed`. Returns the body bytes sent.
+/// prefix of it. Returns the body bytes sent. (Small files wanted whole go
+/// through [`send::read_small_files`] instead.)
 async fn send_one(
     conn: &mut ServerConnection,
     shared: &Arc<Shared>,
     top: &RemotePath,
     (rel, entry, want): (&str, &TreeEntry, &Want),
     force: bool,
-    unhashed: &mut SmallFiles,
 ) -> Result<u64, ConnError> {
     // With an offset, the client's MD5 is of its partial, not of a copy.
     let (theirs, partial) = match want.offset {
@@ -456,28 +438,23 @@ async fn send_one(
     };
     let shown = path.to_string();
     if entry.size <= WHOLE_MAX {
-        // Small: read whole, then queued, so many files go out in one
-        // write. Its digest is the remembered one, or computed with other
-        // files' (see `SmallFiles`), or at once if it is compared with the
-        // client's copy. Read and hashed here when no larger than a pipe's
-        // worth, on the blocking pool when larger.
+        // Small (and compared with the client's copy, or offered a partial
+        // that cannot be one): read whole and queued, its digest the
+        // remembered one or computed here. Read and hashed here when no
+        // larger than a pipe's worth, on the blocking pool when larger.
         let read = {
-            let (digests, path, compare) = (shared.clone(), path.clone(), theirs.is_some());
+            let (digests, path) = (shared.clone(), path.clone());
             move |root: &Root| {
                 let o = root.open_read(&path)?;
-                let known = digests.digests.get(o.stamp.as_ref());
-                let body = read_whole(o.file, o.size, WHOLE_MAX)?;
-                let md5 = match (&body, known) {
-                    (Some(body), None) if compare => {
-                        let mut md5 = Md5::new();
-                        md5.update(body);
-                        let md5 = md5.finish();
-                        digests.digests.remember(o.stamp, &md5);
-                        Some(md5)
-                    }
-                    (_, known) => known,
-                };
-                Ok::<_, std::io::Error>((body, md5, o.stamp, o.mtime))
+                let Some(body) = read_whole(o.file, o.size, WHOLE_MAX)? else { return Ok(None) };
+                let md5 = digests.digests.get(o.stamp.as_ref()).unwrap_or_else(|| {
+                    let mut md5 = Md5::new();
+                    md5.update(&body);
+                    let md5 = md5.finish();
+                    digests.digests.remember(o.stamp, &md5);
+                    md5
+                });
+                Ok::<_, std::io::Error>(Some((body, md5, o.mtime)))
             }
         };
         let read = match entry.size <= INLINE_MAX {
@@ -485,22 +462,7 @@ async fn send_one(
             false => blocking(shared, read).await,
         };
         match read {
-            Ok((Some(body), None, stamp, mtime)) => {
-                let size = body.len() as u64;
-                let data = Data {
-                    filename: rel.to_string(),
-                    offset: None,
-                    mode: Some(entry.mode),
-                    mtime: Some(mtime),
-                };
-                let queued =
-                    unhashed.push(Outgoing { data, body, stamp }, &mut conn.writer, &NoProgress).await?;
-                for (stamp, md5) in queued.digests {
-                    shared.digests.remember(stamp, &md5);
-                }
-                return Ok(size);
-            }
-            Ok((Some(body), Some(md5), _, mtime)) => {
+            Ok(Some((body, md5, mtime))) => {
                 let reply = match &theirs {
                     Some(theirs) if *theirs == md5 => skipped(rel),
                     Some(_) if !force => {
@@ -514,25 +476,20 @@ async fn send_one(
                             mode: Some(entry.mode),
                             mtime: Some(mtime),
                         };
-                        conn.writer.queue(&data.into(), &body).await?;
-                        let done = Done { filename: rel.to_string(), md5: Some(md5) };
-                        conn.writer.queue(&done.into(), &[]).await?;
-                        return Ok(body.len() as u64);
+                        return send::queue_small(&mut conn.writer, data, &body, &md5, &NoProgress).await;
                     }
                 };
                 conn.writer.queue(&reply, &[]).await?;
                 return Ok(0);
             }
             // It grew past the inline size since the walk: streamed below.
-            Ok((None, ..)) => {}
+            Ok(None) => {}
             Err(e) => {
                 conn.writer.queue(&file_error(rel, &RequestError::from_io(&e, &shown)), &[]).await?;
                 return Ok(0);
             }
         }
     }
-    // What waits goes out before a long stream.
-    send_hashed(conn, shared, unhashed).await?;
     let digests = shared.clone();
     let opened = blocking(shared, move |root| {
         let Opened { mut file, size, mtime, stamp, .. } = root.open_read(&path)?;

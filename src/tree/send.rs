@@ -1,7 +1,8 @@
 //! The sending side of a tree's files, whichever side sends (the client
 //! for `put -r`, the server for `get -r`): small files read whole, hashed
-//! many at once and queued behind their headers, so many go out in one
-//! write; large ones streamed, each with its `done` frame.
+//! many at once on a thread of their own and queued behind their headers,
+//! so many go out in one write; large ones streamed, each with its `done`
+//! frame.
 
 use crate::connection::FrameWriter;
 use crate::digest::HashBatch;
@@ -24,61 +25,6 @@ pub struct Outgoing {
 impl AsRef<[u8]> for Outgoing {
     fn as_ref(&self) -> &[u8] {
         &self.body
-    }
-}
-
-/// What a batch of small files put on the wire.
-#[derive(Default)]
-pub struct Queued {
-    /// Body bytes queued.
-    pub bytes: u64,
-    /// Each file's stamp and digest, for a sender that remembers them.
-    pub digests: Vec<(Option<Stamp>, Md5Hex)>,
-}
-
-/// Small files waiting to be hashed together (see [`HashBatch`]), then
-/// queued each behind its `data` header with its `done` frame.
-#[derive(Default)]
-pub struct SmallFiles {
-    /// Files read and not yet hashed.
-    batch: HashBatch<Outgoing>,
-}
-
-impl SmallFiles {
-    /// Adds a file; once the batch is full, hashes and queues it.
-    pub async fn push<W, M>(
-        &mut self,
-        file: Outgoing,
-        writer: &mut FrameWriter<W, M>,
-        bar: &dyn Progress,
-    ) -> Result<Queued, ConnError>
-    where
-        W: AsyncWrite + Unpin,
-        M: Common,
-    {
-        match self.batch.push(file) {
-            true => self.flush(writer, bar).await,
-            false => Ok(Queued::default()),
-        }
-    }
-
-    /// Hashes and queues every file waiting: what goes before a long stream,
-    /// and at the end.
-    pub async fn flush<W, M>(
-        &mut self,
-        writer: &mut FrameWriter<W, M>,
-        bar: &dyn Progress,
-    ) -> Result<Queued, ConnError>
-    where
-        W: AsyncWrite + Unpin,
-        M: Common,
-    {
-        let mut queued = Queued::default();
-        for (file, md5) in self.batch.hash_off_thread().await {
-            queued.bytes += queue_small(writer, file.data, &file.body, &md5, bar).await?;
-            queued.digests.push((file.stamp, md5));
-        }
-        Ok(queued)
     }
 }
 
