@@ -6,7 +6,7 @@
 //! - [`enum@Error`]: what the client reports to its user, with an exit code.
 
 pub use crate::plain::plain_io;
-use crate::protocol::{ErrorCode, FrameError};
+use crate::protocol::{ErrorCode, FrameError, Md5Hex};
 use std::io;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -99,11 +99,7 @@ impl RequestError {
     }
 
     /// The body received for `path` is not what its sender's digest says.
-    pub fn mismatch(
-        path: &str,
-        sent: Option<&crate::protocol::Md5Hex>,
-        received: &crate::protocol::Md5Hex,
-    ) -> Self {
+    pub fn mismatch(path: &str, sent: Option<&Md5Hex>, received: &Md5Hex) -> Self {
         let words = mismatch_words(Some(path), sent.map(|m| m.as_str()), received.as_str());
         RequestError::new(ErrorCode::Md5Mismatch, words)
     }
@@ -255,6 +251,14 @@ impl Error {
     /// head`): no failure to tell of, as cat and ssh tell none.
     pub fn is_closed_output(&self) -> bool {
         matches!(self, Error::Local { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+
+    /// The bytes of `name` are not what the sender's digest says: `sent`
+    /// and `received` as the two sides computed them, either missing when
+    /// that side gave none.
+    pub fn md5_mismatch(name: impl Into<String>, sent: Option<&Md5Hex>, received: Option<&Md5Hex>) -> Self {
+        let words = |m: Option<&Md5Hex>| m.map_or_else(|| "nothing".to_string(), Md5Hex::to_string);
+        Error::Md5Mismatch { name: name.into(), sent: words(sent), received: words(received) }
     }
 
     /// A local I/O failure on `path`.

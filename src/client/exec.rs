@@ -198,16 +198,12 @@ fn check_stream(name: &str, sent: Option<&StreamSummary>, len: u64, md5: Md5) ->
     let received = md5.finish();
     match sent {
         Some(s) if s.total_size == len && s.md5 == received => Ok(()),
-        Some(s) => Err(Error::Md5Mismatch {
-            name: format!("{name} ({} bytes sent, {len} received)", s.total_size),
-            sent: s.md5.to_string(),
-            received: received.to_string(),
-        }),
-        None => Err(Error::Md5Mismatch {
-            name: name.to_string(),
-            sent: "nothing".into(),
-            received: received.to_string(),
-        }),
+        Some(s) => Err(Error::md5_mismatch(
+            format!("{name} ({} bytes sent, {len} received)", s.total_size),
+            Some(&s.md5),
+            Some(&received),
+        )),
+        None => Err(Error::md5_mismatch(name, None, Some(&received))),
     }
 }
 

@@ -6,7 +6,7 @@ use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
-use crate::protocol::{ClientMessage, ErrorCode, Get, Md5Hex, Refusal, ServerMessage, Stored};
+use crate::protocol::{ClientMessage, ErrorCode, Get, Refusal, ServerMessage, Stored};
 use crate::transfer::{receive_file, receive_into, Commit, CopyError, FileFailure};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -105,7 +105,7 @@ pub async fn get(
                     return Err(Error::local(path, source))
                 }
                 Err(FileFailure::Mismatch { sent, received }) => {
-                    return Err(mismatch(remote, sent, &received))
+                    return Err(Error::md5_mismatch(remote, sent.as_ref(), Some(&received)))
                 }
                 Err(FileFailure::Exists) => return Err(Error::LocalExists(path.clone())),
             }
@@ -127,7 +127,7 @@ pub async fn get(
             };
             let sent = conn.reader.expect_done().await?;
             if sent.as_ref() != Some(&received) {
-                return Err(mismatch(remote, sent, &received));
+                return Err(Error::md5_mismatch(remote, sent.as_ref(), Some(&received)));
             }
             received
         }
@@ -135,12 +135,6 @@ pub async fn get(
     let len = offset + body_len;
     opts.ui.summary("get", remote, len - offset, started.elapsed(), &received);
     Ok(())
-}
-
-/// The words for a file whose bytes are not what the server's digest says.
-fn mismatch(remote: &str, sent: Option<Md5Hex>, received: &Md5Hex) -> Error {
-    let sent = sent.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-    Error::Md5Mismatch { name: remote.to_string(), sent, received: received.to_string() }
 }
 
 /// Opens the partial beside `path` and hashes what it holds (nothing when

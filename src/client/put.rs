@@ -178,8 +178,7 @@ async fn finish(client: &mut Client, remote: &str, md5: &Md5Hex) -> Result<(), E
         reply => return Err(unexpected_reply(reply, "ok")),
     };
     if stored.as_ref() != Some(md5) {
-        let received = stored.map_or_else(|| "nothing".to_string(), |m| m.to_string());
-        return Err(Error::Md5Mismatch { name: remote.to_string(), sent: md5.to_string(), received });
+        return Err(Error::md5_mismatch(remote, Some(md5), stored.as_ref()));
     }
     Ok(())
 }
