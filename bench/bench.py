@@ -205,7 +205,7 @@ class Bench:
                 ("get", (f"{GET_NULL}, baseline", None, self.base + ["get", "seed.bin", "-"])),
                 ("tree", ("xfer put -r, baseline", None, lambda: self.base + ["put", "-r", str(TREE), fresh("tree")])),
                 ("tree", ("xfer get -r, baseline", None, lambda: self.base + ["get", "-r", "seed", str(w / fresh("back"))])),
-                ("tree", ("xfer put -r, nothing changed, baseline", None, self.base + ["put", "-r", str(TREE), "seed"])),
+                ("tree", ("xfer put -r, nothing changed, baseline", None, self.base + ["put", "-r", str(TREE) + "/", "seed"])),
             ]
         cases = {
             "put": [
@@ -239,7 +239,7 @@ class Bench:
                 (COLD_GET_TREE, None, lambda: cold + ["get", "-r", "seed", str(w / fresh("back"))]),
                 ("rsync daemon get -a", None, lambda: ["rsync", "-a", f"{rs}/seed/", f"{w / fresh('back')}/"]),
                 ("rsync over ssh get -a", None, lambda: ["rsync", "-a", "-e", ssh_e, f"127.0.0.1:{TREE}/", f"{w / fresh('back')}/"]),
-                ("xfer put -r, nothing changed", None, x + ["put", "-r", str(TREE), "seed"]),
+                ("xfer put -r, nothing changed", None, x + ["put", "-r", str(TREE) + "/", "seed"]),
                 ("rsync daemon put -a, nothing changed", None, ["rsync", "-a", f"{TREE}/", f"{rs}/seed/"]),
             ],
         }
@@ -314,9 +314,9 @@ class Bench:
             run(self.base + ["put", "-f", str(self.big)], env=self.env)
             run(self.base + ["put", "-f", str(self.big), "seed.bin"], env=self.env)
         if TREE.is_dir():
-            run(x + ["put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
+            run(x + ["put", "-r", str(TREE) + "/", "seed"], env=self.env, stderr=subprocess.DEVNULL)
             if BASELINE:
-                run(self.base + ["put", "-r", str(TREE), "seed"], env=self.env, stderr=subprocess.DEVNULL)
+                run(self.base + ["put", "-r", str(TREE) + "/", "seed"], env=self.env, stderr=subprocess.DEVNULL)
         # Digests are remembered only for files unchanged for a second.
         time.sleep(1.5)
         run(x + ["get", "seed.bin", str(self.work / "out.bin")], env=self.env)

@@ -50,18 +50,11 @@ pub enum Command {
     /// `xfer put FILE [REMOTE]`, or `xfer put SRC... DIR` into a remote
     /// directory.
     Put {
-        /// Replace the remote file if it exists (atomically).
-        #[arg(short, long)]
-        force: bool,
         /// Send a whole directory tree.
         #[arg(short, long)]
         recursive: bool,
-        /// Start over instead of resuming an interrupted transfer.
-        #[arg(long)]
-        no_resume: bool,
-        /// Have the server flush what it saves to disk before saying so.
-        #[arg(long)]
-        fsync: bool,
+        #[command(flatten)]
+        how: TransferArgs,
         /// Treat REMOTE as a file name even if a local file has that name
         /// (`xfer put -T a.txt b.txt` when b.txt also exists here).
         #[arg(short = 'T', long)]
@@ -77,18 +70,11 @@ pub enum Command {
     /// `xfer get REMOTE [LOCAL]`, or `xfer get REMOTE... DIR`; `*`, `?` and
     /// `[...]` in a remote name's last part match on the server.
     Get {
-        /// Replace the local file if it exists (atomically).
-        #[arg(short, long)]
-        force: bool,
         /// Fetch a whole directory tree.
         #[arg(short, long)]
         recursive: bool,
-        /// Start over instead of resuming an interrupted transfer.
-        #[arg(long)]
-        no_resume: bool,
-        /// Flush what is saved here to disk before finishing.
-        #[arg(long)]
-        fsync: bool,
+        #[command(flatten)]
+        how: TransferArgs,
         /// The remote sources, then the local destination [default:
         /// each source's name here]; - writes one file to standard output.
         /// Several sources go into the directory DEST (made if it ends
@@ -115,6 +101,28 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+}
+
+/// Options put and get share, each about the receiving side.
+#[derive(Debug, Args)]
+pub struct TransferArgs {
+    /// Replace the destination where it exists and differs (atomically).
+    #[arg(short, long)]
+    pub force: bool,
+    /// Start over instead of resuming an interrupted transfer.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Flush what is saved to disk (on the receiving side) before saying so.
+    #[arg(long)]
+    pub fsync: bool,
+    /// With -r: make the destination a mirror, removing what beneath it
+    /// the source lacks.
+    #[arg(long, requires = "recursive")]
+    pub delete: bool,
+    /// Print what would be copied, skipped, replaced and deleted; change
+    /// nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
 }
 
 /// `xfer serve` options.

@@ -114,7 +114,7 @@ impl RequestError {
         let code = match err.kind() {
             io::ErrorKind::NotFound => ErrorCode::NotFound,
             io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
-            io::ErrorKind::StorageFull => ErrorCode::NoSpace,
+            _ if disk_full(err) => ErrorCode::NoSpace,
             io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => ErrorCode::WrongType,
             io::ErrorKind::AlreadyExists => ErrorCode::Exists,
             _ if err.get_ref().is_some_and(|e| e.is::<NotRegular>()) => ErrorCode::WrongType,
@@ -127,6 +127,14 @@ impl RequestError {
         };
         RequestError { code, message }
     }
+}
+
+/// Whether `err` says the disk (or the user's quota on it) is full: what
+/// stops a whole tree rather than one file.
+pub fn disk_full(err: &io::Error) -> bool {
+    /// EDQUOT on Linux.
+    const QUOTA_EXCEEDED: i32 = 122;
+    err.kind() == io::ErrorKind::StorageFull || err.raw_os_error() == Some(QUOTA_EXCEEDED)
 }
 
 /// What the client reports to its user.

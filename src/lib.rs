@@ -101,15 +101,13 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
 
 async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     match command {
-        Command::Put { force, recursive, no_resume, fsync, no_target_directory, paths } => {
-            let flags = client::Flags { force, resume: !no_resume, fsync };
-            let how = client::Sources { recursive, no_target_directory };
-            client::put_many(opts, &paths, how, flags).await
+        Command::Put { recursive, how, no_target_directory, paths } => {
+            let sources = client::Sources { recursive, no_target_directory };
+            client::put_many(opts, &paths, sources, client::Flags::from(&how)).await
         }
-        Command::Get { force, recursive, no_resume, fsync, paths } => {
-            let flags = client::Flags { force, resume: !no_resume, fsync };
-            let how = client::Sources { recursive, no_target_directory: false };
-            client::get_many(opts, &paths, how, flags).await
+        Command::Get { recursive, how, paths } => {
+            let sources = client::Sources { recursive, no_target_directory: false };
+            client::get_many(opts, &paths, sources, client::Flags::from(&how)).await
         }
         Command::Ls { remote_dir } => {
             client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?;

@@ -65,6 +65,41 @@ impl Ui {
         }
     }
 
+    /// Names something removed by `--delete` (with `-v`), above `bar`.
+    pub fn deleting(&self, bar: &ProgressBar, rel: &str) {
+        if self.verbose && !self.quiet {
+            bar.suspend(|| eprintln!("deleting {}", escape(rel)));
+        }
+    }
+
+    /// One line of a dry run's plan, on stdout (it is the command's
+    /// output, so `--quiet` keeps it): what would become of `name`.
+    pub fn planned(&self, what: Planned, name: &str) {
+        let name = escape(name);
+        match what {
+            Planned::Copy(n) => println!("copy {name} ({})", human_bytes(n as f64)),
+            Planned::Replace(n) => println!("replace {name} ({})", human_bytes(n as f64)),
+            Planned::Skip => println!("skip {name} (identical)"),
+            Planned::Delete => println!("delete {name}"),
+        }
+    }
+
+    /// The last line of a dry run, on stderr.
+    pub fn plan_summary(&self, verb: &str, name: &str, r: &crate::tree::TreeReport) {
+        if !self.quiet {
+            eprintln!(
+                "dry run: {verb} {}  {} to copy ({}), {} to replace, {} identical, {} to delete, {} failed; nothing was changed",
+                escape(name),
+                r.sent - r.replaced,
+                human_bytes(r.bytes as f64),
+                r.replaced,
+                r.skipped,
+                r.deleted,
+                r.failed
+            );
+        }
+    }
+
     /// Says that a file was not sent: its destination holds the same bytes.
     pub fn identical(&self, verb: &str, name: &str) {
         if !self.quiet {
@@ -85,6 +120,19 @@ impl Ui {
             eprintln!("{}", summary_line(verb, name, bytes, elapsed, md5));
         }
     }
+}
+
+/// What a dry run says would become of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planned {
+    /// Copied, new there: this many bytes.
+    Copy(u64),
+    /// Copied over a differing file (`--force`): this many bytes.
+    Replace(u64),
+    /// Left alone: the destination holds the same bytes.
+    Skip,
+    /// Removed (`--delete`).
+    Delete,
 }
 
 /// Bytes done and total, rate and ETA, after a message (name or files).
@@ -110,8 +158,9 @@ pub fn summary_line(verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: 
 pub fn tree_summary_line(verb: &str, name: &str, r: &crate::tree::TreeReport, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { r.bytes as f64 / secs } else { 0.0 };
+    let deleted = if r.deleted > 0 { format!(", {} deleted", r.deleted) } else { String::new() };
     format!(
-        "{verb} -r {}  {} files copied, {} skipped, {} failed, {} in {secs:.2} s ({}/s)",
+        "{verb} -r {}  {} files copied, {} skipped, {} failed{deleted}, {} in {secs:.2} s ({}/s)",
         escape(name),
         r.sent,
         r.skipped,

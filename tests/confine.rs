@@ -204,7 +204,7 @@ fn made_directories_keep_owner_access_and_existing_ones_keep_their_mode() {
     fs::create_dir(work.path().join("mine")).unwrap();
     fs::set_permissions(work.path().join("mine"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::set_permissions(server.path("src"), fs::Permissions::from_mode(0o777)).unwrap();
-    xfer(server.addr, work.path()).args(["get", "-r", "src", "mine/"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-r", "src/", "mine/"]).assert().success();
     assert_eq!(mode(&work.path().join("mine")), 0o700);
     assert_eq!(mode(&work.path().join("mine/locked")), 0o700);
     assert_eq!(fs::read(work.path().join("mine/locked/inner/f")).unwrap(), b"x");

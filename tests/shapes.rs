@@ -249,9 +249,39 @@ fn verbose_trees_name_each_file_copied() {
         named.sort();
         assert_eq!(named, ["d/large", "small"], "{dest}: {stderr}");
     }
-    // A re-run copies nothing, so names nothing.
-    let out = xfer(server.addr, work.path()).args(["put", "-r", "-v", "src", "copy"]).assert().success();
+    // A re-run into the copy (src/: its contents, as rsync) copies
+    // nothing, so names nothing.
+    let out = xfer(server.addr, work.path()).args(["put", "-r", "-v", "src/", "copy"]).assert().success();
     assert_eq!(String::from_utf8_lossy(&out.get_output().stderr).lines().count(), 1);
+}
+
+#[test]
+fn a_tree_goes_into_an_existing_directory_by_name_as_cp_r_does() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir_all(work.path().join("src/sub")).unwrap();
+    fs::write(work.path().join("src/sub/x"), b"x").unwrap();
+    // Missing: the destination becomes the copy. There: the copy goes in it.
+    xfer(server.addr, work.path()).args(["put", "-r", "src", "dst"]).assert().success();
+    assert_eq!(tree(&server.path("dst")), ["sub", "sub/x"]);
+    xfer(server.addr, work.path()).args(["put", "-r", "src", "dst"]).assert().success();
+    assert_eq!(tree(&server.path("dst")), ["src", "src/sub", "src/sub/x", "sub", "sub/x"]);
+    // With a trailing slash, the contents, wherever: a re-run finds its copy.
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src/", "dst"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("1 skipped"));
+    // The same for get.
+    xfer(server.addr, work.path()).args(["get", "-r", "dst/src", "back"]).assert().success();
+    assert_eq!(tree(&work.path().join("back")), ["sub", "sub/x"]);
+    xfer(server.addr, work.path()).args(["get", "-r", "dst/src", "back"]).assert().success();
+    assert_eq!(tree(&work.path().join("back")), ["src", "src/sub", "src/sub/x", "sub", "sub/x"]);
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "dst/src/", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("1 skipped"));
 }
 
 #[test]

@@ -38,7 +38,7 @@ fn sixty_four_clients_at_once() {
                         let remote = format!("client{i}/round{round}.bin");
                         // A connection per transfer, as separate commands make.
                         let mut conn = client::Client::connect(&opts).await.unwrap();
-                        let flags = client::Flags { force: false, resume: true, fsync: false };
+                        let flags = client::Flags { resume: true, ..client::Flags::default() };
                         client::put(&mut conn, &opts, &local, &remote, flags).await.unwrap();
                         let back = work.path().join(format!("c{i}-r{round}.back"));
                         let mut conn = client::Client::connect(&opts).await.unwrap();

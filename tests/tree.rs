@@ -83,10 +83,10 @@ fn trees_round_trip_with_modes_times_links_and_empty_dirs() {
         .stderr(predicate::str::contains("put -r src  8 files copied, 0 skipped, 0 failed"));
     assert_mirrors(&work.path().join("src"), &server.path("src"));
     xfer(server.addr, work.path())
-        .args(["get", "-r", "src", "back"])
+        .args(["get", "-r", "src/", "back"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("get -r src  8 files copied, 0 skipped, 0 failed"));
+        .stderr(predicate::str::contains("get -r src/  8 files copied, 0 skipped, 0 failed"));
     assert_mirrors(&work.path().join("src"), &work.path().join("back"));
     assert!(!tree(work.path()).iter().any(|p| p.ends_with(".xfer-part")), "no partials left");
 }
@@ -96,38 +96,38 @@ fn a_rerun_skips_identical_files_and_force_replaces_changed_ones() {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();
     make_tree(&work.path().join("src"));
-    xfer(server.addr, work.path()).args(["put", "-r", "src", "dst"]).assert().success();
+    xfer(server.addr, work.path()).args(["put", "-r", "src/", "dst"]).assert().success();
     xfer(server.addr, work.path())
-        .args(["put", "-r", "src", "dst"])
+        .args(["put", "-r", "src/", "dst"])
         .assert()
         .success()
         .stderr(predicate::str::contains("0 files copied, 8 skipped, 0 failed"));
     fs::write(work.path().join("src/secret"), b"changed").unwrap();
     xfer(server.addr, work.path())
-        .args(["put", "-r", "src", "dst"])
+        .args(["put", "-r", "src/", "dst"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("xfer: error: secret: remote file exists and differs (use --force"))
         .stderr(predicate::str::contains("0 files copied, 7 skipped, 1 failed"));
     assert_eq!(fs::read(server.path("dst/secret")).unwrap(), b"s");
     xfer(server.addr, work.path())
-        .args(["put", "-r", "-f", "src", "dst"])
+        .args(["put", "-r", "-f", "src/", "dst"])
         .assert()
         .success()
         .stderr(predicate::str::contains("1 files copied, 7 skipped, 0 failed"));
     assert_eq!(fs::read(server.path("dst/secret")).unwrap(), b"changed");
 
     // The same on the way back.
-    xfer(server.addr, work.path()).args(["get", "-r", "dst", "back"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-r", "dst/", "back"]).assert().success();
     xfer(server.addr, work.path())
-        .args(["get", "-r", "dst", "back"])
+        .args(["get", "-r", "dst/", "back"])
         .assert()
         .success()
         .stderr(predicate::str::contains("0 files copied, 8 skipped, 0 failed"));
     fs::write(work.path().join("back/hello.txt"), b"local edit").unwrap();
-    xfer(server.addr, work.path()).args(["get", "-r", "dst", "back"]).assert().code(1);
+    xfer(server.addr, work.path()).args(["get", "-r", "dst/", "back"]).assert().code(1);
     assert_eq!(fs::read(work.path().join("back/hello.txt")).unwrap(), b"local edit");
-    xfer(server.addr, work.path()).args(["get", "-r", "-f", "dst", "back"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-r", "-f", "dst/", "back"]).assert().success();
     assert_eq!(fs::read(work.path().join("back/hello.txt")).unwrap(), b"hello, xfer\n");
 }
 
@@ -179,7 +179,7 @@ fn damaged_downloads_are_each_refused_and_nothing_is_committed() {
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::FlipBodyByte);
     let work = tempfile::tempdir().unwrap();
     xfer(proxy.addr, work.path())
-        .args(["get", "-r", "src", "back"])
+        .args(["get", "-r", "src/", "back"])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("small0: md5 mismatch"))
@@ -222,10 +222,10 @@ fn a_cut_tree_leaves_only_whole_files_and_a_rerun_completes_it() {
 
     // Down: the same, cut on the way to the client.
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(120_000));
-    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().failure();
     assert_cut_leaves_only_whole_files(&src, &work.path().join("back"));
     assert!(files(&work.path().join("back")) < 200, "the cut came after the last file");
-    xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().success();
     assert_eq!(tree(&work.path().join("back")), tree(&src));
 }
 
@@ -359,10 +359,10 @@ fn a_rerun_after_a_cut_large_file_shrank_commits_only_the_new_bytes() {
 
     fs::write(server.path("src/big.bin"), pattern(3 << 20, 3)).unwrap();
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
-    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().failure();
     assert!(released_partial_len(&work.path().join("back"), "big.bin") > 0);
     fs::write(server.path("src/big.bin"), &new).unwrap();
-    xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+    xfer(server.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().success();
     assert_same_file(&work.path().join("back/big.bin"), &new);
     assert_eq!(tree(&work.path().join("back")), ["big.bin"], "no partial left");
 }
@@ -419,11 +419,11 @@ fn a_tree_cut_inside_a_large_file_resumes_it_both_ways() {
     assert_eq!(tree(&server.path("src")), tree(&src), "no partial left");
 
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
-    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().failure();
     let held = released_partial_len(&work.path().join("back/d"), "big.bin");
     assert!(held > 0 && held < big.len() as u64, "partial of {held} bytes");
     xfer(server.addr, work.path())
-        .args(["get", "-r", "src", "back"])
+        .args(["get", "-r", "src/", "back"])
         .assert()
         .success()
         .stderr(predicate::str::contains(format!("resuming d/big.bin at {}\n", human_bytes(held as f64))))
@@ -456,12 +456,12 @@ fn a_changed_large_file_in_a_tree_starts_over() {
     assert_eq!(tree(&server.path("src")), tree(&src));
 
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
-    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().failure();
     assert!(released_partial_len(&work.path().join("back/d"), "big.bin") > 0);
     big[20] ^= 0xff;
     fs::write(server.path("src/d/big.bin"), &big).unwrap();
     xfer(server.addr, work.path())
-        .args(["get", "-r", "src", "back"])
+        .args(["get", "-r", "src/", "back"])
         .assert()
         .success()
         .stderr(predicate::str::contains("resuming").not());
@@ -471,10 +471,10 @@ fn a_changed_large_file_in_a_tree_starts_over() {
     // Unchanged, but --no-resume: whole again.
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
     fs::remove_dir_all(work.path().join("back")).unwrap();
-    xfer(proxy.addr, work.path()).args(["get", "-r", "src", "back"]).assert().failure();
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().failure();
     assert!(released_partial_len(&work.path().join("back/d"), "big.bin") > 0);
     xfer(server.addr, work.path())
-        .args(["get", "-r", "--no-resume", "src", "back"])
+        .args(["get", "-r", "--no-resume", "src/", "back"])
         .assert()
         .success()
         .stderr(predicate::str::contains("resuming").not());
@@ -497,11 +497,11 @@ fn a_rerun_of_many_files_judges_each_one() {
     xfer(server.addr, work.path()).args(["put", "-r", "src"]).assert().success();
     let summary = |copied, skipped| format!("{copied} files copied, {skipped} skipped, 0 failed");
     for (args, dir) in [
-        (["put", "-r", "-f", "src", "src"], server.path("src")),
-        (["get", "-r", "-f", "src", "back"], work.path().join("back")),
+        (["put", "-r", "-f", "src/", "src"], server.path("src")),
+        (["get", "-r", "-f", "src/", "back"], work.path().join("back")),
     ] {
         if args[0] == "get" {
-            xfer(server.addr, work.path()).args(["get", "-r", "src", "back"]).assert().success();
+            xfer(server.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().success();
         }
         xfer(server.addr, work.path())
             .args(args)
@@ -564,7 +564,7 @@ fn get_r_reports_what_the_servers_walk_left_out_and_copies_the_rest() {
     assert!(
         common::eventually(std::time::Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok())
     );
-    let out = xfer(addr, work.path()).args(["get", "-r", "src", "back"]).output().unwrap();
+    let out = xfer(addr, work.path()).args(["get", "-r", "src/", "back"]).output().unwrap();
     server.kill().unwrap();
     server.wait().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -8,6 +8,7 @@ use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
 use crate::protocol::{ClientMessage, ErrorCode, Get, Refusal, ServerMessage, Stored};
 use crate::transfer::{receive_file, receive_into, Commit, CopyError, FileFailure};
+use crate::ui::Planned;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,9 +44,19 @@ pub async fn get(
         let Some(file) = file else { return Err(Error::LocalExists(path.clone())) };
         let len = file.metadata().map_err(|e| Error::local(path, e))?.len();
         let ours = super::put::hash_whole(file, len).await.map_err(|e| Error::local(path, e))?;
-        let req = Get { filename: remote.to_string(), offset: None, md5: Some(ours), size: Some(len) };
+        let req = Get {
+            filename: remote.to_string(),
+            offset: None,
+            md5: Some(ours),
+            size: Some(len),
+            dry_run: flags.dry_run,
+        };
         conn.writer.write(&ClientMessage::Get(req)).await?;
         return match conn.reader.expect_control().await? {
+            ServerMessage::Ok(Stored { skipped: true, .. }) if flags.dry_run => {
+                opts.ui.planned(Planned::Skip, &path.to_string_lossy());
+                Ok(())
+            }
             ServerMessage::Ok(Stored { skipped: true, .. }) => {
                 opts.ui.identical("get", name);
                 Ok(())
@@ -57,6 +68,23 @@ pub async fn get(
         };
     }
 
+    if flags.dry_run {
+        // What a get would bring, and to where; nothing is opened here.
+        let req = Get { filename: remote.to_string(), dry_run: true, ..Get::default() };
+        conn.writer.write(&ClientMessage::Get(req)).await?;
+        let size = match conn.reader.expect_control().await? {
+            ServerMessage::Ok(Stored { size, .. }) => size.unwrap_or(0),
+            reply => return Err(unexpected_reply(reply, "ok")),
+        };
+        match &target {
+            Some(path) if path.symlink_metadata().is_ok() => {
+                opts.ui.planned(Planned::Replace(size), &path.to_string_lossy())
+            }
+            Some(path) => opts.ui.planned(Planned::Copy(size), &path.to_string_lossy()),
+            None => opts.ui.planned(Planned::Copy(size), "standard output"),
+        }
+        return Ok(());
+    }
     // A partial from an interrupted run is offered to the server with the
     // MD5 of its bytes; the server resumes after them only if they match.
     let partial = match &target {
@@ -69,6 +97,7 @@ pub async fn get(
         offset: offer.as_ref().map(|o| o.0),
         md5: offer.map(|o| o.1),
         size: None,
+        dry_run: false,
     };
     conn.writer.write(&ClientMessage::Get(req)).await?;
     let frame = conn.reader.expect().await?;

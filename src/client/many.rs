@@ -42,10 +42,14 @@ pub async fn put_many(opts: &Options, paths: &[PathBuf], how: Sources, flags: Fl
     }
     let mut client = Client::connect(opts).await?;
     // Several sources go into a directory: one that exists, or one to make.
-    // A single tree fills the directory it is given (what a re-run needs).
+    // A single tree goes into a directory that exists (as cp -r and scp -r
+    // put it), and otherwise becomes the destination.
     let tree = how.recursive && sources.iter().all(|s| s.is_dir());
     let into = match &dest {
-        Some(d) if sources.len() > 1 || (!tree && (d.ends_with('/') || is_root(d))) => Some(d.clone()),
+        Some(d) if sources.len() > 1 || is_root(d) || (!tree && d.ends_with('/')) => Some(d.clone()),
+        Some(d) if tree && !is_contents(sources[0].as_os_str().as_encoded_bytes()) => {
+            remote_is_dir(&mut client, d).await?.then(|| d.clone())
+        }
         _ => None,
     };
     if let (Some(d), true) = (&into, sources.len() > 1) {
@@ -57,8 +61,9 @@ pub async fn put_many(opts: &Options, paths: &[PathBuf], how: Sources, flags: Fl
     }
     let mut failed = 0;
     for source in sources {
-        // A tree named with a trailing / goes in as its contents, as rsync.
-        let contents = how.recursive && source.as_os_str().as_encoded_bytes().ends_with(b"/");
+        // A tree named with a trailing / (or `.`) goes in as its contents,
+        // as rsync.
+        let contents = how.recursive && is_contents(source.as_os_str().as_encoded_bytes());
         let target = match (&into, &dest) {
             (Some(dir), _) if contents => Ok(dir.trim_end_matches('/').to_string()),
             (Some(dir), _) => local_name(source).map(|name| join(dir, &name)),
@@ -135,10 +140,11 @@ pub async fn get_many(opts: &Options, paths: &[String], how: Sources, flags: Fla
         return Err(Error::Usage("- (standard output) takes one file".into()));
     }
     // Several sources go into a directory: one that exists, or one to make.
-    // A single tree fills the directory it is given (what a re-run needs).
+    // A single tree goes into a directory that exists (as cp -r and scp -r
+    // put it), and otherwise becomes the destination.
     let tree = how.recursive && sources.iter().all(|(_, dir)| *dir != Some(false));
     let into = match dest {
-        Some(d) if d != "-" && (several || (!tree && (d.ends_with('/') || Path::new(d).is_dir()))) => {
+        Some(d) if d != "-" && (several || (!tree && d.ends_with('/')) || Path::new(d).is_dir()) => {
             let dir = PathBuf::from(d);
             if !dir.is_dir() {
                 if !several {
@@ -158,6 +164,11 @@ pub async fn get_many(opts: &Options, paths: &[String], how: Sources, flags: Fla
     let mut failed = 0;
     for (source, is_dir) in sources {
         let target = match (&into, dest) {
+            // A tree named with a trailing / (or the root) goes in as its
+            // contents, as rsync.
+            (Some(dir), _) if how.recursive && (is_contents(source.as_bytes()) || is_root(&source)) => {
+                Ok(dir.clone())
+            }
             (Some(dir), _) => remote_name(&source).map(|name| dir.join(name)),
             (None, Some(d)) => Ok(PathBuf::from(d)),
             (None, None) => remote_name(&source).map(PathBuf::from),
@@ -207,6 +218,12 @@ async fn settle(
 /// Whether `dir` names the served root (`.`, `/`, or nothing).
 fn is_root(dir: &str) -> bool {
     dir.split('/').all(|part| part.is_empty() || part == ".")
+}
+
+/// Whether a tree source so named means what is in it rather than the
+/// directory itself: a trailing `/` (as in rsync), or `.` (as cp takes it).
+fn is_contents(source: &[u8]) -> bool {
+    source.ends_with(b"/") || source == b"." || source.ends_with(b"/.")
 }
 
 /// `dir/name` as a remote path (just `name` in the root).

@@ -46,7 +46,7 @@ pub struct Options {
 }
 
 /// How a transfer treats what is already there.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Flags {
     /// Replace an existing destination.
     pub force: bool,
@@ -56,6 +56,17 @@ pub struct Flags {
     /// Flush committed files to disk before reporting success: ours on a
     /// get, the server's on a put.
     pub fsync: bool,
+    /// Trees: remove what the destination holds beneath it that the
+    /// source lacks.
+    pub delete: bool,
+    /// Say what would be done; change nothing.
+    pub dry_run: bool,
+}
+
+impl From<&crate::cli::TransferArgs> for Flags {
+    fn from(a: &crate::cli::TransferArgs) -> Flags {
+        Flags { force: a.force, resume: !a.no_resume, fsync: a.fsync, delete: a.delete, dry_run: a.dry_run }
+    }
 }
 
 /// How the sources of a put or get are taken.

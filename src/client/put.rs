@@ -7,6 +7,7 @@ use crate::error::{ConnError, Error, RequestError};
 use crate::local::meta::MODE_MASK;
 use crate::protocol::{ClientMessage, Data, Done, Md5Hex, Put, ServerMessage};
 use crate::transfer::{send_file, CopyError, Digest};
+use crate::ui::Planned;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -41,11 +42,18 @@ pub async fn put(
         fsync: flags.fsync,
         mode: Some(meta.mode() & MODE_MASK),
         mtime: Some(meta.mtime()),
+        dry_run: flags.dry_run,
     };
     conn.writer.write(&ClientMessage::Put(req)).await?;
     let (offered, theirs) = match conn.reader.expect_control().await? {
-        ServerMessage::Ready { offset, md5, .. } => (offset.unwrap_or(0), md5),
-        // A file is there: ours is identical to it, or it is in the way.
+        ServerMessage::Ready { offset, md5, .. } if !flags.dry_run => (offset.unwrap_or(0), md5),
+        // A dry run, and nothing there: a put would store it.
+        ServerMessage::Ok(_) if flags.dry_run => {
+            opts.ui.planned(Planned::Copy(len), &remote);
+            return Ok(());
+        }
+        // A file is there: ours is identical to it, or it is in the way
+        // (or, dry with --force, would replace it).
         ServerMessage::Have(have) => {
             let same = match have.md5 {
                 Some(theirs) if have.size == len => {
@@ -54,10 +62,12 @@ pub async fn put(
                 }
                 _ => false,
             };
-            if !same {
-                return Err(Error::Remote(RequestError::exists(&remote)));
+            match (same, flags.dry_run) {
+                (true, true) => opts.ui.planned(Planned::Skip, &remote),
+                (true, false) => opts.ui.identical("put", &remote),
+                (false, true) if flags.force => opts.ui.planned(Planned::Replace(len), &remote),
+                (false, _) => return Err(Error::Remote(RequestError::exists(&remote))),
             }
-            opts.ui.identical("put", &remote);
             return Ok(());
         }
         reply => return Err(unexpected_reply(reply, "ready")),
@@ -121,10 +131,25 @@ const STDIN_CHUNK: usize = 64 * 1024;
 pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags: Flags) -> Result<(), Error> {
     use tokio::io::AsyncReadExt;
     let conn = &mut client.conn;
-    let req = Put { filename: remote.to_string(), force: flags.force, fsync: flags.fsync, ..Put::default() };
+    let req = Put {
+        filename: remote.to_string(),
+        force: flags.force,
+        fsync: flags.fsync,
+        dry_run: flags.dry_run,
+        ..Put::default()
+    };
     conn.writer.write(&ClientMessage::Put(req)).await?;
     match conn.reader.expect_control().await? {
-        ServerMessage::Ready { .. } => {}
+        ServerMessage::Ready { .. } if !flags.dry_run => {}
+        // A dry run reads nothing of stdin: its length is not known.
+        ServerMessage::Ok(_) if flags.dry_run => {
+            println!("copy {} (standard input)", crate::local::escape(remote));
+            return Ok(());
+        }
+        ServerMessage::Have(_) if flags.dry_run && flags.force => {
+            println!("replace {} (standard input)", crate::local::escape(remote));
+            return Ok(());
+        }
         // What stdin holds is not known before it is read: never identical.
         ServerMessage::Have(_) => return Err(Error::Remote(RequestError::exists(remote))),
         reply => return Err(unexpected_reply(reply, "ready")),

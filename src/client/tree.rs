@@ -8,17 +8,18 @@
 use super::{reason, unexpected_reply, Client, Flags, Options};
 use crate::connection::{ClientConnection, Writer};
 use crate::digest::{hash_prefix, Md5};
-use crate::error::{exists_words, mismatch_words, ConnError, Error};
+use crate::error::{exists_words, mismatch_words, ConnError, Error, RequestError};
 use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
-    ClientMessage, Data, End, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal, ServerMessage,
-    Stored, Want,
+    ClientMessage, Data, End, Entry, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal,
+    ServerMessage, Stored, Want,
 };
 use crate::transfer::{Digest, FileFailure};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::send;
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
+use crate::ui::Planned;
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::Path;
@@ -49,7 +50,13 @@ pub async fn put_tree(
     }
     let started = Instant::now();
     let conn = &mut client.conn;
-    let req = PutTree { filename: remote.clone(), force: flags.force, fsync: flags.fsync };
+    let req = PutTree {
+        filename: remote.clone(),
+        force: flags.force,
+        fsync: flags.fsync,
+        delete: flags.delete,
+        dry_run: flags.dry_run,
+    };
     conn.writer.write(&ClientMessage::PutTree(req)).await?;
     match conn.reader.expect_control().await? {
         ServerMessage::Ready { .. } => {}
@@ -65,6 +72,11 @@ pub async fn put_tree(
     let left = walked.map_err(|e| Error::local(local, e))?;
     for (rel, why) in &left.skipped {
         warn(opts, &format!("{rel}: {why}"));
+    }
+    // What the walk left out, so the server never deletes it (--delete).
+    for (rel, why) in left.skipped.iter().chain(&left.unreadable) {
+        let note = Entry { message: Some(why.clone()), ..Entry::new(rel, EntryKind::Other) };
+        conn.writer.queue(&note.into(), &[]).await?;
     }
     // The top's own mode and time, for the server to give its copy last.
     let mut end = End::default();
@@ -82,9 +94,20 @@ pub async fn put_tree(
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
     let mut refused = std::collections::HashSet::new();
-    for answered in 0.. {
+    let shown = |rel: &str| format!("{}/{rel}", remote.trim_end_matches('/'));
+    let mut answered = 0;
+    loop {
         let h = conn.reader.expect_control().await?;
-        if answered > entries.len() && !matches!(h, ServerMessage::End(_)) {
+        if let ServerMessage::Deleted { filename } = &h {
+            report.deleted += 1;
+            match flags.dry_run {
+                true => opts.ui.planned(Planned::Delete, &shown(filename)),
+                false => opts.ui.deleting(&ProgressBar::hidden(), &shown(filename)),
+            }
+            continue;
+        }
+        answered += 1;
+        if answered > entries.len() + 1 && !matches!(h, ServerMessage::End(_)) {
             // At most one answer per item we sent: a server sending more
             // could only be trying to fill our memory.
             return Err(
@@ -114,6 +137,8 @@ pub async fn put_tree(
     let mut to_send = Vec::new();
     let mut compare = Vec::new();
     let mut prefixes = Vec::new();
+    // Files that replace a differing one there (--force).
+    let mut replacing = std::collections::HashSet::new();
     for e in entries.into_iter().filter(|e| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
         match have.remove(&e.rel) {
             None => match offered.remove(&e.rel) {
@@ -123,7 +148,10 @@ pub async fn put_tree(
                 _ => to_send.push(e),
             },
             Some((size, Some(theirs))) if size == e.size => compare.push((e, theirs)),
-            Some(_) if flags.force => to_send.push(e),
+            Some(_) if flags.force => {
+                replacing.insert(e.rel.clone());
+                to_send.push(e)
+            }
             Some(_) => file_failed(&mut report, &e.rel, &exists_words("remote file exists and differs")),
         }
     }
@@ -163,14 +191,38 @@ pub async fn put_tree(
     }
     for (e, same) in compared {
         match same {
+            true if flags.dry_run => {
+                opts.ui.planned(Planned::Skip, &shown(&e.rel));
+                report.skipped += 1
+            }
             true => report.skipped += 1,
-            false if flags.force => to_send.push(e),
+            false if flags.force => {
+                replacing.insert(e.rel.clone());
+                to_send.push(e)
+            }
             false => file_failed(&mut report, &e.rel, &exists_words("remote file exists and differs")),
         }
     }
+    // Bytes each file sends: what a resumed one lacks, or all of it.
+    let sends: HashMap<String, u64> =
+        to_send.iter().map(|e| (e.rel.clone(), e.size - resumes.get(&e.rel).map_or(0, |r| r.1))).collect();
+    if flags.dry_run {
+        for e in &to_send {
+            let (n, name) = (sends[&e.rel], shown(&e.rel));
+            match replacing.contains(&e.rel) {
+                true => opts.ui.planned(Planned::Replace(n), &name),
+                false => opts.ui.planned(Planned::Copy(n), &name),
+            }
+        }
+        report.sent = to_send.len() as u64;
+        report.replaced = replacing.len() as u64;
+        report.bytes = sends.values().sum();
+        opts.ui.plan_summary("put -r", &remote, &report);
+        return Ok(report);
+    }
 
     // Send every file back to back while reading the results.
-    let total: u64 = to_send.iter().map(|e| e.size - resumes.get(&e.rel).map_or(0, |r| r.1)).sum();
+    let total: u64 = sends.values().sum();
     let bar = opts.ui.tree_bar(total, to_send.len() as u64);
     let count = to_send.len();
     let (reader, writer) = (&mut conn.reader, &mut conn.writer);
@@ -215,6 +267,8 @@ pub async fn put_tree(
         writer.write(&End::default().into()).await?;
         Ok::<u64, Error>(sent_bytes)
     };
+    // The results; an `error` about the tree as a whole (its disk is
+    // full) stops it.
     let receiving = async {
         let mut results = TreeReport::default();
         loop {
@@ -222,23 +276,47 @@ pub async fn put_tree(
                 ServerMessage::Ok(stored) => {
                     opts.ui.copied(&bar, &stored.filename);
                     results.sent += 1;
+                    results.bytes += sends.get(&stored.filename).copied().unwrap_or(0);
+                    results.replaced += u64::from(replacing.contains(&stored.filename));
                     bar.set_message(format!("{}/{count} files", results.sent + results.failed));
+                }
+                ServerMessage::Error(Refusal { filename, code, message }) if filename.is_empty() => {
+                    return Ok::<_, Error>((results, Some(RequestError::new(code, message))))
                 }
                 ServerMessage::Error(Refusal { filename, message, .. }) => {
                     file_failed(&mut results, &filename, &reason(&message))
                 }
-                ServerMessage::End(_) => return Ok::<_, Error>(results),
+                ServerMessage::End(_) => return Ok((results, None)),
                 reply => return Err(unexpected_reply(reply, "ok, error or end")),
             }
         }
     };
-    let (bytes, results) = tokio::try_join!(sending, receiving)?;
+    tokio::pin!(sending, receiving);
+    let (results, stopped) = tokio::select! {
+        sent = &mut sending => {
+            sent?;
+            receiving.await?
+        }
+        // Stopped: what is still being sent is abandoned with the connection.
+        got = &mut receiving => match got? {
+            (results, None) => {
+                sending.await?;
+                (results, None)
+            }
+            stopped => stopped,
+        },
+    };
     bar.finish_and_clear();
-    // Files we could not even open count as failed too.
-    let unopened = count as u64 - results.sent - results.failed;
     report.sent = results.sent;
-    report.failed += results.failed + unopened;
-    report.bytes = bytes;
+    report.replaced = results.replaced;
+    report.bytes = results.bytes;
+    report.failed += results.failed;
+    if let Some(err) = stopped {
+        opts.ui.tree_summary("put", &remote, &report, started.elapsed());
+        return Err(Error::Remote(err));
+    }
+    // Files we could not even open count as failed too.
+    report.failed += count as u64 - results.sent - results.failed;
     opts.ui.tree_summary("put", &remote, &report, started.elapsed());
     Ok(report)
 }
@@ -276,6 +354,9 @@ pub async fn get_tree(
     top: &Path,
     flags: Flags,
 ) -> Result<TreeReport, Error> {
+    if flags.dry_run {
+        return fetch_tree(client, opts, remote, top, !top.exists(), flags).await;
+    }
     let fresh = make_top(top).map_err(|e| Error::local(top, e))?;
     let fetched = fetch_tree(client, opts, remote, top, fresh, flags).await;
     if fetched.is_err() && fresh {
@@ -294,20 +375,32 @@ async fn fetch_tree(
     fresh: bool,
     flags: Flags,
 ) -> Result<TreeReport, Error> {
-    let root = std::sync::Arc::new(Root::open(top).map_err(|e| Error::local(top, e))?);
+    // A dry run into a directory not there yet looks from the nearest one
+    // that is (and finds nothing, all of it being new).
+    let (opened, below) = match fresh && flags.dry_run {
+        true => nearest_existing(top),
+        false => (top.to_path_buf(), String::new()),
+    };
+    let root = std::sync::Arc::new(Root::open(&opened).map_err(|e| Error::local(top, e))?);
+    let below =
+        RemotePath::parse(&below).map_err(|e| Error::LocalUnusable(format!("{}: {e}", top.display())))?;
     let started = Instant::now();
     let conn = &mut client.conn;
-    let req = GetTree { filename: remote.to_string(), force: flags.force };
+    let req = GetTree { filename: remote.to_string(), force: flags.force, dry_run: flags.dry_run };
     conn.writer.write(&ClientMessage::GetTree(req)).await?;
 
     // The manifest, applied beneath `root` as it comes in batches: every
     // name is checked as strictly as the server checks ours, and no link a
     // hostile server makes can lead a write outside `top`.
     let mut report = TreeReport::default();
-    let mut receiver =
-        Receiver::new(RemotePath::parse("").expect("the root"), fresh, flags.force, flags.resume)
-            .touching_top();
+    let mut receiver = Receiver::new(below, fresh, flags.force, flags.resume)
+        .touching_top()
+        .dry_run(flags.dry_run)
+        .deleting(flags.delete);
+    let shown = |rel: &str| tree::local_path(top, rel).to_string_lossy().into_owned();
     let mut wants = Vec::new();
+    // Files wanted where a copy is (identical, or replaced with --force).
+    let mut replacing = std::collections::HashSet::new();
     let (mut batch, mut budget) = (Vec::new(), tree::ManifestBudget::default());
     // The top's own mode and time, from the manifest's `end`.
     let top_meta = loop {
@@ -315,7 +408,7 @@ async fn fetch_tree(
             let applied;
             (receiver, applied) =
                 receiver.apply_off_thread(root.clone(), std::mem::take(&mut batch), false).await;
-            want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
+            want_or_fail(applied, &receiver, flags.force, (&mut wants, &mut replacing), &mut report);
         }
         let h = conn.reader.expect_control().await?;
         let note = match &h {
@@ -332,10 +425,12 @@ async fn fetch_tree(
             ServerMessage::Entry(e) if e.kind == EntryKind::Other => {
                 let why = e.message.as_deref().unwrap_or("skipped");
                 warn(opts, &format!("{}: {why}", e.filename));
+                receiver.note(&e.filename);
                 continue;
             }
             ServerMessage::Error(Refusal { filename, message, .. }) if !filename.is_empty() => {
                 file_failed(&mut report, &filename, &reason(&message));
+                receiver.note(&filename);
                 continue;
             }
             ServerMessage::Entry(e) => e,
@@ -350,7 +445,28 @@ async fn fetch_tree(
     };
     let applied;
     (receiver, applied) = receiver.apply_off_thread(root.clone(), batch, true).await;
-    want_or_fail(applied, &receiver, flags.force, &mut wants, &mut report);
+    want_or_fail(applied, &receiver, flags.force, (&mut wants, &mut replacing), &mut report);
+    if flags.delete {
+        // What the remote tree lacks goes first, making room.
+        let pruning = root.clone();
+        let (back, (deleted, failed)) = tokio::task::spawn_blocking(move || {
+            let pruned = receiver.prune(&pruning);
+            (receiver, pruned)
+        })
+        .await
+        .expect("pruning does not panic");
+        receiver = back;
+        for rel in deleted {
+            report.deleted += 1;
+            match flags.dry_run {
+                true => opts.ui.planned(Planned::Delete, &shown(&rel)),
+                false => opts.ui.deleting(&ProgressBar::hidden(), &shown(&rel)),
+            }
+        }
+        if let Some((rel, e)) = failed {
+            file_failed(&mut report, &rel, &format!("cannot delete: {}", crate::error::plain_io(&e)));
+        }
+    }
 
     let files = &receiver.files;
     let total: u64 =
@@ -360,6 +476,9 @@ async fn fetch_tree(
         conn.writer.queue(&ClientMessage::Want(w), &[]).await?;
     }
     conn.writer.write(&End::default().into()).await?;
+    if flags.dry_run {
+        return dry_results(conn, opts, remote, report, &replacing, shown).await;
+    }
 
     // Small files are verified and written by the tree writer's threads
     // while we read on; larger ones are streamed here.
@@ -367,9 +486,11 @@ async fn fetch_tree(
     let mut small = TreeWriter::start(base, flags.force).map_err(|err| Error::local(top, err))?;
     let bar = opts.ui.tree_bar(total, count);
     let mut answered = 0u64;
-    loop {
+    // A full disk here stops the tree: why, told once.
+    let mut full = None;
+    while full.is_none() {
         for w in small.ready() {
-            small_result(&mut report, w, opts, &bar);
+            small_result(&mut report, w, opts, &bar, &mut full);
         }
         let frame = conn.reader.expect().await?;
         let len = frame.total_size;
@@ -390,54 +511,55 @@ async fn fetch_tree(
                 continue;
             }
         };
-        {
-            {
-                let Some(e) = receiver.files.get(&h.filename).cloned() else {
-                    return Err(ConnError::Unexpected { got: "data", expected: "a file we asked for" }.into());
-                };
-                if len <= WHOLE_MAX && h.offset.is_none() {
-                    // Not resumed after all (the file shrank): its partial is stale.
-                    receiver.forget_partial(&h.filename);
-                    let body = conn.reader.read_small_body(len, WHOLE_MAX as usize).await?;
-                    let sent = match conn.reader.expect_control().await? {
-                        ServerMessage::Done(done) => done.md5,
-                        reply => return Err(unexpected_reply(reply, "done")),
-                    };
-                    // Names were checked when the manifest came.
-                    let Ok(path) = receiver.path(&e.rel) else {
-                        return Err(
-                            ConnError::Unexpected { got: "data", expected: "a file we asked for" }.into()
-                        );
-                    };
-                    let meta = (h.mode.unwrap_or(e.mode), h.mtime.unwrap_or(e.mtime));
-                    bar.inc(len);
-                    small.write(SmallFile { rel: e.rel.clone(), path, body, sent, meta }).await;
-                    answered += 1;
-                    bar.set_message(format!("{answered}/{count} files"));
-                    continue;
-                }
-                // The threads write what waits while this one streams.
-                small.flush().await;
-                if let Some(offset) = h.offset {
-                    bar.suspend(|| opts.ui.resuming(&e.rel, offset));
-                }
-                match receive_file(conn, &root, &mut receiver, (&h, len), &bar).await? {
-                    Ok(()) => {
-                        opts.ui.copied(&bar, &e.rel);
-                        report.sent += 1;
-                        report.bytes += len;
-                    }
-                    Err(msg) => file_failed(&mut report, &e.rel, &msg),
-                }
+        let Some(e) = receiver.files.get(&h.filename).cloned() else {
+            return Err(ConnError::Unexpected { got: "data", expected: "a file we asked for" }.into());
+        };
+        if len <= WHOLE_MAX && h.offset.is_none() {
+            // Not resumed after all (the file shrank): its partial is stale.
+            receiver.forget_partial(&h.filename);
+            let body = conn.reader.read_small_body(len, WHOLE_MAX as usize).await?;
+            let sent = match conn.reader.expect_control().await? {
+                ServerMessage::Done(done) => done.md5,
+                reply => return Err(unexpected_reply(reply, "done")),
+            };
+            // Names were checked when the manifest came.
+            let Ok(path) = receiver.path(&e.rel) else {
+                return Err(ConnError::Unexpected { got: "data", expected: "a file we asked for" }.into());
+            };
+            let meta = (h.mode.unwrap_or(e.mode), h.mtime.unwrap_or(e.mtime));
+            bar.inc(len);
+            small.write(SmallFile { rel: e.rel.clone(), path, body, sent, meta }).await;
+            answered += 1;
+            bar.set_message(format!("{answered}/{count} files"));
+            continue;
+        }
+        // The threads write what waits while this one streams.
+        small.flush().await;
+        if let Some(offset) = h.offset {
+            bar.suspend(|| opts.ui.resuming(&e.rel, offset));
+        }
+        match receive_file(conn, &root, &mut receiver, (&h, len), &bar).await? {
+            Ok(()) => {
+                opts.ui.copied(&bar, &e.rel);
+                report.sent += 1;
+                report.bytes += len;
             }
+            Err((msg, true)) => full = Some(msg),
+            Err((msg, false)) => file_failed(&mut report, &e.rel, &msg),
         }
         answered += 1;
         bar.set_message(format!("{answered}/{count} files"));
     }
     for w in small.finish().await {
-        small_result(&mut report, w, opts, &bar);
+        small_result(&mut report, w, opts, &bar, &mut full);
     }
     bar.finish_and_clear();
+    if let Some(why) = full {
+        // What is still coming is abandoned with the connection.
+        opts.ui.tree_summary("get", remote, &report, started.elapsed());
+        let words = "the local disk is full; the tree stopped (free space and run again to go on)";
+        return Err(Error::LocalUnusable(format!("{}: {why}: {words}", top.display())));
+    }
     // Directory modes and times last, then, if asked, everything to disk:
     // on the blocking pool, as the server does.
     let synced = tokio::task::spawn_blocking(move || {
@@ -454,6 +576,63 @@ async fn fetch_tree(
     }
     opts.ui.tree_summary("get", remote, &report, started.elapsed());
     Ok(report)
+}
+
+/// What a dry get_tree's answers say would become of each wanted file,
+/// printed as the plan, then its summary.
+async fn dry_results(
+    conn: &mut ClientConnection,
+    opts: &Options,
+    remote: &str,
+    mut report: TreeReport,
+    replacing: &std::collections::HashSet<String>,
+    shown: impl Fn(&str) -> String,
+) -> Result<TreeReport, Error> {
+    loop {
+        match conn.reader.expect_control().await? {
+            ServerMessage::Ok(Stored { filename, skipped: true, .. }) => {
+                opts.ui.planned(Planned::Skip, &shown(&filename));
+                report.skipped += 1;
+            }
+            ServerMessage::Ok(Stored { filename, size, .. }) => {
+                let n = size.unwrap_or(0);
+                report.sent += 1;
+                report.bytes += n;
+                match replacing.contains(&filename) {
+                    true => {
+                        report.replaced += 1;
+                        opts.ui.planned(Planned::Replace(n), &shown(&filename))
+                    }
+                    false => opts.ui.planned(Planned::Copy(n), &shown(&filename)),
+                }
+            }
+            ServerMessage::Error(Refusal { filename, message, .. }) => {
+                file_failed(&mut report, &filename, &reason(&message))
+            }
+            ServerMessage::End(_) => break,
+            reply => return Err(unexpected_reply(reply, "ok, error or end")),
+        }
+    }
+    opts.ui.plan_summary("get -r", remote, &report);
+    Ok(report)
+}
+
+/// The nearest directory at or above `path` that exists, and the rest of
+/// `path` below it, `/`-separated.
+fn nearest_existing(path: &Path) -> (std::path::PathBuf, String) {
+    let mut below = Vec::new();
+    let mut at = path.to_path_buf();
+    while !at.is_dir() {
+        match (at.file_name().map(|n| n.to_string_lossy().into_owned()), at.parent()) {
+            (Some(name), Some(parent)) => {
+                below.push(name);
+                at = if parent.as_os_str().is_empty() { ".".into() } else { parent.to_path_buf() };
+            }
+            _ => break,
+        }
+    }
+    below.reverse();
+    (at, below.join("/"))
 }
 
 /// Makes the destination the user named, and missing parents (as `mkdir
@@ -473,7 +652,7 @@ fn want_or_fail(
     applied: Vec<Applied>,
     receiver: &Receiver,
     force: bool,
-    wants: &mut Vec<Want>,
+    (wants, replacing): (&mut Vec<Want>, &mut std::collections::HashSet<String>),
     report: &mut TreeReport,
 ) {
     for a in applied {
@@ -484,12 +663,15 @@ fn want_or_fail(
                 let mut want = Want { filename: rel.clone(), md5: None, offset: None };
                 match found {
                     Found::Nothing => {}
-                    Found::Existing { size: theirs, md5 } if theirs == size => want.md5 = md5,
+                    Found::Existing { size: theirs, md5 } if theirs == size => {
+                        replacing.insert(rel.clone());
+                        want.md5 = md5
+                    }
                     Found::Existing { .. } if !force => {
                         file_failed(report, &rel, &exists_words("exists and differs"));
                         continue;
                     }
-                    Found::Existing { .. } => {}
+                    Found::Existing { .. } => drop(replacing.insert(rel.clone())),
                     Found::Partial { offset, md5 } => {
                         want.offset = Some(offset);
                         want.md5 = Some(md5);
@@ -501,9 +683,19 @@ fn want_or_fail(
     }
 }
 
-/// Counts a small file the tree writer is done with.
-fn small_result(report: &mut TreeReport, w: Written, opts: &Options, bar: &ProgressBar) {
+/// Counts a small file the tree writer is done with; a full disk is not
+/// counted but kept in `full`, to stop the tree.
+fn small_result(
+    report: &mut TreeReport,
+    w: Written,
+    opts: &Options,
+    bar: &ProgressBar,
+    full: &mut Option<String>,
+) {
     match w.result {
+        Err(WriteError::Io(err)) if crate::error::disk_full(&err) => {
+            full.get_or_insert_with(|| format!("{}: {}", escape(&w.rel), crate::error::plain_io(&err)));
+        }
         Ok(_) => {
             opts.ui.copied(bar, &w.rel);
             report.sent += 1;
@@ -520,14 +712,15 @@ fn small_result(report: &mut TreeReport, w: Written, opts: &Options, bar: &Progr
 
 /// Receives one large file (see [`Receiver::receive_file`]). The outer
 /// error is a broken connection or a server that resumes what we did not
-/// offer; the inner one a failure of this file alone, in words.
+/// offer; the inner one a failure of this file alone, in words, and
+/// whether it was a full disk.
 async fn receive_file(
     conn: &mut ClientConnection,
     root: &Root,
     receiver: &mut Receiver,
     data: (&Data, u64),
     bar: &ProgressBar,
-) -> Result<Result<(), String>, Error> {
+) -> Result<Result<(), (String, bool)>, Error> {
     Ok(Err(match receiver.receive_file(&mut conn.reader, root, data, bar).await? {
         Ok(_) => return Ok(Ok(())),
         Err(FileFailure::Offset { .. }) => {
@@ -542,11 +735,13 @@ async fn receive_file(
                 ConnError::Unexpected { got: "data", expected: "data from an offset we offered" }.into()
             )
         }
-        Err(FileFailure::Refused(err)) => err.message,
-        Err(FileFailure::Write { source: e, .. } | FileFailure::Commit(e)) => crate::error::plain_io(&e),
-        Err(FileFailure::Mismatch { sent, received }) => {
-            mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str())
+        Err(FileFailure::Refused(err)) => (err.message, false),
+        Err(FileFailure::Write { source: e, .. } | FileFailure::Commit(e)) => {
+            (crate::error::plain_io(&e), crate::error::disk_full(&e))
         }
-        Err(FileFailure::Exists) => exists_words("exists"),
+        Err(FileFailure::Mismatch { sent, received }) => {
+            (mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str()), false)
+        }
+        Err(FileFailure::Exists) => (exists_words("exists"), false),
     }))
 }

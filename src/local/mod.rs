@@ -29,10 +29,15 @@ pub mod whole;
 
 pub use partial::{CommitError, Partial};
 pub use path::{escape, PathError, RemotePath};
-pub use root::{ListEntry, Opened, Root};
+pub use root::{ListEntry, Opened, Removal, Root};
 pub use stamp::Stamp;
 pub use sync::sync_filesystem;
 pub use whole::{write_whole, write_whole_beneath, DirCache};
+
+/// How deep xfer goes into a directory, on either side (walks, removals):
+/// deeper directories are left out with a warning rather than risking the
+/// stack on a hostile layout.
+pub const MAX_DEPTH: usize = 256;
 
 /// Suffix of every temporary xfer writes. Names ending in it are reserved:
 /// peers cannot create them, listings hide them, and the server removes

@@ -234,11 +234,89 @@ impl Root {
         self.dir.open_dir(p.to_path())
     }
 
+    /// Removes `p`: a file or link, or with `how.recursive` a directory and
+    /// everything in it, contents first, never following a link. Each
+    /// thing removed is told to `removed`, named as `shown` (for `p`) and
+    /// `shown/...` beneath it; with `how.dry` only told, nothing removed.
+    /// Partials beneath a removed directory go with it. Stops at the first
+    /// failure, with the name of what could not be removed.
+    pub fn remove(
+        &self,
+        p: &RemotePath,
+        shown: &str,
+        how: Removal,
+        removed: &mut dyn FnMut(&str),
+    ) -> Result<(), (String, io::Error)> {
+        let fail = |e| (shown.to_string(), e);
+        let meta = self.lstat(p).map_err(fail)?.ok_or_else(|| fail(io::ErrorKind::NotFound.into()))?;
+        if meta.is_dir() {
+            if !how.recursive {
+                return Err(fail(io::ErrorKind::IsADirectory.into()));
+            }
+            remove_beneath(&self.dir, &p.to_path(), shown, 0, how.dry, removed)?;
+            if !how.dry {
+                self.dir.remove_dir(p.to_path()).map_err(fail)?;
+            }
+        } else if !how.dry {
+            self.dir.remove_file(p.to_path()).map_err(fail)?;
+        }
+        removed(shown);
+        Ok(())
+    }
+
     /// Removes partial files not written to for `max_age`: transfers that
     /// were interrupted and never resumed. Returns how many were removed.
     pub fn remove_stale_temps(&self, max_age: Duration) -> usize {
         remove_temps_in(&self.dir, max_age)
     }
+}
+
+/// How [`Root::remove`] removes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Removal {
+    /// Directories too, with everything in them.
+    pub recursive: bool,
+    /// Only tell what would be removed.
+    pub dry: bool,
+}
+
+/// Removes what the directory `rel` of `root` holds (see [`Root::remove`]).
+/// Each directory's names are listed and its handle closed before going
+/// down, so a deep tree holds one descriptor, not one per level; the
+/// recursion stops at [`MAX_DEPTH`](super::MAX_DEPTH) levels.
+fn remove_beneath(
+    root: &Dir,
+    rel: &Path,
+    shown: &str,
+    depth: usize,
+    dry: bool,
+    removed: &mut dyn FnMut(&str),
+) -> Result<(), (String, io::Error)> {
+    let fail = |e| (shown.to_string(), e);
+    if depth >= super::MAX_DEPTH {
+        return Err(fail(io::Error::other(format!("deeper than {} levels", super::MAX_DEPTH))));
+    }
+    let mut names = Vec::new();
+    let dir = root.open_dir(rel).map_err(fail)?;
+    for e in dir.entries().map_err(fail)? {
+        let e = e.map_err(fail)?;
+        names.push((e.file_name(), e.file_type().map_err(fail)?));
+    }
+    drop(dir);
+    for (name, ft) in names {
+        let (path, child) = (rel.join(&name), format!("{shown}/{}", name.to_string_lossy()));
+        let failed = |e| (child.clone(), e);
+        if ft.is_dir() {
+            remove_beneath(root, &path, &child, depth + 1, dry, removed)?;
+            if !dry {
+                root.remove_dir(&path).map_err(failed)?;
+            }
+        } else if !dry {
+            root.remove_file(&path).map_err(failed)?;
+        }
+        removed(&child);
+    }
+    Ok(())
 }
 
 /// Removes partials under `root` not written to for `max_age`, at any

@@ -6,7 +6,7 @@ use std::fmt;
 
 /// The protocol version this build speaks. A peer announcing another version
 /// is refused with [`ErrorCode::Version`] before any request is read.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Machine-readable reason carried by an `error` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -168,6 +168,7 @@ mod tests {
             fsync: false,
             mode: Some(0o755),
             mtime: Some(-1),
+            dry_run: true,
         });
         let bytes = encoded(&put, 5 * 1024 * 1024 * 1024 + 7);
         let (back, used) = client(&bytes).unwrap().unwrap();
@@ -241,12 +242,14 @@ mod tests {
                 fsync: true,
                 mode: Some(0o600),
                 mtime: Some(1_700_000_000),
+                dry_run: false,
             }),
             ClientMessage::Get(Get {
                 filename: "op".into(),
                 offset: Some(3),
                 md5: Some(md5("d41d8cd98f00b204e9800998ecf8427e")),
                 size: None,
+                dry_run: true,
             }),
             ClientMessage::Stdin,
             ClientMessage::Auth { nonce: "ab".into(), mac: "cd".into() },
@@ -392,8 +395,8 @@ mod tests {
             ) {
                 let md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
                 let msgs = [
-                    ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force, mode: None, mtime: size.map(|s| s as i64) }),
-                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size }),
+                    ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force, mode: None, mtime: size.map(|s| s as i64), dry_run: force }),
+                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size, dry_run: !force }),
                     ClientMessage::Done(Done { filename: filename.clone(), md5 }),
                     ClientMessage::Stdin,
                 ];

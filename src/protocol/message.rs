@@ -182,6 +182,10 @@ pub struct Put {
     /// Modification time to give the file, seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
+    /// Only say what a put would do (`have` for a file there, `ok` for
+    /// none); no body follows and nothing changes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
 }
 
 /// Send the file at `filename`; `offset` and `md5` offer a partial.
@@ -201,6 +205,10 @@ pub struct Get {
     /// The size of the client's copy (with `md5`, without `offset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Only say what a get would do (`ok` with the file's size); no body
+    /// is sent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
 }
 
 /// List the directory at `filename`.
@@ -237,6 +245,14 @@ pub struct PutTree {
     /// Flush to disk before the last `end`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub fsync: bool,
+    /// Remove what is beneath the directory but not in the manifest (each
+    /// told in a `deleted` reply).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delete: bool,
+    /// Only answer the manifest (`have`, `partial`, `error`, `deleted`);
+    /// make, replace and delete nothing. The exchange ends with that `end`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
 }
 
 /// Send the tree at `filename`.
@@ -248,6 +264,10 @@ pub struct GetTree {
     /// Send differing files.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+    /// Answer each `want` with `ok` (with the bytes it would send) instead
+    /// of the file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
 }
 
 /// A file the client wants of a get_tree manifest: `md5` of its copy of
@@ -367,6 +387,13 @@ pub enum ServerMessage {
     Ok(Stored),
     /// A file of a put_tree the server has already.
     Have(Have),
+    /// Something beneath a put_tree's directory that the manifest lacks
+    /// was removed (`delete`), or would be (`dry_run`).
+    Deleted {
+        /// The path concerned, relative to the tree.
+        #[serde(default, skip_serializing)]
+        filename: String,
+    },
     /// A partial the server holds for a file of a put_tree: its first
     /// `offset` bytes, of MD5 `md5`.
     Partial {
@@ -489,6 +516,7 @@ impl Message for ServerMessage {
             ServerMessage::Ready { .. } => "ready",
             ServerMessage::Ok(_) => "ok",
             ServerMessage::Have(_) => "have",
+            ServerMessage::Deleted { .. } => "deleted",
             ServerMessage::Partial { .. } => "partial",
             ServerMessage::Started => "started",
             ServerMessage::Stdout => "stdout",
@@ -507,6 +535,7 @@ impl Message for ServerMessage {
             ServerMessage::Ready { filename, .. }
             | ServerMessage::Ok(Stored { filename, .. })
             | ServerMessage::Have(Have { filename, .. })
+            | ServerMessage::Deleted { filename }
             | ServerMessage::Partial { filename, .. }
             | ServerMessage::Error(Refusal { filename, .. })
             | ServerMessage::Data(Data { filename, .. })

@@ -64,6 +64,12 @@ pub(crate) async fn handle(
         }
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,
     };
+    if req.dry_run {
+        // The file is there and readable: what a get would bring.
+        let would = Stored { filename: req.filename, md5: None, size: Some(len), skipped: false };
+        conn.writer.write(&ServerMessage::Ok(would)).await?;
+        return Ok(outcome);
+    }
     // Resume where the client's partial ends, if its prefix is ours.
     let (offset, digest) = match (req.offset, &req.md5) {
         (Some(held), Some(theirs)) if held > 0 && held <= len => {

@@ -28,6 +28,12 @@ pub(crate) async fn handle(
             outcome.error = Some(RequestError::exists(&req.filename));
             return Ok(outcome);
         }
+        Ok(Prepared::Nothing) => {
+            // A dry run, and nothing in the way: a put would store it.
+            let would = Stored { filename: req.filename.clone(), md5: None, size: req.size, skipped: false };
+            conn.writer.write(&ServerMessage::Ok(would)).await?;
+            return Ok(outcome);
+        }
         Err(e) => return refuse(conn, outcome, e).await,
     };
     let offer = partial.offer();
@@ -92,6 +98,8 @@ enum Prepared {
     /// A file is there and `force` was not given: its size, and its MD5
     /// when the size is the one coming.
     Existing { size: u64, md5: Option<Md5Hex> },
+    /// A dry run with nothing in the way.
+    Nothing,
 }
 
 /// Checks the request and opens the partial, or looks at the file in the
@@ -103,6 +111,7 @@ async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestErr
         return Err(RequestError::new(ErrorCode::BadPath, "put needs a file name, not the root"));
     }
     let (force, resume, size, task_shared) = (req.force, req.resume, req.size, shared.clone());
+    let dry = req.dry_run;
     tokio::task::spawn_blocking(move || {
         let shown = path.to_string();
         match task_shared.root.kind_of(&path) {
@@ -110,13 +119,16 @@ async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestErr
                 let msg = format!("remote path is a directory: {shown} (end it with / to put inside it)");
                 return Err(RequestError::new(ErrorCode::WrongType, msg));
             }
-            Ok(Some(false)) if !force => {
+            // A dry run says what is there even with `force`, to tell
+            // replacing from skipping.
+            Ok(Some(false)) if !force || dry => {
                 let (size, md5) = task_shared
                     .digests
                     .compare(&task_shared.root, &path, size)
                     .map_err(|e| RequestError::from_io(&e, &shown))?;
                 return Ok(Prepared::Existing { size, md5 });
             }
+            Ok(_) if dry => return Ok(Prepared::Nothing),
             Ok(_) => {}
             Err(e) => return Err(RequestError::from_io(&e, &shown)),
         }

@@ -34,9 +34,22 @@ pub(crate) async fn put_tree(
         Ok(p) => p,
         Err(e) => return refuse(conn, outcome, bad_path(e)).await,
     };
+    let dry = req.dry_run;
     let made = {
         let top = top.clone();
-        blocking(shared, move |root| Ok::<_, std::io::Error>((root.make_dir(&top)?, root.handle()?))).await
+        blocking(shared, move |root| {
+            let fresh = match dry {
+                // Nothing made: a missing top is as good as fresh.
+                true => match root.kind_of(&top)? {
+                    Some(true) => false,
+                    Some(false) => return Err(std::io::ErrorKind::AlreadyExists.into()),
+                    None => true,
+                },
+                false => root.make_dir(&top)?,
+            };
+            Ok::<_, std::io::Error>((fresh, root.handle()?))
+        })
+        .await
     };
     let (fresh, base) = match made {
         Ok(made) => made,
@@ -51,7 +64,7 @@ pub(crate) async fn put_tree(
     // applied in batches, whenever no more are waiting, so the work here
     // overlaps the client's walk of its tree.
     let force = req.force;
-    let mut receiver = Receiver::new(top.clone(), fresh, force, true);
+    let mut receiver = Receiver::new(top.clone(), fresh, force, true).dry_run(dry).deleting(req.delete);
     let mut replies = Vec::new();
     let (mut batch, mut budget) = (Vec::new(), tree::ManifestBudget::default());
     // The top's own mode and time, from the manifest's `end`.
@@ -60,6 +73,13 @@ pub(crate) async fn put_tree(
             receiver = apply(shared, receiver, std::mem::take(&mut batch), &mut replies, false).await;
         }
         match conn.reader.expect_control().await? {
+            // What the client's walk left out: kept from --delete.
+            ClientMessage::Entry(entry) if entry.kind == EntryKind::Other => {
+                if !budget.admit_note(&entry.filename) {
+                    return Err(ConnError::Unexpected { got: "entry", expected: tree::MANIFEST_LIMIT });
+                }
+                receiver.note(&entry.filename);
+            }
             ClientMessage::Entry(entry) => {
                 let Some(entry) = TreeEntry::from_entry(entry) else { continue };
                 if !budget.admit(&entry) {
@@ -72,10 +92,35 @@ pub(crate) async fn put_tree(
         }
     };
     let mut receiver = apply(shared, receiver, batch, &mut replies, true).await;
+    // With --delete, what the manifest lacks goes before any file comes,
+    // making room for them.
+    let (deleted, failed);
+    (receiver, (deleted, failed)) = match req.delete {
+        true => {
+            blocking(shared, move |root| {
+                let pruned = receiver.prune(root);
+                (receiver, pruned)
+            })
+            .await
+        }
+        false => (receiver, (Vec::new(), None)),
+    };
+    for rel in deleted {
+        replies.push(ServerMessage::Deleted { filename: rel });
+    }
+    if let Some((rel, e)) = failed {
+        let err = RequestError::from_io(&e, &top.join(&rel).map_or(rel.clone(), |p| p.to_string()));
+        replies
+            .push(file_error(&rel, &RequestError::new(err.code, format!("cannot delete: {}", err.message))));
+    }
     for r in &replies {
         conn.writer.queue(r, &[]).await?;
     }
     conn.writer.write(&ServerMessage::End(End::default())).await?;
+    if dry {
+        // A dry run ends with the answers to the manifest.
+        return Ok(outcome);
+    }
 
     // The files, one after another: small ones go to the tree writer's
     // thread, larger ones are streamed here. Replies are queued while more
@@ -84,10 +129,14 @@ pub(crate) async fn put_tree(
         Ok(w) => w,
         Err(e) => return Err(ConnError::Io(e)),
     };
-    loop {
+    // A full disk stops the tree: one `error` for it, not one per file.
+    let mut full: Option<RequestError> = None;
+    while full.is_none() {
         for w in small.ready() {
             outcome.bytes += if w.result.is_ok() { w.size } else { 0 };
-            conn.writer.queue(&small_reply(w), &[]).await?;
+            if let Some(reply) = unless_full(small_reply(w), &mut full) {
+                conn.writer.queue(&reply, &[]).await?;
+            }
         }
         if !conn.reader.header_buffered() {
             conn.writer.flush().await?;
@@ -109,7 +158,9 @@ pub(crate) async fn put_tree(
             if matches!(reply, ServerMessage::Ok(_)) {
                 outcome.bytes += len;
             }
-            conn.writer.queue(&reply, &[]).await?;
+            if let Some(reply) = unless_full(reply, &mut full) {
+                conn.writer.queue(&reply, &[]).await?;
+            }
             continue;
         }
         // Not resumed after all (the file shrank): its partial is stale.
@@ -131,7 +182,9 @@ pub(crate) async fn put_tree(
     }
     for w in small.finish().await {
         outcome.bytes += if w.result.is_ok() { w.size } else { 0 };
-        conn.writer.queue(&small_reply(w), &[]).await?;
+        if let Some(reply) = unless_full(small_reply(w), &mut full) {
+            conn.writer.queue(&reply, &[]).await?;
+        }
     }
     // Directory modes and times last. Then, if asked, everything to disk
     // before the final `end` says the tree is done.
@@ -149,8 +202,38 @@ pub(crate) async fn put_tree(
         let err = RequestError::from_io(&e, &top.to_string());
         conn.writer.queue(&file_error(&req.filename, &err), &[]).await?;
     }
+    if let Some(err) = full {
+        // About the tree as a whole: the client stops sending. What it had
+        // sent meanwhile is read and dropped until it ends or goes.
+        conn.writer.queue(&ServerMessage::error(err.code, &err.message), &[]).await?;
+        conn.writer.write(&ServerMessage::End(End::default())).await?;
+        outcome.error = Some(err);
+        while let Ok(Some(frame)) = conn.reader.read().await {
+            if conn.reader.skip_body(frame.total_size).await.is_err()
+                || matches!(frame.msg, ClientMessage::End(_))
+            {
+                break;
+            }
+        }
+        return Ok(outcome);
+    }
     conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
+}
+
+/// `reply`, unless it says the disk is full: then the first such becomes
+/// the tree's one error (`full`), told once at the end, and none is sent.
+fn unless_full(reply: ServerMessage, full: &mut Option<RequestError>) -> Option<ServerMessage> {
+    match reply {
+        ServerMessage::Error(r) if r.code == ErrorCode::NoSpace => {
+            let words = "the tree stopped (free space there and run again to go on)";
+            full.get_or_insert_with(|| {
+                RequestError::new(ErrorCode::NoSpace, format!("{}; {words}", r.message))
+            });
+            None
+        }
+        reply => Some(reply),
+    }
 }
 
 /// The frame that tells the client what one entry found: `have` for a
@@ -302,6 +385,31 @@ pub(crate) async fn get_tree(
     }
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
     let identical = identical_to_theirs(shared, &top, &wants).await;
+    if req.dry_run {
+        // What each want would bring, and no file.
+        for want in wants {
+            let rel = want.filename;
+            let reply = match meta.get(&rel).filter(|e| e.kind == EntryKind::File) {
+                None => {
+                    let err =
+                        RequestError::new(ErrorCode::NotFound, format!("{rel} is not a file of the tree"));
+                    file_error(&rel, &err)
+                }
+                Some(_) if identical.contains(&rel) => skipped(&rel),
+                Some(_) if want.offset.is_none() && want.md5.is_some() && !req.force => {
+                    let msg = exists_words(&format!("{rel} exists and differs"));
+                    file_error(&rel, &RequestError::new(ErrorCode::Exists, msg))
+                }
+                Some(e) => {
+                    let size = Some(e.size - want.offset.unwrap_or(0).min(e.size));
+                    ServerMessage::Ok(Stored { filename: rel, md5: None, size, skipped: false })
+                }
+            };
+            conn.writer.queue(&reply, &[]).await?;
+        }
+        conn.writer.write(&ServerMessage::End(End::default())).await?;
+        return Ok(outcome);
+    }
     // Small files wanted whole are read (and hashed, unless their digest is
     // remembered) on a thread of their own, a batch at a time, and go first.
     let (plain, wants): (Vec<_>, Vec<_>) = wants.into_iter().partition(|w| {

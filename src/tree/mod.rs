@@ -29,10 +29,7 @@ pub use walk::{send_walk, walk, walk_local, walk_local_in_batches, walk_root_in_
 use crate::protocol::{Entry, EntryKind};
 use std::path::{Component, Path, PathBuf};
 
-/// How deep a walk descends, on either side; deeper directories are left
-/// out with a warning rather than risking the stack (or a descriptor per
-/// level) on a hostile layout.
-pub const MAX_DEPTH: usize = 256;
+pub use crate::local::MAX_DEPTH;
 
 /// Entries per batch of a manifest sent while the walk goes on: about
 /// 30 KB of frames, one write each.
@@ -108,8 +105,12 @@ pub struct TreeReport {
     pub skipped: u64,
     /// Files that failed (each reported on stderr).
     pub failed: u64,
-    /// Body bytes moved.
+    /// Body bytes moved (of files committed).
     pub bytes: u64,
+    /// Of `sent`, files that replaced a differing one (`--force`).
+    pub replaced: u64,
+    /// Things removed from the destination (`--delete`).
+    pub deleted: u64,
 }
 
 /// One item of a tree.

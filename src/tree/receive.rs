@@ -97,6 +97,15 @@ pub struct Receiver {
     pub files: HashMap<String, TreeEntry>,
     /// Partials offered for resuming, held locked until their file comes.
     pub resumable: HashMap<String, Partial>,
+    /// Look, change nothing (`--dry-run`): directories and links are not
+    /// made, partials neither held nor removed.
+    dry: bool,
+    /// With `--delete`: every name the manifest holds, so what else is
+    /// beneath the top can be removed.
+    keep: Option<HashSet<String>>,
+    /// Names the sender left out (special files, unreadable directories):
+    /// never removed, nor anything beneath them.
+    noted: Vec<String>,
 }
 
 impl Receiver {
@@ -117,7 +126,75 @@ impl Receiver {
             links: Vec::new(),
             files: HashMap::new(),
             resumable: HashMap::new(),
+            dry: false,
+            keep: None,
+            noted: Vec::new(),
         }
+    }
+
+    /// Only looks: makes, holds and removes nothing (`--dry-run`).
+    pub fn dry_run(mut self, dry: bool) -> Receiver {
+        self.dry = dry;
+        self
+    }
+
+    /// Remembers every name of the manifest, for [`prune`](Self::prune).
+    pub fn deleting(mut self, delete: bool) -> Receiver {
+        self.keep = delete.then(HashSet::new);
+        self
+    }
+
+    /// Notes a name the sender left out: it and what is beneath it are
+    /// never pruned.
+    pub fn note(&mut self, rel: &str) {
+        if self.keep.is_some() {
+            self.noted.push(rel.to_string());
+        }
+    }
+
+    /// Removes (or, dry, only names) what is beneath the top that the
+    /// manifest lacks, never a name the sender left out nor a partial; a
+    /// directory the manifest has is looked into. Call after the last
+    /// batch. Returns each thing removed, relative to the top, and the
+    /// first failure (which stops the pruning).
+    pub fn prune(&self, root: &Root) -> (Vec<String>, Option<(String, io::Error)>) {
+        let Some(keep) = &self.keep else { return (Vec::new(), None) };
+        let mut removed = Vec::new();
+        let mut pending = vec![String::new()];
+        let how = crate::local::Removal { recursive: true, dry: self.dry };
+        while let Some(dir) = pending.pop() {
+            if self.made.contains(&dir) {
+                continue; // made just now: holds only what the manifest has
+            }
+            // Listings leave partials out.
+            let at = match dir.is_empty() {
+                true => Ok(self.top.clone()),
+                false => self.path(&dir),
+            };
+            let Some(listing) = at.ok().and_then(|p| root.list(&p).ok()) else { continue };
+            for crate::local::ListEntry { name, kind, .. } in listing {
+                let is_dir = kind == EntryKind::Dir;
+                let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                let noted = self.noted.iter().any(|n| rel == *n || rel.starts_with(&format!("{n}/")));
+                if noted {
+                    continue;
+                }
+                if keep.contains(&rel) {
+                    if is_dir {
+                        pending.push(rel);
+                    }
+                    continue;
+                }
+                let Ok(path) = self.path(&rel) else { continue };
+                match root.remove(&path, &rel, how, &mut |gone| removed.push(gone.to_string())) {
+                    Ok(()) => {}
+                    // Gone already, or a name not UTF-8 that listing altered.
+                    Err((_, e)) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(failed) => return (removed, Some(failed)),
+                }
+            }
+        }
+        (removed, None)
     }
 
     /// Lets the top's own mode and time be set although it is the root of
@@ -140,6 +217,9 @@ impl Receiver {
         let mut out = Vec::new();
         let mut lookups = Vec::new();
         for entry in batch {
+            if let Some(keep) = &mut self.keep {
+                keep.insert(entry.rel.clone());
+            }
             let path = match self.path(&entry.rel) {
                 Ok(p) if !p.is_root() && p != self.top => p,
                 Ok(_) => {
@@ -152,6 +232,20 @@ impl Receiver {
                 }
             };
             match entry.kind {
+                EntryKind::Dir if self.dry => {
+                    let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                    let there = match self.made.contains(parent) {
+                        true => Ok(None),
+                        false => root.lstat(&path),
+                    };
+                    match there {
+                        Ok(None) => drop(self.made.insert(entry.rel.clone())),
+                        Ok(Some(m)) if m.is_dir() => {}
+                        Ok(Some(_)) => out.push(refusal(&entry.rel, &io::ErrorKind::AlreadyExists.into())),
+                        Err(e) => out.push(refusal(&entry.rel, &e)),
+                    }
+                }
+                EntryKind::Symlink if self.dry => {}
                 EntryKind::Dir => match root.make_dir(&path) {
                     Ok(new) => {
                         if new {
@@ -256,6 +350,9 @@ impl Receiver {
     /// checks made as each was made) and says which.
     pub fn check_links(&mut self, root: &Root) -> Vec<Applied> {
         let mut out = Vec::new();
+        if self.dry {
+            return out;
+        }
         for (rel, path) in std::mem::take(&mut self.links) {
             if !root.resolves_inside(&path) {
                 let _ = root.remove_link(&path);
@@ -274,7 +371,7 @@ impl Receiver {
     /// One left for a file now sent whole (it shrank) is removed: nothing
     /// would ever resume or replace it.
     fn partial_of(&mut self, root: &Root, path: &RemotePath, entry: &TreeEntry) -> Found {
-        if !self.resume || (entry.size > WHOLE_MAX && self.resumable.len() >= MAX_RESUMABLE) {
+        if self.dry || !self.resume || (entry.size > WHOLE_MAX && self.resumable.len() >= MAX_RESUMABLE) {
             return Found::Nothing;
         }
         let Some(mut partial) = root.existing_partial(path).ok().flatten() else { return Found::Nothing };
@@ -432,4 +529,57 @@ fn refusal(rel: &str, e: &io::Error) -> Applied {
     }
     let code = RequestError::from_io(e, rel).code;
     Applied::Refused { rel: rel.to_string(), err: RequestError::new(code, crate::error::plain_io(e)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(rel: &str, kind: EntryKind) -> TreeEntry {
+        TreeEntry { rel: rel.into(), kind, size: 1, mode: 0o755, mtime: 0, target: None }
+    }
+
+    #[test]
+    fn pruning_removes_only_what_the_manifest_lacks_never_what_was_noted() {
+        let t = tempfile::tempdir().unwrap();
+        for d in ["keep", "noted/deep", "extra/deeper"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in ["keep/f", "keep/old", "noted/deep/x", "extra/deeper/y", "top.txt"] {
+            std::fs::write(t.path().join(f), b"x").unwrap();
+        }
+        let partial = t.path().join(format!("keep/.f{}", crate::local::TEMP_SUFFIX));
+        std::fs::write(&partial, b"x").unwrap();
+        let root = Root::open(t.path()).unwrap();
+        let manifest = vec![entry("keep", EntryKind::Dir), entry("keep/f", EntryKind::File)];
+        let top = || RemotePath::parse("").unwrap();
+
+        // Dry: named, nothing removed.
+        let mut dry = Receiver::new(top(), false, false, false).touching_top().deleting(true).dry_run(true);
+        dry.apply(&root, manifest.clone());
+        dry.note("noted");
+        let before = std::fs::read_dir(t.path()).unwrap().count();
+        let (mut named, failed) = dry.prune(&root);
+        named.sort();
+        assert!(failed.is_none());
+        assert_eq!(named, ["extra", "extra/deeper", "extra/deeper/y", "keep/old", "top.txt"]);
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), before);
+        assert!(t.path().join("extra/deeper/y").exists());
+
+        let mut receiver = Receiver::new(top(), false, false, false).touching_top().deleting(true);
+        receiver.apply(&root, manifest);
+        receiver.note("noted");
+        let (mut gone, failed) = receiver.prune(&root);
+        gone.sort();
+        assert!(failed.is_none());
+        assert_eq!(gone, named, "what a dry run names is what goes");
+        assert!(!t.path().join("extra").exists() && !t.path().join("top.txt").exists());
+        assert!(t.path().join("noted/deep/x").exists(), "noted: kept, with what is beneath");
+        assert!(t.path().join("keep/f").exists() && partial.exists(), "partials are the sweep's");
+        // Without --delete, nothing is pruned.
+        std::fs::write(t.path().join("again"), b"x").unwrap();
+        let mut plain = Receiver::new(top(), false, false, false).touching_top();
+        plain.apply(&root, vec![]);
+        assert_eq!(plain.prune(&root).0, Vec::<String>::new());
+    }
 }

@@ -65,7 +65,8 @@ pub fn serve_once(
         let (session, id) = raw::server_session();
         let mut s = rustls::StreamOwned::new(session, sock);
         let ns = "ab".repeat(32);
-        raw::send(&mut s, &format!(r#"{{"op":"hello","version":2,"nonce":"{ns}"}}"#));
+        let version = xfer::protocol::PROTOCOL_VERSION;
+        raw::send(&mut s, &format!(r#"{{"op":"hello","version":{version},"nonce":"{ns}"}}"#));
         let proof_frame = raw::recv(&mut s);
         let nc = raw::field(&proof_frame, "nonce").unwrap();
         let binding = match proof {
