@@ -304,3 +304,21 @@ fn trees_among_several_sources_go_in_by_name_or_as_contents() {
         .stderr(predicate::str::contains("src is a directory (use -r to send it)"));
     assert_eq!(tree(&server.path("plain")), ["f.txt"]);
 }
+
+#[test]
+fn a_name_with_control_characters_is_refused_once_and_shown_escaped() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    fs::create_dir(work.path().join("t")).unwrap();
+    fs::write(work.path().join("t/a\u{1}b"), b"x").unwrap();
+    fs::write(work.path().join("t/ok"), b"x").unwrap();
+    let out = xfer(server.addr, work.path()).args(["put", "-r", "t"]).assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert_eq!(stderr.matches("a\\u{1}b").count(), 1, "named once: {stderr}");
+    assert!(!stderr.contains('\u{1}'), "never raw: {stderr}");
+    assert!(stderr.contains("control characters are not allowed"), "{stderr}");
+    assert!(server.path("t/ok").exists(), "the rest went on");
+    let out = xfer(server.addr, work.path()).args(["put", "t/a\u{1}b"]).assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert_eq!(stderr.matches("a\\u{1}b").count(), 1, "named once: {stderr}");
+}

@@ -29,6 +29,23 @@ pub enum PathError {
     Reserved(String),
 }
 
+impl PathError {
+    /// The rule broken, without the path: for a message that names the
+    /// path already (an item of a tree).
+    pub fn rule(&self) -> String {
+        let text = self.to_string();
+        match self {
+            PathError::Absolute(p)
+            | PathError::DotDot(p)
+            | PathError::Backslash(p)
+            | PathError::Drive(p)
+            | PathError::Control(p)
+            | PathError::Reserved(p) => text.strip_suffix(&format!(": {p}")).unwrap_or(&text).to_string(),
+            PathError::Empty | PathError::TooLong => text,
+        }
+    }
+}
+
 /// A path relative to the served root, known to hold no way out of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemotePath {

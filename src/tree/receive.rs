@@ -206,9 +206,9 @@ impl Receiver {
 
     /// Where `rel` is beneath the root.
     pub fn path(&self, rel: &str) -> Result<RemotePath, RequestError> {
-        self.top
-            .join(rel)
-            .map_err(|e| RequestError::new(ErrorCode::BadPath, format!("unsafe name, skipped ({e})")))
+        self.top.join(rel).map_err(|e| {
+            RequestError::new(ErrorCode::BadPath, format!("unsafe name, skipped ({})", e.rule()))
+        })
     }
 
     /// Makes the directories and links of `batch`, looks up (and hashes,
