@@ -82,11 +82,78 @@ pub enum Command {
         #[arg(required = true, value_name = "SOURCE... [DEST]")]
         paths: Vec<String>,
     },
-    /// List a remote directory, or the names matching a pattern.
+    /// List remote directories (a file lists itself), or the names
+    /// matching a pattern.
+    #[command(disable_help_flag = true)]
     Ls {
-        /// Remote directory [default: the root]; `*`, `?` and `[...]` in
-        /// its last part list the matching names.
-        remote_dir: Option<String>,
+        /// Print help (-h is --human here, as in ls).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Long: mode, size, time, name, and where a link points.
+        #[arg(short, long)]
+        long: bool,
+        /// What directories hold too, to any depth (by path).
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Sizes with units (1.5K, 3.0M).
+        #[arg(short = 'h', long = "human")]
+        human: bool,
+        /// Remote paths [default: the root]; `*`, `?` and `[...]` in a
+        /// last part list the matching names.
+        paths: Vec<String>,
+    },
+    /// Remove remote files (and, with -r, directories with all in them).
+    Rm {
+        /// Directories too, with everything in them.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Remote paths; patterns match on the server.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Rename a remote file or directory, atomically (into DST when it is
+    /// a directory).
+    Mv {
+        /// Replace what is at DST.
+        #[arg(short, long)]
+        force: bool,
+        /// The remote path to move.
+        src: String,
+        /// Its new path, or a directory to move it into.
+        dst: String,
+    },
+    /// Make remote directories.
+    Mkdir {
+        /// Make missing parents too; a directory already there is fine.
+        #[arg(short, long)]
+        parents: bool,
+        /// The directories.
+        #[arg(required = true)]
+        dirs: Vec<String>,
+    },
+    /// Write remote files to standard output, each verified by its MD5.
+    Cat {
+        /// Remote files; patterns match on the server.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Print the MD5 of remote files as md5sum does (`HASH  NAME`), from
+    /// the server's remembered digests where it has them: nothing is
+    /// downloaded.
+    Md5sum {
+        /// Remote files; patterns match on the server.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Show the size and free space of the filesystem the server's root is on.
+    #[command(disable_help_flag = true)]
+    Df {
+        /// Print help (-h is --human here, as in df).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+        /// Sizes with units.
+        #[arg(short = 'h', long = "human")]
+        human: bool,
     },
     /// Run a command on the server (which needs --allow-exec); without a
     /// command, read commands from stdin, one per line.

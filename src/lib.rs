@@ -109,10 +109,17 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
             let sources = client::Sources { recursive, no_target_directory: false };
             client::get_many(opts, &paths, sources, client::Flags::from(&how)).await
         }
-        Command::Ls { remote_dir } => {
-            client::ls(opts, remote_dir.as_deref(), &mut std::io::stdout().lock()).await?;
+        Command::Ls { long, recursive, human, paths, .. } => {
+            let how = client::LsOptions { long, recursive, human };
+            client::ls(opts, &paths, how, &mut std::io::stdout().lock()).await?;
             Ok(0)
         }
+        Command::Rm { recursive, paths } => client::rm(opts, &paths, recursive).await,
+        Command::Mv { force, src, dst } => client::mv(opts, &src, &dst, force).await,
+        Command::Mkdir { parents, dirs } => client::mkdir(opts, &dirs, parents).await,
+        Command::Cat { paths } => client::cat(opts, &paths).await,
+        Command::Md5sum { paths } => client::md5sum(opts, &paths).await,
+        Command::Df { human, .. } => client::df(opts, human).await,
         Command::Exec { no_stdin, timeout, command } if command.is_empty() => {
             let _ = no_stdin; // a session reads its commands from stdin
             client::session(opts, timeout).await

@@ -100,6 +100,59 @@ impl Ui {
         }
     }
 
+    /// Prints an error that ends one item of several, the rest going on.
+    pub fn error(&self, e: &crate::error::Error) {
+        eprintln!("xfer: error: {e}");
+    }
+
+    /// One entry of `ls` at `path`: `line` as the user asked it shown.
+    pub fn listed(
+        &self,
+        out: &mut dyn std::io::Write,
+        path: &str,
+        entry: &crate::protocol::Entry,
+        line: &str,
+    ) -> std::io::Result<()> {
+        let _ = (path, entry);
+        writeln!(out, "{line}")
+    }
+
+    /// Something `xfer rm` removed (named with `-v`).
+    pub fn removed(&self, path: &str) {
+        if self.verbose && !self.quiet {
+            println!("removed {}", escape(path));
+        }
+    }
+
+    /// What `xfer mv` did (said with `-v`).
+    pub fn moved(&self, from: &str, to: &str) {
+        if self.verbose && !self.quiet {
+            println!("renamed {} -> {}", escape(from), escape(to));
+        }
+    }
+
+    /// A directory `xfer mkdir` made (named with `-v`).
+    pub fn made(&self, dir: &str) {
+        if self.verbose && !self.quiet {
+            println!("created directory {}", escape(dir));
+        }
+    }
+
+    /// A file's digest, as md5sum prints it: `HASH  NAME`.
+    pub fn digest(&self, path: &str, md5: &Md5Hex, size: u64) {
+        let _ = size;
+        println!("{md5}  {}", escape(path));
+    }
+
+    /// The space where the server's root lives, as `df` shows it.
+    pub fn space(&self, total: u64, free: u64, human: bool) {
+        let used = total.saturating_sub(free);
+        let pct = if total > 0 { (used as f64 * 100.0 / total as f64).ceil() as u64 } else { 0 };
+        let n = |v: u64| if human { human_bytes(v as f64) } else { v.to_string() };
+        println!("{:>14}  {:>14}  {:>14}  {:>4}", "size", "used", "free", "use%");
+        println!("{:>14}  {:>14}  {:>14}  {:>3}%", n(total), n(used), n(free), pct);
+    }
+
     /// Says that a file was not sent: its destination holds the same bytes.
     pub fn identical(&self, verb: &str, name: &str) {
         if !self.quiet {

@@ -68,7 +68,7 @@ fn remote_patterns_match_on_the_server_never_its_partials() {
     let out = xfer(server.addr, work.path()).args(["ls", "logs/[13]*"]).assert().success();
     let listing = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let names: Vec<_> = listing.lines().map(|l| l.rsplit("  ").next().unwrap()).collect();
-    assert_eq!(names, ["1.gz", "3.txt"]);
+    assert_eq!(names, ["logs/1.gz", "logs/3.txt"], "named as the shell names its matches");
     xfer(server.addr, work.path())
         .args(["get", "logs/*.zip", "."])
         .assert()

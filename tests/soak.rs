@@ -47,7 +47,14 @@ fn sixty_four_clients_at_once() {
                             .unwrap();
                         assert_eq!(std::fs::read(&back).unwrap(), data, "client {i} round {round}");
                         let mut listing = Vec::new();
-                        client::ls(&opts, Some(&format!("client{i}")), &mut listing).await.unwrap();
+                        client::ls(
+                            &opts,
+                            &[format!("client{i}")],
+                            client::LsOptions::default(),
+                            &mut listing,
+                        )
+                        .await
+                        .unwrap();
                         assert_eq!(String::from_utf8(listing).unwrap().lines().count(), round + 1);
                         moved += 2 * data.len() as u64;
                     }

@@ -3,10 +3,10 @@
 //! patterns, `.` and `/`. All sources go over one connection; a source
 //! that fails is reported and the others go on (exit code 1).
 
-use super::ls::{list, pattern_of};
+use super::ls::{expand, list};
 use super::{get, get_tree, put, put_tree, Client, Flags, GetTarget, Options, Sources};
 use crate::error::{Error, EXIT_FAILURE};
-use crate::protocol::{EntryKind, ErrorCode};
+use crate::protocol::ErrorCode;
 use std::path::{Path, PathBuf};
 
 /// `xfer put SOURCE... [DEST]`.
@@ -113,28 +113,7 @@ pub async fn get_many(opts: &Options, paths: &[String], how: Sources, flags: Fla
     };
     let mut client = Client::connect(opts).await?;
     // Remote patterns match on the server's listing, never its partials.
-    let mut sources = Vec::new();
-    for p in patterns {
-        let p = p.trim_start_matches('/');
-        match pattern_of(p) {
-            Some((dir, pattern)) => {
-                let matched: Vec<_> = list(&mut client, dir)
-                    .await?
-                    .into_iter()
-                    .filter(|e| pattern.matches_with(&e.filename, super::ls::GLOB))
-                    .map(|e| (join(dir, &e.filename), e.kind == EntryKind::Dir))
-                    .collect();
-                if matched.is_empty() {
-                    return Err(Error::Remote(crate::error::RequestError::new(
-                        ErrorCode::NotFound,
-                        format!("no remote file matches {p}"),
-                    )));
-                }
-                sources.extend(matched.into_iter().map(|(path, dir)| (path, Some(dir))));
-            }
-            None => sources.push((if p.is_empty() { ".".to_string() } else { p.to_string() }, None)),
-        }
-    }
+    let sources = expand(&mut client, patterns).await?;
     let several = sources.len() > 1;
     if dest == Some("-") && (several || how.recursive) {
         return Err(Error::Usage("- (standard output) takes one file".into()));
@@ -208,7 +187,7 @@ async fn settle(
         Ok(false) => Ok(1),
         Err(e) if !several || e.exit_code() == crate::error::EXIT_CONNECT => Err(e),
         Err(e) => {
-            eprintln!("xfer: error: {e}");
+            opts.ui.error(&e);
             *client = Client::connect(opts).await?;
             Ok(1)
         }

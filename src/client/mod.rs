@@ -3,6 +3,7 @@
 mod exec;
 mod get;
 mod ls;
+mod manage;
 mod many;
 mod put;
 mod tree;
@@ -10,7 +11,8 @@ mod tree;
 pub use crate::tree::TreeReport;
 pub use exec::{exec, session, ExecOptions};
 pub use get::{get, GetTarget};
-pub use ls::ls;
+pub use ls::{ls, LsOptions};
+pub use manage::{cat, df, md5sum, mkdir, mv, rm};
 pub use many::{get_many, put_many};
 pub use put::put;
 pub use tree::{get_tree, put_tree};

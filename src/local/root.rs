@@ -22,6 +22,10 @@ pub struct ListEntry {
     pub size: u64,
     /// Modification time, seconds since the Unix epoch.
     pub mtime: i64,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    /// Where a symlink points, as stored in it.
+    pub target: Option<String>,
 }
 
 /// The directory a server serves, opened once as a capability.
@@ -112,7 +116,6 @@ impl Root {
 
     /// The entries of a directory, sorted by name, temporaries hidden.
     pub fn list(&self, p: &RemotePath) -> io::Result<Vec<ListEntry>> {
-        use crate::protocol::EntryKind;
         let dir = self.dir.open_dir(p.to_path())?;
         let mut out = Vec::new();
         for entry in dir.entries()? {
@@ -122,20 +125,19 @@ impl Root {
                 continue;
             }
             let meta = entry.metadata()?;
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                EntryKind::Dir
-            } else if ft.is_file() {
-                EntryKind::File
-            } else if ft.is_symlink() {
-                EntryKind::Symlink
-            } else {
-                EntryKind::Other
-            };
-            out.push(ListEntry { name, kind, size: meta.len(), mtime: mtime_secs(&meta) });
+            out.push(list_entry(&dir, &entry.file_name(), name, &meta));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// What [`list`](Self::list) says of `p` itself (not followed if a
+    /// link), named by its last part.
+    pub fn entry(&self, p: &RemotePath) -> io::Result<ListEntry> {
+        let meta = self.lstat(p)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let name = p.file_name().unwrap_or(".").to_string();
+        let parent = self.dir.open_dir(p.parent_path())?;
+        Ok(list_entry(&parent, std::ffi::OsStr::new(&name), name.clone(), &meta))
     }
 
     /// Creates `p` and its missing parents as directories.
@@ -264,6 +266,38 @@ impl Root {
         Ok(())
     }
 
+    /// Renames `from` to `to`, atomically, both beneath the root (a link
+    /// is renamed, never followed); what is at `to` is replaced only with
+    /// `replace` (else `AlreadyExists`).
+    pub fn rename(&self, from: &RemotePath, to: &RemotePath, replace: bool) -> io::Result<()> {
+        let (Some(old), Some(new)) = (from.file_name(), to.file_name()) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let (old_dir, new_dir) =
+            (self.dir.open_dir(from.parent_path())?, self.dir.open_dir(to.parent_path())?);
+        let flags = match replace {
+            true => rustix::fs::RenameFlags::empty(),
+            false => rustix::fs::RenameFlags::NOREPLACE,
+        };
+        rustix::fs::renameat_with(&old_dir, old, &new_dir, new, flags).map_err(io::Error::from)
+    }
+
+    /// Makes the directory `p`; with `parents`, its missing parents too,
+    /// and `p` may be there already.
+    pub fn make_dir_at(&self, p: &RemotePath, parents: bool) -> io::Result<()> {
+        match parents {
+            true => self.create_dir_all(p),
+            false => self.dir.create_dir(p.to_path()),
+        }
+    }
+
+    /// Total and free bytes of the filesystem the root is on (free for an
+    /// unprivileged user, as `df` shows it).
+    pub fn space(&self) -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstatvfs(&self.dir)?;
+        Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
+    }
+
     /// Removes partial files not written to for `max_age`: transfers that
     /// were interrupted and never resumed. Returns how many were removed.
     pub fn remove_stale_temps(&self, max_age: Duration) -> usize {
@@ -349,6 +383,24 @@ fn remove_temps_in(root: &Dir, max_age: Duration) -> usize {
         }
     }
     removed
+}
+
+/// A listing's entry for `name` in `dir`, of metadata `meta` (a link's own).
+fn list_entry(dir: &Dir, raw: &std::ffi::OsStr, name: String, meta: &cap_std::fs::Metadata) -> ListEntry {
+    use crate::protocol::EntryKind;
+    use cap_std::fs::PermissionsExt;
+    let ft = meta.file_type();
+    let (kind, mut target) = match () {
+        _ if ft.is_dir() => (EntryKind::Dir, None),
+        _ if ft.is_file() => (EntryKind::File, None),
+        _ if ft.is_symlink() => (EntryKind::Symlink, Some(String::new())),
+        _ => (EntryKind::Other, None),
+    };
+    if target.is_some() {
+        target = dir.read_link_contents(raw).ok().map(|t| t.to_string_lossy().into_owned());
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    ListEntry { name, kind, size: meta.len(), mtime: mtime_secs(meta), mode, target }
 }
 
 fn mtime_secs(meta: &cap_std::fs::Metadata) -> i64 {

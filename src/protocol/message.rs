@@ -219,6 +219,53 @@ pub struct Ls {
     pub filename: String,
 }
 
+/// Remove `filename`: a file or link, or with `recursive` a directory and
+/// everything in it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Rm {
+    /// The path concerned, relative to the root.
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// Directories too, with everything in them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recursive: bool,
+}
+
+/// Rename `filename` to `target` within the root (into `target` when that
+/// is a directory).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Mv {
+    /// The path concerned, relative to the root.
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// The new path, relative to the root.
+    #[serde(default)]
+    pub target: String,
+    /// Replace what is at `target`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub force: bool,
+}
+
+/// Make the directory `filename` (with `parents`, its missing parents too,
+/// and no error if it is there).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Mkdir {
+    /// The path concerned, relative to the root.
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+    /// As `mkdir -p`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parents: bool,
+}
+
+/// Say the MD5 and size of the file `filename`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Md5sum {
+    /// The path concerned, relative to the root.
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+}
+
 /// Run `command` with `sh -c`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Exec {
@@ -346,6 +393,16 @@ pub enum ClientMessage {
     /// A file the client wants of a get_tree manifest: `md5` of its copy of
     /// the same size, or `offset` and `md5` of a partial to resume.
     Want(Want),
+    /// Remove a file, link or (recursive) directory.
+    Rm(Rm),
+    /// Rename within the root.
+    Mv(Mv),
+    /// Make a directory.
+    Mkdir(Mkdir),
+    /// The MD5 of a file.
+    Md5sum(Md5sum),
+    /// The space where the root lives.
+    Df,
     /// A chunk of the command's stdin (the body); an empty one is EOF.
     Stdin,
     Data(Data),
@@ -404,6 +461,15 @@ pub enum ServerMessage {
         #[serde(skip_serializing)]
         md5: Md5Hex,
     },
+    /// The space of the filesystem the root is on (`df`), in bytes.
+    Space {
+        /// Its size.
+        #[serde(default)]
+        total: u64,
+        /// What is free for the server's user to write.
+        #[serde(default)]
+        free: u64,
+    },
     /// The command is running.
     Started,
     /// A chunk of the command's stdout (the body).
@@ -453,6 +519,11 @@ impl Message for ClientMessage {
             ClientMessage::PutTree(_) => "put_tree",
             ClientMessage::GetTree(_) => "get_tree",
             ClientMessage::Want(_) => "want",
+            ClientMessage::Rm(_) => "rm",
+            ClientMessage::Mv(_) => "mv",
+            ClientMessage::Mkdir(_) => "mkdir",
+            ClientMessage::Md5sum(_) => "md5sum",
+            ClientMessage::Df => "df",
             ClientMessage::Stdin => "stdin",
             ClientMessage::Data(_) => "data",
             ClientMessage::Done(_) => "done",
@@ -469,12 +540,17 @@ impl Message for ClientMessage {
             | ClientMessage::PutTree(PutTree { filename, .. })
             | ClientMessage::GetTree(GetTree { filename, .. })
             | ClientMessage::Want(Want { filename, .. })
+            | ClientMessage::Rm(Rm { filename, .. })
+            | ClientMessage::Mv(Mv { filename, .. })
+            | ClientMessage::Mkdir(Mkdir { filename, .. })
+            | ClientMessage::Md5sum(Md5sum { filename })
             | ClientMessage::Data(Data { filename, .. })
             | ClientMessage::Done(Done { filename, .. })
             | ClientMessage::Entry(Entry { filename, .. }) => filename,
             ClientMessage::Auth { .. }
             | ClientMessage::Exec(_)
             | ClientMessage::Stdin
+            | ClientMessage::Df
             | ClientMessage::End(_) => "",
         }
     }
@@ -518,6 +594,7 @@ impl Message for ServerMessage {
             ServerMessage::Have(_) => "have",
             ServerMessage::Deleted { .. } => "deleted",
             ServerMessage::Partial { .. } => "partial",
+            ServerMessage::Space { .. } => "space",
             ServerMessage::Started => "started",
             ServerMessage::Stdout => "stdout",
             ServerMessage::Stderr => "stderr",
@@ -543,6 +620,7 @@ impl Message for ServerMessage {
             | ServerMessage::Entry(Entry { filename, .. }) => filename,
             ServerMessage::Hello { .. }
             | ServerMessage::Welcome { .. }
+            | ServerMessage::Space { .. }
             | ServerMessage::Started
             | ServerMessage::Stdout
             | ServerMessage::Stderr

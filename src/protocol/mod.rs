@@ -12,6 +12,6 @@ mod split;
 pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, PROTOCOL_VERSION};
 pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
 pub use message::{
-    ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Message, Put,
-    PutTree, Refusal, ServerMessage, Stored, Want,
+    ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Md5sum, Message,
+    Mkdir, Mv, Put, PutTree, Refusal, Rm, ServerMessage, Stored, Want,
 };

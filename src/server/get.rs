@@ -2,13 +2,12 @@
 //! digest is remembered from an earlier read), then send its MD5 in a
 //! `done` frame. A client holding a verified prefix gets the rest.
 
-use super::request::{refuse, Outcome};
+use super::request::{checked_path, refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::ServerConnection;
 use crate::digest::hash_prefix;
 use crate::digest::Md5;
 use crate::error::{exists_words, ConnError, RequestError};
-use crate::local::RemotePath;
 use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage, Stored};
 use crate::transfer::{send_file, CopyError, Digest, NoProgress};
 use std::io::Seek;
@@ -20,7 +19,7 @@ pub(crate) async fn handle(
     req: Get,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
-    let path = match RemotePath::parse(&req.filename) {
+    let path = match checked_path(&req.filename) {
         Ok(p) if !p.is_root() => p,
         Ok(_) => {
             return refuse(
@@ -30,7 +29,7 @@ pub(crate) async fn handle(
             )
             .await
         }
-        Err(e) => return refuse(conn, outcome, RequestError::new(ErrorCode::BadPath, e.to_string())).await,
+        Err(e) => return refuse(conn, outcome, e).await,
     };
     let shown = path.to_string();
     // The client has a copy of this size and MD5: identical, or in its way.

@@ -4,7 +4,7 @@
 
 use super::admission::Ticket;
 use super::request::{refuse, Outcome};
-use super::{exec, get, ls, put, tree, Shared};
+use super::{df, exec, get, ls, md5sum, mkdir, mv, put, rm, tree, Shared};
 use crate::auth::{self, Challenge, Role};
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
@@ -144,6 +144,11 @@ async fn serve_requests(
             ClientMessage::Exec(req) => exec::handle(conn, shared, req).await?,
             ClientMessage::PutTree(req) => tree::put_tree(conn, shared, req).await?,
             ClientMessage::GetTree(req) => tree::get_tree(conn, shared, req).await?,
+            ClientMessage::Rm(req) => rm::handle(conn, shared, req).await?,
+            ClientMessage::Mv(req) => mv::handle(conn, shared, req).await?,
+            ClientMessage::Mkdir(req) => mkdir::handle(conn, shared, req).await?,
+            ClientMessage::Md5sum(req) => md5sum::handle(conn, shared, req).await?,
+            ClientMessage::Df => df::handle(conn, shared).await?,
             other => {
                 let err = RequestError::new(ErrorCode::BadRequest, format!("{op} is not a request"));
                 refuse(conn, Outcome::new(other.filename()), err).await?

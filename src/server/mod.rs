@@ -7,13 +7,18 @@
 //! `tree`), with what they share in `request`.
 
 mod admission;
+mod df;
 mod digests;
 mod exec;
 mod get;
 mod handler;
 mod ls;
+mod md5sum;
+mod mkdir;
+mod mv;
 mod put;
 mod request;
+mod rm;
 mod tree;
 
 use crate::auth::{FailureLimiter, Token};

@@ -7,7 +7,7 @@ use super::Shared;
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::local::meta::MODE_MASK;
-use crate::local::{Partial, RemotePath};
+use crate::local::Partial;
 use crate::protocol::{ClientMessage, ErrorCode, Have, Md5Hex, Message, Put, ServerMessage, Stored};
 use crate::transfer::{drain, receive_file, Commit, FileFailure, NoProgress};
 use std::sync::Arc;
@@ -105,8 +105,7 @@ enum Prepared {
 /// Checks the request and opens the partial, or looks at the file in the
 /// way.
 async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestError> {
-    let path =
-        RemotePath::parse(&req.filename).map_err(|e| RequestError::new(ErrorCode::BadPath, e.to_string()))?;
+    let path = super::request::checked_path(&req.filename)?;
     if path.is_root() {
         return Err(RequestError::new(ErrorCode::BadPath, "put needs a file name, not the root"));
     }

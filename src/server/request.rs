@@ -3,7 +3,8 @@
 
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{Md5Hex, Refusal, ServerMessage};
+use crate::local::RemotePath;
+use crate::protocol::{ErrorCode, Md5Hex, Refusal, ServerMessage};
 
 /// What one request did, for its log line.
 pub(crate) struct Outcome {
@@ -38,4 +39,10 @@ pub(crate) async fn refuse(
 /// An `error` message about one item (`rel`) of a tree.
 pub(crate) fn item_refusal(rel: &str, err: &RequestError) -> ServerMessage {
     ServerMessage::Error(Refusal { filename: rel.to_string(), code: err.code, message: err.message.clone() })
+}
+
+/// A path from the client, checked (see [`RemotePath::parse`]); refused
+/// as `bad_path`.
+pub(crate) fn checked_path(raw: &str) -> Result<RemotePath, RequestError> {
+    RemotePath::parse(raw).map_err(|e| RequestError::new(ErrorCode::BadPath, e.to_string()))
 }

@@ -2,7 +2,7 @@
 //! exchange. Every file carries its own header and MD5 and is verified and
 //! committed on its own; one failing file is reported and the rest go on.
 
-use super::request::{item_refusal as file_error, refuse, Outcome};
+use super::request::{checked_path, item_refusal as file_error, refuse, Outcome};
 use super::{blocking, Shared};
 use crate::connection::ServerConnection;
 use crate::digest::{hash_prefix, Md5};
@@ -30,9 +30,9 @@ pub(crate) async fn put_tree(
     req: PutTree,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
-    let top = match RemotePath::parse(&req.filename) {
+    let top = match checked_path(&req.filename) {
         Ok(p) => p,
-        Err(e) => return refuse(conn, outcome, bad_path(e)).await,
+        Err(e) => return refuse(conn, outcome, e).await,
     };
     let dry = req.dry_run;
     let made = {
@@ -322,9 +322,9 @@ pub(crate) async fn get_tree(
     req: GetTree,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
-    let top = match RemotePath::parse(&req.filename) {
+    let top = match checked_path(&req.filename) {
         Ok(p) => p,
-        Err(e) => return refuse(conn, outcome, bad_path(e)).await,
+        Err(e) => return refuse(conn, outcome, e).await,
     };
     // The manifest goes out batch by batch as the walk finds it, so the
     // client makes directories while we are still walking.
