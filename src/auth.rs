@@ -116,11 +116,17 @@ impl TokenSource {
     /// Where the server keeps its key: beside the token file, or in the
     /// default directory for a token from the environment.
     pub fn key_path(&self) -> Option<PathBuf> {
+        self.beside(KEY_FILE)
+    }
+
+    /// The file `name` beside the token file (beside the default one for
+    /// a token from the environment): the key, the tokens file.
+    pub fn beside(&self, name: &str) -> Option<PathBuf> {
         match self {
             TokenSource::File(p) | TokenSource::Default(p) | TokenSource::Created(p) => {
-                Some(p.with_file_name(KEY_FILE))
+                Some(p.with_file_name(name))
             }
-            TokenSource::Env => Some(default_token_path()?.with_file_name(KEY_FILE)),
+            TokenSource::Env => Some(default_token_path()?.with_file_name(name)),
         }
     }
 }

@@ -39,12 +39,30 @@ pub struct Cli {
 pub enum Command {
     /// Serve a directory to xfer clients.
     Serve(ServeArgs),
-    /// Print the token, to copy to a client host (made if there is none).
+    /// Print the token, to copy to a client host (made if there is none);
+    /// or make, list and revoke named tokens with rights of their own.
     Token {
-        /// Replace it with a new random one first (a running server keeps
-        /// the old one until it is restarted).
-        #[arg(long)]
-        new: bool,
+        /// Without NAME: replace the server's token with a new random one.
+        /// With NAME: add a named token to the tokens file, with --rights
+        /// and --dir. A running server uses either once restarted.
+        #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "")]
+        new: Option<String>,
+        /// What a new named token may do: any of read, write, exec.
+        #[arg(long, value_name = "RIGHTS", default_value = "read,write")]
+        rights: String,
+        /// The directory of the root a new named token is confined to
+        /// [default: the whole root].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<String>,
+        /// List the named tokens: name, rights, directory (never values).
+        #[arg(long, conflicts_with_all = ["new", "revoke"])]
+        list: bool,
+        /// Remove the named token NAME from the tokens file.
+        #[arg(long, value_name = "NAME", conflicts_with = "new")]
+        revoke: Option<String>,
+        /// The tokens file [default: tokens beside the token file].
+        #[arg(long, value_name = "FILE")]
+        tokens: Option<PathBuf>,
     },
     /// Send local files (or, with -r, directory trees) to the server:
     /// `xfer put FILE [REMOTE]`, or `xfer put SRC... DIR` into a remote
@@ -208,6 +226,11 @@ pub struct ServeArgs {
     /// Authenticated connections served at once; further ones wait their turn.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Named tokens with their rights and directories, one per line
+    /// (`xfer token --new NAME` writes it) [default: tokens beside the
+    /// token file; none if missing].
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
     /// Allow clients to run commands (`xfer exec`) in the root directory.
     #[arg(long)]
     pub allow_exec: bool,

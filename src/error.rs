@@ -189,6 +189,9 @@ pub enum Error {
     /// No token could be found or made.
     #[error("{0}")]
     Token(#[from] crate::auth::TokenError),
+    /// The tokens file cannot be used.
+    #[error(transparent)]
+    Grants(#[from] crate::access::GrantError),
     /// The server refused or failed the request.
     #[error("{}", .0.message)]
     Remote(RequestError),
@@ -250,7 +253,7 @@ impl Error {
             | Error::ExecDisabled
             | Error::NotRun(_) => EXIT_CONNECT,
             Error::Timeout(_) => EXIT_TIMEOUT,
-            Error::Usage(_) => EXIT_USAGE,
+            Error::Usage(_) | Error::Grants(crate::access::GrantError::Usage(_)) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }

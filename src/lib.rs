@@ -22,6 +22,8 @@
 //! - [`local`]: confined filesystem work for both sides: checked paths, the
 //!   directory handle everything goes through, the partial file and its
 //!   commit, small files written whole, modes and times.
+//! - [`access`]: named tokens, their rights (read, write, exec) and the
+//!   directory each is confined to; the tokens file.
 //! - [`connection`]: the only code that reads or writes a connection; typed
 //!   by direction, so the server cannot send a client's message.
 //! - [`transfer`]: streaming bodies through a hashing pipeline (reporting
@@ -39,6 +41,7 @@
 //!
 //! `PROTOCOL.md` describes the wire format for other implementations.
 
+pub mod access;
 pub mod auth;
 pub mod cli;
 pub mod client;
@@ -68,16 +71,8 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             Err(Error::Usage("xfer serve listens where --listen says; -s/--server is for clients".into()))
         }
         Command::Serve(args) => serve(args, token_file),
-        Command::Token { new } => {
-            let token = if new {
-                let (token, path) = auth::replace_token(token_file)?;
-                eprintln!("xfer: wrote a new token to {} (restart xfer serve to use it)", path.display());
-                token
-            } else {
-                auth::load_token(token_file, true)?.0
-            };
-            println!("{}", token.reveal());
-            Ok(0)
+        Command::Token { new, rights, dir, list, revoke, tokens } => {
+            token_command(token_file, TokenCommand { new, rights, dir, list, revoke, tokens })
         }
         // A client does one thing at a time: a single-threaded runtime starts
         // faster and the hashing thread comes from the blocking pool.
@@ -132,6 +127,79 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
     }
 }
 
+/// What `xfer token` was asked.
+struct TokenCommand {
+    /// `--new [NAME]`: `""` for the server's own token.
+    new: Option<String>,
+    /// `--rights` of a new named token.
+    rights: String,
+    /// `--dir` of a new named token.
+    dir: Option<String>,
+    /// `--list`.
+    list: bool,
+    /// `--revoke NAME`.
+    revoke: Option<String>,
+    /// `--tokens FILE`.
+    tokens: Option<std::path::PathBuf>,
+}
+
+/// `xfer token`: the server's token, or named tokens in the tokens file.
+fn token_command(token_file: Option<&std::path::Path>, t: TokenCommand) -> Result<u8, Error> {
+    let tokens_file = || -> Result<std::path::PathBuf, Error> {
+        match &t.tokens {
+            Some(p) => Ok(p.clone()),
+            None => Ok(tokens_beside(token_file)?),
+        }
+    };
+    if t.list {
+        for g in access::load(&tokens_file()?)? {
+            let dir = g.dir.as_ref().map_or(".".to_string(), |d| d.to_string());
+            println!("{}\t{}\t{dir}", g.name, g.rights);
+        }
+        return Ok(0);
+    }
+    if let Some(name) = &t.revoke {
+        let path = tokens_file()?;
+        if !access::revoke(&path, name)? {
+            return Err(Error::Usage(format!("no token named {name} in {}", path.display())));
+        }
+        eprintln!("xfer: revoked {name} in {} (restart xfer serve to drop it)", path.display());
+        return Ok(0);
+    }
+    let token = match t.new.as_deref() {
+        Some("") => {
+            let (token, path) = auth::replace_token(token_file)?;
+            eprintln!("xfer: wrote a new token to {} (restart xfer serve to use it)", path.display());
+            token
+        }
+        Some(name) => {
+            let rights = access::Rights::parse(&t.rights).ok_or_else(|| {
+                Error::Usage(format!("--rights takes read, write, exec: not {:?}", t.rights))
+            })?;
+            let path = tokens_file()?;
+            let g = access::add(&path, name, rights, t.dir.as_deref())?;
+            let dir = g.dir.as_ref().map_or("the whole root".to_string(), |d| d.to_string());
+            eprintln!(
+                "xfer: added token {name} ({rights} in {dir}) to {} (restart xfer serve to use it)",
+                path.display()
+            );
+            g.token
+        }
+        None => auth::load_token(token_file, true)?.0,
+    };
+    println!("{}", token.reveal());
+    Ok(0)
+}
+
+/// The tokens file beside the token file `load_token` would find.
+fn tokens_beside(token_file: Option<&std::path::Path>) -> Result<std::path::PathBuf, Error> {
+    let source = match token_file {
+        Some(p) => auth::TokenSource::File(p.to_path_buf()),
+        None => auth::TokenSource::Default(auth::default_token_path().ok_or(auth::TokenError::NoHome)?),
+    };
+    Ok(source.beside(access::TOKENS_FILE).ok_or(auth::TokenError::NoHome)?)
+}
+
 fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Error> {
     init_logging();
     let (token, source) = auth::load_token(token_file, true)?;
@@ -154,7 +222,26 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
     } else {
         tracing::info!(key = %key, "TLS certificate SHA-256 fingerprint {fingerprint}");
     }
+    // Named tokens: from --tokens (which must be readable), or beside the
+    // token file. Not reading the default one can only refuse tokens, never
+    // let more in: a warning, not a stop.
+    let (tokens_path, grants) = match (&args.tokens, source.beside(access::TOKENS_FILE)) {
+        (Some(p), _) => (p.clone(), access::load(p)?),
+        (None, Some(p)) => match access::load(&p) {
+            Ok(grants) => (p, grants),
+            Err(access::GrantError::Read(_, e)) => {
+                tracing::warn!(path = %p.display(), "no named tokens: cannot read the tokens file: {}", error::plain_io(&e));
+                (p, Vec::new())
+            }
+            Err(e) => return Err(e.into()),
+        },
+        (None, None) => (std::path::PathBuf::new(), Vec::new()),
+    };
+    if !grants.is_empty() {
+        tracing::info!(path = %tokens_path.display(), count = grants.len(), "named tokens");
+    }
     let mut config = server::Config::serving(&args.root, token, identity);
+    config.grants = grants;
     config.allow_exec = args.allow_exec;
     config.max_connections = args.max_connections.max(1);
     config.grace = Duration::from_secs(args.grace);

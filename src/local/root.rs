@@ -44,6 +44,16 @@ impl Root {
         Ok(Root { dir, path: path.to_path_buf() })
     }
 
+    /// The directory `p` beneath this root (made if missing) as a root of
+    /// its own: nothing through it reaches outside `p`.
+    pub fn sub(&self, p: &RemotePath) -> io::Result<Root> {
+        if p.is_root() {
+            return Ok(Root { dir: self.dir.try_clone()?, path: self.path.clone() });
+        }
+        self.create_dir_all(p)?;
+        Ok(Root { dir: self.dir.open_dir(p.to_path())?, path: self.path.join(p.to_path()) })
+    }
+
     /// A second handle on the root, for a thread of its own.
     pub fn handle(&self) -> io::Result<Dir> {
         self.dir.try_clone()

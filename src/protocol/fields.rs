@@ -34,6 +34,8 @@ pub enum ErrorCode {
     PermissionDenied,
     /// The server's disk is full.
     NoSpace,
+    /// The token proven may not do this (read, write or exec).
+    Forbidden,
     /// Anything else that went wrong on the server (also what an `error`
     /// frame without a code means).
     #[default]

@@ -8,7 +8,7 @@
 //! command's whole process group is killed: no orphans.
 
 use super::request::{refuse, Outcome};
-use super::Shared;
+use super::Session;
 use crate::connection::{FrameWriter, Reader, ServerConnection};
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
@@ -51,7 +51,7 @@ impl Drop for ProcessGroup {
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Exec,
 ) -> Result<Outcome, ConnError> {
     let command = req.command.clone();
@@ -89,7 +89,7 @@ pub(crate) async fn handle(
     Ok(outcome)
 }
 
-fn spawn(command: &str, shared: &Shared, stdin: bool) -> std::io::Result<Child> {
+fn spawn(command: &str, shared: &Session, stdin: bool) -> std::io::Result<Child> {
     Command::new("sh")
         .arg("-c")
         .arg(command)

@@ -3,7 +3,7 @@
 //! `done` frame. A client holding a verified prefix gets the rest.
 
 use super::request::{checked_path, refuse, Outcome};
-use super::{blocking, Shared};
+use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::digest::hash_prefix;
 use crate::digest::Md5;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Get,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
@@ -121,6 +121,6 @@ pub(crate) async fn handle(
 
 /// The digest to send the whole file `stamp` with: the remembered one, or
 /// one computed on the way.
-pub(super) fn remembered(shared: &Shared, stamp: Option<&crate::local::Stamp>) -> Digest {
+pub(super) fn remembered(shared: &Session, stamp: Option<&crate::local::Stamp>) -> Digest {
     shared.digests.get(stamp).map_or_else(|| Digest::Compute(Md5::new()), Digest::Known)
 }

@@ -4,7 +4,8 @@
 
 use super::admission::Ticket;
 use super::request::{refuse, Outcome};
-use super::{df, exec, get, ls, md5sum, mkdir, mv, put, rm, tree, Shared};
+use super::{df, exec, get, ls, md5sum, mkdir, mv, put, rm, tree, Session, Shared};
+use crate::access::Right;
 use crate::auth::{self, Challenge, Role};
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
@@ -31,18 +32,35 @@ pub(crate) async fn serve_connection(
         let pending = ticket.place().await;
         (handshake(stream, peer, &shared).await, pending)
     };
-    let (mut conn, pending) = match tokio::time::timeout(limit, started).await {
+    let proven = match tokio::time::timeout(limit, started).await {
         Err(_) => return debug!(%peer, "no handshake within {} s; closed", limit.as_secs()),
         Ok((Err(e), _)) => return debug!(%peer, error = %e, "handshake failed"),
         Ok((Ok(Handshake::Refused(conn)), _pending)) => return refuse_auth(conn, &shared).await,
-        Ok((Ok(Handshake::Proven(conn)), pending)) => (conn, pending),
+        Ok((Ok(Handshake::Proven(conn, which)), pending)) => (conn, which, pending),
     };
+    let (mut conn, which, pending) = proven;
     let slot = tokio::select! {
         slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         _ = shutdown.recv() => return,
     };
     drop(pending);
-    if let Err(e) = serve_requests(&mut conn, &shared, &mut shutdown).await {
+    // The root as this token sees it.
+    let grant = shared.grants[which].clone();
+    let root = match &grant.dir {
+        None => shared.root.clone(),
+        Some(dir) => match shared.root.sub(dir) {
+            Ok(root) => Arc::new(root),
+            Err(e) => {
+                warn!(%peer, token = %grant.name, error = %e, "cannot open the token's directory {dir}");
+                let why =
+                    format!("the server cannot open this token's directory: {}", crate::plain::plain_io(&e));
+                let _ = conn.writer.write(&ServerMessage::error(ErrorCode::Internal, why)).await;
+                return;
+            }
+        },
+    };
+    let session = Arc::new(Session { shared: shared.clone(), root, grant });
+    if let Err(e) = serve_requests(&mut conn, &session, &mut shutdown).await {
         match e {
             ConnError::Frame(ref fe) => {
                 warn!(%peer, error = %e, "closing connection");
@@ -59,8 +77,9 @@ pub(crate) async fn serve_connection(
 
 /// How the handshake ended.
 enum Handshake {
-    /// The client proved the token and has our proof: serve it.
-    Proven(ServerConnection),
+    /// The client proved a token (this one of the server's grants) and
+    /// has our proof: serve it.
+    Proven(ServerConnection, usize),
     /// It did not: refuse it, after the limiter's delay.
     Refused(ServerConnection),
 }
@@ -92,14 +111,17 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Resu
     };
     let binding = shared.config.identity.binding();
     let challenge = Challenge { binding: &binding, server_nonce: &nonce, client_nonce };
-    let token = &shared.config.token;
-    if !auth::verify(token, Role::Client, challenge, mac) {
+    // Which of the tokens it proves, if any: each is tried (a few
+    // microseconds each), the server's own first.
+    let Some(which) = shared.grants.iter().position(|g| auth::verify(&g.token, Role::Client, challenge, mac))
+    else {
         return Ok(Handshake::Refused(conn));
-    }
+    };
     shared.limiter.succeeded(peer.ip());
-    let welcome = ServerMessage::Welcome { mac: auth::mac(token, Role::Server, challenge) };
+    let welcome =
+        ServerMessage::Welcome { mac: auth::mac(&shared.grants[which].token, Role::Server, challenge) };
     conn.writer.write(&welcome).await?;
-    Ok(Handshake::Proven(conn))
+    Ok(Handshake::Proven(conn, which))
 }
 
 /// Answers a failed proof after the limiter's delay, holding the
@@ -122,7 +144,7 @@ async fn refuse_auth(mut conn: ServerConnection, shared: &Shared) {
 
 async fn serve_requests(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     shutdown: &mut broadcast::Receiver<()>,
 ) -> Result<(), ConnError> {
     loop {
@@ -137,6 +159,15 @@ async fn serve_requests(
         // `data` frames): whatever one announces is read and dropped here,
         // never parsed as the next frame.
         conn.reader.skip_body(req.total_size).await?;
+        let token = shared.grant.name.as_str();
+        if let Some(right) = needs(&req.msg).filter(|r| !shared.grant.rights.allow(*r)) {
+            let err =
+                RequestError::new(ErrorCode::Forbidden, format!("this token may not {right} on the server"));
+            let outcome = refuse(conn, Outcome::new(req.msg.filename()), err).await?;
+            let path = crate::local::escape(&outcome.path);
+            info!(peer = %conn.peer, %token, %op, %path, "forbidden");
+            continue;
+        }
         let outcome = match req.msg {
             ClientMessage::Put(req) => put::handle(conn, shared, req).await?,
             ClientMessage::Get(req) => get::handle(conn, shared, req).await?,
@@ -159,11 +190,36 @@ async fn serve_requests(
         match &outcome.error {
             None => {
                 let md5 = outcome.md5.as_ref().map_or("-", Md5Hex::as_str);
-                info!(peer = %conn.peer, %op, %path, bytes = outcome.bytes, ms, %md5, "ok")
+                info!(peer = %conn.peer, %token, %op, %path, bytes = outcome.bytes, ms, %md5, "ok")
             }
             Some(e) => {
-                info!(peer = %conn.peer, %op, %path, bytes = outcome.bytes, ms, code = ?e.code, "refused: {}", e.message)
+                info!(peer = %conn.peer, %token, %op, %path, bytes = outcome.bytes, ms, code = ?e.code, "refused: {}", e.message)
             }
         }
+    }
+}
+
+/// The right a request needs; `None` for what is not a request (refused
+/// as such below).
+fn needs(msg: &ClientMessage) -> Option<Right> {
+    match msg {
+        ClientMessage::Get(_)
+        | ClientMessage::GetTree(_)
+        | ClientMessage::Ls(_)
+        | ClientMessage::Md5sum(_)
+        | ClientMessage::Df => Some(Right::Read),
+        ClientMessage::Put(_)
+        | ClientMessage::PutTree(_)
+        | ClientMessage::Rm(_)
+        | ClientMessage::Mv(_)
+        | ClientMessage::Mkdir(_) => Some(Right::Write),
+        ClientMessage::Exec(_) => Some(Right::Exec),
+        ClientMessage::Auth { .. }
+        | ClientMessage::Want(_)
+        | ClientMessage::Stdin
+        | ClientMessage::Data(_)
+        | ClientMessage::Done(_)
+        | ClientMessage::Entry(_)
+        | ClientMessage::End(_) => None,
     }
 }

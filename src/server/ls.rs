@@ -1,7 +1,7 @@
 //! `ls`: stream a directory's entries, one `entry` frame each, then `end`.
 
 use super::request::{checked_path, refuse, Outcome};
-use super::{blocking, Shared};
+use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{End, Entry, ErrorCode, Ls, ServerMessage};
@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Ls,
 ) -> Result<Outcome, ConnError> {
     let outcome = Outcome::new(&req.filename);

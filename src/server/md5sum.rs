@@ -2,7 +2,7 @@
 //! version of the file where there is one, else hashed (and remembered).
 
 use super::request::{checked_path, refuse, Outcome};
-use super::{blocking, Shared};
+use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::digest::hash_prefix;
 use crate::error::{ConnError, RequestError};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Md5sum,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);

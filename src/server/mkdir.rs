@@ -2,7 +2,7 @@
 //! `mkdir -p`).
 
 use super::request::{checked_path, refuse, Outcome};
-use super::{blocking, Shared};
+use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Mkdir, ServerMessage, Stored};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Mkdir,
 ) -> Result<Outcome, ConnError> {
     let outcome = Outcome::new(&req.filename);

@@ -21,6 +21,7 @@ mod request;
 mod rm;
 mod tree;
 
+use crate::access::Grant;
 use crate::auth::{FailureLimiter, Token};
 use crate::local::Root;
 use crate::tls::Identity;
@@ -40,8 +41,12 @@ use tracing::{debug, error, info, warn};
 pub struct Config {
     /// The directory served; created if missing.
     pub root: PathBuf,
-    /// The shared secret every client must prove it holds.
+    /// The shared secret every client must prove it holds (or one of
+    /// `grants`): every right, the whole root.
     pub token: Token,
+    /// Further named tokens, each with its rights and directory (the
+    /// tokens file).
+    pub grants: Vec<Grant>,
     /// The TLS certificate and key the server presents.
     pub identity: Identity,
     /// Whether `exec` requests are allowed.
@@ -86,6 +91,7 @@ impl Config {
         Config {
             root: root.into(),
             token,
+            grants: Vec::new(),
             identity,
             allow_exec: false,
             max_connections: 256,
@@ -105,6 +111,25 @@ impl Config {
     }
 }
 
+/// What one authenticated connection may do, and where: the state every
+/// request handler reads. It derefs to [`Shared`], with its own root.
+pub(crate) struct Session {
+    /// The server's state.
+    pub shared: Arc<Shared>,
+    /// The root as this token sees it: the served root, or the directory
+    /// of it the token is confined to.
+    pub root: Arc<Root>,
+    /// The token proven, by name, with its rights.
+    pub grant: Grant,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 /// State every connection handler reads.
 pub(crate) struct Shared {
     /// The served directory.
@@ -121,6 +146,9 @@ pub(crate) struct Shared {
     pub admission: Arc<Admission>,
     /// Slots for authenticated connections (`max_connections`).
     pub slots: Arc<Semaphore>,
+    /// Every token a client may prove: the server's own first, then the
+    /// named ones.
+    pub grants: Vec<Grant>,
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting and
@@ -136,7 +164,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
     }
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
     let digests = Digests::new(config.digest_cache);
+    let mut grants = vec![Grant::default_for(config.token.clone())];
+    grants.extend(config.grants.iter().cloned());
+    for g in &grants[1..] {
+        let dir = g.dir.as_ref().map_or(".".to_string(), |d| d.to_string());
+        info!(token = %g.name, rights = %g.rights, %dir, "token");
+    }
     let shared = Arc::new(Shared {
+        grants,
         root: Arc::new(root),
         limiter: FailureLimiter::default(),
         digests,
@@ -175,11 +210,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
 
 /// Runs blocking filesystem work on the served root on the blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
-    shared: &Arc<Shared>,
+    session: &Arc<Session>,
     f: impl FnOnce(&Root) -> T + Send + 'static,
 ) -> T {
-    let shared = shared.clone();
-    tokio::task::spawn_blocking(move || f(&shared.root)).await.expect("filesystem work does not panic")
+    let root = session.root.clone();
+    tokio::task::spawn_blocking(move || f(&root)).await.expect("filesystem work does not panic")
 }
 
 /// Removes stale partials every hour (or every `partial_max_age`, if shorter).
@@ -188,7 +223,10 @@ async fn sweep_partials(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(every).await;
         let max_age = shared.config.partial_max_age;
-        let removed = blocking(&shared, move |root| root.remove_stale_temps(max_age)).await;
+        let root = shared.root.clone();
+        let removed = tokio::task::spawn_blocking(move || root.remove_stale_temps(max_age))
+            .await
+            .expect("sweeping does not panic");
         if removed > 0 {
             info!(removed, "removed stale partial files");
         }

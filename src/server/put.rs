@@ -3,7 +3,7 @@
 //! left by an interrupted put is offered back for resuming.
 
 use super::request::{refuse, Outcome};
-use super::Shared;
+use super::Session;
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::local::meta::MODE_MASK;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Put,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
@@ -104,7 +104,7 @@ enum Prepared {
 
 /// Checks the request and opens the partial, or looks at the file in the
 /// way.
-async fn prepare(shared: &Arc<Shared>, req: &Put) -> Result<Prepared, RequestError> {
+async fn prepare(shared: &Arc<Session>, req: &Put) -> Result<Prepared, RequestError> {
     let path = super::request::checked_path(&req.filename)?;
     if path.is_root() {
         return Err(RequestError::new(ErrorCode::BadPath, "put needs a file name, not the root"));

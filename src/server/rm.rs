@@ -2,7 +2,7 @@
 //! it, beneath the root; one `deleted` per thing removed, then `end`.
 
 use super::request::{checked_path, refuse, Outcome};
-use super::{blocking, Shared};
+use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::local::Removal;
@@ -14,7 +14,7 @@ const BATCH: usize = 256;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: Rm,
 ) -> Result<Outcome, ConnError> {
     let outcome = Outcome::new(&req.filename);

@@ -3,7 +3,7 @@
 //! committed on its own; one failing file is reported and the rest go on.
 
 use super::request::{checked_path, item_refusal as file_error, refuse, Outcome};
-use super::{blocking, Shared};
+use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::digest::{hash_prefix, Md5};
 use crate::error::{exists_words, ConnError, RequestError};
@@ -26,7 +26,7 @@ fn bad_path(e: impl std::fmt::Display) -> RequestError {
 
 pub(crate) async fn put_tree(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: PutTree,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
@@ -255,7 +255,7 @@ fn reply_for(applied: Applied) -> Option<ServerMessage> {
 /// Applies a batch of entries on the blocking pool, adding the replies;
 /// after the `last` batch, also the check of every link.
 async fn apply(
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     receiver: Receiver,
     batch: Vec<TreeEntry>,
     replies: &mut Vec<ServerMessage>,
@@ -285,7 +285,7 @@ fn small_reply(w: Written) -> ServerMessage {
 /// are errors.
 async fn receive_one(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     receiver: &mut Receiver,
     data: (&Data, u64),
 ) -> Result<ServerMessage, ConnError> {
@@ -318,7 +318,7 @@ fn skipped(rel: &str) -> ServerMessage {
 
 pub(crate) async fn get_tree(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     req: GetTree,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
@@ -456,7 +456,7 @@ pub(crate) async fn get_tree(
 /// A small file of the tree at `rel`, read whole for sending, with its
 /// remembered digest if there is one; or why it cannot be sent.
 fn read_small(
-    shared: &Shared,
+    shared: &Session,
     top: &RemotePath,
     rel: String,
     mode: u32,
@@ -485,7 +485,7 @@ fn read_small(
 /// as ours: all compared before any is sent, side by side, since the
 /// client only waits meanwhile.
 async fn identical_to_theirs(
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     top: &RemotePath,
     wants: &[Want],
 ) -> std::collections::HashSet<String> {
@@ -527,7 +527,7 @@ async fn identical_to_theirs(
 /// through [`send::read_small_files`] instead.)
 async fn send_one(
     conn: &mut ServerConnection,
-    shared: &Arc<Shared>,
+    shared: &Arc<Session>,
     top: &RemotePath,
     (rel, entry, want): (&str, &TreeEntry, &Want),
     force: bool,
