@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
 
+    /// Output for scripts: one JSON object per line on stdout for each
+    /// result and each error, nothing else (see the README).
+    #[arg(long, global = true)]
+    pub json: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -258,6 +258,38 @@ impl Error {
         }
     }
 
+    /// A machine-readable name for what went wrong, for `--json`: the
+    /// server's error code when it refused, else one of `connect`,
+    /// `not_xfer`, `version`, `auth_failed`, `server_not_proven`, `token`,
+    /// `usage`, `exists`, `md5_mismatch`, `local`, `protocol`,
+    /// `exec_disabled`, `not_run`, `timeout`, `serve`.
+    pub fn code(&self) -> String {
+        let name = match self {
+            Error::Remote(e) => {
+                return serde_json::to_value(e.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            }
+            Error::Connect { .. } => "connect",
+            Error::Serve { .. } => "serve",
+            Error::Version { .. } => "version",
+            Error::NotXfer { .. } => "not_xfer",
+            Error::AuthFailed => "auth_failed",
+            Error::ServerNotProven => "server_not_proven",
+            Error::Identity(_) | Error::Token(_) | Error::Grants(_) => "token",
+            Error::Md5Mismatch { .. } => "md5_mismatch",
+            Error::LocalExists(_) => "exists",
+            Error::Local { .. } | Error::LocalUnusable(_) => "local",
+            Error::Conn(_) => "protocol",
+            Error::Usage(_) => "usage",
+            Error::ExecDisabled => "exec_disabled",
+            Error::NotRun(_) => "not_run",
+            Error::Timeout(_) => "timeout",
+        };
+        name.to_string()
+    }
+
     /// Whether this is our own output closed by its reader (`xfer get f - |
     /// head`): no failure to tell of, as cat and ssh tell none.
     pub fn is_closed_output(&self) -> bool {

@@ -80,7 +80,11 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             let (token, _) = auth::load_token(token_file, false)?;
             let server = cli.server.or_else(|| std::env::var("XFER_SERVER").ok());
             let server = client::with_default_port(server.as_deref().unwrap_or(cli::DEFAULT_ADDR));
-            let opts = Options { server, token, ui: ui::Ui { quiet: cli.quiet, verbose: cli.verbose } };
+            let opts = Options {
+                server,
+                token,
+                ui: ui::Ui { quiet: cli.quiet, verbose: cli.verbose, json: cli.json },
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -6,6 +6,7 @@
 use crate::local::escape;
 use crate::protocol::Md5Hex;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 use std::time::Duration;
 
 /// How the client talks to its user.
@@ -15,12 +16,20 @@ pub struct Ui {
     pub quiet: bool,
     /// `-v`: a line for each file a tree transfer copies.
     pub verbose: bool,
+    /// `--json`: one JSON object per line on stdout for each result and
+    /// each error, and nothing else anywhere (no bars, no lines on stderr).
+    pub json: bool,
 }
 
 impl Ui {
+    /// Whether bars and human lines are off.
+    fn silent(&self) -> bool {
+        self.quiet || self.json
+    }
+
     /// A byte-progress bar for a transfer of `len` bytes, or a hidden one.
     pub fn transfer_bar(&self, name: &str, len: u64) -> ProgressBar {
-        if self.quiet {
+        if self.silent() {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(len).with_style(bytes_style());
@@ -31,7 +40,7 @@ impl Ui {
     /// A spinner with bytes and rate, for a body of unknown length (a put
     /// from standard input), or a hidden one.
     pub fn stream_spinner(&self, name: &str) -> ProgressBar {
-        if self.quiet {
+        if self.silent() {
             return ProgressBar::hidden();
         }
         let style = ProgressStyle::with_template("{spinner} {msg} {bytes} {binary_bytes_per_sec}")
@@ -43,7 +52,7 @@ impl Ui {
 
     /// One bar for a whole tree: bytes of all its files, and files done.
     pub fn tree_bar(&self, total_bytes: u64, files: u64) -> ProgressBar {
-        if self.quiet {
+        if self.silent() {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(total_bytes).with_style(bytes_style());
@@ -53,21 +62,32 @@ impl Ui {
 
     /// Prints the one-line summary of a tree transfer on stderr.
     pub fn tree_summary(&self, verb: &str, name: &str, r: &crate::tree::TreeReport, elapsed: Duration) {
-        if !self.quiet {
+        if self.json {
+            let status = if r.failed > 0 { "failed" } else { "ok" };
+            emit(json!({
+                "type": "tree", "op": verb, "name": name, "copied": r.sent, "skipped": r.skipped,
+                "failed": r.failed, "deleted": r.deleted, "bytes": r.bytes,
+                "seconds": elapsed.as_secs_f64(), "status": status,
+            }));
+        } else if !self.quiet {
             eprintln!("{}", tree_summary_line(verb, name, r, elapsed));
         }
     }
 
     /// Names a file of a tree once it is copied (with `-v`), above `bar`.
     pub fn copied(&self, bar: &ProgressBar, rel: &str) {
-        if self.verbose && !self.quiet {
+        if self.json {
+            emit(json!({"type": "file", "name": rel, "status": "copied"}));
+        } else if self.verbose && !self.quiet {
             bar.suspend(|| eprintln!("{}", escape(rel)));
         }
     }
 
     /// Names something removed by `--delete` (with `-v`), above `bar`.
     pub fn deleting(&self, bar: &ProgressBar, rel: &str) {
-        if self.verbose && !self.quiet {
+        if self.json {
+            emit(json!({"type": "deleted", "name": rel}));
+        } else if self.verbose && !self.quiet {
             bar.suspend(|| eprintln!("deleting {}", escape(rel)));
         }
     }
@@ -75,6 +95,15 @@ impl Ui {
     /// One line of a dry run's plan, on stdout (it is the command's
     /// output, so `--quiet` keeps it): what would become of `name`.
     pub fn planned(&self, what: Planned, name: &str) {
+        if self.json {
+            let (action, bytes) = match what {
+                Planned::Copy(n) => ("copy", Some(n)),
+                Planned::Replace(n) => ("replace", Some(n)),
+                Planned::Skip => ("skip", None),
+                Planned::Delete => ("delete", None),
+            };
+            return emit(json!({"type": "plan", "action": action, "name": name, "bytes": bytes}));
+        }
         let name = escape(name);
         match what {
             Planned::Copy(n) => println!("copy {name} ({})", human_bytes(n as f64)),
@@ -86,7 +115,13 @@ impl Ui {
 
     /// The last line of a dry run, on stderr.
     pub fn plan_summary(&self, verb: &str, name: &str, r: &crate::tree::TreeReport) {
-        if !self.quiet {
+        if self.json {
+            emit(json!({
+                "type": "plan_summary", "op": verb, "name": name, "copy": r.sent - r.replaced,
+                "replace": r.replaced, "skip": r.skipped, "delete": r.deleted, "failed": r.failed,
+                "bytes": r.bytes,
+            }));
+        } else if !self.quiet {
             eprintln!(
                 "dry run: {verb} {}  {} to copy ({}), {} to replace, {} identical, {} to delete, {} failed; nothing was changed",
                 escape(name),
@@ -100,9 +135,32 @@ impl Ui {
         }
     }
 
-    /// Prints an error that ends one item of several, the rest going on.
+    /// Prints an error: one that ends the command (from `main`), or one of
+    /// several items, the rest going on.
     pub fn error(&self, e: &crate::error::Error) {
-        eprintln!("xfer: error: {e}");
+        if self.json {
+            emit(json!({"type": "error", "code": e.code(), "message": e.to_string(), "exit": e.exit_code()}));
+        } else {
+            eprintln!("xfer: error: {e}");
+        }
+    }
+
+    /// An item of a tree that failed (`rel`), and why; the tree goes on.
+    pub fn item_error(&self, rel: &str, why: &str) {
+        if self.json {
+            emit(json!({"type": "error", "name": rel, "message": why}));
+        } else {
+            eprintln!("xfer: error: {}: {}", escape(rel), escape(why));
+        }
+    }
+
+    /// Something left out of a tree, with why.
+    pub fn warning(&self, msg: &str) {
+        if self.json {
+            emit(json!({"type": "warning", "message": msg}));
+        } else if !self.quiet {
+            eprintln!("xfer: warning: {}", escape(msg));
+        }
     }
 
     /// One entry of `ls` at `path`: `line` as the user asked it shown.
@@ -113,66 +171,120 @@ impl Ui {
         entry: &crate::protocol::Entry,
         line: &str,
     ) -> std::io::Result<()> {
-        let _ = (path, entry);
-        writeln!(out, "{line}")
+        if !self.json {
+            return writeln!(out, "{line}");
+        }
+        let object = json!({
+            "type": "entry", "name": path, "kind": entry.kind, "size": entry.size,
+            "mtime": entry.mtime, "mode": entry.mode, "target": entry.target,
+        });
+        writeln!(out, "{object}")
     }
 
     /// Something `xfer rm` removed (named with `-v`).
     pub fn removed(&self, path: &str) {
-        if self.verbose && !self.quiet {
+        if self.json {
+            emit(json!({"type": "removed", "name": path}));
+        } else if self.verbose && !self.quiet {
             println!("removed {}", escape(path));
         }
     }
 
     /// What `xfer mv` did (said with `-v`).
     pub fn moved(&self, from: &str, to: &str) {
-        if self.verbose && !self.quiet {
+        if self.json {
+            emit(json!({"type": "moved", "from": from, "to": to}));
+        } else if self.verbose && !self.quiet {
             println!("renamed {} -> {}", escape(from), escape(to));
         }
     }
 
     /// A directory `xfer mkdir` made (named with `-v`).
     pub fn made(&self, dir: &str) {
-        if self.verbose && !self.quiet {
+        if self.json {
+            emit(json!({"type": "made", "name": dir}));
+        } else if self.verbose && !self.quiet {
             println!("created directory {}", escape(dir));
         }
     }
 
     /// A file's digest, as md5sum prints it: `HASH  NAME`.
     pub fn digest(&self, path: &str, md5: &Md5Hex, size: u64) {
-        let _ = size;
-        println!("{md5}  {}", escape(path));
+        if self.json {
+            emit(json!({"type": "digest", "name": path, "md5": md5.as_str(), "size": size}));
+        } else {
+            println!("{md5}  {}", escape(path));
+        }
     }
 
     /// The space where the server's root lives, as `df` shows it.
     pub fn space(&self, total: u64, free: u64, human: bool) {
         let used = total.saturating_sub(free);
+        if self.json {
+            return emit(json!({"type": "space", "total": total, "used": used, "free": free}));
+        }
         let pct = if total > 0 { (used as f64 * 100.0 / total as f64).ceil() as u64 } else { 0 };
         let n = |v: u64| if human { human_bytes(v as f64) } else { v.to_string() };
         println!("{:>14}  {:>14}  {:>14}  {:>4}", "size", "used", "free", "use%");
         println!("{:>14}  {:>14}  {:>14}  {:>3}%", n(total), n(used), n(free), pct);
     }
 
+    /// A chunk of a remote command's `stream` (stdout or stderr), for
+    /// `--json`: text as `data`, anything not UTF-8 as `base64`.
+    pub fn output(&self, stream: &str, chunk: &[u8]) {
+        use base64::Engine;
+        match std::str::from_utf8(chunk) {
+            Ok(text) => emit(json!({"type": stream, "data": text})),
+            Err(_) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(chunk);
+                emit(json!({"type": stream, "base64": b64}))
+            }
+        }
+    }
+
+    /// How a remote command ended, for `--json`.
+    pub fn exited(&self, exit_code: Option<i32>, signal: Option<i32>, timed_out: bool) {
+        if self.json {
+            emit(json!({"type": "exit", "exit_code": exit_code, "signal": signal, "timed_out": timed_out}));
+        }
+    }
+
     /// Says that a file was not sent: its destination holds the same bytes.
     pub fn identical(&self, verb: &str, name: &str) {
-        if !self.quiet {
+        if self.json {
+            emit(json!({"type": "transfer", "op": verb, "name": name, "status": "skipped"}));
+        } else if !self.quiet {
             eprintln!("{verb} {}  identical, skipped", escape(name));
         }
     }
 
     /// Says that a transfer continues from an earlier, interrupted one.
     pub fn resuming(&self, name: &str, offset: u64) {
-        if !self.quiet {
+        if self.json {
+            emit(json!({"type": "resuming", "name": name, "offset": offset}));
+        } else if !self.quiet {
             eprintln!("resuming {} at {}", escape(name), human_bytes(offset as f64));
         }
     }
 
     /// Prints the one-line summary of a finished transfer on stderr.
     pub fn summary(&self, verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: &Md5Hex) {
-        if !self.quiet {
+        if self.json {
+            emit(json!({
+                "type": "transfer", "op": verb, "name": name, "bytes": bytes,
+                "seconds": elapsed.as_secs_f64(), "md5": md5.as_str(), "status": "ok",
+            }));
+        } else if !self.quiet {
             eprintln!("{}", summary_line(verb, name, bytes, elapsed, md5));
         }
     }
+}
+
+/// Prints one JSON object as a line of stdout. A closed stdout is left for
+/// the next write that checks to find.
+fn emit(object: serde_json::Value) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{object}");
 }
 
 /// What a dry run says would become of one file.

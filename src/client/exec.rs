@@ -7,6 +7,7 @@ use crate::connection::{Reader, Writer};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
 use crate::protocol::{ClientMessage, Exec, ServerMessage, StreamSummary};
+use crate::ui::Ui;
 use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
@@ -34,7 +35,8 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let stdin = how.stdin.then(tokio::io::stdin);
-    run_one(&mut conn.reader, &mut conn.writer, &command, how, stdin, &mut stdout, &mut stderr).await
+    run_one(&mut conn.reader, &mut conn.writer, &command, (how, opts.ui), stdin, (&mut stdout, &mut stderr))
+        .await
 }
 
 /// Reads commands from stdin, one per line, and runs each in turn on one
@@ -64,14 +66,13 @@ pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> 
             break;
         }
         let none: Option<tokio::io::Stdin> = None;
-        last = match run_one(&mut conn.reader, &mut conn.writer, command, how, none, &mut stdout, &mut stderr)
-            .await
-        {
+        let sinks = (&mut stdout, &mut stderr);
+        last = match run_one(&mut conn.reader, &mut conn.writer, command, (how, opts.ui), none, sinks).await {
             Ok(code) => code,
             // The command's own failure (timeout, say) is reported and the
             // session goes on; a broken connection ends it.
             Err(e @ (Error::Timeout(_) | Error::Remote(_))) => {
-                eprintln!("xfer: error: {e}");
+                opts.ui.error(&e);
                 e.exit_code()
             }
             Err(e) => return Err(e),
@@ -85,10 +86,9 @@ async fn run_one<I, O, E>(
     reader: &mut Reader<ServerMessage>,
     writer: &mut Writer<ClientMessage>,
     command: &str,
-    how: ExecOptions,
+    (how, ui): (ExecOptions, Ui),
     stdin: Option<I>,
-    stdout: &mut O,
-    stderr: &mut E,
+    (stdout, stderr): (&mut O, &mut E),
 ) -> Result<u8, Error>
 where
     I: AsyncRead + Unpin,
@@ -111,7 +111,7 @@ where
     // server knows no more stdin follows; frames are never cut in half.
     let (exited_tx, exited_rx) = oneshot::channel::<()>();
     let output = async {
-        let exit = receive_output(reader, stdout, stderr).await?;
+        let exit = receive_output(reader, stdout, stderr, ui).await?;
         let _ = exited_tx.send(());
         Ok::<_, Error>(exit)
     };
@@ -122,6 +122,7 @@ where
         }
     };
     let (exit, ()) = tokio::try_join!(output, input)?;
+    ui.exited(exit.exit_code, exit.signal, exit.timed_out);
     exit_code(&exit, how.timeout)
 }
 
@@ -149,10 +150,12 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
 
 /// Writes `stdout` and `stderr` frames to ours as they arrive, hashing
 /// each stream, until the `exit` frame; checks the digests it carries.
+/// With `--json`, each chunk is an object on our stdout instead.
 async fn receive_output<O, E>(
     reader: &mut Reader<ServerMessage>,
     stdout: &mut O,
     stderr: &mut E,
+    ui: Ui,
 ) -> Result<Ended, Error>
 where
     O: AsyncWrite + Unpin,
@@ -184,6 +187,10 @@ where
         }
         md5.update(&buf);
         *len += n as u64;
+        if ui.json {
+            ui.output(name, &buf);
+            continue;
+        }
         // Flush each chunk: output must show up live, not when we exit.
         let written = async {
             sink.write_all(&buf).await?;

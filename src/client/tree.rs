@@ -19,21 +19,19 @@ use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::send;
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
 use crate::tree::{self, TreeEntry, TreeReport, WHOLE_MAX};
-use crate::ui::Planned;
+use crate::ui::{Planned, Ui};
 use indicatif::ProgressBar;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 fn warn(opts: &Options, msg: &str) {
-    if !opts.ui.quiet {
-        eprintln!("xfer: warning: {}", escape(msg));
-    }
+    opts.ui.warning(msg);
 }
 
-fn file_failed(report: &mut TreeReport, rel: &str, msg: &str) {
+fn file_failed(ui: &Ui, report: &mut TreeReport, rel: &str, msg: &str) {
     report.failed += 1;
-    eprintln!("xfer: error: {}: {}", escape(rel), escape(msg));
+    ui.item_error(rel, msg);
 }
 
 /// Makes the remote directory `remote` a copy of the local tree `local`.
@@ -89,7 +87,7 @@ pub async fn put_tree(
     // What the server has already, and what it refused in the manifest.
     let mut report = TreeReport::default();
     for (rel, why) in &left.unreadable {
-        file_failed(&mut report, rel, why);
+        file_failed(&opts.ui, &mut report, rel, why);
     }
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
@@ -122,7 +120,7 @@ pub async fn put_tree(
                 offered.insert(filename, (offset, md5));
             }
             ServerMessage::Error(Refusal { filename, message, .. }) => {
-                file_failed(&mut report, &filename, &reason(&message));
+                file_failed(&opts.ui, &mut report, &filename, &reason(&message));
                 refused.insert(filename);
             }
             ServerMessage::End(_) => break,
@@ -152,7 +150,9 @@ pub async fn put_tree(
                 replacing.insert(e.rel.clone());
                 to_send.push(e)
             }
-            Some(_) => file_failed(&mut report, &e.rel, &exists_words("remote file exists and differs")),
+            Some(_) => {
+                file_failed(&opts.ui, &mut report, &e.rel, &exists_words("remote file exists and differs"))
+            }
         }
     }
     let top = local.to_path_buf();
@@ -200,7 +200,9 @@ pub async fn put_tree(
                 replacing.insert(e.rel.clone());
                 to_send.push(e)
             }
-            false => file_failed(&mut report, &e.rel, &exists_words("remote file exists and differs")),
+            false => {
+                file_failed(&opts.ui, &mut report, &e.rel, &exists_words("remote file exists and differs"))
+            }
         }
     }
     // Bytes each file sends: what a resumed one lacks, or all of it.
@@ -242,7 +244,7 @@ pub async fn put_tree(
                     }
                     // A file that vanished or changed since the walk: say
                     // so, and go on with the others.
-                    Err((rel, why)) => eprintln!("xfer: error: {}: {}", escape(&rel), escape(&why)),
+                    Err((rel, why)) => opts.ui.item_error(&rel, &why),
                 }
             }
         }
@@ -257,7 +259,7 @@ pub async fn put_tree(
             let file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(err) => {
-                    eprintln!("xfer: error: {}: {}", escape(&e.rel), crate::error::plain_io(&err));
+                    opts.ui.item_error(&e.rel, &crate::error::plain_io(&err));
                     continue;
                 }
             };
@@ -284,7 +286,7 @@ pub async fn put_tree(
                     return Ok::<_, Error>((results, Some(RequestError::new(code, message))))
                 }
                 ServerMessage::Error(Refusal { filename, message, .. }) => {
-                    file_failed(&mut results, &filename, &reason(&message))
+                    file_failed(&opts.ui, &mut results, &filename, &reason(&message))
                 }
                 ServerMessage::End(_) => return Ok((results, None)),
                 reply => return Err(unexpected_reply(reply, "ok, error or end")),
@@ -408,7 +410,7 @@ async fn fetch_tree(
             let applied;
             (receiver, applied) =
                 receiver.apply_off_thread(root.clone(), std::mem::take(&mut batch), false).await;
-            want_or_fail(applied, &receiver, flags.force, (&mut wants, &mut replacing), &mut report);
+            want_or_fail(opts, applied, &receiver, flags.force, (&mut wants, &mut replacing), &mut report);
         }
         let h = conn.reader.expect_control().await?;
         let note = match &h {
@@ -429,7 +431,7 @@ async fn fetch_tree(
                 continue;
             }
             ServerMessage::Error(Refusal { filename, message, .. }) if !filename.is_empty() => {
-                file_failed(&mut report, &filename, &reason(&message));
+                file_failed(&opts.ui, &mut report, &filename, &reason(&message));
                 receiver.note(&filename);
                 continue;
             }
@@ -445,7 +447,7 @@ async fn fetch_tree(
     };
     let applied;
     (receiver, applied) = receiver.apply_off_thread(root.clone(), batch, true).await;
-    want_or_fail(applied, &receiver, flags.force, (&mut wants, &mut replacing), &mut report);
+    want_or_fail(opts, applied, &receiver, flags.force, (&mut wants, &mut replacing), &mut report);
     if flags.delete {
         // What the remote tree lacks goes first, making room.
         let pruning = root.clone();
@@ -464,7 +466,12 @@ async fn fetch_tree(
             }
         }
         if let Some((rel, e)) = failed {
-            file_failed(&mut report, &rel, &format!("cannot delete: {}", crate::error::plain_io(&e)));
+            file_failed(
+                &opts.ui,
+                &mut report,
+                &rel,
+                &format!("cannot delete: {}", crate::error::plain_io(&e)),
+            );
         }
     }
 
@@ -502,7 +509,7 @@ async fn fetch_tree(
                     ServerMessage::End(_) => break,
                     ServerMessage::Ok(Stored { skipped: true, .. }) => report.skipped += 1,
                     ServerMessage::Error(Refusal { filename, message, .. }) => {
-                        file_failed(&mut report, &filename, &reason(&message))
+                        file_failed(&opts.ui, &mut report, &filename, &reason(&message))
                     }
                     reply => return Err(unexpected_reply(reply, "data, ok, error or end")),
                 }
@@ -545,7 +552,7 @@ async fn fetch_tree(
                 report.bytes += len;
             }
             Err((msg, true)) => full = Some(msg),
-            Err((msg, false)) => file_failed(&mut report, &e.rel, &msg),
+            Err((msg, false)) => file_failed(&opts.ui, &mut report, &e.rel, &msg),
         }
         answered += 1;
         bar.set_message(format!("{answered}/{count} files"));
@@ -572,7 +579,7 @@ async fn fetch_tree(
     .await
     .expect("setting directory times does not panic");
     if let Err(err) = synced {
-        file_failed(&mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
+        file_failed(&opts.ui, &mut report, &top.to_string_lossy(), &crate::error::plain_io(&err));
     }
     opts.ui.tree_summary("get", remote, &report, started.elapsed());
     Ok(report)
@@ -607,7 +614,7 @@ async fn dry_results(
                 }
             }
             ServerMessage::Error(Refusal { filename, message, .. }) => {
-                file_failed(&mut report, &filename, &reason(&message))
+                file_failed(&opts.ui, &mut report, &filename, &reason(&message))
             }
             ServerMessage::End(_) => break,
             reply => return Err(unexpected_reply(reply, "ok, error or end")),
@@ -649,6 +656,7 @@ fn make_top(path: &Path) -> std::io::Result<bool> {
 /// Turns what the manifest's entries found into `want` frames, or into
 /// failures: a differing file is wanted only with `--force`.
 fn want_or_fail(
+    opts: &Options,
     applied: Vec<Applied>,
     receiver: &Receiver,
     force: bool,
@@ -657,7 +665,7 @@ fn want_or_fail(
 ) {
     for a in applied {
         match a {
-            Applied::Refused { rel, err } => file_failed(report, &rel, &err.message),
+            Applied::Refused { rel, err } => file_failed(&opts.ui, report, &rel, &err.message),
             Applied::File { rel, found } => {
                 let size = receiver.files.get(&rel).map_or(0, |e| e.size);
                 let mut want = Want { filename: rel.clone(), md5: None, offset: None };
@@ -668,7 +676,7 @@ fn want_or_fail(
                         want.md5 = md5
                     }
                     Found::Existing { .. } if !force => {
-                        file_failed(report, &rel, &exists_words("exists and differs"));
+                        file_failed(&opts.ui, report, &rel, &exists_words("exists and differs"));
                         continue;
                     }
                     Found::Existing { .. } => drop(replacing.insert(rel.clone())),
@@ -703,10 +711,10 @@ fn small_result(
         }
         Err(WriteError::Mismatch { sent, received }) => {
             let msg = mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str());
-            file_failed(report, &w.rel, &msg);
+            file_failed(&opts.ui, report, &w.rel, &msg);
         }
-        Err(WriteError::Exists) => file_failed(report, &w.rel, &exists_words("exists")),
-        Err(WriteError::Io(err)) => file_failed(report, &w.rel, &crate::error::plain_io(&err)),
+        Err(WriteError::Exists) => file_failed(&opts.ui, report, &w.rel, &exists_words("exists")),
+        Err(WriteError::Io(err)) => file_failed(&opts.ui, report, &w.rel, &crate::error::plain_io(&err)),
     }
 }
 
