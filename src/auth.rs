@@ -132,11 +132,19 @@ impl TokenSource {
 }
 
 /// Finds the token: `--token-file`, then the environment, then the default
-/// file. With `create` (the server), a missing default file is created with
-/// a random 256-bit token, readable by its owner only.
+/// file. With `create` (the server), a missing file (the one named, or the
+/// default) is created with a random 256-bit token, readable by its owner
+/// only.
 pub fn load_token(token_file: Option<&Path>, create: bool) -> Result<(Token, TokenSource), TokenError> {
     if let Some(path) = token_file {
-        return Ok((read_token(path)?, TokenSource::File(path.to_path_buf())));
+        return match read_token(path) {
+            // The server (or `xfer token`) makes a missing one, as it makes
+            // the default file: a unit file can name where it goes.
+            Err(TokenError::Read(_, e)) if create && e.kind() == io::ErrorKind::NotFound => {
+                Ok((create_token_file(path)?, TokenSource::Created(path.to_path_buf())))
+            }
+            read => Ok((read?, TokenSource::File(path.to_path_buf()))),
+        };
     }
     if let Some(text) = std::env::var_os(TOKEN_ENV).filter(|t| !t.is_empty()) {
         let text = text.to_string_lossy();

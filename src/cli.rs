@@ -1,6 +1,6 @@
 //! Command-line interface: what users type.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Default address of `xfer serve`, and the one clients try.
@@ -178,6 +178,16 @@ pub enum Command {
         #[arg(short = 'h', long = "human")]
         human: bool,
     },
+    /// Print shell completions for xfer to standard output.
+    Completions {
+        /// The shell.
+        shell: Shell,
+    },
+    /// Write xfer's man pages (xfer.1, xfer-put.1, ...) into DIR.
+    Man {
+        /// Where to write them (made if missing).
+        dir: PathBuf,
+    },
     /// Run a command on the server (which needs --allow-exec); without a
     /// command, read commands from stdin, one per line.
     Exec {
@@ -213,6 +223,21 @@ pub struct TransferArgs {
     /// nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+}
+
+/// What `xfer completions` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    /// bash: `xfer completions bash > /etc/bash_completion.d/xfer`.
+    Bash,
+    /// zsh: into a directory of `$fpath`, as `_xfer`.
+    Zsh,
+    /// fish: `~/.config/fish/completions/xfer.fish`.
+    Fish,
+    /// elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
 }
 
 /// `xfer serve` options.
@@ -258,10 +283,61 @@ pub struct ServeArgs {
     pub grace: u64,
 }
 
+/// Writes completions for `shell` to `out`.
+pub fn completions(shell: Shell, out: &mut dyn std::io::Write) {
+    use clap_complete::Shell as S;
+    let shell = match shell {
+        Shell::Bash => S::Bash,
+        Shell::Zsh => S::Zsh,
+        Shell::Fish => S::Fish,
+        Shell::Elvish => S::Elvish,
+        Shell::Powershell => S::PowerShell,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "xfer", out);
+}
+
+/// Writes a man page for xfer and one for each subcommand into `dir`;
+/// returns the files written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = Vec::new();
+    let mut page = |cmd: &clap::Command, name: String| -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).title(name.to_uppercase()).render(&mut bytes)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, bytes)?;
+        written.push(path);
+        Ok(())
+    };
+    page(&cmd, "xfer".to_string())?;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        page(sub, format!("xfer-{}", sub.get_name()))?;
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn completions_and_man_pages_cover_every_command() {
+        let mut bash = Vec::new();
+        completions(Shell::Bash, &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        for word in ["put", "get", "ls", "rm", "mv", "mkdir", "md5sum", "--dry-run", "--delete", "--json"] {
+            assert!(bash.contains(word), "{word}");
+        }
+        let d = tempfile::tempdir().unwrap();
+        let pages = man_pages(d.path()).unwrap();
+        assert!(pages.iter().any(|p| p.ends_with("xfer-put.1")));
+        let put = std::fs::read_to_string(d.path().join("xfer-put.1")).unwrap();
+        assert!(put.starts_with(".ie") || put.contains(".TH"), "roff");
+        assert!(put.contains("dry"), "options are documented");
+    }
 
     #[test]
     fn cli_is_well_formed() {

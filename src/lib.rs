@@ -71,15 +71,36 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             Err(Error::Usage("xfer serve listens where --listen says; -s/--server is for clients".into()))
         }
         Command::Serve(args) => serve(args, token_file),
+        Command::Completions { shell } => {
+            cli::completions(shell, &mut std::io::stdout().lock());
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            let pages = cli::man_pages(&dir).map_err(|e| Error::local(&dir, e))?;
+            eprintln!("xfer: wrote {} man pages to {}", pages.len(), dir.display());
+            Ok(0)
+        }
         Command::Token { new, rights, dir, list, revoke, tokens } => {
             token_command(token_file, TokenCommand { new, rights, dir, list, revoke, tokens })
         }
         // A client does one thing at a time: a single-threaded runtime starts
         // faster and the hashing thread comes from the blocking pool.
         command => {
-            let (token, _) = auth::load_token(token_file, false)?;
             let server = cli.server.or_else(|| std::env::var("XFER_SERVER").ok());
-            let server = client::with_default_port(server.as_deref().unwrap_or(cli::DEFAULT_ADDR));
+            let server = server.as_deref().unwrap_or(cli::DEFAULT_ADDR);
+            // A name from the config file, as ssh's Host aliases: its
+            // address, and its token file unless --token-file says otherwise.
+            let config =
+                std::env::var_os("XFER_CONFIG").map(Into::into).or_else(client::config::default_path);
+            let named = match config {
+                Some(path) if !server.contains(':') => client::config::lookup(&path, server)?,
+                _ => None,
+            };
+            let (server, token_file) = match &named {
+                Some(n) => (n.address.clone(), token_file.or(n.token_file.as_deref())),
+                None => (client::with_default_port(server), token_file),
+            };
+            let (token, _) = auth::load_token(token_file, false)?;
             let opts = Options {
                 server,
                 token,
@@ -127,7 +148,9 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
             let how = client::ExecOptions { stdin: !no_stdin, timeout };
             client::exec(opts, &command, how).await
         }
-        Command::Serve(_) | Command::Token { .. } => unreachable!("handled by run"),
+        Command::Serve(_) | Command::Token { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled by run")
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The client side: connect, greet, and one module per command.
 
+pub mod config;
 mod exec;
 mod get;
 mod ls;
