@@ -241,11 +241,16 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
     }
 
     /// Reads a message that carries no body of its own: a body announced
-    /// anyway is read and dropped, never parsed as frames.
+    /// anyway is read and dropped, never parsed as frames. A keepalive
+    /// (one that crossed a request on the way) is passed over.
     pub async fn expect_control(&mut self) -> Result<M, ConnError> {
-        let frame = self.expect().await?;
-        self.skip_body(frame.total_size).await?;
-        Ok(frame.msg)
+        loop {
+            let frame = self.expect().await?;
+            self.skip_body(frame.total_size).await?;
+            if !frame.msg.is_keepalive() {
+                return Ok(frame.msg);
+            }
+        }
     }
 
     /// The body of `len` bytes that follows the header just read, as a

@@ -251,7 +251,9 @@ impl Error {
             | Error::Identity(_)
             | Error::Token(_)
             | Error::ExecDisabled
-            | Error::NotRun(_) => EXIT_CONNECT,
+            | Error::NotRun(_)
+            // The connection failed or broke, as ssh's 255 says.
+            | Error::Conn(_) => EXIT_CONNECT,
             Error::Timeout(_) => EXIT_TIMEOUT,
             Error::Usage(_) | Error::Grants(crate::access::GrantError::Usage(_)) => EXIT_USAGE,
             _ => EXIT_FAILURE,

@@ -239,3 +239,78 @@ fn twenty_execs_at_once_stay_isolated() {
         h.join().unwrap();
     }
 }
+
+#[test]
+fn what_leaves_the_group_or_session_ends_with_the_command() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    // setsid, with a time limit: the client is back at the deadline.
+    let started = std::time::Instant::now();
+    xfer(server.addr, work.path())
+        .args(["exec", "-n", "--timeout", "2", "setsid sh -c 'echo $$ > escaped.pid; exec sleep 20'"])
+        .assert()
+        .code(124);
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    let escaped = read_pid(&server.path("escaped.pid")).expect("it ran");
+    assert!(eventually(Duration::from_secs(1), || !alive(escaped)), "setsid child {escaped} survived");
+    // A daemon that double-forks and leaves: gone when the command ends.
+    xfer(server.addr, work.path())
+        .args([
+            "exec",
+            "-n",
+            "(setsid sh -c 'echo $$ > daemon.pid; exec sleep 30' &) ; sleep 0.2; echo started",
+        ])
+        .assert()
+        .success()
+        .stdout("started\n");
+    let daemon = read_pid(&server.path("daemon.pid")).expect("it ran");
+    assert!(eventually(Duration::from_secs(1), || !alive(daemon)), "daemon {daemon} survived");
+    // A client killed with kill -9: nothing of its command within a second.
+    let mut client = xfer_process(server.addr, work.path())
+        .args(["exec", "-n", "setsid sh -c 'echo $$ > nohup.pid; exec sleep 43' & wait"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || read_pid(&server.path("nohup.pid")).is_some()));
+    let orphan = read_pid(&server.path("nohup.pid")).unwrap();
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(eventually(Duration::from_secs(1), || !alive(orphan)), "{orphan} outlived its client");
+}
+
+#[test]
+fn an_idle_session_stays_and_a_dead_server_is_told_at_once() {
+    // Idle connections are closed after 8 s here; keepalives hold a session.
+    let server = TestServer::start_with(|c| {
+        c.allow_exec = true;
+        c.idle_timeout = Some(Duration::from_secs(8));
+    });
+    let work = tempfile::tempdir().unwrap();
+    let mut session = xfer_process(server.addr, work.path())
+        .arg("exec")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    let mut out = BufReader::new(session.stdout.take().unwrap());
+    use std::io::Write;
+    writeln!(stdin, "echo one").unwrap();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "one\n");
+    std::thread::sleep(Duration::from_secs(11));
+    writeln!(stdin, "echo two").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "two\n", "still connected after longer than the idle timeout");
+    // The server goes; the session says so without waiting for a line.
+    let stopped = std::time::Instant::now();
+    server.stop();
+    let code = common::exit_code_within(&mut session, Duration::from_secs(10));
+    assert_eq!(code, Some(255), "after {:?}", stopped.elapsed());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut session.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("xfer: error:"), "{err}");
+}

@@ -27,7 +27,7 @@ fn partial_len(dir: &Path, name: &str) -> u64 {
 /// returns how many bytes the server's partial then holds.
 fn interrupted_put(server: &TestServer, work: &Path, frac: f64) -> u64 {
     let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter((SIZE as f64 * frac) as u64));
-    xfer(proxy.addr, work).args(["put", "big.iso"]).assert().code(1);
+    xfer(proxy.addr, work).args(["put", "big.iso"]).assert().code(255);
     // The server notices the cut a moment later, writes what arrived and
     // lets go of the partial's lock.
     let partial = server.root.path().join(".big.iso.xfer-part");
@@ -41,7 +41,7 @@ fn interrupted_put(server: &TestServer, work: &Path, frac: f64) -> u64 {
 
 fn interrupted_get(server: &TestServer, work: &Path, frac: f64) -> u64 {
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter((SIZE as f64 * frac) as u64));
-    xfer(proxy.addr, work).args(["get", "big.iso"]).assert().code(1);
+    xfer(proxy.addr, work).args(["get", "big.iso"]).assert().code(255);
     assert!(!work.join("big.iso").exists(), "nothing at the final name");
     partial_len(work, "big.iso")
 }
@@ -139,7 +139,7 @@ fn kill(child: &mut std::process::Child) {
 fn kill_server_under(client: &mut std::process::Child, server: &mut std::process::Child) {
     kill(server);
     let code = exit_code_within(client, Duration::from_secs(10));
-    assert_eq!(code, Some(1), "the client saw the server go");
+    assert_eq!(code, Some(255), "the client saw the server go");
 }
 
 /// A put of big.iso (from `seed`) killed mid-body: the server, its
@@ -263,7 +263,7 @@ fn a_changed_source_starts_over_instead_of_splicing() {
     let mut remote = pattern(SIZE, 4);
     fs::write(server.path("other.iso"), &remote).unwrap();
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(SIZE as u64 / 2));
-    xfer(proxy.addr, work.path()).args(["get", "other.iso"]).assert().code(1);
+    xfer(proxy.addr, work.path()).args(["get", "other.iso"]).assert().code(255);
     assert!(partial_len(work.path(), "other.iso") > 0);
     remote[20] ^= 0xff;
     fs::write(server.path("other.iso"), &remote).unwrap();
@@ -319,7 +319,7 @@ fn no_resume_starts_over() {
 
 fn interrupted_get_named(server: &TestServer, work: &Path, name: &str) -> u64 {
     let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(SIZE as u64 / 2));
-    xfer(proxy.addr, work).args(["get", name]).assert().code(1);
+    xfer(proxy.addr, work).args(["get", name]).assert().code(255);
     partial_len(work, name)
 }
 

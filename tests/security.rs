@@ -256,7 +256,7 @@ fn a_server_cannot_ask_the_client_for_files() {
     let work = tempfile::tempdir().unwrap();
     fs::write(work.path().join("secret.txt"), b"TOPSECRET").unwrap();
     fs::write(work.path().join("a.txt"), b"public").unwrap();
-    xfer(addr, work.path()).args(["put", "a.txt"]).assert().code(1).stderr(
+    xfer(addr, work.path()).args(["put", "a.txt"]).assert().code(255).stderr(
         predicate::str::contains("the server broke the protocol").and(predicate::str::contains("`get`")),
     );
     let sent = sent.join().unwrap();

@@ -9,12 +9,20 @@ use crate::error::{ConnError, Error};
 use crate::protocol::{ClientMessage, Exec, ServerMessage, StreamSummary};
 use crate::ui::Ui;
 use std::io::IsTerminal;
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 
 /// Stdin is forwarded in chunks of this size: the Linux pipe capacity, so a
 /// full pipe's worth becomes one frame.
 const STDIN_CHUNK: usize = 64 * 1024;
+
+/// How often we tell the server we are here while we wait.
+const KEEPALIVE: Duration = Duration::from_secs(crate::protocol::KEEPALIVE_SECS);
+
+/// A server silent for this long, though it sends a keepalive every
+/// [`KEEPALIVE`], is gone: said then, not at the next line typed.
+const GONE_AFTER: Duration = Duration::from_secs(4 * crate::protocol::KEEPALIVE_SECS);
 
 /// What the user asked of one command.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +39,9 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     let mut client = Client::connect(opts).await?;
     let command = words.join(" ");
     let conn = &mut client.conn;
-    conn.set_idle_timeout(None);
+    // The server's keepalives come while the command is silent: four
+    // missed, and the connection is gone.
+    conn.set_idle_timeout(Some(GONE_AFTER));
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let stdin = how.stdin.then(tokio::io::stdin);
@@ -45,7 +55,7 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
 pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> {
     let mut client = Client::connect(opts).await?;
     let conn = &mut client.conn;
-    conn.set_idle_timeout(None);
+    conn.set_idle_timeout(Some(GONE_AFTER));
     let interactive = std::io::stdin().is_terminal();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
@@ -57,7 +67,24 @@ pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> 
             stderr.write_all(b"xfer> ").await.map_err(|e| Error::local("stderr", e))?;
             stderr.flush().await.map_err(|e| Error::local("stderr", e))?;
         }
-        let Some(line) = lines.next_line().await.map_err(|e| Error::local("stdin", e))? else { break };
+        // While the user thinks, a keepalive every few seconds keeps the
+        // connection, and finds out at once if it is gone.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        let line = loop {
+            tokio::select! {
+                // Cancel-safe: a line half typed stays buffered.
+                line = lines.next_line() => break line.map_err(|e| Error::local("stdin", e))?,
+                _ = ticks.tick() => {
+                    conn.writer.write(&ClientMessage::Keepalive).await?;
+                    let frame = conn.reader.expect().await?;
+                    conn.reader.skip_body(frame.total_size).await?;
+                    if frame.msg != ServerMessage::Keepalive {
+                        return Err(unexpected_reply(frame.msg, "keepalive"));
+                    }
+                }
+            }
+        };
+        let Some(line) = line else { break };
         let command = line.trim();
         if command.is_empty() {
             continue;
@@ -115,35 +142,47 @@ where
         let _ = exited_tx.send(());
         Ok::<_, Error>(exit)
     };
-    let input = async {
-        match stdin {
-            Some(stdin) => forward_stdin(stdin, writer, exited_rx).await,
-            None => Ok(()),
-        }
-    };
+    let input = forward_stdin(stdin, writer, exited_rx);
     let (exit, ()) = tokio::try_join!(output, input)?;
     ui.exited(exit.exit_code, exit.signal, exit.timed_out);
     exit_code(&exit, how.timeout)
 }
 
-/// Sends our stdin as `stdin` frames until it ends or `stop` fires, then
-/// the EOF frame (`total_size` 0).
+/// Sends our stdin (if any) as `stdin` frames until it ends or `stop`
+/// fires, then the EOF frame (`total_size` 0); and a keepalive every few
+/// seconds until `stop`, so the server knows we are here.
 async fn forward_stdin<I: AsyncRead + Unpin>(
-    mut stdin: I,
+    mut stdin: Option<I>,
     writer: &mut Writer<ClientMessage>,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), Error> {
     let mut buf = vec![0u8; STDIN_CHUNK];
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     loop {
-        // Only the read is raced against `stop`: it is cancel-safe, while a
+        let reading = async {
+            match stdin.as_mut() {
+                Some(s) => s.read(&mut buf).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Only reads and waits are raced: they are cancel-safe, while a
         // frame half written would break the stream.
         let n = tokio::select! {
-            n = stdin.read(&mut buf) => n.map_err(|e| Error::local("stdin", e))?,
-            _ = &mut stop => 0,
+            n = reading => n.map_err(|e| Error::local("stdin", e))?,
+            _ = &mut stop => {
+                if stdin.is_some() {
+                    writer.write_frame(&ClientMessage::Stdin, &[]).await?;
+                }
+                return Ok(());
+            }
+            _ = ticks.tick() => {
+                writer.write(&ClientMessage::Keepalive).await?;
+                continue;
+            }
         };
         writer.write_frame(&ClientMessage::Stdin, &buf[..n]).await?;
         if n == 0 {
-            return Ok(());
+            stdin = None;
         }
     }
 }
@@ -167,6 +206,10 @@ where
     loop {
         let h = reader.expect().await?;
         let (sink, md5, len, name): (&mut (dyn AsyncWrite + Unpin), _, _, _) = match h.msg {
+            ServerMessage::Keepalive => {
+                reader.skip_body(h.total_size).await?;
+                continue;
+            }
             ServerMessage::Stdout => (stdout, &mut out_md5, &mut out_len, "stdout"),
             ServerMessage::Stderr => (stderr, &mut err_md5, &mut err_len, "stderr"),
             ServerMessage::Exit { exit_code, signal, timed_out, stdout: sent_out, stderr: sent_err } => {

@@ -8,6 +8,12 @@ use std::fmt;
 /// is refused with [`ErrorCode::Version`] before any request is read.
 pub const PROTOCOL_VERSION: u32 = 3;
 
+/// Seconds between `keepalive` frames: the server's to a client whose
+/// command is silent, a client's while it waits (between commands of a
+/// session, or while a command runs). A peer silent for four of these is
+/// taken for gone, well inside the server's 30 s idle timeout.
+pub const KEEPALIVE_SECS: u64 = 5;
+
 /// Machine-readable reason carried by an `error` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -37,6 +37,13 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     /// knows the variant: 0.66 µs for a tree's `entry` against 0.28 µs
     /// straight (examples/codec_cost.rs).
     fn from_op(op: &str, json: &str) -> Option<serde_json::Result<Split<Self>>>;
+
+    /// Whether this is a `keepalive`: which says only that the peer is
+    /// there, and may come between any two messages of an exchange that
+    /// waits (see PROTOCOL.md).
+    fn is_keepalive(&self) -> bool {
+        self.op() == "keepalive"
+    }
 }
 
 /// `json` read as a `T`, made a message by `f`.
@@ -403,6 +410,9 @@ pub enum ClientMessage {
     Md5sum(Md5sum),
     /// The space where the root lives.
     Df,
+    /// I am here: answered with `keepalive` between requests, dropped
+    /// while a command runs.
+    Keepalive,
     /// A chunk of the command's stdin (the body); an empty one is EOF.
     Stdin,
     Data(Data),
@@ -470,6 +480,9 @@ pub enum ServerMessage {
         #[serde(default)]
         free: u64,
     },
+    /// I am here: the answer to a client's, and sent every few seconds
+    /// while a command is silent.
+    Keepalive,
     /// The command is running.
     Started,
     /// A chunk of the command's stdout (the body).
@@ -524,6 +537,7 @@ impl Message for ClientMessage {
             ClientMessage::Mkdir(_) => "mkdir",
             ClientMessage::Md5sum(_) => "md5sum",
             ClientMessage::Df => "df",
+            ClientMessage::Keepalive => "keepalive",
             ClientMessage::Stdin => "stdin",
             ClientMessage::Data(_) => "data",
             ClientMessage::Done(_) => "done",
@@ -551,6 +565,7 @@ impl Message for ClientMessage {
             | ClientMessage::Exec(_)
             | ClientMessage::Stdin
             | ClientMessage::Df
+            | ClientMessage::Keepalive
             | ClientMessage::End(_) => "",
         }
     }
@@ -595,6 +610,7 @@ impl Message for ServerMessage {
             ServerMessage::Deleted { .. } => "deleted",
             ServerMessage::Partial { .. } => "partial",
             ServerMessage::Space { .. } => "space",
+            ServerMessage::Keepalive => "keepalive",
             ServerMessage::Started => "started",
             ServerMessage::Stdout => "stdout",
             ServerMessage::Stderr => "stderr",
@@ -621,6 +637,7 @@ impl Message for ServerMessage {
             ServerMessage::Hello { .. }
             | ServerMessage::Welcome { .. }
             | ServerMessage::Space { .. }
+            | ServerMessage::Keepalive
             | ServerMessage::Started
             | ServerMessage::Stdout
             | ServerMessage::Stderr

@@ -9,7 +9,7 @@ pub mod frame;
 pub mod message;
 mod split;
 
-pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, PROTOCOL_VERSION};
+pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, KEEPALIVE_SECS, PROTOCOL_VERSION};
 pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
 pub use message::{
     ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Md5sum, Message,

@@ -7,13 +7,14 @@
 //! the command (with its time limit). Whatever ends the exchange, the
 //! command's whole process group is killed: no orphans.
 
+use super::contain::{join_in_child, Contained};
 use super::request::{refuse, Outcome};
 use super::Session;
 use crate::connection::{FrameWriter, Reader, ServerConnection};
 use crate::digest::Md5;
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ClientMessage, ErrorCode, Exec, Message, ServerMessage, StreamSummary};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::Signal;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -30,24 +31,14 @@ const PIPE_CHUNK: usize = 64 * 1024;
 /// margin allows other implementations larger writes while bounding memory.
 pub const MAX_STDIN_CHUNK: usize = 1024 * 1024;
 
-/// Kills a command's process group when dropped, so every way out of
-/// [`handle`] (error, disconnect, server shutdown) leaves no process behind.
-struct ProcessGroup(Option<Pid>);
+/// After a command ends (or is killed), how long its pipes may still be
+/// read for output already written: a process that escaped the kill (no
+/// cgroup here) and holds a pipe open cannot keep the client waiting.
+const DRAIN: Duration = Duration::from_millis(250);
 
-impl ProcessGroup {
-    fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            // ESRCH (already gone) is fine.
-            let _ = kill_process_group(pgid, Signal::KILL);
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+/// How often a keepalive goes to a client whose command is silent, so it
+/// can tell a quiet command from a dead connection.
+const KEEPALIVE: Duration = Duration::from_secs(crate::protocol::KEEPALIVE_SECS);
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
@@ -66,7 +57,8 @@ pub(crate) async fn handle(
     if command.trim().is_empty() {
         return refuse(conn, outcome, RequestError::new(ErrorCode::BadRequest, "exec needs a command")).await;
     }
-    let mut child = match spawn(&command, shared, req.stdin) {
+    let mut contained = Contained::prepare();
+    let mut child = match spawn(&command, shared, req.stdin, &contained) {
         Ok(c) => c,
         Err(e) => {
             let err = RequestError::new(
@@ -76,30 +68,39 @@ pub(crate) async fn handle(
             return refuse(conn, outcome, err).await;
         }
     };
-    let mut group = ProcessGroup(child.id().and_then(|id| Pid::from_raw(id as i32)));
+    contained.started(child.id());
     conn.writer.write(&ServerMessage::Started).await?;
 
     // A command may run silently for as long as it likes; the client's
     // disconnect, not its silence, is what ends it.
     conn.set_idle_timeout(None);
-    let result = run(conn, &mut child, &mut group, req.stdin, req.timeout).await;
+    let result = run(conn, &mut child, &mut contained, req.stdin, req.timeout).await;
     conn.set_idle_timeout(shared.config.idle_timeout);
-    group.kill();
+    contained.kill();
     outcome.bytes = result?;
     Ok(outcome)
 }
 
-fn spawn(command: &str, shared: &Session, stdin: bool) -> std::io::Result<Child> {
-    Command::new("sh")
-        .arg("-c")
+fn spawn(command: &str, shared: &Session, stdin: bool, contained: &Contained) -> std::io::Result<Child> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(command)
         .current_dir(shared.root.path())
         .process_group(0)
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    if let Some(procs) = contained.procs_file() {
+        // SAFETY: join_in_child makes only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                join_in_child(&procs);
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn()
 }
 
 /// Runs the exchange until the command is over, its output drained and its
@@ -107,7 +108,7 @@ fn spawn(command: &str, shared: &Session, stdin: bool) -> std::io::Result<Child>
 async fn run(
     conn: &mut ServerConnection,
     child: &mut Child,
-    group: &mut ProcessGroup,
+    contained: &mut Contained,
     stdin: bool,
     timeout: Option<u64>,
 ) -> Result<u64, ConnError> {
@@ -121,6 +122,7 @@ async fn run(
     // pipes are at EOF. Killing the group at exit closes pipes that
     // background grandchildren still hold.
     let output = async {
+        let (ended_tx, ended) = oneshot::channel::<()>();
         let waited = async {
             let limit = timeout.map(Duration::from_secs);
             let timed_out = match limit {
@@ -130,10 +132,12 @@ async fn run(
                     false
                 }
             };
-            group.kill();
-            (child.wait().await, timed_out)
+            contained.kill();
+            let status = child.wait().await;
+            let _ = ended_tx.send(());
+            (status, timed_out)
         };
-        let (pumped, (status, timed_out)) = tokio::join!(pump_output(writer, stdout, stderr), waited);
+        let (pumped, (status, timed_out)) = tokio::join!(pump_output(writer, stdout, stderr, ended), waited);
         let (out, err) = pumped?;
         writer.write(&exit_frame(status, timed_out, &out, &err)).await?;
         let _ = finished_tx.send(());
@@ -173,11 +177,14 @@ fn exit_frame(
 }
 
 /// Drains both pipes concurrently into `stdout` and `stderr` frames, hashing
-/// each stream; returns their summaries once both are at EOF.
+/// each stream, with a keepalive while both are silent; returns their
+/// summaries once both are at EOF, or [`DRAIN`] after `ended` (the command
+/// is over and killed) if something that escaped still holds one open.
 async fn pump_output<W, A, B>(
     writer: &mut FrameWriter<W, ServerMessage>,
     mut stdout: A,
     mut stderr: B,
+    mut ended: oneshot::Receiver<()>,
 ) -> Result<(StreamSummary, StreamSummary), ConnError>
 where
     W: AsyncWrite + Unpin,
@@ -186,12 +193,23 @@ where
 {
     let mut out = StreamState::new(ServerMessage::Stdout);
     let mut err = StreamState::new(ServerMessage::Stderr);
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let mut deadline = None;
     while out.open || err.open {
+        let drained = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         // Both reads are cancel-safe: the one that loses the race has read
         // nothing.
         tokio::select! {
             n = stdout.read(&mut out.buf), if out.open => out.forward(n, writer).await?,
             n = stderr.read(&mut err.buf), if err.open => err.forward(n, writer).await?,
+            _ = &mut ended, if deadline.is_none() => deadline = Some(tokio::time::Instant::now() + DRAIN),
+            () = drained => break,
+            _ = keepalive.tick() => writer.write(&ServerMessage::Keepalive).await?,
         }
     }
     Ok((out.summary(), err.summary()))
@@ -251,6 +269,10 @@ async fn forward_stdin(
     }
     loop {
         let h = reader.expect().await?;
+        if h.msg == ClientMessage::Keepalive {
+            reader.skip_body(h.total_size).await?;
+            continue;
+        }
         if h.msg != ClientMessage::Stdin {
             return Err(ConnError::Unexpected { got: h.msg.op(), expected: "stdin" });
         }
@@ -274,12 +296,21 @@ async fn forward_stdin(
     }
 }
 
-/// Completes when the client disconnects or sends anything at all while a
-/// command runs without stdin: both end the command.
+/// Completes when the client disconnects or sends anything but keepalives
+/// while a command runs without stdin: both end the command.
 async fn watch_disconnect(reader: &mut Reader<ClientMessage>) -> ConnError {
-    match reader.read().await {
-        Ok(None) => ConnError::Closed,
-        Ok(Some(h)) => ConnError::Unexpected { got: h.msg.op(), expected: "nothing while the command runs" },
-        Err(e) => e,
+    loop {
+        match reader.read().await {
+            Ok(None) => return ConnError::Closed,
+            Ok(Some(h)) if h.msg == ClientMessage::Keepalive => {
+                if let Err(e) = reader.skip_body(h.total_size).await {
+                    return e;
+                }
+            }
+            Ok(Some(h)) => {
+                return ConnError::Unexpected { got: h.msg.op(), expected: "nothing while the command runs" }
+            }
+            Err(e) => return e,
+        }
     }
 }

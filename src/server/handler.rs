@@ -159,6 +159,12 @@ async fn serve_requests(
         // `data` frames): whatever one announces is read and dropped here,
         // never parsed as the next frame.
         conn.reader.skip_body(req.total_size).await?;
+        if req.msg == ClientMessage::Keepalive {
+            // A client between requests (an idle session) keeps the
+            // connection, and learns that we are still here.
+            conn.writer.write(&ServerMessage::Keepalive).await?;
+            continue;
+        }
         let token = shared.grant.name.as_str();
         if let Some(right) = needs(&req.msg).filter(|r| !shared.grant.rights.allow(*r)) {
             let err =
@@ -217,6 +223,7 @@ fn needs(msg: &ClientMessage) -> Option<Right> {
         ClientMessage::Auth { .. }
         | ClientMessage::Want(_)
         | ClientMessage::Stdin
+        | ClientMessage::Keepalive
         | ClientMessage::Data(_)
         | ClientMessage::Done(_)
         | ClientMessage::Entry(_)

@@ -7,6 +7,7 @@
 //! `tree`), with what they share in `request`.
 
 mod admission;
+mod contain;
 mod df;
 mod digests;
 mod exec;
@@ -163,6 +164,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future) -
         info!(removed, "removed stale partial files");
     }
     info!(root = %root.path().display(), addr = %listener.local_addr()?, "serving");
+    if config.allow_exec {
+        info!("commands are held by {}", contain::describe());
+    }
     let digests = Digests::new(config.digest_cache);
     let mut grants = vec![Grant::default_for(config.token.clone())];
     grants.extend(config.grants.iter().cloned());

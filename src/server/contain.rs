@@ -1,0 +1,153 @@
+//! Holding every process a command starts, so that all of them end with
+//! it: its process group, and, where the server can make one, a cgroup
+//! (v2) of its own, which also holds what leaves the group or the session
+//! (`setsid`, a double fork, `nohup … &`). Killing the cgroup
+//! (`cgroup.kill`) ends everything in it at once.
+//!
+//! The cgroup is made beneath the server's own (found from
+//! `/proc/self/cgroup` and the cgroup2 mount in `/proc/self/mountinfo`);
+//! under systemd that needs `Delegate=yes`. Where none can be made, only
+//! the process group is killed, which a process that calls `setsid` or
+//! joins another group escapes.
+
+use rustix::process::{kill_process_group, Pid, Signal};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long to wait for a killed cgroup to empty before removing it: the
+/// kernel ends its processes at once, their exit takes microseconds.
+const EMPTY_WAIT: Duration = Duration::from_secs(1);
+
+/// Everything one command started.
+pub(crate) struct Contained {
+    /// Its process group (the command's pid), until killed.
+    group: Option<Pid>,
+    /// Its cgroup, where one could be made.
+    cgroup: Option<Cgroup>,
+}
+
+impl Contained {
+    /// A cgroup for a command about to start, if one can be made; the
+    /// command joins it with [`join_in_child`] before it runs.
+    pub fn prepare() -> Contained {
+        Contained { group: None, cgroup: Cgroup::new() }
+    }
+
+    /// The `cgroup.procs` file the child writes itself into, if any.
+    pub fn procs_file(&self) -> Option<CString> {
+        self.cgroup.as_ref().map(|c| c.procs.clone())
+    }
+
+    /// Notes the started command's process group.
+    pub fn started(&mut self, pid: Option<u32>) {
+        self.group = pid.and_then(|id| Pid::from_raw(id as i32));
+    }
+
+    /// Kills everything the command started: its cgroup, its group.
+    pub fn kill(&mut self) {
+        if let Some(c) = &self.cgroup {
+            c.kill();
+        }
+        if let Some(pgid) = self.group.take() {
+            // ESRCH (already gone) is fine.
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// In the forked child, before exec: moves the child into the cgroup
+/// whose `cgroup.procs` is `procs`. Only async-signal-safe calls. A failure
+/// leaves it in the server's cgroup, held by its process group alone.
+pub(crate) fn join_in_child(procs: &CString) {
+    // SAFETY: open, write and close on a path prepared before the fork.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+        }
+    }
+}
+
+/// One command's cgroup, removed when dropped (after it is killed).
+struct Cgroup {
+    /// Its directory.
+    dir: PathBuf,
+    /// Its `cgroup.procs`, ready for the child.
+    procs: CString,
+}
+
+impl Cgroup {
+    fn new() -> Option<Cgroup> {
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let base = base()?;
+        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("xfer-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()?;
+        Some(Cgroup { dir, procs })
+    }
+
+    fn kill(&self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), b"1");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.kill();
+        let until = Instant::now() + EMPTY_WAIT;
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Where this server's commands' cgroups go: the server's own cgroup in
+/// the cgroup2 hierarchy, if it is mounted and we may make groups in it.
+fn base() -> Option<PathBuf> {
+    static BASE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mount = cgroup2_mount()?;
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let base = mount.join(own.trim_start_matches('/'));
+        // Made and removed once: the test that we may.
+        let probe = base.join(format!("xfer-{}-probe", std::process::id()));
+        std::fs::create_dir(&probe).ok()?;
+        let killable = probe.join("cgroup.kill").exists();
+        let _ = std::fs::remove_dir(&probe);
+        killable.then_some(base)
+    })
+    .clone()
+}
+
+/// The cgroup2 mount point, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // "... mount-point options - fstype source ..."
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(Path::new(left.split_whitespace().nth(4)?).into())
+    })
+}
+
+/// What holds commands here, for the server's log at start.
+pub(crate) fn describe() -> String {
+    match base() {
+        Some(b) => format!("a cgroup per command beneath {}", b.display()),
+        None => "their process groups only (no cgroup v2 to make groups in)".to_string(),
+    }
+}
