@@ -189,11 +189,19 @@ pub enum Command {
         dir: PathBuf,
     },
     /// Run a command on the server (which needs --allow-exec); without a
-    /// command, read commands from stdin, one per line.
+    /// command, a remote login shell on a terminal when ours is one, else
+    /// commands read from stdin, one per line.
     Exec {
         /// Send no stdin: the command reads EOF at once.
         #[arg(short = 'n')]
         no_stdin: bool,
+        /// Run it on a pseudo-terminal (as ssh -t): for vi, top, less,
+        /// password prompts.
+        #[arg(short = 't', conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never a terminal, even for a shell (as ssh -T).
+        #[arg(short = 'T')]
+        no_tty: bool,
         /// Kill the command (and everything it started) after SECS seconds.
         #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,

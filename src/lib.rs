@@ -35,7 +35,9 @@
 //!   written on threads of their own.
 //! - [`ui`]: progress bars and summary lines.
 //! - [`server`]: listener, admission of unauthenticated connections,
-//!   per-connection handler, one module per request: who speaks first.
+//!   per-connection handler and the session (a token's rights and root),
+//!   one module per request, and what exec needs: a pseudo-terminal, a
+//!   cgroup per command.
 //! - [`client`]: connecting, and one module per client command.
 //! - [`cli`]: the command line (clap).
 //!
@@ -140,13 +142,18 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
         Command::Cat { paths } => client::cat(opts, &paths).await,
         Command::Md5sum { paths } => client::md5sum(opts, &paths).await,
         Command::Df { human, .. } => client::df(opts, human).await,
-        Command::Exec { no_stdin, timeout, command } if command.is_empty() => {
-            let _ = no_stdin; // a session reads its commands from stdin
-            client::session(opts, timeout).await
-        }
-        Command::Exec { no_stdin, timeout, command } => {
-            let how = client::ExecOptions { stdin: !no_stdin, timeout };
-            client::exec(opts, &command, how).await
+        Command::Exec { no_stdin, timeout, tty, no_tty, command } => {
+            use std::io::IsTerminal;
+            // As ssh: a shell gets a terminal when ours is one; -t forces
+            // one, -T none.
+            let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+            let tty = !no_tty && (tty || (command.is_empty() && terminal));
+            let how = client::ExecOptions { stdin: !no_stdin, timeout, tty, login: command.is_empty() };
+            match command.is_empty() && !tty {
+                // A session reads its commands from stdin.
+                true => client::session(opts, timeout).await,
+                false => client::exec(opts, &command, how).await,
+            }
         }
         Command::Serve(_) | Command::Token { .. } | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled by run")

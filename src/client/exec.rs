@@ -6,7 +6,7 @@ use super::{unexpected_reply, Client, Options};
 use crate::connection::{Reader, Writer};
 use crate::digest::Md5;
 use crate::error::{ConnError, Error};
-use crate::protocol::{ClientMessage, Exec, ServerMessage, StreamSummary};
+use crate::protocol::{ClientMessage, Exec, ServerMessage, StreamSummary, Tty};
 use crate::ui::Ui;
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -25,17 +25,22 @@ const KEEPALIVE: Duration = Duration::from_secs(crate::protocol::KEEPALIVE_SECS)
 const GONE_AFTER: Duration = Duration::from_secs(4 * crate::protocol::KEEPALIVE_SECS);
 
 /// What the user asked of one command.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ExecOptions {
     /// Forward our stdin (`false` with `-n`).
     pub stdin: bool,
     /// Seconds before the server kills the command.
     pub timeout: Option<u64>,
+    /// On a pseudo-terminal (`-t`, or a shell from a terminal).
+    pub tty: bool,
+    /// The server user's login shell, not a command.
+    pub login: bool,
 }
 
 /// Runs `words` joined by spaces (as ssh does) and returns the exit code to
 /// leave with.
 pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<u8, Error> {
+    use tokio::signal::unix::{signal, SignalKind};
     let mut client = Client::connect(opts).await?;
     let command = words.join(" ");
     let conn = &mut client.conn;
@@ -45,8 +50,57 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let stdin = how.stdin.then(tokio::io::stdin);
-    run_one(&mut conn.reader, &mut conn.writer, &command, (how, opts.ui), stdin, (&mut stdout, &mut stderr))
-        .await
+    // On a terminal of ours, keys go to the remote program as they are
+    // typed (raw mode), until the guard puts the terminal back, on every
+    // way out: the end, an error, a lost connection, SIGTERM or SIGHUP.
+    let _raw = match how.tty {
+        true => RawMode::enter(),
+        false => None,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::local("signals", e))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::local("signals", e))?;
+    let sinks = (&mut stdout, &mut stderr);
+    tokio::select! {
+        ran = run_one(&mut conn.reader, &mut conn.writer, &command, (how, opts.ui), stdin, sinks) => ran,
+        _ = term.recv() => Ok(128 + 15),
+        _ = hup.recv() => Ok(128 + 1),
+    }
+}
+
+/// Our terminal in raw mode while it lives: every key (Ctrl-C, arrows,
+/// Ctrl-D) goes to the remote program, which echoes what it likes. Put
+/// back as it was when dropped.
+struct RawMode(rustix::termios::Termios);
+
+impl RawMode {
+    /// Raw mode on our stdin, if it is a terminal.
+    fn enter() -> Option<RawMode> {
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
+        Some(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use rustix::termios::{tcsetattr, OptionalActions};
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.0);
+    }
+}
+
+/// Our terminal's `TERM` and window size, for the remote one.
+fn our_terminal() -> Tty {
+    let size = rustix::termios::tcgetwinsize(std::io::stdout())
+        .or_else(|_| rustix::termios::tcgetwinsize(std::io::stdin()))
+        .ok()
+        .filter(|w| w.ws_row > 0 && w.ws_col > 0);
+    let (rows, cols) = size.map_or((24, 80), |w| (w.ws_row, w.ws_col));
+    let term = std::env::var("TERM").ok().filter(|t| !t.is_empty()).unwrap_or_else(|| "dumb".into());
+    Tty { term, rows, cols }
 }
 
 /// Reads commands from stdin, one per line, and runs each in turn on one
@@ -60,7 +114,7 @@ pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> 
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    let how = ExecOptions { stdin: false, timeout };
+    let how = ExecOptions { timeout, ..ExecOptions::default() };
     let mut last = 0;
     loop {
         if interactive {
@@ -122,7 +176,13 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let req = Exec { command: command.to_string(), timeout: how.timeout, stdin: stdin.is_some() };
+    let req = Exec {
+        command: command.to_string(),
+        timeout: how.timeout,
+        stdin: stdin.is_some(),
+        tty: how.tty.then(our_terminal),
+        login: how.login,
+    };
     writer.write(&ClientMessage::Exec(req)).await?;
     let reply = reader.expect_control().await?;
     if reply != ServerMessage::Started {
@@ -142,7 +202,15 @@ where
         let _ = exited_tx.send(());
         Ok::<_, Error>(exit)
     };
-    let input = forward_stdin(stdin, writer, exited_rx);
+    // A terminal's new size goes over as the user resizes the window.
+    let resized = match how.tty {
+        true => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+                .map_err(|e| Error::local("signals", e))?,
+        ),
+        false => None,
+    };
+    let input = forward_stdin(stdin, writer, exited_rx, resized);
     let (exit, ()) = tokio::try_join!(output, input)?;
     ui.exited(exit.exit_code, exit.signal, exit.timed_out);
     exit_code(&exit, how.timeout)
@@ -155,10 +223,17 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
     mut stdin: Option<I>,
     writer: &mut Writer<ClientMessage>,
     mut stop: oneshot::Receiver<()>,
+    mut resized: Option<tokio::signal::unix::Signal>,
 ) -> Result<(), Error> {
     let mut buf = vec![0u8; STDIN_CHUNK];
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     loop {
+        let winch = async {
+            match resized.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let reading = async {
             match stdin.as_mut() {
                 Some(s) => s.read(&mut buf).await,
@@ -177,6 +252,11 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
             }
             _ = ticks.tick() => {
                 writer.write(&ClientMessage::Keepalive).await?;
+                continue;
+            }
+            _ = winch => {
+                let Tty { rows, cols, .. } = our_terminal();
+                writer.write(&ClientMessage::Resize { rows, cols }).await?;
                 continue;
             }
         };

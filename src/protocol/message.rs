@@ -285,6 +285,27 @@ pub struct Exec {
     /// Whether `stdin` frames follow.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stdin: bool,
+    /// Run it on a pseudo-terminal of this kind and size (`exec -t`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<Tty>,
+    /// Run the server user's login shell (`command` empty; with `tty`, a
+    /// remote shell as `ssh host` gives).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub login: bool,
+}
+
+/// The terminal a command runs on: its `TERM` and window size.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Tty {
+    /// `TERM` for the command (`xterm-256color`, say).
+    #[serde(default)]
+    pub term: String,
+    /// Window rows.
+    #[serde(default)]
+    pub rows: u16,
+    /// Window columns.
+    #[serde(default)]
+    pub cols: u16,
 }
 
 /// Make the directory `filename` a copy of the manifest that follows.
@@ -413,6 +434,15 @@ pub enum ClientMessage {
     /// I am here: answered with `keepalive` between requests, dropped
     /// while a command runs.
     Keepalive,
+    /// The client's terminal window has a new size (`exec` with `tty`).
+    Resize {
+        /// Rows.
+        #[serde(default)]
+        rows: u16,
+        /// Columns.
+        #[serde(default)]
+        cols: u16,
+    },
     /// A chunk of the command's stdin (the body); an empty one is EOF.
     Stdin,
     Data(Data),
@@ -538,6 +568,7 @@ impl Message for ClientMessage {
             ClientMessage::Md5sum(_) => "md5sum",
             ClientMessage::Df => "df",
             ClientMessage::Keepalive => "keepalive",
+            ClientMessage::Resize { .. } => "resize",
             ClientMessage::Stdin => "stdin",
             ClientMessage::Data(_) => "data",
             ClientMessage::Done(_) => "done",
@@ -566,6 +597,7 @@ impl Message for ClientMessage {
             | ClientMessage::Stdin
             | ClientMessage::Df
             | ClientMessage::Keepalive
+            | ClientMessage::Resize { .. }
             | ClientMessage::End(_) => "",
         }
     }

@@ -8,6 +8,7 @@
 //! command's whole process group is killed: no orphans.
 
 use super::contain::{join_in_child, Contained};
+use super::pty::{self, Master, Program, Terminal};
 use super::request::{refuse, Outcome};
 use super::Session;
 use crate::connection::{FrameWriter, Reader, ServerConnection};
@@ -20,7 +21,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 /// Read size for the command's pipes. 64 KiB is the Linux pipe capacity, so
@@ -30,6 +31,9 @@ const PIPE_CHUNK: usize = 64 * 1024;
 /// Largest stdin chunk accepted from a client. The client sends 64 KiB; the
 /// margin allows other implementations larger writes while bounding memory.
 pub const MAX_STDIN_CHUNK: usize = 1024 * 1024;
+
+/// What a terminal takes as the end of input (VEOF).
+const CTRL_D: u8 = 4;
 
 /// After a command ends (or is killed), how long its pipes may still be
 /// read for output already written: a process that escaped the kill (no
@@ -54,16 +58,43 @@ pub(crate) async fn handle(
         );
         return refuse(conn, outcome, err).await;
     }
-    if command.trim().is_empty() {
-        return refuse(conn, outcome, RequestError::new(ErrorCode::BadRequest, "exec needs a command")).await;
+    if command.trim().is_empty() != req.login {
+        let why = if req.login { "a login shell takes no command" } else { "exec needs a command" };
+        return refuse(conn, outcome, RequestError::new(ErrorCode::BadRequest, why)).await;
     }
     let mut contained = Contained::prepare();
-    let mut child = match spawn(&command, shared, req.stdin, &contained) {
+    let started = match &req.tty {
+        Some(tty) => {
+            let terminal = Terminal { term: tty.term.clone(), rows: tty.rows.max(1), cols: tty.cols.max(1) };
+            let program = if req.login { Program::LoginShell } else { Program::Command(&command) };
+            pty::spawn(program, &terminal, shared.root.path(), &contained).map(|(mut child, master)| {
+                let streams = Streams {
+                    out: Box::new(master.clone()),
+                    err: Box::new(tokio::io::empty()),
+                    sink: Some(Box::new(master.clone())),
+                    master: Some(master),
+                };
+                child.stdin.take();
+                (child, streams)
+            })
+        }
+        None if req.login => Err(std::io::Error::other("a login shell needs a terminal (tty)")),
+        None => spawn(&command, shared, req.stdin, &contained).map(|mut child| {
+            let streams = Streams {
+                out: Box::new(child.stdout.take().expect("stdout is piped")),
+                err: Box::new(child.stderr.take().expect("stderr is piped")),
+                sink: child.stdin.take().map(|s| Box::new(s) as Box<dyn AsyncWrite + Unpin + Send>),
+                master: None,
+            };
+            (child, streams)
+        }),
+    };
+    let (mut child, streams) = match started {
         Ok(c) => c,
         Err(e) => {
             let err = RequestError::new(
                 ErrorCode::Internal,
-                format!("cannot start sh: {}", crate::error::plain_io(&e)),
+                format!("cannot start the command: {}", crate::error::plain_io(&e)),
             );
             return refuse(conn, outcome, err).await;
         }
@@ -74,7 +105,8 @@ pub(crate) async fn handle(
     // A command may run silently for as long as it likes; the client's
     // disconnect, not its silence, is what ends it.
     conn.set_idle_timeout(None);
-    let result = run(conn, &mut child, &mut contained, req.stdin, req.timeout).await;
+    let expects_stdin = req.stdin;
+    let result = run(conn, &mut child, &mut contained, streams, (expects_stdin, req.timeout)).await;
     conn.set_idle_timeout(shared.config.idle_timeout);
     contained.kill();
     outcome.bytes = result?;
@@ -103,18 +135,29 @@ fn spawn(command: &str, shared: &Session, stdin: bool, contained: &Contained) ->
     cmd.spawn()
 }
 
+/// A running command's ends: its output (a pty's master twice over, or its
+/// two pipes), where its input goes, and its terminal, if it has one.
+struct Streams {
+    /// Its stdout (or the terminal's output).
+    out: Box<dyn AsyncRead + Unpin + Send>,
+    /// Its stderr (empty on a terminal: the terminal merges them).
+    err: Box<dyn AsyncRead + Unpin + Send>,
+    /// Where the client's stdin goes, if anywhere.
+    sink: Option<Box<dyn AsyncWrite + Unpin + Send>>,
+    /// The terminal, for `resize`.
+    master: Option<Master>,
+}
+
 /// Runs the exchange until the command is over, its output drained and its
 /// `exit` frame sent. Returns the output bytes sent.
 async fn run(
     conn: &mut ServerConnection,
     child: &mut Child,
     contained: &mut Contained,
-    stdin: bool,
-    timeout: Option<u64>,
+    streams: Streams,
+    (stdin, timeout): (bool, Option<u64>),
 ) -> Result<u64, ConnError> {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let child_stdin = child.stdin.take();
+    let Streams { out: stdout, err: stderr, sink: child_stdin, master } = streams;
     let ServerConnection { reader, writer, .. } = conn;
     let (finished_tx, finished_rx) = oneshot::channel::<()>();
 
@@ -148,9 +191,9 @@ async fn run(
     // at the latest when it sees `exit`, so the next request starts in
     // step), then watch for the client going away until the command is over.
     let input = async {
-        forward_stdin(reader, child_stdin, stdin).await?;
+        forward_stdin(reader, child_stdin, stdin, master.as_ref()).await?;
         tokio::select! {
-            gone = watch_disconnect(reader) => Err(gone),
+            gone = watch_disconnect(reader, master.as_ref()) => Err(gone),
             _ = finished_rx => Ok(()),
         }
     };
@@ -261,23 +304,35 @@ impl StreamState {
 /// stops taking them, so the connection stays in step.
 async fn forward_stdin(
     reader: &mut Reader<ClientMessage>,
-    mut sink: Option<ChildStdin>,
+    mut sink: Option<Box<dyn AsyncWrite + Unpin + Send>>,
     expected: bool,
+    terminal: Option<&Master>,
 ) -> Result<(), ConnError> {
     if !expected {
         return Ok(());
     }
     loop {
         let h = reader.expect().await?;
-        if h.msg == ClientMessage::Keepalive {
-            reader.skip_body(h.total_size).await?;
-            continue;
-        }
-        if h.msg != ClientMessage::Stdin {
-            return Err(ConnError::Unexpected { got: h.msg.op(), expected: "stdin" });
+        match (&h.msg, terminal) {
+            (ClientMessage::Keepalive, _) => {
+                reader.skip_body(h.total_size).await?;
+                continue;
+            }
+            (ClientMessage::Resize { rows, cols }, Some(master)) => {
+                reader.skip_body(h.total_size).await?;
+                master.resize((*rows).max(1), (*cols).max(1));
+                continue;
+            }
+            (ClientMessage::Stdin, _) => {}
+            (other, _) => return Err(ConnError::Unexpected { got: other.op(), expected: "stdin" }),
         }
         if h.total_size == 0 {
             // Dropping the pipe closes the command's stdin: it reads EOF.
+            // A terminal is not closed: it is told the end of input, as
+            // Ctrl-D at the start of a line tells it.
+            if let (Some(pty), Some(_)) = (sink.as_mut(), terminal) {
+                let _ = pty.write_all(&[CTRL_D]).await;
+            }
             drop(sink.take());
             return Ok(());
         }
@@ -298,11 +353,16 @@ async fn forward_stdin(
 
 /// Completes when the client disconnects or sends anything but keepalives
 /// while a command runs without stdin: both end the command.
-async fn watch_disconnect(reader: &mut Reader<ClientMessage>) -> ConnError {
+async fn watch_disconnect(reader: &mut Reader<ClientMessage>, terminal: Option<&Master>) -> ConnError {
     loop {
         match reader.read().await {
             Ok(None) => return ConnError::Closed,
-            Ok(Some(h)) if h.msg == ClientMessage::Keepalive => {
+            Ok(Some(h))
+                if h.msg == ClientMessage::Keepalive || matches!(h.msg, ClientMessage::Resize { .. }) =>
+            {
+                if let (ClientMessage::Resize { rows, cols }, Some(master)) = (&h.msg, terminal) {
+                    master.resize((*rows).max(1), (*cols).max(1));
+                }
                 if let Err(e) = reader.skip_body(h.total_size).await {
                     return e;
                 }

@@ -224,6 +224,7 @@ fn needs(msg: &ClientMessage) -> Option<Right> {
         | ClientMessage::Want(_)
         | ClientMessage::Stdin
         | ClientMessage::Keepalive
+        | ClientMessage::Resize { .. }
         | ClientMessage::Data(_)
         | ClientMessage::Done(_)
         | ClientMessage::Entry(_)

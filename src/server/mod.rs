@@ -17,6 +17,7 @@ mod ls;
 mod md5sum;
 mod mkdir;
 mod mv;
+mod pty;
 mod put;
 mod request;
 mod rm;
