@@ -314,3 +314,38 @@ fn an_idle_session_stays_and_a_dead_server_is_told_at_once() {
     std::io::Read::read_to_string(&mut session.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("xfer: error:"), "{err}");
 }
+
+#[test]
+fn without_a_cgroup_the_mark_finds_what_escaped() {
+    // The real server, told not to use cgroups: what leaves the group is
+    // found by the XFER_COMMAND mark its environment carries.
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = xfer_process(addr, root.path())
+        .env("XFER_NO_CGROUP", "1")
+        .args(["serve", "--listen", &addr.to_string(), "--root", ".", "--allow-exec"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()));
+    let work = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    xfer(addr, work.path())
+        .args(["exec", "-n", "--timeout", "2", "setsid sh -c 'echo $$ > escaped.pid; exec sleep 20'"])
+        .assert()
+        .code(124);
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    let escaped = read_pid(&root.path().join("escaped.pid")).expect("it ran");
+    let gone = eventually(Duration::from_secs(1), || !alive(escaped));
+    xfer(addr, work.path())
+        .args(["exec", "-n", "(setsid sh -c 'echo $$ > daemon.pid; exec sleep 30' &) ; sleep 0.2"])
+        .assert()
+        .success();
+    let daemon = read_pid(&root.path().join("daemon.pid")).expect("it ran");
+    let daemon_gone = eventually(Duration::from_secs(1), || !alive(daemon));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(gone, "setsid child {escaped} survived");
+    assert!(daemon_gone, "daemon {daemon} survived");
+}

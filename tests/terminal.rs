@@ -117,8 +117,9 @@ fn a_remote_shell_keeps_going_after_ctrl_c_and_hides_a_password() {
     let server = server();
     // No command, on a terminal: the server user's login shell.
     let mut s = Screen::start(&server, &["exec"], (24, 80));
-    s.keys("PS1='$ '; echo shell-up\r");
-    assert!(s.shows("shell-up\r\n"), "{}", s.text());
+    // What the remote shell prints, never the keys echoed as typed.
+    s.keys("PS1='$ '; echo shell-$((2+2))-up\r");
+    assert!(s.shows("shell-4-up"), "{}", s.text());
     // Raw here: the remote terminal echoes, ours does not too.
     let ours = tcgetattr(&s.master).unwrap();
     assert!(!ours.local_modes.contains(LocalModes::ECHO), "our terminal is raw while the shell runs");
@@ -145,8 +146,8 @@ fn t_and_big_t_choose_as_ssh_does() {
     let work = tempfile::tempdir().unwrap();
     // -T: no terminal even from one; the line session reads commands.
     let mut s = Screen::start(&server, &["exec", "-T"], (24, 80));
-    s.keys("tty || echo no-tty\r");
-    assert!(s.shows("no-tty"), "{}", s.text());
+    s.keys("tty || echo not-a-$((6*7))\r");
+    assert!(s.shows("not-a-42"), "{}", s.text());
     s.keys("exit\r");
     assert_eq!(s.exit_code(), Some(0));
     // -t without a terminal of ours: the remote one still exists.
@@ -162,7 +163,8 @@ fn t_and_big_t_choose_as_ssh_does() {
 fn vi_edits_a_remote_file_through_the_terminal() {
     let server = server();
     let mut s = Screen::start(&server, &["exec", "-t", "vi -u NONE notes.txt"], (24, 80));
-    std::thread::sleep(Duration::from_millis(500));
+    // vi has drawn its screen (its status line names the file).
+    assert!(s.shows("notes.txt"), "{}", s.text());
     s.keys("ihello from vi\x1b:wq\r");
     assert_eq!(s.exit_code(), Some(0), "{}", s.text());
     assert_eq!(std::fs::read_to_string(server.path("notes.txt")).unwrap(), "hello from vi\n");

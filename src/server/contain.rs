@@ -6,9 +6,12 @@
 //!
 //! The cgroup is made beneath the server's own (found from
 //! `/proc/self/cgroup` and the cgroup2 mount in `/proc/self/mountinfo`);
-//! under systemd that needs `Delegate=yes`. Where none can be made, only
-//! the process group is killed, which a process that calls `setsid` or
-//! joins another group escapes.
+//! under systemd that needs `Delegate=yes`. Where none can be made (or
+//! `XFER_NO_CGROUP=1` says not to), every process of a command carries
+//! `XFER_COMMAND=SERVERPID.N` in its environment, and when the command
+//! ends the server kills every process of its user that does, wherever it
+//! went. That misses only a process that starts with its environment
+//! cleared (`env -i`, some daemons) or runs as another user.
 
 use rustix::process::{kill_process_group, Pid, Signal};
 use std::ffi::CString;
@@ -27,13 +30,18 @@ pub(crate) struct Contained {
     group: Option<Pid>,
     /// Its cgroup, where one could be made.
     cgroup: Option<Cgroup>,
+    /// What its processes carry in [`MARK_VAR`].
+    mark: String,
 }
 
 impl Contained {
     /// A cgroup for a command about to start, if one can be made; the
-    /// command joins it with [`join_in_child`] before it runs.
+    /// command joins it with [`join_in_child`] before it runs, and carries
+    /// [`MARK_VAR`] with [`mark`](Self::mark) either way.
     pub fn prepare() -> Contained {
-        Contained { group: None, cgroup: Cgroup::new() }
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let mark = format!("{}.{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
+        Contained { group: None, cgroup: Cgroup::new(), mark }
     }
 
     /// The `cgroup.procs` file the child writes itself into, if any.
@@ -41,12 +49,18 @@ impl Contained {
         self.cgroup.as_ref().map(|c| c.procs.clone())
     }
 
+    /// The value of [`MARK_VAR`] every process of this command inherits.
+    pub fn mark(&self) -> &str {
+        &self.mark
+    }
+
     /// Notes the started command's process group.
     pub fn started(&mut self, pid: Option<u32>) {
         self.group = pid.and_then(|id| Pid::from_raw(id as i32));
     }
 
-    /// Kills everything the command started: its cgroup, its group.
+    /// Kills everything the command started: its cgroup, its group, and
+    /// (without a cgroup) every process that carries its mark.
     pub fn kill(&mut self) {
         if let Some(c) = &self.cgroup {
             c.kill();
@@ -55,12 +69,48 @@ impl Contained {
             // ESRCH (already gone) is fine.
             let _ = kill_process_group(pgid, Signal::KILL);
         }
+        if self.cgroup.is_none() {
+            kill_marked(&format!("{MARK_VAR}={}", self.mark));
+        }
     }
 }
 
 impl Drop for Contained {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The environment variable that marks every process of one command
+/// (`SERVERPID.N`), by which leftovers are found where there is no cgroup.
+pub(crate) const MARK_VAR: &str = "XFER_COMMAND";
+
+/// Kills every process whose environment (as it was at its exec) holds
+/// `entry` (`XFER_COMMAND=…`), again while any is left: a process can fork
+/// while the first round runs. Processes of other users are not readable,
+/// and were not ours to start.
+fn kill_marked(entry: &str) {
+    let me = std::process::id() as i32;
+    for _ in 0..16 {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+        let marked: Vec<i32> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == entry.as_bytes()))
+            })
+            .collect();
+        if marked.is_empty() {
+            return;
+        }
+        for pid in marked {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -117,6 +167,9 @@ impl Drop for Cgroup {
 fn base() -> Option<PathBuf> {
     static BASE: OnceLock<Option<PathBuf>> = OnceLock::new();
     BASE.get_or_init(|| {
+        if std::env::var_os("XFER_NO_CGROUP").is_some_and(|v| v == "1") {
+            return None;
+        }
         let mount = cgroup2_mount()?;
         let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let own = own.lines().find_map(|l| l.strip_prefix("0::"))?;
@@ -148,6 +201,9 @@ fn cgroup2_mount() -> Option<PathBuf> {
 pub(crate) fn describe() -> String {
     match base() {
         Some(b) => format!("a cgroup per command beneath {}", b.display()),
-        None => "their process groups only (no cgroup v2 to make groups in)".to_string(),
+        None => format!(
+            "process groups and the {MARK_VAR} mark: no cgroup v2 to make groups in \
+             (a process that clears its environment escapes)"
+        ),
     }
 }

@@ -7,7 +7,7 @@
 //! the command (with its time limit). Whatever ends the exchange, the
 //! command's whole process group is killed: no orphans.
 
-use super::contain::{join_in_child, Contained};
+use super::contain::{join_in_child, Contained, MARK_VAR};
 use super::pty::{self, Master, Program, Terminal};
 use super::request::{refuse, Outcome};
 use super::Session;
@@ -122,15 +122,17 @@ fn spawn(command: &str, shared: &Session, stdin: bool, contained: &Contained) ->
         .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .env(MARK_VAR, contained.mark())
         .kill_on_drop(true);
-    if let Some(procs) = contained.procs_file() {
-        // SAFETY: join_in_child makes only async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || {
-                join_in_child(&procs);
-                Ok(())
-            });
-        }
+    let procs = contained.procs_file();
+    // SAFETY: only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                join_in_child(procs);
+            }
+            Ok(())
+        });
     }
     cmd.spawn()
 }

@@ -3,7 +3,7 @@
 //! controlling terminal, and the master side as an async reader and
 //! writer for the exchange.
 
-use super::contain::{join_in_child, Contained};
+use super::contain::{join_in_child, Contained, MARK_VAR};
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcsetwinsize, Winsize};
 use std::io;
@@ -83,6 +83,7 @@ pub(crate) fn spawn(
     };
     cmd.current_dir(dir)
         .env("TERM", &terminal.term)
+        .env(MARK_VAR, contained.mark())
         .stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave))
