@@ -71,6 +71,12 @@ fn every_command_speaks_json_lines_and_nothing_else() {
     assert!(o.contains(&serde_json::json!({"type": "stderr", "base64": "/w=="})), "{o:?}");
     assert_eq!(o.last().unwrap()["exit_code"], 3);
 
+    // A file's bytes never share stdout with the objects.
+    for args in [&["get", "a.txt", "-"][..], &["cat", "a.txt"]] {
+        let (o, code) = json(&server, work.path(), args);
+        assert_eq!((code, o[0]["code"].as_str()), (2, Some("usage")), "{args:?}");
+    }
+
     // Usage errors too, and a server that is not there.
     let (o, code) = json(&server, work.path(), &["put", "--bogus"]);
     assert_eq!((code, o[0]["code"].as_str()), (2, Some("usage")));

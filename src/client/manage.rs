@@ -107,6 +107,9 @@ pub async fn md5sum(opts: &Options, paths: &[String]) -> Result<u8, Error> {
 
 /// `xfer cat PATH...`: remote files to standard output, each verified.
 pub async fn cat(opts: &Options, paths: &[String]) -> Result<u8, Error> {
+    if opts.ui.json {
+        return Err(Error::Usage("--json keeps stdout for its objects: xfer get the files instead".into()));
+    }
     // Only the bytes go out: no summary lines.
     let quiet = Options { ui: crate::ui::Ui { quiet: true, ..opts.ui }, ..opts.clone() };
     each(opts, paths, async |client: &mut Client, path: &str| {

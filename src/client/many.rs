@@ -118,6 +118,9 @@ pub async fn get_many(opts: &Options, paths: &[String], how: Sources, flags: Fla
     if dest == Some("-") && (several || how.recursive) {
         return Err(Error::Usage("- (standard output) takes one file".into()));
     }
+    if dest == Some("-") && opts.ui.json {
+        return Err(Error::Usage("--json keeps stdout for its objects: fetch the file to a path".into()));
+    }
     // Several sources go into a directory: one that exists, or one to make.
     // A single tree goes into a directory that exists (as cp -r and scp -r
     // put it), and otherwise becomes the destination.
