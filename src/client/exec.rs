@@ -53,15 +53,17 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     // On a terminal of ours, keys go to the remote program as they are
     // typed (raw mode), until the guard puts the terminal back, on every
     // way out: the end, an error, a lost connection, SIGTERM or SIGHUP.
-    let _raw = match how.tty {
-        true => RawMode::enter(),
-        false => None,
+    let sinks = (&mut stdout, &mut stderr);
+    let ran = run_one(&mut conn.reader, &mut conn.writer, &command, (how, opts.ui), stdin, sinks);
+    let Some(_raw) = how.tty.then(RawMode::enter).flatten() else {
+        // Not raw: signals may end us as they would any program (setting
+        // up handlers would cost every `xfer exec true` 0.4 ms).
+        return ran.await;
     };
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::local("signals", e))?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::local("signals", e))?;
-    let sinks = (&mut stdout, &mut stderr);
     tokio::select! {
-        ran = run_one(&mut conn.reader, &mut conn.writer, &command, (how, opts.ui), stdin, sinks) => ran,
+        ran = ran => ran,
         _ = term.recv() => Ok(128 + 15),
         _ = hup.recv() => Ok(128 + 1),
     }

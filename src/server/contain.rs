@@ -59,6 +59,13 @@ impl Contained {
         self.group = pid.and_then(|id| Pid::from_raw(id as i32));
     }
 
+    /// Kills the command's process group only: what did not leave it.
+    pub fn kill_group(&mut self) {
+        if let Some(pgid) = self.group {
+            let _ = kill_process_group(pgid, Signal::KILL);
+        }
+    }
+
     /// Kills everything the command started: its cgroup, its group, and
     /// (without a cgroup) every process that carries its mark.
     pub fn kill(&mut self) {

@@ -177,7 +177,15 @@ async fn run(
                     false
                 }
             };
-            contained.kill();
+            // Out of time: everything, now. Ended: its group, which closes
+            // the pipes of all but escapees; those (and the rest of the
+            // cgroup, or what carries the mark) go after `exit` is sent,
+            // off the answer's path: 0.5 ms of /proc or cgroup work saved
+            // on every `xfer exec true`.
+            match timed_out {
+                true => contained.kill(),
+                false => contained.kill_group(),
+            }
             let status = child.wait().await;
             let _ = ended_tx.send(());
             (status, timed_out)
