@@ -124,15 +124,17 @@ fn spawn(command: &str, shared: &Session, stdin: bool, contained: &Contained) ->
         .stderr(Stdio::piped())
         .env(MARK_VAR, contained.mark())
         .kill_on_drop(true);
-    let procs = contained.procs_file();
-    // SAFETY: only async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(procs) = &procs {
-                join_in_child(procs);
-            }
-            Ok(())
-        });
+    // Only to join a cgroup: a pre_exec hook makes the standard library
+    // fork where it would otherwise posix_spawn, which costs this ~30 MiB
+    // process 0.3 ms per command (exec true: 3.7 ms against 3.4).
+    if let Some(procs) = contained.procs_file() {
+        // SAFETY: join_in_child makes only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                join_in_child(&procs);
+                Ok(())
+            });
+        }
     }
     cmd.spawn()
 }
