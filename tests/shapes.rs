@@ -31,6 +31,15 @@ fn several_sources_go_into_a_remote_directory_over_one_connection() {
         .code(2)
         .stderr(predicate::str::contains("the remote destination nodir is not a directory"));
     assert!(!server.path("nodir").exists());
+    // A remote file is no directory either (the server says what a path
+    // is without listing it).
+    fs::write(server.path("plain"), b"p").unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "a.txt", "b.txt", "plain"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the remote destination plain is not a directory"));
+    assert_eq!(fs::read(server.path("plain")).unwrap(), b"p");
     // And back: several remote files into a local directory.
     xfer(server.addr, work.path()).args(["get", "d/a.txt", "d/c.txt", "back/"]).assert().success();
     assert_eq!(tree(&work.path().join("back")), ["a.txt", "c.txt"]);

@@ -3,10 +3,10 @@
 //! patterns, `.` and `/`. All sources go over one connection; a source
 //! that fails is reported and the others go on (exit code 1).
 
-use super::ls::{expand, list};
+use super::ls::expand;
 use super::{get, get_tree, put, put_tree, Client, Flags, GetTarget, Options, Sources};
 use crate::error::{Error, EXIT_FAILURE};
-use crate::protocol::ErrorCode;
+use crate::protocol::{ClientMessage, EntryKind, ErrorCode, Refusal, ServerMessage};
 use std::path::{Path, PathBuf};
 
 /// `xfer put SOURCE... [DEST]`.
@@ -249,9 +249,12 @@ fn remote_name(source: &str) -> Result<String, Error> {
 
 /// Whether the remote path `dir` is a directory.
 async fn remote_is_dir(client: &mut Client, dir: &str) -> Result<bool, Error> {
-    match list(client, dir).await {
-        Ok(_) => Ok(true),
-        Err(Error::Remote(e)) if matches!(e.code, ErrorCode::NotFound | ErrorCode::WrongType) => Ok(false),
-        Err(e) => Err(e),
+    let conn = &mut client.conn;
+    let req = crate::protocol::Stat { filename: dir.trim_start_matches('/').to_string() };
+    conn.writer.write(&ClientMessage::Stat(req)).await?;
+    match conn.reader.expect_control().await? {
+        ServerMessage::Entry(e) => Ok(e.kind == EntryKind::Dir),
+        ServerMessage::Error(Refusal { code: ErrorCode::NotFound, .. }) => Ok(false),
+        reply => Err(super::unexpected_reply(reply, "entry")),
     }
 }

@@ -226,6 +226,14 @@ pub struct Ls {
     pub filename: String,
 }
 
+/// Say what `filename` itself is: one `entry` (a link is not followed).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stat {
+    /// The path concerned, relative to the root.
+    #[serde(default, skip_serializing)]
+    pub filename: String,
+}
+
 /// Remove `filename`: a file or link, or with `recursive` a directory and
 /// everything in it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -421,6 +429,8 @@ pub enum ClientMessage {
     /// A file the client wants of a get_tree manifest: `md5` of its copy of
     /// the same size, or `offset` and `md5` of a partial to resume.
     Want(Want),
+    /// What a path itself is.
+    Stat(Stat),
     /// Remove a file, link or (recursive) directory.
     Rm(Rm),
     /// Rename within the root.
@@ -562,6 +572,7 @@ impl Message for ClientMessage {
             ClientMessage::PutTree(_) => "put_tree",
             ClientMessage::GetTree(_) => "get_tree",
             ClientMessage::Want(_) => "want",
+            ClientMessage::Stat(_) => "stat",
             ClientMessage::Rm(_) => "rm",
             ClientMessage::Mv(_) => "mv",
             ClientMessage::Mkdir(_) => "mkdir",
@@ -585,6 +596,7 @@ impl Message for ClientMessage {
             | ClientMessage::PutTree(PutTree { filename, .. })
             | ClientMessage::GetTree(GetTree { filename, .. })
             | ClientMessage::Want(Want { filename, .. })
+            | ClientMessage::Stat(Stat { filename })
             | ClientMessage::Rm(Rm { filename, .. })
             | ClientMessage::Mv(Mv { filename, .. })
             | ClientMessage::Mkdir(Mkdir { filename, .. })
@@ -892,6 +904,7 @@ mod examples {
                     ..PutTree::default()
                 })),
             ),
+            (true, header(&ClientMessage::Stat(Stat { filename: "d".into() }))),
             (true, header(&ClientMessage::Rm(Rm { filename: "logs/old".into(), recursive: true }))),
             (
                 true,

@@ -13,5 +13,5 @@ pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, KEEPALIVE_SEC
 pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
 pub use message::{
     ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Md5sum, Message,
-    Mkdir, Mv, Put, PutTree, Refusal, Rm, ServerMessage, Stored, Tty, Want,
+    Mkdir, Mv, Put, PutTree, Refusal, Rm, ServerMessage, Stat, Stored, Tty, Want,
 };

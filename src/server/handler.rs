@@ -181,6 +181,7 @@ async fn serve_requests(
             ClientMessage::Exec(req) => exec::handle(conn, shared, req).await?,
             ClientMessage::PutTree(req) => tree::put_tree(conn, shared, req).await?,
             ClientMessage::GetTree(req) => tree::get_tree(conn, shared, req).await?,
+            ClientMessage::Stat(req) => ls::stat(conn, shared, req).await?,
             ClientMessage::Rm(req) => rm::handle(conn, shared, req).await?,
             ClientMessage::Mv(req) => mv::handle(conn, shared, req).await?,
             ClientMessage::Mkdir(req) => mkdir::handle(conn, shared, req).await?,
@@ -212,6 +213,7 @@ fn needs(msg: &ClientMessage) -> Option<Right> {
         ClientMessage::Get(_)
         | ClientMessage::GetTree(_)
         | ClientMessage::Ls(_)
+        | ClientMessage::Stat(_)
         | ClientMessage::Md5sum(_)
         | ClientMessage::Df => Some(Right::Read),
         ClientMessage::Put(_)
