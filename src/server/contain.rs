@@ -162,10 +162,18 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         self.kill();
-        let until = Instant::now() + EMPTY_WAIT;
-        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(2));
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            return;
         }
+        // Not empty yet (its processes are still exiting): waited for on a
+        // thread of its own, never on the connection's.
+        let dir = std::mem::take(&mut self.dir);
+        std::thread::spawn(move || {
+            let until = Instant::now() + EMPTY_WAIT;
+            while std::fs::remove_dir(&dir).is_err() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
     }
 }
 
@@ -186,9 +194,29 @@ fn base() -> Option<PathBuf> {
         std::fs::create_dir(&probe).ok()?;
         let killable = probe.join("cgroup.kill").exists();
         let _ = std::fs::remove_dir(&probe);
+        if killable {
+            remove_stale(&base);
+        }
         killable.then_some(base)
     })
     .clone()
+}
+
+/// Removes the empty cgroups of servers that are gone (killed before
+/// they could remove their own): `xfer-PID-N` whose PID no longer runs.
+fn remove_stale(base: &Path) {
+    let Ok(dir) = std::fs::read_dir(base) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("xfer-")?.split('-').next()) else {
+            continue;
+        };
+        let gone = pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            // Only an empty one goes: rmdir refuses the rest.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo`.
