@@ -38,7 +38,9 @@
 //!   per-connection handler and the session (a token's rights and root),
 //!   one module per request, and what exec needs: a pseudo-terminal, a
 //!   cgroup per command.
-//! - [`client`]: connecting, and one module per client command.
+//! - [`client`]: connecting, one module per client command (the file
+//!   management ones together in `manage`), and the config file of named
+//!   servers.
 //! - [`cli`]: the command line (clap).
 //!
 //! `PROTOCOL.md` describes the wire format for other implementations.
