@@ -123,14 +123,15 @@ fn a_remote_shell_keeps_going_after_ctrl_c_and_hides_a_password() {
     // Raw here: the remote terminal echoes, ours does not too.
     let ours = tcgetattr(&s.master).unwrap();
     assert!(!ours.local_modes.contains(LocalModes::ECHO), "our terminal is raw while the shell runs");
-    s.keys("sleep 30\r");
-    std::thread::sleep(Duration::from_millis(300));
+    s.keys("echo sleeping-$((3*3)); sleep 30\r");
+    assert!(s.shows("sleeping-9"), "{}", s.text());
+    std::thread::sleep(Duration::from_millis(100));
     s.keys("\x03");
     s.keys("echo alive-$((40+2))\r");
     assert!(s.shows("alive-42"), "Ctrl-C stopped the sleep, not the shell: {}", s.text());
     // A prompt that turns echo off shows nothing of what is typed.
-    s.keys("stty -echo; read pw; stty echo; echo got-$pw\r");
-    std::thread::sleep(Duration::from_millis(300));
+    s.keys("stty -echo; echo asking-$((2*5)); read pw; stty echo; echo got-$pw\r");
+    assert!(s.shows("asking-10"), "{}", s.text());
     s.keys("hunter2\r");
     assert!(s.shows("got-hunter2"), "{}", s.text());
     assert_eq!(s.text().matches("hunter2").count(), 1, "typed without echo: {}", s.text());
