@@ -139,10 +139,12 @@ pub enum GrantError {
 }
 
 /// Whether `name` can name a token: letters, digits, `.`, `_`, `-`, as
-/// log fields and command lines take them without quoting.
+/// log fields and command lines take them without quoting; and not
+/// `default`, the server's own token's name.
 fn good_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
+        && name != "default"
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
@@ -174,7 +176,7 @@ pub fn parse(text: &str) -> Result<Vec<Grant>, (usize, String)> {
         let [name, rights, dir, token] = fields[..] else {
             return Err((n, "expected NAME RIGHTS DIR TOKEN".into()));
         };
-        if !good_name(name) || name == "default" {
+        if !good_name(name) {
             return Err((
                 n,
                 format!("{name:?} cannot name a token (letters, digits, . _ -; not \"default\")"),
@@ -205,7 +207,7 @@ pub fn parse(text: &str) -> Result<Vec<Grant>, (usize, String)> {
 /// returns it. The file is replaced atomically.
 pub fn add(path: &Path, name: &str, rights: Rights, dir: Option<&str>) -> Result<Grant, GrantError> {
     let mut grants = load(path)?;
-    if !good_name(name) || name == "default" {
+    if !good_name(name) {
         return Err(GrantError::Usage(format!(
             "{name:?} cannot name a token: use letters, digits, . _ - (and not \"default\")"
         )));

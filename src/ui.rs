@@ -97,17 +97,18 @@ impl Ui {
     pub fn planned(&self, what: Planned, name: &str) {
         if self.json {
             let (action, bytes) = match what {
-                Planned::Copy(n) => ("copy", Some(n)),
-                Planned::Replace(n) => ("replace", Some(n)),
+                Planned::Copy(n) => ("copy", n),
+                Planned::Replace(n) => ("replace", n),
                 Planned::Skip => ("skip", None),
                 Planned::Delete => ("delete", None),
             };
             return emit(json!({"type": "plan", "action": action, "name": name, "bytes": bytes}));
         }
         let name = escape(name);
+        let size = |n: Option<u64>| n.map_or_else(|| "standard input".to_string(), |n| human_bytes(n as f64));
         match what {
-            Planned::Copy(n) => println!("copy {name} ({})", human_bytes(n as f64)),
-            Planned::Replace(n) => println!("replace {name} ({})", human_bytes(n as f64)),
+            Planned::Copy(n) => println!("copy {name} ({})", size(n)),
+            Planned::Replace(n) => println!("replace {name} ({})", size(n)),
             Planned::Skip => println!("skip {name} (identical)"),
             Planned::Delete => println!("delete {name}"),
         }
@@ -290,10 +291,12 @@ fn emit(object: serde_json::Value) {
 /// What a dry run says would become of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Planned {
-    /// Copied, new there: this many bytes.
-    Copy(u64),
-    /// Copied over a differing file (`--force`): this many bytes.
-    Replace(u64),
+    /// Copied, new there: this many bytes (`None`: standard input, of a
+    /// length not known before it is read).
+    Copy(Option<u64>),
+    /// Copied over a differing file (`--force`): this many bytes, or
+    /// standard input.
+    Replace(Option<u64>),
     /// Left alone: the destination holds the same bytes.
     Skip,
     /// Removed (`--delete`).

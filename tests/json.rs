@@ -71,6 +71,14 @@ fn every_command_speaks_json_lines_and_nothing_else() {
     assert!(o.contains(&serde_json::json!({"type": "stderr", "base64": "/w=="})), "{o:?}");
     assert_eq!(o.last().unwrap()["exit_code"], 3);
 
+    // A dry run from standard input: its length is not known.
+    let (o, code) = json(&server, work.path(), &["put", "-n", "-", "piped.bin"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        o,
+        [serde_json::json!({"type": "plan", "action": "copy", "name": "piped.bin", "bytes": null})]
+    );
+
     // A file's bytes never share stdout with the objects.
     for args in [&["get", "a.txt", "-"][..], &["cat", "a.txt"]] {
         let (o, code) = json(&server, work.path(), args);

@@ -78,10 +78,10 @@ pub async fn get(
         };
         match &target {
             Some(path) if path.symlink_metadata().is_ok() => {
-                opts.ui.planned(Planned::Replace(size), &path.to_string_lossy())
+                opts.ui.planned(Planned::Replace(Some(size)), &path.to_string_lossy())
             }
-            Some(path) => opts.ui.planned(Planned::Copy(size), &path.to_string_lossy()),
-            None => opts.ui.planned(Planned::Copy(size), "standard output"),
+            Some(path) => opts.ui.planned(Planned::Copy(Some(size)), &path.to_string_lossy()),
+            None => opts.ui.planned(Planned::Copy(Some(size)), "standard output"),
         }
         return Ok(());
     }

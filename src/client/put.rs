@@ -49,7 +49,7 @@ pub async fn put(
         ServerMessage::Ready { offset, md5, .. } if !flags.dry_run => (offset.unwrap_or(0), md5),
         // A dry run, and nothing there: a put would store it.
         ServerMessage::Ok(_) if flags.dry_run => {
-            opts.ui.planned(Planned::Copy(len), &remote);
+            opts.ui.planned(Planned::Copy(Some(len)), &remote);
             return Ok(());
         }
         // A file is there: ours is identical to it, or it is in the way
@@ -65,7 +65,7 @@ pub async fn put(
             match (same, flags.dry_run) {
                 (true, true) => opts.ui.planned(Planned::Skip, &remote),
                 (true, false) => opts.ui.identical("put", &remote),
-                (false, true) if flags.force => opts.ui.planned(Planned::Replace(len), &remote),
+                (false, true) if flags.force => opts.ui.planned(Planned::Replace(Some(len)), &remote),
                 (false, _) => return Err(Error::Remote(RequestError::exists(&remote))),
             }
             return Ok(());
@@ -143,11 +143,11 @@ pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags:
         ServerMessage::Ready { .. } if !flags.dry_run => {}
         // A dry run reads nothing of stdin: its length is not known.
         ServerMessage::Ok(_) if flags.dry_run => {
-            println!("copy {} (standard input)", crate::local::escape(remote));
+            opts.ui.planned(Planned::Copy(None), remote);
             return Ok(());
         }
         ServerMessage::Have(_) if flags.dry_run && flags.force => {
-            println!("replace {} (standard input)", crate::local::escape(remote));
+            opts.ui.planned(Planned::Replace(None), remote);
             return Ok(());
         }
         // What stdin holds is not known before it is read: never identical.

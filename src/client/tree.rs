@@ -92,7 +92,7 @@ pub async fn put_tree(
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
     let mut refused = std::collections::HashSet::new();
-    let shown = |rel: &str| format!("{}/{rel}", remote.trim_end_matches('/'));
+    let shown = |rel: &str| format!("{remote}/{rel}");
     let mut answered = 0;
     loop {
         let h = conn.reader.expect_control().await?;
@@ -212,8 +212,8 @@ pub async fn put_tree(
         for e in &to_send {
             let (n, name) = (sends[&e.rel], shown(&e.rel));
             match replacing.contains(&e.rel) {
-                true => opts.ui.planned(Planned::Replace(n), &name),
-                false => opts.ui.planned(Planned::Copy(n), &name),
+                true => opts.ui.planned(Planned::Replace(Some(n)), &name),
+                false => opts.ui.planned(Planned::Copy(Some(n)), &name),
             }
         }
         report.sent = to_send.len() as u64;
@@ -608,9 +608,9 @@ async fn dry_results(
                 match replacing.contains(&filename) {
                     true => {
                         report.replaced += 1;
-                        opts.ui.planned(Planned::Replace(n), &shown(&filename))
+                        opts.ui.planned(Planned::Replace(Some(n)), &shown(&filename))
                     }
-                    false => opts.ui.planned(Planned::Copy(n), &shown(&filename)),
+                    false => opts.ui.planned(Planned::Copy(Some(n)), &shown(&filename)),
                 }
             }
             ServerMessage::Error(Refusal { filename, message, .. }) => {

@@ -400,15 +400,19 @@ fn list_entry(dir: &Dir, raw: &std::ffi::OsStr, name: String, meta: &cap_std::fs
     use crate::protocol::EntryKind;
     use cap_std::fs::PermissionsExt;
     let ft = meta.file_type();
-    let (kind, mut target) = match () {
-        _ if ft.is_dir() => (EntryKind::Dir, None),
-        _ if ft.is_file() => (EntryKind::File, None),
-        _ if ft.is_symlink() => (EntryKind::Symlink, Some(String::new())),
-        _ => (EntryKind::Other, None),
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Other
     };
-    if target.is_some() {
-        target = dir.read_link_contents(raw).ok().map(|t| t.to_string_lossy().into_owned());
-    }
+    let target = match kind {
+        EntryKind::Symlink => dir.read_link_contents(raw).ok().map(|t| t.to_string_lossy().into_owned()),
+        _ => None,
+    };
     let mode = meta.permissions().mode() & 0o7777;
     ListEntry { name, kind, size: meta.len(), mtime: mtime_secs(meta), mode, target }
 }

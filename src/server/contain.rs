@@ -32,6 +32,9 @@ pub(crate) struct Contained {
     cgroup: Option<Cgroup>,
     /// What its processes carry in [`MARK_VAR`].
     mark: String,
+    /// Whether everything was killed already: once is enough, and the
+    /// mark's scan of /proc is not free.
+    killed: bool,
 }
 
 impl Contained {
@@ -40,8 +43,9 @@ impl Contained {
     /// [`MARK_VAR`] with [`mark`](Self::mark) either way.
     pub fn prepare() -> Contained {
         static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let mark = format!("{}.{}", std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
-        Contained { group: None, cgroup: Cgroup::new(), mark }
+        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+        let mark = format!("{}.{n}", std::process::id());
+        Contained { group: None, cgroup: Cgroup::new(n), mark, killed: false }
     }
 
     /// The `cgroup.procs` file the child writes itself into, if any.
@@ -67,8 +71,13 @@ impl Contained {
     }
 
     /// Kills everything the command started: its cgroup, its group, and
-    /// (without a cgroup) every process that carries its mark.
+    /// (without a cgroup) every process that carries its mark. The first
+    /// call does it; the command is over then, so later ones (the end of
+    /// the request after a timeout, the drop) have nothing left to do.
     pub fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
         if let Some(c) = &self.cgroup {
             c.kill();
         }
@@ -144,10 +153,9 @@ struct Cgroup {
 }
 
 impl Cgroup {
-    fn new() -> Option<Cgroup> {
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
+    /// The cgroup of the server's `n`th command.
+    fn new(n: u64) -> Option<Cgroup> {
         let base = base()?;
-        let n = SERIAL.fetch_add(1, Ordering::Relaxed);
         let dir = base.join(format!("xfer-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
         let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()?;
@@ -159,9 +167,9 @@ impl Cgroup {
     }
 }
 
+/// Dropped only inside a [`Contained`], whose drop has killed it first.
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        self.kill();
         if std::fs::remove_dir(&self.dir).is_ok() {
             return;
         }
