@@ -1,26 +1,103 @@
-//! The MD5s of many bodies at once, sixteen side by side in two AVX2
-//! registers.
+//! The MD5s of many bodies at once, side by side in SIMD lanes: 32 in two
+//! AVX-512 registers, or 16 in two AVX2 ones, as the CPU has them (chosen
+//! at run time; `XFER_MD5` forces a width, for tests and comparisons).
 //!
 //! MD5 is a chain of dependent steps, so one body cannot be hashed faster
-//! than about 5 cycles a byte (libcrypto: 610-635 MiB/s here). A tree is
-//! thousands of small bodies that do not depend on each other, though: in
-//! the eight 32-bit lanes of a 256-bit register, eight of them take the same
-//! steps for the price of one, and a second register's steps fill the
-//! first's waits. Each lane takes the next body as soon as it is done with
-//! one, longest bodies first so no lane is left with a long one at the end.
-//! /usr/include's 7,581 files up to 64 KiB: 21-25 ms, against 129-140 ms
-//! one at a time.
+//! than about 5 cycles a byte (libcrypto: 610-635 MiB/s here). Bodies that
+//! do not depend on each other (a tree's small files, a large file's parts)
+//! take the same steps side by side: in the 32-bit lanes of a register,
+//! eight or sixteen of them for the price of one, and a second register's
+//! steps fill the first's waits. Each lane takes the next body as soon as
+//! it is done with one, longest bodies first so no lane is left with a long
+//! one at the end. /usr/include's 7,581 files up to 64 KiB: 21-25 ms with
+//! AVX2, against 129-140 ms one at a time; for the figures of each width on
+//! parts of a large file, `cargo run --release --example md5_lanes`.
 
 use crate::protocol::Md5Hex;
 
-/// The MD5 of each body, in order. Sixteen at once where the CPU has AVX2
-/// (and `XFER_MD5` is not `rust`), one body at a time otherwise.
+/// How many bodies are hashed side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Width {
+    /// 32 lanes in two 512-bit registers (AVX-512F).
+    Avx512,
+    /// 16 lanes in two 256-bit registers (AVX2).
+    Avx2,
+    /// One body at a time, with the one-stream MD5.
+    One,
+}
+
+impl Width {
+    /// The widest this CPU has, unless `XFER_MD5` names a narrower one
+    /// (`avx2`, `one`, or `rust`: the md-5 crate alone, one at a time).
+    /// A width the CPU lacks is never chosen, whatever is asked.
+    pub fn chosen() -> Width {
+        use std::sync::OnceLock;
+        static CHOSEN: OnceLock<Width> = OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let asked = std::env::var("XFER_MD5").unwrap_or_default();
+            let fits = |w: Width| Width::available().contains(&w);
+            match asked.as_str() {
+                "one" | "rust" => Width::One,
+                "avx2" if fits(Width::Avx2) => Width::Avx2,
+                _ => Width::available()[0],
+            }
+        })
+    }
+
+    /// Every width this CPU can run, widest first; `One` always.
+    pub fn available() -> Vec<Width> {
+        let mut widths = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                widths.push(Width::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                widths.push(Width::Avx2);
+            }
+        }
+        widths.push(Width::One);
+        widths
+    }
+
+    /// Bodies hashed side by side: what a batch should hold to fill them.
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::Avx512 => 32,
+            Width::Avx2 => 16,
+            Width::One => 1,
+        }
+    }
+
+    /// The name `XFER_MD5` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Width::Avx512 => "avx512",
+            Width::Avx2 => "avx2",
+            Width::One => "one",
+        }
+    }
+}
+
+/// The MD5 of each body, in order, as many at once as the CPU allows.
 pub fn md5_many(bodies: &[&[u8]]) -> Vec<Md5Hex> {
+    md5_many_with(Width::chosen(), bodies)
+}
+
+/// [`md5_many`] with a given width, which must be one of
+/// [`Width::available`] (else one at a time).
+pub fn md5_many_with(width: Width, bodies: &[&[u8]]) -> Vec<Md5Hex> {
     #[cfg(target_arch = "x86_64")]
-    if bodies.len() > 1 && std::arch::is_x86_feature_detected!("avx2") && !super::forced_rust() {
-        // SAFETY: the CPU has AVX2, which is all `x86::many` needs.
-        let digests = unsafe { x86::many(bodies) };
-        return digests.iter().map(Md5Hex::from_digest).collect();
+    if bodies.len() > 1 && Width::available().contains(&width) {
+        let digests = match width {
+            // SAFETY: the CPU has the features each needs (`available`).
+            Width::Avx512 => Some(unsafe { x86::many_avx512(bodies) }),
+            Width::Avx2 => Some(unsafe { x86::many_avx2(bodies) }),
+            Width::One => None,
+        };
+        if let Some(digests) = digests {
+            return digests.iter().map(Md5Hex::from_digest).collect();
+        }
     }
     bodies
         .iter()
@@ -109,22 +186,47 @@ mod x86 {
     use super::{Job, INIT, K, SHIFT, WORD};
     use std::arch::x86_64::*;
 
-    /// Lanes: two 256-bit registers of eight 32-bit words.
-    const LANES: usize = 16;
-
-    /// The digests of `bodies`, in order.
+    /// The digests of `bodies`, in order, 16 at a time.
     ///
     /// # Safety
     /// The CPU must have AVX2.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn many(bodies: &[&[u8]]) -> Vec<[u8; 16]> {
+    pub unsafe fn many_avx2(bodies: &[&[u8]]) -> Vec<[u8; 16]> {
+        // The closure has this function's target features.
+        drive::<16>(bodies, |state, blocks, both| match both {
+            true => compress_avx2::<2>(state, blocks),
+            false => compress_avx2::<1>(state, blocks),
+        })
+    }
+
+    /// The digests of `bodies`, in order, 32 at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn many_avx512(bodies: &[&[u8]]) -> Vec<[u8; 16]> {
+        drive::<32>(bodies, |state, blocks, both| match both {
+            true => compress_avx512::<2>(state, blocks),
+            false => compress_avx512::<1>(state, blocks),
+        })
+    }
+
+    /// Feeds `L` lanes of two registers from `bodies`, a block of each at a
+    /// time, through `compress` (told whether the second register has work;
+    /// when not, it does half). Returns the digests in order.
+    #[inline(always)]
+    fn drive<const L: usize>(
+        bodies: &[&[u8]],
+        mut compress: impl FnMut(&mut [[u32; L]; 4], &[&[u8; 64]; L], bool),
+    ) -> Vec<[u8; 16]> {
+        let half = L / 2;
         let mut order: Vec<usize> = (0..bodies.len()).collect();
         order.sort_unstable_by_key(|&i| std::cmp::Reverse(bodies[i].len()));
         let mut queue = order.into_iter();
         let mut out = vec![[0u8; 16]; bodies.len()];
-        let mut lanes: [Option<Job>; LANES] = Default::default();
+        let mut lanes: [Option<Job>; L] = std::array::from_fn(|_| None);
         // A, B, C, D of each lane.
-        let mut state = [[0u32; LANES]; 4];
+        let mut state = [[0u32; L]; 4];
         let idle = [0u8; 64];
         loop {
             for (lane, job) in lanes.iter_mut().enumerate() {
@@ -142,8 +244,8 @@ mod x86 {
             }
             // Once nothing is queued, move the bodies left into the first
             // register's lanes as those free up.
-            for from in 8..LANES {
-                let Some(to) = lanes[..8].iter().position(Option::is_none) else { break };
+            for from in half..L {
+                let Some(to) = lanes[..half].iter().position(Option::is_none) else { break };
                 if lanes[from].is_some() {
                     lanes[to] = lanes[from].take();
                     for word in state.iter_mut() {
@@ -151,14 +253,9 @@ mod x86 {
                     }
                 }
             }
-            let blocks: [&[u8; 64]; LANES] =
-                std::array::from_fn(|l| lanes[l].as_ref().map_or(&idle, Job::block));
-            if lanes[8..].iter().all(Option::is_none) {
-                // The last few bodies: one register does, at half the work.
-                compress::<1>(&mut state, &blocks);
-            } else {
-                compress::<2>(&mut state, &blocks);
-            }
+            let blocks: [&[u8; 64]; L] = std::array::from_fn(|l| lanes[l].as_ref().map_or(&idle, Job::block));
+            // The last few bodies: one register does, at half the work.
+            compress(&mut state, &blocks, lanes[half..].iter().any(Option::is_some));
             for (lane, slot) in lanes.iter_mut().enumerate() {
                 let Some(job) = slot else { continue };
                 job.next += 1;
@@ -176,7 +273,7 @@ mod x86 {
     /// Words `half * 8 .. half * 8 + 8` of the eight blocks, word `i` of
     /// every lane in register `i`: an 8 × 8 transpose.
     #[target_feature(enable = "avx2")]
-    fn transpose(blocks: &[&[u8; 64]; 8], half: usize) -> [__m256i; 8] {
+    fn transpose8(blocks: &[&[u8; 64]], half: usize) -> [__m256i; 8] {
         // SAFETY: each block has 64 bytes, so 32 from offset 0 or 32 are in it.
         let r: [__m256i; 8] =
             std::array::from_fn(|l| unsafe { _mm256_loadu_si256(blocks[l].as_ptr().add(half * 32).cast()) });
@@ -213,16 +310,15 @@ mod x86 {
     /// each step waits on the one before it, and the other register's step
     /// fills that wait (2.0 → 3.0 GB/s on /usr/include's small files).
     #[target_feature(enable = "avx2")]
-    fn compress<const G: usize>(state: &mut [[u32; LANES]; 4], blocks: &[&[u8; 64]; LANES]) {
+    fn compress_avx2<const G: usize>(state: &mut [[u32; 16]; 4], blocks: &[&[u8; 64]; 16]) {
         const { assert!(G == 1 || G == 2, "one or two registers of the 16 lanes") };
         let m: [[[__m256i; 8]; 2]; G] = std::array::from_fn(|g| {
-            let group: [&[u8; 64]; 8] = std::array::from_fn(|l| blocks[g * 8 + l]);
-            [transpose(&group, 0), transpose(&group, 1)]
+            let group = &blocks[g * 8..g * 8 + 8];
+            [transpose8(group, 0), transpose8(group, 1)]
         });
         let m = |g: usize, i: usize| m[g][i / 8][i % 8];
         // SAFETY: each row of `state` is 16 u32s, 64 bytes, and g < G ≤ 2.
-        let load =
-            |row: &[u32; LANES], g: usize| unsafe { _mm256_loadu_si256(row.as_ptr().add(g * 8).cast()) };
+        let load = |row: &[u32; 16], g: usize| unsafe { _mm256_loadu_si256(row.as_ptr().add(g * 8).cast()) };
         let mut a: [__m256i; G] = std::array::from_fn(|g| load(&state[0], g));
         let mut b: [__m256i; G] = std::array::from_fn(|g| load(&state[1], g));
         let mut c: [__m256i; G] = std::array::from_fn(|g| load(&state[2], g));
@@ -258,10 +354,92 @@ mod x86 {
             for g in 0..G {
                 // SAFETY: each row is 16 u32s, 64 bytes.
                 unsafe {
-                    _mm256_storeu_si256(
-                        row.as_mut_ptr().add(g * 8).cast(),
-                        _mm256_add_epi32(now[g], before[g]),
-                    )
+                    _mm256_storeu_si256(row.as_mut_ptr().add(g * 8).cast(), _mm256_add_epi32(now[g], before[g]))
+                };
+            }
+        }
+    }
+
+    /// The sixteen blocks, word `i` of every lane in register `i`: a 16 × 16
+    /// transpose of 32-bit words in four rounds of sixteen shuffles.
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(blocks: &[&[u8; 64]]) -> [__m512i; 16] {
+        // SAFETY: each block is 64 bytes, one register's worth.
+        let r: [__m512i; 16] = std::array::from_fn(|l| unsafe { _mm512_loadu_si512(blocks[l].as_ptr().cast()) });
+        // Pairs of rows interleaved by word, then by pairs of words: in each
+        // 128-bit quarter q of u[4k + w], word 4q + w of rows 4k..4k+4.
+        let t: [__m512i; 16] = std::array::from_fn(|i| match i % 2 {
+            0 => _mm512_unpacklo_epi32(r[i], r[i + 1]),
+            _ => _mm512_unpackhi_epi32(r[i - 1], r[i]),
+        });
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            let (k, w) = (i / 4, i % 4);
+            let (lo, hi) = (t[4 * k + w / 2], t[4 * k + 2 + w / 2]);
+            match w % 2 {
+                0 => _mm512_unpacklo_epi64(lo, hi),
+                _ => _mm512_unpackhi_epi64(lo, hi),
+            }
+        });
+        // Then the quarters: word 4q + w takes quarter q of u[w], u[4 + w],
+        // u[8 + w], u[12 + w], in that order.
+        let mut out = [_mm512_setzero_si512(); 16];
+        for w in 0..4 {
+            let (a, b, c, d) = (u[w], u[4 + w], u[8 + w], u[12 + w]);
+            let ab_low = _mm512_shuffle_i32x4::<0x44>(a, b);
+            let ab_high = _mm512_shuffle_i32x4::<0xee>(a, b);
+            let cd_low = _mm512_shuffle_i32x4::<0x44>(c, d);
+            let cd_high = _mm512_shuffle_i32x4::<0xee>(c, d);
+            out[w] = _mm512_shuffle_i32x4::<0x88>(ab_low, cd_low);
+            out[4 + w] = _mm512_shuffle_i32x4::<0xdd>(ab_low, cd_low);
+            out[8 + w] = _mm512_shuffle_i32x4::<0x88>(ab_high, cd_high);
+            out[12 + w] = _mm512_shuffle_i32x4::<0xdd>(ab_high, cd_high);
+        }
+        out
+    }
+
+    /// [`compress_avx2`] in 512-bit registers of 16 lanes, where one
+    /// instruction does each of MD5's mixing functions (a three-input truth
+    /// table) and its rotations.
+    #[target_feature(enable = "avx512f")]
+    fn compress_avx512<const G: usize>(state: &mut [[u32; 32]; 4], blocks: &[&[u8; 64]; 32]) {
+        const { assert!(G == 1 || G == 2, "one or two registers of the 32 lanes") };
+        let m: [[__m512i; 16]; G] = std::array::from_fn(|g| transpose16(&blocks[g * 16..g * 16 + 16]));
+        // SAFETY: each row of `state` is 32 u32s, 128 bytes, and g < G ≤ 2.
+        let load = |row: &[u32; 32], g: usize| unsafe { _mm512_loadu_si512(row.as_ptr().add(g * 16).cast()) };
+        let mut a: [__m512i; G] = std::array::from_fn(|g| load(&state[0], g));
+        let mut b: [__m512i; G] = std::array::from_fn(|g| load(&state[1], g));
+        let mut c: [__m512i; G] = std::array::from_fn(|g| load(&state[2], g));
+        let mut d: [__m512i; G] = std::array::from_fn(|g| load(&state[3], g));
+        let (a0, b0, c0, d0) = (a, b, c, d);
+
+        for step in 0..64 {
+            for g in 0..G {
+                let (x, y, z) = (b[g], c[g], d[g]);
+                // Truth tables indexed by (x, y, z) as bits 2, 1, 0.
+                let mixed = match step / 16 {
+                    // F = x ? y : z.
+                    0 => _mm512_ternarylogic_epi32::<0xca>(x, y, z),
+                    // G = z ? x : y.
+                    1 => _mm512_ternarylogic_epi32::<0xe4>(x, y, z),
+                    // H = x ^ y ^ z.
+                    2 => _mm512_ternarylogic_epi32::<0x96>(x, y, z),
+                    // I = y ^ (x | !z).
+                    _ => _mm512_ternarylogic_epi32::<0x39>(x, y, z),
+                };
+                let sum = _mm512_add_epi32(
+                    _mm512_add_epi32(a[g], mixed),
+                    _mm512_add_epi32(m[g][WORD[step]], _mm512_set1_epi32(K[step] as i32)),
+                );
+                let rotated = _mm512_rolv_epi32(sum, _mm512_set1_epi32(SHIFT[step]));
+                (a[g], b[g], c[g], d[g]) = (d[g], _mm512_add_epi32(x, rotated), x, y);
+            }
+        }
+
+        for (row, (now, before)) in state.iter_mut().zip([(a, a0), (b, b0), (c, c0), (d, d0)]) {
+            for g in 0..G {
+                // SAFETY: each row is 32 u32s, 128 bytes.
+                unsafe {
+                    _mm512_storeu_si512(row.as_mut_ptr().add(g * 16).cast(), _mm512_add_epi32(now[g], before[g]))
                 };
             }
         }
@@ -288,11 +466,18 @@ mod tests {
         let bodies: Vec<&[u8]> =
             lens.iter().enumerate().map(|(i, &n)| &data[i..i + n.min(data.len() - i)]).collect();
         let want: Vec<Md5Hex> = bodies.iter().map(|b| one_at_a_time(b)).collect();
-        assert_eq!(md5_many(&bodies), want);
-        // Fewer bodies than lanes, and a single one.
-        assert_eq!(md5_many(&bodies[60..63]), want[60..63]);
-        assert_eq!(md5_many(&bodies[..1]), want[..1]);
-        assert!(md5_many(&[]).is_empty());
+        let widths = Width::available();
+        #[cfg(target_arch = "x86_64")]
+        assert!(widths.contains(&Width::Avx2), "this project's machines have AVX2 at least");
+        for width in widths {
+            let name = width.name();
+            assert_eq!(md5_many_with(width, &bodies), want, "{name}");
+            // Fewer bodies than a register's lanes, more than one's, and a single one.
+            assert_eq!(md5_many_with(width, &bodies[60..63]), want[60..63], "{name}");
+            assert_eq!(md5_many_with(width, &bodies[40..60]), want[40..60], "{name}");
+            assert_eq!(md5_many_with(width, &bodies[..1]), want[..1], "{name}");
+            assert!(md5_many_with(width, &[]).is_empty());
+        }
     }
 
     #[test]

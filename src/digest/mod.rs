@@ -16,7 +16,7 @@ use std::io::{self, Read};
 pub mod batch;
 mod lanes;
 pub use batch::HashBatch;
-pub use lanes::md5_many;
+pub use lanes::{md5_many, md5_many_with, Width};
 
 /// An MD5 computation in progress. Nothing is set up until the first bytes.
 #[derive(Clone)]
