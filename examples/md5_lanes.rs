@@ -20,6 +20,19 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     println!("one stream:                  {:7.0} MiB/s", mib / secs);
 
+    // A few bodies at a time: where lanes stop paying for themselves.
+    for width in Width::available() {
+        for batch in [1, 2, 3, 4, 6] {
+            let t = Instant::now();
+            for chunk in data.chunks(batch * (128 << 10)) {
+                let parts: Vec<&[u8]> = chunk.chunks(128 << 10).collect();
+                let _ = md5_many_with(width, &parts);
+            }
+            let secs = t.elapsed().as_secs_f64();
+            println!("{:>6} {batch} parts of  128 KiB: {:6.0} MiB/s", width.name(), mib / secs);
+        }
+    }
+
     for width in Width::available().into_iter().filter(|&w| w != Width::One) {
         for batch in [width.lanes() / 2, width.lanes()] {
             for part in [64 << 10, 256 << 10, 1 << 20] {
@@ -29,7 +42,13 @@ fn main() {
                     let _ = md5_many_with(width, &parts);
                 }
                 let secs = t.elapsed().as_secs_f64();
-                println!("{:>6} {:>2} parts of {:>4} KiB: {:6.0} MiB/s", width.name(), batch, part >> 10, mib / secs);
+                println!(
+                    "{:>6} {:>2} parts of {:>4} KiB: {:6.0} MiB/s",
+                    width.name(),
+                    batch,
+                    part >> 10,
+                    mib / secs
+                );
             }
         }
     }

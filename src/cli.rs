@@ -164,7 +164,15 @@ pub enum Command {
     /// the server's remembered digests where it has them: nothing is
     /// downloaded.
     Md5sum {
-        /// Remote files; patterns match on the server.
+        /// Print the digest over the file's parts that transfers verify
+        /// (`HASH-N` for a file of N parts; a file of one part has its
+        /// plain MD5), not the plain MD5.
+        #[arg(long)]
+        parts: bool,
+        /// The paths are local files: hash them here, contacting no server.
+        #[arg(long)]
+        local: bool,
+        /// Remote files (patterns match on the server), or local ones.
         #[arg(required = true)]
         paths: Vec<String>,
     },
@@ -231,6 +239,11 @@ pub struct TransferArgs {
     /// nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
+    /// Also compute the plain MD5 of each whole file (what md5sum prints)
+    /// and show it beside the digest over its parts, which is always
+    /// verified.
+    #[arg(long)]
+    pub md5: bool,
 }
 
 /// What `xfer completions` writes for.

@@ -359,13 +359,16 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
         Ok(())
     }
 
-    /// Sends whatever is queued.
+    /// Sends whatever is queued, and what TLS still holds of what was
+    /// written before (a write into a full socket leaves its last records
+    /// there until a flush).
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.scratch.is_empty() {
             let sent = self.inner.write_all(&self.scratch).await;
             self.scratch.clear();
             sent?;
         }
+        self.inner.flush().await?;
         Ok(())
     }
 
@@ -403,7 +406,7 @@ mod tests {
             let mut w = Writer::new(client);
             w.write_frame(&data(), b"hello").await.unwrap();
             w.write(&Done::default().into()).await.unwrap();
-            w.write_frame(&ServerMessage::Stdout, b"").await.unwrap();
+            w.write_frame(&ServerMessage::Stdout(Default::default()), b"").await.unwrap();
         });
         let mut r = Reader::new(server);
         let h = r.expect().await.unwrap();
@@ -412,7 +415,7 @@ mod tests {
         r.body(5).read_to_end(&mut body).await.unwrap();
         assert_eq!(body, b"hello");
         assert_eq!(r.expect().await.unwrap().msg.op(), "done");
-        assert_eq!(r.expect().await.unwrap().msg, ServerMessage::Stdout);
+        assert_eq!(r.expect().await.unwrap().msg, ServerMessage::Stdout(Default::default()));
         send.await.unwrap();
         assert!(r.read().await.unwrap().is_none());
     }

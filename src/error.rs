@@ -43,6 +43,9 @@ pub enum ConnError {
         /// What the exchange called for, in words.
         expected: &'static str,
     },
+    /// The peer sent a file body's parts against the rules of parts.
+    #[error("{0} (a file body's parts must follow one another whole, each with its md5)")]
+    BadPart(&'static str),
     /// The peer was silent for longer than the idle timeout.
     #[error("no data from peer for {0} s")]
     Idle(u64),
@@ -99,8 +102,8 @@ impl RequestError {
     }
 
     /// The body received for `path` is not what its sender's digest says.
-    pub fn mismatch(path: &str, sent: Option<&Md5Hex>, received: &Md5Hex) -> Self {
-        let words = mismatch_words(Some(path), sent.map(|m| m.as_str()), received.as_str());
+    pub fn mismatch(path: &str, sent: Option<&Md5Hex>, received: &str) -> Self {
+        let words = mismatch_words(Some(path), sent.map(|m| m.as_str()), received);
         RequestError::new(ErrorCode::Md5Mismatch, words)
     }
 
@@ -301,9 +304,9 @@ impl Error {
     /// The bytes of `name` are not what the sender's digest says: `sent`
     /// and `received` as the two sides computed them, either missing when
     /// that side gave none.
-    pub fn md5_mismatch(name: impl Into<String>, sent: Option<&Md5Hex>, received: Option<&Md5Hex>) -> Self {
-        let words = |m: Option<&Md5Hex>| m.map_or_else(|| "nothing".to_string(), Md5Hex::to_string);
-        Error::Md5Mismatch { name: name.into(), sent: words(sent), received: words(received) }
+    pub fn md5_mismatch(name: impl Into<String>, sent: Option<&Md5Hex>, received: impl Into<String>) -> Self {
+        let sent = sent.map_or_else(|| "nothing".to_string(), Md5Hex::to_string);
+        Error::Md5Mismatch { name: name.into(), sent, received: received.into() }
     }
 
     /// A local I/O failure on `path`.

@@ -142,7 +142,8 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
         Command::Mv { force, src, dst } => client::mv(opts, &src, &dst, force).await,
         Command::Mkdir { parents, dirs } => client::mkdir(opts, &dirs, parents).await,
         Command::Cat { paths } => client::cat(opts, &paths).await,
-        Command::Md5sum { paths } => client::md5sum(opts, &paths).await,
+        Command::Md5sum { parts, local: true, paths } => client::md5sum_local(opts, parts, &paths),
+        Command::Md5sum { parts, local: false, paths } => client::md5sum(opts, parts, &paths).await,
         Command::Df { human, .. } => client::df(opts, human).await,
         Command::Exec { no_stdin, timeout, tty, no_tty, command } => {
             use std::io::IsTerminal;

@@ -269,14 +269,26 @@ impl Ui {
     }
 
     /// Prints the one-line summary of a finished transfer on stderr.
-    pub fn summary(&self, verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: &Md5Hex) {
+    pub fn summary(
+        &self,
+        verb: &str,
+        name: &str,
+        bytes: u64,
+        elapsed: Duration,
+        md5: &Md5Hex,
+        whole: Option<&Md5Hex>,
+    ) {
         if self.json {
-            emit(json!({
+            let mut line = json!({
                 "type": "transfer", "op": verb, "name": name, "bytes": bytes,
                 "seconds": elapsed.as_secs_f64(), "md5": md5.as_str(), "status": "ok",
-            }));
+            });
+            if let Some(whole) = whole {
+                line["whole_md5"] = whole.as_str().into();
+            }
+            emit(line);
         } else if !self.quiet {
-            eprintln!("{}", summary_line(verb, name, bytes, elapsed, md5));
+            eprintln!("{}", summary_line(verb, name, bytes, elapsed, md5, whole));
         }
     }
 }
@@ -311,11 +323,24 @@ fn bytes_style() -> ProgressStyle {
 }
 
 /// `put report.pdf  12.3 MiB in 0.41 s (30.0 MiB/s)  md5 … verified`
-pub fn summary_line(verb: &str, name: &str, bytes: u64, elapsed: Duration, md5: &Md5Hex) -> String {
+pub fn summary_line(
+    verb: &str,
+    name: &str,
+    bytes: u64,
+    elapsed: Duration,
+    md5: &Md5Hex,
+    whole: Option<&Md5Hex>,
+) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { bytes as f64 / secs } else { 0.0 };
+    // The sender's plain MD5 of the whole file (--md5), when it is not the
+    // digest already shown (a file of one part).
+    let whole = match whole.filter(|w| *w != md5) {
+        Some(whole) => format!(", whole-file md5 {whole}"),
+        None => String::new(),
+    };
     format!(
-        "{verb} {}  {} in {secs:.2} s ({}/s)  md5 {md5} verified",
+        "{verb} {}  {} in {secs:.2} s ({}/s)  md5 {md5} verified{whole}",
         escape(name),
         human_bytes(bytes as f64),
         human_bytes(rate)
@@ -376,7 +401,7 @@ mod tests {
     #[test]
     fn summary_has_the_documented_shape() {
         let md5 = Md5Hex::try_from("9e107d9d372bb6826bd81d3542a419d6".to_string()).unwrap();
-        let line = summary_line("put", "report.pdf", 12_897_485, Duration::from_millis(410), &md5);
+        let line = summary_line("put", "report.pdf", 12_897_485, Duration::from_millis(410), &md5, None);
         assert_eq!(
             line,
             "put report.pdf  12.3 MiB in 0.41 s (30.0 MiB/s)  md5 9e107d9d372bb6826bd81d3542a419d6 verified"
@@ -386,7 +411,7 @@ mod tests {
     #[test]
     fn summary_escapes_hostile_names() {
         let md5 = Md5Hex::try_from("9e107d9d372bb6826bd81d3542a419d6".to_string()).unwrap();
-        let line = summary_line("get", "a\x1b[2Jb", 1, Duration::from_millis(1), &md5);
+        let line = summary_line("get", "a\x1b[2Jb", 1, Duration::from_millis(1), &md5, None);
         assert!(!line.contains('\x1b'));
     }
 }

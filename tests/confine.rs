@@ -92,15 +92,26 @@ fn hostile_files() -> Vec<(String, Vec<u8>)> {
     v
 }
 
+/// Sends a file of a tree as PROTOCOL.md says: whole up to 1 MiB, else as
+/// parts of 128 KiB, each with its offset and MD5; then its `done`.
 fn send_file(s: &mut impl std::io::Write, rel: &str, body: &[u8]) {
-    let md5 = common::md5_hex(body);
-    raw::send(
-        s,
-        &json!({"op": "data", "filename": rel, "total_size": body.len(), "mode": 0o755, "mtime": 0})
-            .to_string(),
-    );
-    s.write_all(body).unwrap();
-    raw::send(s, &json!({"op": "done", "filename": rel, "md5": md5}).to_string());
+    const PART: usize = 128 * 1024;
+    if body.len() <= 1024 * 1024 {
+        let head =
+            json!({"op": "data", "filename": rel, "total_size": body.len(), "mode": 0o755, "mtime": 0});
+        raw::send(s, &head.to_string());
+        s.write_all(body).unwrap();
+    } else {
+        for (i, part) in body.chunks(PART).enumerate() {
+            let head = json!({
+                "op": "data", "filename": rel, "total_size": part.len(), "offset": i * PART,
+                "md5": common::md5_hex(part), "mode": 0o755, "mtime": 0,
+            });
+            raw::send(s, &head.to_string());
+            s.write_all(part).unwrap();
+        }
+    }
+    raw::send(s, &json!({"op": "done", "filename": rel, "md5": common::parts_md5_hex(body)}).to_string());
 }
 
 #[test]

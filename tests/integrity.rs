@@ -22,7 +22,7 @@ fn flipped_byte_on_put_is_a_digest_error_and_saves_nothing() {
         .args(["put", "big.iso"])
         .assert()
         .code(1)
-        .stderr(predicate::str::is_match("^xfer: error: md5 mismatch for big.iso \\(sent [0-9a-f]{32}, received [0-9a-f]{32}\\): nothing was saved\n$").unwrap());
+        .stderr(predicate::str::is_match("^xfer: error: md5 mismatch for big.iso \\(sent [0-9a-f]{32}, received other bytes in the part at byte [0-9]+\\): nothing was saved\n$").unwrap());
     assert!(tree(server.root.path()).is_empty(), "{:?}", tree(server.root.path()));
 }
 
@@ -102,15 +102,22 @@ fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
     let mut s = raw::connect(server.addr);
     raw::send(&mut s, r#"{"op":"put","filename":"keep.txt","md5":null,"total_size":0,"force":true}"#);
     assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
-    raw::send(&mut s, r#"{"op":"data","filename":"keep.txt","md5":null,"total_size":1000000}"#);
-    s.write_all(&[7u8; 400_000]).unwrap();
+    // Three whole parts, and the start of a fourth.
+    for i in 0..3 {
+        raw::send_part(&mut s, "keep.txt", i * PART as u64, &[7u8; PART]);
+    }
+    raw::send(
+        &mut s,
+        r#"{"op":"data","filename":"keep.txt","md5":"00000000000000000000000000000000","total_size":131072,"offset":393216}"#,
+    );
+    s.write_all(&[7u8; 10_000]).unwrap();
     // The partial exists while the body is in flight...
     assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).len() == 2));
     drop(s);
-    // ...and keeps what arrived, for a resume, once the client is gone; the
-    // destination is untouched.
+    // ...and keeps the whole parts that arrived, for a resume, once the
+    // client is gone; the destination is untouched.
     let partial = server.path(".keep.txt.xfer-part");
-    assert!(eventually(Duration::from_secs(5), || fs::read(&partial).is_ok_and(|b| b.len() == 400_000)));
+    assert!(eventually(Duration::from_secs(5), || fs::read(&partial).is_ok_and(|b| b.len() == 3 * PART)));
     assert!(fs::read(&partial).unwrap().iter().all(|&b| b == 7));
     assert_eq!(fs::read(server.path("keep.txt")).unwrap(), b"old");
 
@@ -118,43 +125,69 @@ fn client_vanishing_mid_body_commits_nothing_and_server_keeps_serving() {
     xfer(server.addr, work.path()).args(["get", "keep.txt"]).assert().success();
 }
 
-/// A put of `f` whose bytes come as two bodies, `abc` at 0 and `def` at
-/// `second`; the `done` is left to the caller.
+/// Bytes in a part of a file body (PROTOCOL.md).
+const PART: usize = 128 * 1024;
+
+/// A put of `f` whose bytes come as two parts, a whole part of `a` at 0
+/// and `def` at `second`; the `done` is left to the caller.
 fn put_in_two_bodies(server: &TestServer, second: u64) -> raw::Tls {
     let mut s = raw::connect(server.addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     assert!(raw::recv(&mut s).contains(r#""op":"ready""#));
-    for (offset, body) in [(0, b"abc"), (second, b"def")] {
-        raw::send(
-            &mut s,
-            &format!(r#"{{"op":"data","filename":"f","md5":null,"total_size":3,"offset":{offset}}}"#),
-        );
-        s.write_all(body).unwrap();
-    }
+    raw::send_part(&mut s, "f", 0, &[b'a'; PART]);
+    raw::send_part(&mut s, "f", second, b"def");
     s
 }
 
-/// A body of unknown length comes as data frames, each where the last
-/// ended; one that skips ahead is a broken protocol: the connection ends,
-/// nothing is committed and the partial's bytes are thrown away.
+/// A body comes as parts, each where the last ended; one that skips ahead
+/// is a broken protocol: the connection ends, nothing is committed and the
+/// partial's bytes are thrown away.
 #[test]
 fn a_body_continued_anywhere_but_where_it_ended_commits_nothing() {
     let server = TestServer::start();
-    let mut s = put_in_two_bodies(&server, 5);
+    let mut s = put_in_two_bodies(&server, PART as u64 + 2);
     assert!(raw::try_recv(&mut s).is_none_or(|reply| !reply.contains(r#""op":"ok""#)));
     assert!(
         eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()),
         "{:?}",
         tree(server.root.path())
     );
-    // Where it ended, it goes on: the file is both bodies.
-    let mut s = put_in_two_bodies(&server, 3);
+    // Where it ended, it goes on: the file is both parts.
+    let mut s = put_in_two_bodies(&server, PART as u64);
+    let mut want = vec![b'a'; PART];
+    want.extend_from_slice(b"def");
+    let digest = common::parts_md5_hex(&want);
+    raw::send(&mut s, &format!(r#"{{"op":"done","filename":"f","md5":"{digest}","total_size":0}}"#));
+    let reply = raw::recv(&mut s);
+    assert!(reply.contains(r#""op":"ok""#) && reply.contains(&digest), "{reply}");
+    assert!(digest.ends_with("-2"), "{digest}");
+    assert_eq!(fs::read(server.path("f")).unwrap(), want);
+}
+
+#[test]
+fn a_damaged_part_is_refused_and_nothing_is_committed() {
+    let server = TestServer::start();
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
+    raw::recv(&mut s);
+    raw::send_part(&mut s, "f", 0, &[b'a'; PART]);
+    // The second part's header claims other bytes than follow it.
+    let claimed = md5_hex(b"xyz");
     raw::send(
         &mut s,
-        &format!(r#"{{"op":"done","filename":"f","md5":"{}","total_size":0}}"#, md5_hex(b"abcdef")),
+        &format!(r#"{{"op":"data","filename":"f","md5":"{claimed}","total_size":3,"offset":{PART}}}"#),
     );
-    assert!(raw::recv(&mut s).contains(r#""op":"ok""#));
-    assert_eq!(fs::read(server.path("f")).unwrap(), b"abcdef");
+    s.write_all(b"abc").unwrap();
+    raw::send(
+        &mut s,
+        r#"{"op":"done","filename":"f","md5":"00000000000000000000000000000000","total_size":0}"#,
+    );
+    let reply = raw::recv(&mut s);
+    assert!(reply.contains(r#""code":"md5_mismatch""#) && reply.contains("byte 131072"), "{reply}");
+    assert!(tree(server.root.path()).is_empty(), "{:?}", tree(server.root.path()));
+    // The connection stays usable.
+    raw::send(&mut s, r#"{"op":"df"}"#);
+    assert!(raw::recv(&mut s).contains(r#""op":"space""#));
 }
 
 #[test]
@@ -163,8 +196,7 @@ fn wrong_md5_in_done_frame_is_refused() {
     let mut s = raw::connect(server.addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
-    s.write_all(b"abc").unwrap();
+    raw::send_part(&mut s, "f", 0, b"abc");
     raw::send(
         &mut s,
         r#"{"op":"done","filename":"f","md5":"00000000000000000000000000000000","total_size":0}"#,
@@ -175,8 +207,7 @@ fn wrong_md5_in_done_frame_is_refused() {
     // The connection stays usable: a correct put follows.
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
-    s.write_all(b"abc").unwrap();
+    raw::send_part(&mut s, "f", 0, b"abc");
     raw::send(
         &mut s,
         r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72","total_size":0}"#,

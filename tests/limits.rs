@@ -37,17 +37,28 @@ fn silent_connection_after_authentication_is_closed() {
     assert!(closed_by_server(&mut s));
 }
 
+/// Bytes in a part of a file body (PROTOCOL.md).
+const PART: usize = 128 * 1024;
+
 #[test]
 fn stalled_body_is_closed_and_keeps_only_a_resumable_partial() {
     let server = idle_server();
     let mut s = raw::connect(server.addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000}"#);
+    // A whole part, then ten bytes of the next.
+    raw::send_part(&mut s, "f", 0, &[1; PART]);
+    raw::send(
+        &mut s,
+        &format!(
+            r#"{{"op":"data","filename":"f","md5":"{}","total_size":1000,"offset":{PART}}}"#,
+            md5_hex(&[1; 1000])
+        ),
+    );
     s.write_all(&[1; 10]).unwrap();
     assert!(closed_by_server(&mut s));
     assert!(eventually(Duration::from_secs(5), || tree(server.root.path()) == [".f.xfer-part"]));
-    assert_eq!(std::fs::read(server.path(".f.xfer-part")).unwrap(), [1; 10]);
+    assert!(std::fs::read(server.path(".f.xfer-part")).unwrap() == [1; PART], "the whole part is kept");
 }
 
 #[test]
@@ -71,8 +82,8 @@ fn body_longer_than_announced_commits_nothing() {
     let mut s = raw::connect(server.addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":3}"#);
-    s.write_all(b"abcdef").unwrap();
+    raw::send_part(&mut s, "f", 0, b"abc");
+    s.write_all(b"def").unwrap();
     raw::send(&mut s, r#"{"op":"done","filename":"f","md5":"900150983cd24fb0d6963f7d28e17f72"}"#);
     let reply = raw::recv(&mut s);
     assert!(reply.contains(r#""code":"bad_request""#), "{reply}");
@@ -144,13 +155,17 @@ fn shutdown_lets_a_transfer_in_flight_finish() {
     let mut s = raw::connect(addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":1000000}"#);
-    s.write_all(&body[..500_000]).unwrap();
+    let parts: Vec<&[u8]> = body.chunks(PART).collect();
+    for (i, part) in parts[..4].iter().enumerate() {
+        raw::send_part(&mut s, "f", (i * PART) as u64, part);
+    }
     terminate(&server);
     std::thread::sleep(Duration::from_millis(300));
     assert!(TcpStream::connect(addr).is_err(), "still accepting after SIGTERM");
-    s.write_all(&body[500_000..]).unwrap();
-    raw::send(&mut s, &format!(r#"{{"op":"done","filename":"f","md5":"{}"}}"#, md5_hex(&body)));
+    for (i, part) in parts.iter().enumerate().skip(4) {
+        raw::send_part(&mut s, "f", (i * PART) as u64, part);
+    }
+    raw::send(&mut s, &format!(r#"{{"op":"done","filename":"f","md5":"{}"}}"#, common::parts_md5_hex(&body)));
     assert!(raw::recv(&mut s).contains(r#""op":"ok""#));
     drop(s);
     assert_eq!(exit_code_within(&mut server, Duration::from_secs(10)), Some(0));
@@ -165,15 +180,21 @@ fn shutdown_aborts_what_outlives_the_grace_period() {
     let mut s = raw::connect(addr);
     raw::send(&mut s, r#"{"op":"put","filename":"f","md5":null,"total_size":0}"#);
     raw::recv(&mut s);
-    raw::send(&mut s, r#"{"op":"data","filename":"f","md5":null,"total_size":5000000}"#);
-    s.write_all(&[0; 2_500_000]).unwrap();
+    // 40 parts: more than a batch of 32, verified and written as one.
+    for i in 0..40 {
+        raw::send_part(&mut s, "f", (i * PART) as u64, &[0; PART]);
+    }
     terminate(&server);
     assert_eq!(exit_code_within(&mut server, Duration::from_secs(10)), Some(0));
-    // Nothing at the final name; the hidden partial keeps the whole chunks
-    // that arrived before the abort (1 MiB each), for a resume.
+    // Nothing at the final name; the hidden partial keeps the verified
+    // batches that arrived before the abort, for a resume.
     assert_eq!(tree(root.path()), [".f.xfer-part"]);
     let held = std::fs::read(root.path().join(".f.xfer-part")).unwrap();
-    assert!(held.len() >= 2 * 1024 * 1024 && held.iter().all(|&b| b == 0), "{} bytes held", held.len());
+    assert!(
+        held.len() >= 32 * PART && held.len().is_multiple_of(PART) && held.iter().all(|&b| b == 0),
+        "{} bytes held",
+        held.len()
+    );
 }
 
 #[test]

@@ -324,13 +324,13 @@ fn interrupted_get_named(server: &TestServer, work: &Path, name: &str) -> u64 {
 }
 
 #[test]
-fn a_damaged_resume_is_caught_by_the_whole_file_digest() {
+fn a_damaged_resume_is_caught_by_its_part_digests() {
     let server = TestServer::start();
     let work = tempfile::tempdir().unwrap();
     let data = pattern(SIZE, 8);
     fs::write(work.path().join("big.iso"), &data).unwrap();
     assert!(interrupted_put(&server, work.path(), 0.5) > 0);
-    // The rest is damaged in transit: the digest of the whole file catches
+    // The rest is damaged in transit: the damaged part's digest catches
     // it, nothing is committed, and the bad partial is gone.
     let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::FlipBodyByte);
     xfer(proxy.addr, work.path())

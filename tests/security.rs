@@ -201,7 +201,7 @@ fn traversal_in_every_form_is_refused() {
 fn the_client_writes_only_where_its_user_said() {
     let (addr, _) = fake::serve_once(Proof::Genuine, |s| {
         raw::recv(s); // the get
-        let h = r#"{"op":"data","filename":"../../evil","md5":null,"total_size":4}"#;
+        let h = r#"{"op":"data","filename":"../../evil","md5":"8d777f385d3dfec8815d20f7496026dc","total_size":4,"offset":0}"#;
         raw::send(s, h);
         std::io::Write::write_all(s, b"data").unwrap();
         raw::send(s, r#"{"op":"done","filename":"other.txt","md5":"8d777f385d3dfec8815d20f7496026dc"}"#);

@@ -230,7 +230,7 @@ fn standard_input_of_unknown_length_is_put_verified_and_whole() {
         .write_stdin(data.clone())
         .assert()
         .success()
-        .stderr(predicate::str::contains(format!("md5 {} verified", common::md5_hex(&data))));
+        .stderr(predicate::str::contains(format!("md5 {} verified", common::parts_md5_hex(&data))));
     assert_eq!(fs::read(server.path("backup.tar")).unwrap(), data);
     assert_eq!(tree(server.root.path()), ["backup.tar"], "no partial left");
     // Not replaced without -f; empty input is an empty file.

@@ -364,6 +364,13 @@ fn a_client_written_from_the_protocol_document_works() {
     assert!(ok, "{said}");
     assert!(said.contains("file from-python.txt 17"), "{said}");
     assert_eq!(fs::read(server.path("from-python.txt")).unwrap(), b"hello from python");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(fs::read(server.path("from-python.txt.big")).unwrap(), big);
+    let digest = common::parts_md5_hex(&big);
+    assert!(
+        said.contains(&format!("stored from-python.txt.big {digest}")) && digest.ends_with("-3"),
+        "{said}"
+    );
     let (ok, said) = run("a-wrong-token-that-is-long-enough-0000");
     assert!(!ok && said.contains("refused: auth_failed"), "{said}");
 }

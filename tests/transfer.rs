@@ -10,7 +10,7 @@ use std::fs;
 fn round_trip(server: &TestServer, src: &std::path::Path, remote: &str) {
     let work = tempfile::tempdir().unwrap();
     let data = fs::read(src).unwrap();
-    let md5 = md5_hex(&data);
+    let md5 = common::parts_md5_hex(&data);
     xfer(server.addr, work.path())
         .arg("put")
         .arg(src)

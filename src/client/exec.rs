@@ -4,9 +4,9 @@
 
 use super::{unexpected_reply, Client, Options};
 use crate::connection::{Reader, Writer};
-use crate::digest::Md5;
+use crate::digest::{md5_many, PartsDigest};
 use crate::error::{ConnError, Error};
-use crate::protocol::{ClientMessage, Exec, ServerMessage, StreamSummary, Tty};
+use crate::protocol::{ClientMessage, Exec, Md5Hex, ServerMessage, StreamSummary, Tty};
 use crate::ui::Ui;
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -269,9 +269,10 @@ async fn forward_stdin<I: AsyncRead + Unpin>(
     }
 }
 
-/// Writes `stdout` and `stderr` frames to ours as they arrive, hashing
-/// each stream, until the `exit` frame; checks the digests it carries.
-/// With `--json`, each chunk is an object on our stdout instead.
+/// Writes `stdout` and `stderr` frames to ours as they arrive, checking
+/// each chunk's MD5 (many at once, behind the output) and each stream's
+/// digest over its chunks when the `exit` frame comes. With `--json`, each
+/// chunk is an object on our stdout instead.
 async fn receive_output<O, E>(
     reader: &mut Reader<ServerMessage>,
     stdout: &mut O,
@@ -282,22 +283,20 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let (mut out_md5, mut err_md5) = (Md5::new(), Md5::new());
-    let (mut out_len, mut err_len) = (0u64, 0u64);
-    let mut buf = Vec::new();
+    let (mut out, mut err) = (Verifier::new("stdout"), Verifier::new("stderr"));
     loop {
         let h = reader.expect().await?;
-        let (sink, md5, len, name): (&mut (dyn AsyncWrite + Unpin), _, _, _) = match h.msg {
+        let (sink, verifier, claimed): (&mut (dyn AsyncWrite + Unpin), _, _) = match h.msg {
             ServerMessage::Keepalive => {
                 reader.skip_body(h.total_size).await?;
                 continue;
             }
-            ServerMessage::Stdout => (stdout, &mut out_md5, &mut out_len, "stdout"),
-            ServerMessage::Stderr => (stderr, &mut err_md5, &mut err_len, "stderr"),
+            ServerMessage::Stdout(chunk) => (stdout, &mut out, chunk.md5),
+            ServerMessage::Stderr(chunk) => (stderr, &mut err, chunk.md5),
             ServerMessage::Exit { exit_code, signal, timed_out, stdout: sent_out, stderr: sent_err } => {
                 reader.skip_body(h.total_size).await?;
-                check_stream("stdout", sent_out.as_ref(), out_len, out_md5)?;
-                check_stream("stderr", sent_err.as_ref(), err_len, err_md5)?;
+                out.finish(sent_out.as_ref()).await?;
+                err.finish(sent_err.as_ref()).await?;
                 return Ok(Ended { exit_code, signal, timed_out });
             }
             reply => {
@@ -305,37 +304,122 @@ where
                 return Err(unexpected_reply(reply, "stdout, stderr or exit"));
             }
         };
-        buf.clear();
+        let mut buf = Vec::with_capacity(h.total_size.min(1 << 20) as usize);
         let n = reader.body(h.total_size).read_to_end(&mut buf).await.map_err(ConnError::Io)?;
         if (n as u64) < h.total_size {
             return Err(ConnError::Truncated("body").into());
         }
-        md5.update(&buf);
-        *len += n as u64;
         if ui.json {
-            ui.output(name, &buf);
-            continue;
+            ui.output(verifier.name, &buf);
+        } else {
+            // Flush each chunk: output must show up live, not when we exit.
+            let written = async {
+                sink.write_all(&buf).await?;
+                sink.flush().await
+            };
+            written.await.map_err(|e| Error::local(verifier.name, e))?;
         }
-        // Flush each chunk: output must show up live, not when we exit.
-        let written = async {
-            sink.write_all(&buf).await?;
-            sink.flush().await
-        };
-        written.await.map_err(|e| Error::local(name, e))?;
+        verifier.push(buf, claimed).await?;
     }
 }
 
-/// Compares what we received on one stream with the server's account of it.
-fn check_stream(name: &str, sent: Option<&StreamSummary>, len: u64, md5: Md5) -> Result<(), Error> {
-    let received = md5.finish();
-    match sent {
-        Some(s) if s.total_size == len && s.md5 == received => Ok(()),
-        Some(s) => Err(Error::md5_mismatch(
-            format!("{name} ({} bytes sent, {len} received)", s.total_size),
-            Some(&s.md5),
-            Some(&received),
-        )),
-        None => Err(Error::md5_mismatch(name, None, Some(&received))),
+/// Checks one output stream's chunks against their MD5s, a batch at a time
+/// on the blocking pool, after they were written out: output is never held
+/// back for it, and a mismatch is reported at the latest when the command
+/// ends.
+struct Verifier {
+    /// `stdout` or `stderr`.
+    name: &'static str,
+    /// Chunks written out and not yet checked, with the MD5 each claimed.
+    waiting: Vec<(Vec<u8>, Option<Md5Hex>)>,
+    /// Their bytes.
+    waiting_bytes: usize,
+    /// A batch being checked; it returns each chunk's digest, or the
+    /// offset in the stream of the first that differs.
+    checking: Option<tokio::task::JoinHandle<Result<Vec<[u8; 16]>, u64>>>,
+    /// Bytes handed to checking so far.
+    total: u64,
+    /// The stream's digest over the chunks checked so far.
+    digest: PartsDigest,
+}
+
+/// Bytes of chunks checked together: 32 of a full pipe's 64 KiB, as many
+/// as AVX-512's lanes take.
+const VERIFY_BATCH: usize = 2 << 20;
+
+impl Verifier {
+    fn new(name: &'static str) -> Self {
+        Verifier {
+            name,
+            waiting: Vec::new(),
+            waiting_bytes: 0,
+            checking: None,
+            total: 0,
+            digest: PartsDigest::new(),
+        }
+    }
+
+    /// Adds a chunk written out; checks a batch once enough wait.
+    async fn push(&mut self, chunk: Vec<u8>, claimed: Option<Md5Hex>) -> Result<(), Error> {
+        self.waiting_bytes += chunk.len();
+        self.waiting.push((chunk, claimed));
+        if self.waiting_bytes >= VERIFY_BATCH {
+            self.check().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the batch being checked, then starts checking what waits.
+    async fn check(&mut self) -> Result<(), Error> {
+        self.collect().await?;
+        let batch = std::mem::take(&mut self.waiting);
+        let at = self.total;
+        self.total += self.waiting_bytes as u64;
+        self.waiting_bytes = 0;
+        self.checking = Some(tokio::task::spawn_blocking(move || {
+            let bodies: Vec<&[u8]> = batch.iter().map(|(b, _)| b.as_slice()).collect();
+            let mut at = at;
+            let mut out = Vec::with_capacity(batch.len());
+            for ((body, claimed), got) in batch.iter().zip(md5_many(&bodies)) {
+                if claimed.as_ref() != Some(&got) {
+                    return Err(at);
+                }
+                out.push(got.to_digest());
+                at += body.len() as u64;
+            }
+            Ok(out)
+        }));
+        Ok(())
+    }
+
+    /// The result of the batch being checked, if one is.
+    async fn collect(&mut self) -> Result<(), Error> {
+        let Some(checking) = self.checking.take() else { return Ok(()) };
+        match checking.await.expect("hashing does not panic") {
+            Ok(digests) => digests.iter().for_each(|d| self.digest.push(d)),
+            Err(at) => {
+                let received = format!("other bytes in the chunk at byte {at}");
+                return Err(Error::md5_mismatch(self.name, None, received));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what is left, then the stream's size and digest against the
+    /// server's account of it.
+    async fn finish(&mut self, sent: Option<&StreamSummary>) -> Result<(), Error> {
+        self.check().await?;
+        self.collect().await?;
+        let (name, len, received) = (self.name, self.total, self.digest.finish());
+        match sent {
+            Some(s) if s.total_size == len && s.md5 == received => Ok(()),
+            Some(s) => Err(Error::md5_mismatch(
+                format!("{name} ({} bytes sent, {len} received)", s.total_size),
+                Some(&s.md5),
+                received.to_string(),
+            )),
+            None => Err(Error::md5_mismatch(name, None, received.to_string())),
+        }
     }
 }
 
@@ -366,7 +450,6 @@ fn exit_code(exit: &Ended, timeout: Option<u64>) -> Result<u8, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Md5Hex;
 
     #[test]
     fn exit_codes_follow_ssh() {
@@ -380,13 +463,28 @@ mod tests {
         assert_eq!(Error::Timeout(2).exit_code(), crate::error::EXIT_TIMEOUT);
     }
 
-    #[test]
-    fn stream_check_catches_size_and_digest_differences() {
-        let md5 = Md5Hex::try_from("d41d8cd98f00b204e9800998ecf8427e".to_string()).unwrap();
-        let good = StreamSummary { total_size: 0, md5: md5.clone() };
-        assert!(check_stream("stdout", Some(&good), 0, Md5::new()).is_ok());
-        let longer = StreamSummary { total_size: 5, md5 };
-        assert!(check_stream("stdout", Some(&longer), 0, Md5::new()).is_err());
-        assert!(check_stream("stdout", None, 0, Md5::new()).is_err());
+    #[tokio::test]
+    async fn stream_check_catches_chunk_size_and_digest_differences() {
+        let md5 = |b: &[u8]| md5_many(&[b]).remove(0);
+        let empty = StreamSummary { total_size: 0, md5: md5(b"") };
+        assert!(Verifier::new("stdout").finish(Some(&empty)).await.is_ok());
+        let longer = StreamSummary { total_size: 5, md5: md5(b"") };
+        assert!(Verifier::new("stdout").finish(Some(&longer)).await.is_err());
+        assert!(Verifier::new("stdout").finish(None).await.is_err());
+        // Many chunks, more than a batch: the stream's digest is over them.
+        let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 64 * 1024]).collect();
+        let mut digest = PartsDigest::new();
+        chunks.iter().for_each(|c| digest.push(&md5(c).to_digest()));
+        let whole = StreamSummary { total_size: 40 * 64 * 1024, md5: digest.finish() };
+        let mut v = Verifier::new("stdout");
+        for c in &chunks {
+            v.push(c.clone(), Some(md5(c))).await.unwrap();
+        }
+        assert!(v.finish(Some(&whole)).await.is_ok());
+        // One chunk whose bytes are not what its MD5 says.
+        let mut v = Verifier::new("stdout");
+        v.push(b"abc".to_vec(), Some(md5(b"abd"))).await.unwrap();
+        let err = v.finish(Some(&whole)).await.unwrap_err().to_string();
+        assert!(err.contains("chunk at byte 0"), "{err}");
     }
 }

@@ -2,12 +2,12 @@
 //! an interrupted fetch resumes where its partial ends.
 
 use super::{unexpected_reply, Client, Flags, Options};
-use crate::digest::Md5;
+use crate::digest::PartsDigest;
 use crate::error::{ConnError, Error};
 use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
 use crate::protocol::{ClientMessage, ErrorCode, Get, Refusal, ServerMessage, Stored};
-use crate::transfer::{receive_file, receive_into, Commit, CopyError, FileFailure};
+use crate::transfer::{receive_file, receive_parts, Commit, FileFailure, PartFailure};
 use crate::ui::Planned;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,6 +50,7 @@ pub async fn get(
             md5: Some(ours),
             size: Some(len),
             dry_run: flags.dry_run,
+            whole_md5: false,
         };
         conn.writer.write(&ClientMessage::Get(req)).await?;
         return match conn.reader.expect_control().await? {
@@ -98,6 +99,7 @@ pub async fn get(
         md5: offer.map(|o| o.1),
         size: None,
         dry_run: false,
+        whole_md5: flags.md5,
     };
     conn.writer.write(&ClientMessage::Get(req)).await?;
     let frame = conn.reader.expect().await?;
@@ -105,8 +107,10 @@ pub async fn get(
         conn.reader.skip_body(frame.total_size).await?;
         return Err(unexpected_reply(frame.msg, "data"));
     };
-    let body_len = frame.total_size;
+    let part_len = frame.total_size;
     let offset = data.offset.unwrap_or(0);
+    // The first part says the file's size; what is sent is the rest.
+    let body_len = data.size.unwrap_or(offset + part_len).saturating_sub(offset);
     let started = Instant::now();
 
     let received = match (partial, &target) {
@@ -122,10 +126,10 @@ pub async fn get(
             bar.set_position(offset);
             let meta = data.mode.zip(data.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
             let how = Commit { replace: flags.force, durable: flags.fsync, meta };
-            let received = receive_file(&mut conn.reader, partial, (&data, body_len), how, &bar).await?;
+            let received = receive_file(&mut conn.reader, partial, (&data, part_len), how, &bar).await?;
             bar.finish_and_clear();
             match received {
-                Ok((md5, _)) => md5,
+                Ok(committed) => (committed.md5, committed.whole),
                 Err(FileFailure::Offset { .. } | FileFailure::Refused(_)) => {
                     let expected = "data at offset 0 or at the offset we offered";
                     return Err(ConnError::Unexpected { got: "data", expected }.into());
@@ -134,7 +138,7 @@ pub async fn get(
                     return Err(Error::local(path, source))
                 }
                 Err(FileFailure::Mismatch { sent, received }) => {
-                    return Err(Error::md5_mismatch(remote, sent.as_ref(), Some(&received)))
+                    return Err(Error::md5_mismatch(remote, sent.as_ref(), received))
                 }
                 Err(FileFailure::Exists) => return Err(Error::LocalExists(path.clone())),
             }
@@ -145,24 +149,26 @@ pub async fn get(
             }
             let bar = opts.ui.transfer_bar(name, body_len);
             let sink = std::io::stdout();
-            let copied =
-                receive_into(&mut conn.reader.body(body_len), body_len, sink, Md5::new(), &bar).await;
+            let first = (&data, part_len);
+            let copied = receive_parts(&mut conn.reader, first, 0, sink, PartsDigest::new(), &bar).await?;
             bar.finish_and_clear();
             let received = match copied {
-                Ok(md5) => md5,
-                Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source).into()),
-                Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body").into()),
-                Err(CopyError::Write { source, .. }) => return Err(Error::local("stdout", source)),
+                Ok(received) => received,
+                Err(PartFailure::Write { source, .. }) => return Err(Error::local("stdout", source)),
+                Err(PartFailure::Mismatch { offset, sent }) => {
+                    let received = format!("other bytes in the part at byte {offset}");
+                    return Err(Error::md5_mismatch(remote, sent.as_ref(), received));
+                }
             };
-            let sent = conn.reader.expect_done().await?;
-            if sent.as_ref() != Some(&received) {
-                return Err(Error::md5_mismatch(remote, sent.as_ref(), Some(&received)));
+            let md5 = received.digest.finish();
+            if received.done.md5.as_ref() != Some(&md5) {
+                return Err(Error::md5_mismatch(remote, received.done.md5.as_ref(), md5.to_string()));
             }
-            received
+            (md5, received.done.whole)
         }
     };
-    let len = offset + body_len;
-    opts.ui.summary("get", remote, len - offset, started.elapsed(), &received);
+    let (received, whole) = received;
+    opts.ui.summary("get", remote, body_len, started.elapsed(), &received, whole.as_ref());
     Ok(())
 }
 

@@ -89,11 +89,12 @@ pub async fn mkdir(opts: &Options, dirs: &[String], parents: bool) -> Result<u8,
     Ok(if failed { EXIT_FAILURE } else { 0 })
 }
 
-/// `xfer md5sum PATH...`: `HASH  NAME` lines, as md5sum prints them.
-pub async fn md5sum(opts: &Options, paths: &[String]) -> Result<u8, Error> {
+/// `xfer md5sum PATH...`: `HASH  NAME` lines, as md5sum prints them
+/// (with `parts`, of the digest over the parts).
+pub async fn md5sum(opts: &Options, parts: bool, paths: &[String]) -> Result<u8, Error> {
     each(opts, paths, async |client: &mut Client, path: &str| {
         let conn = &mut client.conn;
-        conn.writer.write(&ClientMessage::Md5sum(Md5sum { filename: path.to_string() })).await?;
+        conn.writer.write(&ClientMessage::Md5sum(Md5sum { filename: path.to_string(), parts })).await?;
         match conn.reader.expect_control().await? {
             ServerMessage::Ok(Stored { md5: Some(md5), size, .. }) => {
                 opts.ui.digest(path, &md5, size.unwrap_or(0));
@@ -103,6 +104,29 @@ pub async fn md5sum(opts: &Options, paths: &[String]) -> Result<u8, Error> {
         }
     })
     .await
+}
+
+/// `xfer md5sum --local PATH...`: the same lines for local files, hashed
+/// here; a file that cannot be read is reported and the rest go on.
+pub fn md5sum_local(opts: &Options, parts: bool, paths: &[String]) -> Result<u8, Error> {
+    let mut failed = false;
+    for path in paths {
+        let hashed = std::fs::File::open(path).and_then(|mut file| {
+            let len = file.metadata()?.len();
+            match parts {
+                true => Ok((crate::digest::parts_of(&mut file, len)?.finish(), len)),
+                false => Ok((crate::digest::hash_prefix(&mut file, len)?.finish(), len)),
+            }
+        });
+        match hashed {
+            Ok((md5, size)) => opts.ui.digest(path, &md5, size),
+            Err(e) => {
+                opts.ui.error(&Error::local(path, e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { EXIT_FAILURE } else { 0 })
 }
 
 /// `xfer cat PATH...`: remote files to standard output, each verified.

@@ -13,7 +13,7 @@ pub use crate::tree::TreeReport;
 pub use exec::{exec, session, ExecOptions};
 pub use get::{get, GetTarget};
 pub use ls::{ls, LsOptions};
-pub use manage::{cat, df, md5sum, mkdir, mv, rm};
+pub use manage::{cat, df, md5sum, md5sum_local, mkdir, mv, rm};
 pub use many::{get_many, put_many};
 pub use put::put;
 pub use tree::{get_tree, put_tree};
@@ -64,11 +64,21 @@ pub struct Flags {
     pub delete: bool,
     /// Say what would be done; change nothing.
     pub dry_run: bool,
+    /// Also compute and report the plain MD5 of each whole file, as
+    /// md5sum prints it (`--md5`).
+    pub md5: bool,
 }
 
 impl From<&crate::cli::TransferArgs> for Flags {
     fn from(a: &crate::cli::TransferArgs) -> Flags {
-        Flags { force: a.force, resume: !a.no_resume, fsync: a.fsync, delete: a.delete, dry_run: a.dry_run }
+        Flags {
+            force: a.force,
+            resume: !a.no_resume,
+            fsync: a.fsync,
+            delete: a.delete,
+            dry_run: a.dry_run,
+            md5: a.md5,
+        }
     }
 }
 

@@ -2,11 +2,11 @@
 //! upload when the server holds a partial whose bytes match ours.
 
 use super::{unexpected_reply, Client, Flags, Options};
-use crate::digest::{hash_prefix, Md5};
+use crate::digest::{md5_many, PartsDigest};
 use crate::error::{ConnError, Error, RequestError};
 use crate::local::meta::MODE_MASK;
-use crate::protocol::{ClientMessage, Data, Done, Md5Hex, Put, ServerMessage};
-use crate::transfer::{send_file, CopyError, Digest};
+use crate::protocol::{ClientMessage, Data, Done, Md5Hex, Put, ServerMessage, PART};
+use crate::transfer::{resume_point, send_parts, CopyError, Digest, Sending};
 use crate::ui::Planned;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -74,30 +74,41 @@ pub async fn put(
     };
 
     // The server offers the partial it holds; take it only if our first
-    // bytes hash the same, so a changed source starts over.
-    let (file, offset, md5) =
-        resume_point(file, len, offered, theirs).await.map_err(|e| Error::local(local, e))?;
+    // parts hash the same, so a changed source starts over.
+    let (file, offset, prefix) =
+        tokio::task::spawn_blocking(move || resume_point(file, len, offered, theirs.as_ref()))
+            .await
+            .expect("hashing does not panic")
+            .map_err(|e| Error::local(local, e))?;
     if offset > 0 {
         opts.ui.resuming(&remote, offset);
     }
 
     let started = Instant::now();
-    let data = Data { filename: remote.clone(), offset: Some(offset), mode: None, mtime: None };
-    conn.writer.write_head(&data.into(), len - offset).await?;
     let bar = opts.ui.transfer_bar(&remote, len);
     bar.set_position(offset);
+    let how = Sending {
+        head: Data { filename: remote.clone(), ..Data::default() },
+        from: offset,
+        len: len - offset,
+        prefix,
+        digests: Digest::Compute,
+        collect: 0,
+        whole: flags.md5,
+        bar: &bar,
+    };
     // The server may refuse part way (its disk filled): watch for its reply
     // while sending, and stop at once when it comes.
     let copied = tokio::select! {
-        res = send_file(file, len - offset, Digest::Compute(md5), conn.writer.body_writer(), &bar) => res,
+        res = send_parts(file, how, &mut conn.writer) => res,
         early = conn.reader.expect_control() => {
             bar.abandon();
             return Err(unexpected_reply(early?, "ok"));
         }
     };
     bar.finish_and_clear();
-    let md5 = match copied {
-        Ok(md5) => md5,
+    let sent = match copied {
+        Ok(sent) => sent,
         Err(CopyError::Read { source, .. }) => return Err(Error::local(local, source)),
         Err(CopyError::Short { done, expected }) => {
             return Err(Error::LocalUnusable(format!(
@@ -115,19 +126,16 @@ pub async fn put(
             return Err(ConnError::Io(source).into());
         }
     };
-    finish(client, &remote, &md5).await?;
-    opts.ui.summary("put", &remote, len - offset, started.elapsed(), &md5);
+    let md5 = sent.digest.finish();
+    finish(client, &remote, &md5, sent.whole.clone()).await?;
+    opts.ui.summary("put", &remote, len - offset, started.elapsed(), &md5, sent.whole.as_ref());
     Ok(())
 }
 
-/// Bytes of standard input per `data` frame: a pipe's worth (the Linux
-/// pipe capacity), hashed as it is read.
-const STDIN_CHUNK: usize = 64 * 1024;
-
 /// Sends standard input, of unknown length, to the remote path `remote`:
-/// as `data` frames of one pipe's worth each, every one starting where the
-/// last ended, then `done` with the MD5 of all of it. Committed like any
-/// put: verified first, atomically, never resumed.
+/// as parts like any file's, each sent once it is full (or stdin ends),
+/// then `done` with the digest over them. Committed like any put: verified
+/// first, atomically, never resumed.
 pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags: Flags) -> Result<(), Error> {
     use tokio::io::AsyncReadExt;
     let conn = &mut client.conn;
@@ -156,8 +164,9 @@ pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags:
     }
     let started = Instant::now();
     let spinner = opts.ui.stream_spinner(remote);
-    let (mut stdin, mut buf, mut md5, mut sent) =
-        (tokio::io::stdin(), vec![0u8; STDIN_CHUNK], Md5::new(), 0u64);
+    let (mut stdin, mut buf, mut digest, mut sent) =
+        (tokio::io::stdin(), vec![0u8; PART as usize], PartsDigest::new(), 0u64);
+    let mut whole = flags.md5.then(crate::digest::Md5::new);
     loop {
         // Fill a chunk, or take what there is at the end.
         let mut filled = 0;
@@ -174,11 +183,19 @@ pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags:
             }
             filled += n;
         }
-        // An empty input still sends its one (empty) body.
+        // An empty input still sends its one (empty) part.
         if filled > 0 || sent == 0 {
-            md5.update(&buf[..filled]);
-            let data = Data { filename: remote.to_string(), offset: Some(sent), mode: None, mtime: None };
-            conn.writer.write_frame(&data.into(), &buf[..filled]).await?;
+            let part = &buf[..filled];
+            let md5 = md5_many(&[part]).remove(0);
+            if filled > 0 {
+                digest.push(&md5.to_digest());
+            }
+            if let Some(whole) = whole.as_mut() {
+                whole.update(part);
+            }
+            let data =
+                Data { filename: remote.to_string(), md5: Some(md5), offset: Some(sent), ..Data::default() };
+            conn.writer.write_frame(&data.into(), part).await?;
             sent += filled as u64;
             spinner.set_position(sent);
         }
@@ -187,54 +204,37 @@ pub async fn put_stdin(client: &mut Client, opts: &Options, remote: &str, flags:
         }
     }
     spinner.finish_and_clear();
-    let md5 = md5.finish();
-    finish(client, remote, &md5).await?;
-    opts.ui.summary("put", remote, sent, started.elapsed(), &md5);
+    let md5 = digest.finish();
+    let whole = whole.map(crate::digest::Md5::finish);
+    finish(client, remote, &md5, whole.clone()).await?;
+    opts.ui.summary("put", remote, sent, started.elapsed(), &md5, whole.as_ref());
     Ok(())
 }
 
-/// Sends the `done` frame with our digest `md5` and checks that the
-/// server stored what we sent.
-async fn finish(client: &mut Client, remote: &str, md5: &Md5Hex) -> Result<(), Error> {
+/// Sends the `done` frame with our digest `md5` (and the plain MD5 of the
+/// whole file, if computed) and checks that the server stored what we sent.
+async fn finish(client: &mut Client, remote: &str, md5: &Md5Hex, whole: Option<Md5Hex>) -> Result<(), Error> {
     let conn = &mut client.conn;
-    conn.writer.write(&Done { filename: remote.to_string(), md5: Some(md5.clone()) }.into()).await?;
+    let done = Done { filename: remote.to_string(), md5: Some(md5.clone()), whole };
+    conn.writer.write(&done.into()).await?;
     let stored = match conn.reader.expect_control().await? {
         ServerMessage::Ok(stored) => stored.md5,
         reply => return Err(unexpected_reply(reply, "ok")),
     };
     if stored.as_ref() != Some(md5) {
-        return Err(Error::md5_mismatch(remote, Some(md5), stored.as_ref()));
+        return Err(Error::md5_mismatch(
+            remote,
+            Some(md5),
+            stored.map_or_else(|| "nothing".into(), |m| m.to_string()),
+        ));
     }
     Ok(())
 }
 
-/// The MD5 of the `len` bytes of `file`, hashed on the blocking pool.
+/// The digest over its parts of the `len` bytes of `file`, hashed on the
+/// blocking pool.
 pub(super) async fn hash_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Md5Hex> {
-    tokio::task::spawn_blocking(move || Ok(hash_prefix(&mut file, len)?.finish()))
+    tokio::task::spawn_blocking(move || Ok(crate::digest::parts_of(&mut file, len)?.finish()))
         .await
         .expect("hashing does not panic")
-}
-
-/// Where to start sending: `offered` if our first `offered` bytes have the
-/// server's digest `theirs`, else 0. Returns the file positioned there and
-/// the MD5 of what precedes it.
-async fn resume_point(
-    mut file: std::fs::File,
-    len: u64,
-    offered: u64,
-    theirs: Option<Md5Hex>,
-) -> std::io::Result<(std::fs::File, u64, Md5)> {
-    let Some(theirs) = theirs.filter(|_| offered > 0 && offered <= len) else {
-        return Ok((file, 0, Md5::new()));
-    };
-    tokio::task::spawn_blocking(move || {
-        let prefix = hash_prefix(&mut file, offered)?;
-        if prefix.clone().finish() == theirs {
-            return Ok((file, offered, prefix));
-        }
-        std::io::Seek::rewind(&mut file)?;
-        Ok((file, 0, Md5::new()))
-    })
-    .await
-    .expect("hashing does not panic")
 }

@@ -7,14 +7,14 @@
 
 use super::{reason, unexpected_reply, Client, Flags, Options};
 use crate::connection::{ClientConnection, Writer};
-use crate::digest::{hash_prefix, Md5};
+use crate::digest::PartsDigest;
 use crate::error::{exists_words, mismatch_words, ConnError, Error, RequestError};
 use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
     ClientMessage, Data, End, Entry, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal,
     ServerMessage, Stored, Want,
 };
-use crate::transfer::{Digest, FileFailure};
+use crate::transfer::{resume_point, Digest, FileFailure};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::send;
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
@@ -164,16 +164,15 @@ pub async fn put_tree(
             .into_iter()
             .map(|((e, theirs), ours)| (e, matches!(ours, Some(Ok(ours)) if ours == theirs)))
             .collect();
-        // A partial is resumed only if it is a prefix of our file now: the
-        // file stays open after those bytes, with their MD5 to go on from.
+        // A partial is resumed only if its parts are our file's now: the
+        // file stays open after them, with their digest to go on from.
         let prefixes = prefixes
             .into_iter()
             .map(|(e, offset, theirs)| {
                 let resume = std::fs::File::open(tree::local_path(&top, &e.rel))
-                    .and_then(|mut f| Ok((hash_prefix(&mut f, offset)?, f)))
+                    .and_then(|f| resume_point(f, e.size, offset, Some(&theirs)))
                     .ok()
-                    .filter(|(ours, _)| ours.clone().finish() == theirs)
-                    .map(|(ours, f)| (f, offset, ours));
+                    .filter(|(_, at, _)| *at > 0);
                 (e, resume)
             })
             .collect::<Vec<_>>();
@@ -263,7 +262,7 @@ pub async fn put_tree(
                     continue;
                 }
             };
-            send_large(writer, file_data(e), (file, e.size), Md5::new(), &bar, &path).await?;
+            send_large(writer, file_data(e), (file, e.size), PartsDigest::new(), &bar, &path).await?;
             sent_bytes += e.size;
         }
         writer.write(&End::default().into()).await?;
@@ -325,22 +324,22 @@ pub async fn put_tree(
 
 /// The `data` message for a file of the tree, sent whole.
 fn file_data(e: &TreeEntry) -> Data {
-    Data { filename: e.rel.clone(), offset: None, mode: Some(e.mode), mtime: Some(e.mtime) }
+    Data { filename: e.rel.clone(), mode: Some(e.mode), mtime: Some(e.mtime), ..Data::default() }
 }
 
-/// Streams a large file of the tree (see [`send::send_large`]); `md5`
-/// has seen what came before. A file that changes under us stops the tree:
-/// its frame cannot be completed.
+/// Streams a large file of the tree (see [`send::send_large`]); `prefix`
+/// is the digest of the parts before it. A file that changes under us
+/// stops the tree: its body cannot be completed.
 async fn send_large(
     writer: &mut Writer<ClientMessage>,
     data: Data,
     file: (std::fs::File, u64),
-    md5: Md5,
+    prefix: PartsDigest,
     bar: &ProgressBar,
     path: &Path,
 ) -> Result<Md5Hex, Error> {
-    match send::send_large(writer, data, file, Digest::Compute(md5), bar).await? {
-        Ok(md5) => Ok(md5),
+    match send::send_large(writer, data, file, (prefix, Digest::Compute), bar).await? {
+        Ok(sent) => Ok(sent.digest.finish()),
         Err(err) => Err(Error::LocalUnusable(format!("{}: {err}; stopping", path.display()))),
     }
 }
@@ -542,14 +541,14 @@ async fn fetch_tree(
         }
         // The threads write what waits while this one streams.
         small.flush().await;
-        if let Some(offset) = h.offset {
+        if let Some(offset) = h.offset.filter(|&o| o > 0) {
             bar.suspend(|| opts.ui.resuming(&e.rel, offset));
         }
         match receive_file(conn, &root, &mut receiver, (&h, len), &bar).await? {
-            Ok(()) => {
+            Ok(bytes) => {
                 opts.ui.copied(&bar, &e.rel);
                 report.sent += 1;
-                report.bytes += len;
+                report.bytes += bytes;
             }
             Err((msg, true)) => full = Some(msg),
             Err((msg, false)) => file_failed(&opts.ui, &mut report, &e.rel, &msg),
@@ -721,16 +720,16 @@ fn small_result(
 /// Receives one large file (see [`Receiver::receive_file`]). The outer
 /// error is a broken connection or a server that resumes what we did not
 /// offer; the inner one a failure of this file alone, in words, and
-/// whether it was a full disk.
+/// whether it was a full disk. Returns the body bytes received.
 async fn receive_file(
     conn: &mut ClientConnection,
     root: &Root,
     receiver: &mut Receiver,
     data: (&Data, u64),
     bar: &ProgressBar,
-) -> Result<Result<(), (String, bool)>, Error> {
+) -> Result<Result<u64, (String, bool)>, Error> {
     Ok(Err(match receiver.receive_file(&mut conn.reader, root, data, bar).await? {
-        Ok(_) => return Ok(Ok(())),
+        Ok(committed) => return Ok(Ok(committed.bytes)),
         Err(FileFailure::Offset { .. }) => {
             return Err(
                 ConnError::Unexpected { got: "data", expected: "data from an offset we offered" }.into()
@@ -748,7 +747,7 @@ async fn receive_file(
             (crate::error::plain_io(&e), crate::error::disk_full(&e))
         }
         Err(FileFailure::Mismatch { sent, received }) => {
-            (mismatch_words(None, sent.as_ref().map(|m| m.as_str()), received.as_str()), false)
+            (mismatch_words(None, sent.as_ref().map(|m| m.as_str()), &received), false)
         }
         Err(FileFailure::Exists) => (exists_words("exists"), false),
     }))

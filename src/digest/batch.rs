@@ -1,9 +1,9 @@
 //! The one rule for hashing many small bodies together.
 
-use super::md5_many;
+use super::file_digests;
 use crate::protocol::Md5Hex;
 
-/// Small bodies waiting to be hashed together by [`md5_many`], which
+/// Small bodies waiting to be hashed together by [`md5_many`](super::md5_many), which
 /// hashes 16 side by side and keeps its lanes busy only with many to choose
 /// from. /usr/include's small files, by batch size: 16: 57-90 ms, 64:
 /// 27-46 ms, 128: 23-40 ms, all 7,581 at once: 21-39 ms (one at a time:
@@ -39,10 +39,11 @@ impl<T: AsRef<[u8]>> HashBatch<T> {
         self.waiting.is_empty()
     }
 
-    /// Every waiting body with its MD5, in the order they came; empties the batch.
+    /// Every waiting body with its digest over its parts (its MD5, for a
+    /// body of one part), in the order they came; empties the batch.
     pub fn hash(&mut self) -> Vec<(T, Md5Hex)> {
         let bodies: Vec<&[u8]> = self.waiting.iter().map(AsRef::as_ref).collect();
-        let digests = md5_many(&bodies);
+        let digests = file_digests(&bodies);
         self.bytes = 0;
         self.waiting.drain(..).zip(digests).collect()
     }

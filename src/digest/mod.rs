@@ -15,8 +15,10 @@ use std::io::{self, Read};
 
 pub mod batch;
 mod lanes;
+pub mod parts;
 pub use batch::HashBatch;
 pub use lanes::{md5_many, md5_many_with, Width};
+pub use parts::{file_digests, parts_of, PartsDigest};
 
 /// An MD5 computation in progress. Nothing is set up until the first bytes.
 #[derive(Clone)]

@@ -4,8 +4,9 @@
 
 use super::sync::opened_for_sync;
 use super::TEMP_SUFFIX;
-use crate::digest::{hash_prefix, Md5};
+use crate::digest::{parts_of, PartsDigest};
 use crate::protocol::Md5Hex;
+use crate::protocol::PART;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, OpenOptions};
 use std::io;
@@ -67,8 +68,8 @@ pub struct Partial {
     found: u64,
     /// Bytes offered for resuming: `found` once hashed, else 0.
     held: u64,
-    /// MD5 of the `held` bytes, to go on hashing after them.
-    prefix: Md5,
+    /// Digest of the `held` bytes' parts, to go on after them.
+    prefix: PartsDigest,
 }
 
 impl Partial {
@@ -127,7 +128,7 @@ impl Partial {
             file,
             found,
             held: 0,
-            prefix: Md5::new(),
+            prefix: PartsDigest::new(),
         })
     }
 
@@ -146,7 +147,7 @@ impl Partial {
             file,
             found: 0,
             held: 0,
-            prefix: Md5::new(),
+            prefix: PartsDigest::new(),
         })
     }
 
@@ -155,14 +156,17 @@ impl Partial {
         self.found
     }
 
-    /// Hashes the bytes an interrupted run left, so a transfer may resume
-    /// after them; a partial that cannot be read offers nothing.
+    /// Hashes the whole parts an interrupted run left, so a transfer may
+    /// resume after them; a partial that cannot be read offers nothing.
+    /// (A receiver writes only verified whole parts, but a partial may come
+    /// from an older run: what follows its last whole part is dropped.)
     pub fn hash_for_resume(&mut self) {
-        if self.found == 0 {
+        let whole = self.found - self.found % PART;
+        if whole == 0 {
             return;
         }
-        if let Ok(prefix) = hash_prefix(&mut self.file, self.found) {
-            (self.held, self.prefix) = (self.found, prefix);
+        if let Ok(prefix) = parts_of(&mut self.file, whole) {
+            (self.held, self.prefix) = (whole, prefix);
         }
     }
 
@@ -171,23 +175,25 @@ impl Partial {
         self.held
     }
 
-    /// What it offers to resume: its length and the MD5 of its bytes.
+    /// What it offers to resume: its whole parts' length, and their
+    /// digest over the parts.
     pub fn offer(&self) -> Option<(u64, Md5Hex)> {
-        (self.held > 0).then(|| (self.held, self.prefix.clone().finish()))
+        (self.held > 0).then(|| (self.held, self.prefix.finish()))
     }
 
     /// A handle for a body that starts at `offset` of the file, positioned
-    /// there, with the MD5 of what precedes it: emptied for 0, after its
-    /// bytes for what it offered. `None` for any other offset.
-    pub fn start_at(&mut self, offset: u64) -> io::Result<Option<(std::fs::File, Md5)>> {
+    /// there, with the digest of the parts before it: emptied for 0, after
+    /// the parts it offered for those. `None` for any other offset.
+    pub fn start_at(&mut self, offset: u64) -> io::Result<Option<(std::fs::File, PartsDigest)>> {
         let mut file = self.file.try_clone()?;
         match offset {
             0 => {
                 file.set_len(0)?;
                 io::Seek::rewind(&mut file)?;
-                Ok(Some((file, Md5::new())))
+                Ok(Some((file, PartsDigest::new())))
             }
             o if o == self.held => {
+                file.set_len(o)?;
                 io::Seek::seek(&mut file, io::SeekFrom::Start(o))?;
                 Ok(Some((file, self.prefix.clone())))
             }
@@ -335,7 +341,7 @@ mod tests {
     use super::*;
 
     fn md5_of(bytes: &[u8]) -> String {
-        let mut md5 = Md5::new();
+        let mut md5 = crate::digest::Md5::new();
         md5.update(bytes);
         md5.finish().to_string()
     }
@@ -417,10 +423,21 @@ mod tests {
         let mut again = root.stage(&p).unwrap();
         assert_eq!((again.found(), again.held()), (6, 0), "the next run finds the partial");
         again.hash_for_resume();
-        assert_eq!(again.offer().map(|(n, md5)| (n, md5.to_string())), Some((6, md5_of(b"prefix"))));
-        assert!(again.start_at(3).unwrap().is_none(), "only its own length or 0");
-        let (_, md5) = again.start_at(6).unwrap().unwrap();
-        assert_eq!(md5.finish().to_string(), md5_of(b"prefix"));
+        assert_eq!(again.offer(), None, "less than a part is not offered");
+        // A whole part and a few bytes: the part is offered, the rest dropped.
+        let part: Vec<u8> = (0..PART).map(|i| i as u8).collect();
+        io::Seek::seek(&mut again.file(), io::SeekFrom::End(0)).unwrap();
+        io::Write::write_all(&mut again.file(), &part).unwrap();
+        drop(again);
+        let mut again = root.stage(&p).unwrap();
+        again.hash_for_resume();
+        let mut first = b"prefix".to_vec();
+        first.extend_from_slice(&part[..PART as usize - 6]);
+        assert_eq!(again.offer().map(|(n, md5)| (n, md5.to_string())), Some((PART, md5_of(&first))));
+        assert!(again.start_at(3).unwrap().is_none(), "only what it offered or 0");
+        let (_, md5) = again.start_at(PART).unwrap().unwrap();
+        assert_eq!(md5.finish().to_string(), md5_of(&first));
+        assert_eq!(again.file().metadata().unwrap().len(), PART, "what follows the part is dropped");
         again.start_at(0).unwrap().unwrap();
         assert_eq!(again.file().metadata().unwrap().len(), 0, "starting over empties it");
     }

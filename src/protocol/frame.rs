@@ -195,8 +195,7 @@ mod tests {
             json(encoded(&ServerMessage::Started, 0)),
             r#"{"op":"started","filename":"","md5":null,"total_size":0}"#
         );
-        let data =
-            ClientMessage::Data(Data { filename: "b".into(), offset: Some(4), mode: None, mtime: None });
+        let data = ClientMessage::Data(Data { filename: "b".into(), offset: Some(4), ..Data::default() });
         assert_eq!(
             json(encoded(&data, 9)),
             r#"{"op":"data","filename":"b","md5":null,"total_size":9,"offset":4}"#
@@ -204,6 +203,7 @@ mod tests {
         let done = ServerMessage::Done(Done {
             filename: "\"q\"".into(),
             md5: Some(md5("d41d8cd98f00b204e9800998ecf8427e")),
+            whole: None,
         });
         assert_eq!(
             json(encoded(&done, 0)),
@@ -250,10 +250,11 @@ mod tests {
                 md5: Some(md5("d41d8cd98f00b204e9800998ecf8427e")),
                 size: None,
                 dry_run: true,
+                whole_md5: true,
             }),
             ClientMessage::Stdin,
             ClientMessage::Auth { nonce: "ab".into(), mac: "cd".into() },
-            ClientMessage::Done(Done { filename: "\"op\"".into(), md5: None }),
+            ClientMessage::Done(Done { filename: "\"op\"".into(), md5: None, whole: None }),
         ];
         for msg in msgs {
             let bytes = encoded(&msg, 7);
@@ -396,8 +397,8 @@ mod tests {
                 let md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
                 let msgs = [
                     ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force, mode: None, mtime: size.map(|s| s as i64), dry_run: force }),
-                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size, dry_run: !force }),
-                    ClientMessage::Done(Done { filename: filename.clone(), md5 }),
+                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size, dry_run: !force, whole_md5: force }),
+                    ClientMessage::Done(Done { filename: filename.clone(), md5, whole: None }),
                     ClientMessage::Stdin,
                 ];
                 for msg in msgs {

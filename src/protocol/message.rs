@@ -71,15 +71,23 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// A file body (either direction): the file's bytes follow the header.
+/// One part of a file body (either direction): the part's bytes follow
+/// the header.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Data {
     /// Which file (a tree's `REL`, or the requested path).
     #[serde(default, skip_serializing)]
     pub filename: String,
-    /// Bytes of the file before this body: what a resumed transfer skips.
+    /// The MD5 of this part's bytes; `None` only from a broken peer.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+    /// Bytes of the file before this part: what a resumed transfer skips,
+    /// and the parts before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The size of the whole file (the first part of a `get`'s body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Permission bits (trees).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
@@ -88,15 +96,18 @@ pub struct Data {
     pub mtime: Option<i64>,
 }
 
-/// Ends a body: the sender's MD5 of the whole file.
+/// Ends a body: the sender's digest of the whole file over its parts.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Done {
     /// Which file.
     #[serde(default, skip_serializing)]
     pub filename: String,
-    /// The sender's digest; `None` only from a broken peer.
+    /// The sender's digest over the parts; `None` only from a broken peer.
     #[serde(default, skip_serializing)]
     pub md5: Option<Md5Hex>,
+    /// The plain MD5 of all the file's bytes, when it was asked for.
+    #[serde(default, rename = "whole_md5", skip_serializing_if = "Option::is_none")]
+    pub whole: Option<Md5Hex>,
 }
 
 /// One item of a listing or of a tree's manifest.
@@ -201,12 +212,12 @@ pub struct Get {
     /// The path concerned, relative to the root (or to the tree).
     #[serde(default, skip_serializing)]
     pub filename: String,
-    /// Bytes of the client's partial.
+    /// Bytes of the client's partial: a whole number of parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// MD5 of those bytes; or, without `offset`, of the client's copy of
-    /// `size` bytes, which the server says is identical or not instead of
-    /// sending the file.
+    /// The digest of those parts; or, without `offset`, of the client's
+    /// copy of `size` bytes, which the server says is identical or not
+    /// instead of sending the file.
     #[serde(default, skip_serializing)]
     pub md5: Option<Md5Hex>,
     /// The size of the client's copy (with `md5`, without `offset`).
@@ -216,6 +227,9 @@ pub struct Get {
     /// is sent.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
+    /// Send the plain MD5 of the whole file too, in `done`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub whole_md5: bool,
 }
 
 /// List the directory at `filename`.
@@ -279,6 +293,9 @@ pub struct Md5sum {
     /// The path concerned, relative to the root.
     #[serde(default, skip_serializing)]
     pub filename: String,
+    /// The digest over its parts, not the plain MD5.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub parts: bool,
 }
 
 /// Run `command` with `sh -c`.
@@ -397,6 +414,14 @@ pub struct Have {
     #[serde(default)]
     pub size: u64,
     /// Its MD5, when `size` is the entry's.
+    #[serde(default, skip_serializing)]
+    pub md5: Option<Md5Hex>,
+}
+
+/// A chunk of a command's output (the body): one part of its stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The MD5 of this chunk's bytes; `None` only from a broken peer.
     #[serde(default, skip_serializing)]
     pub md5: Option<Md5Hex>,
 }
@@ -526,9 +551,9 @@ pub enum ServerMessage {
     /// The command is running.
     Started,
     /// A chunk of the command's stdout (the body).
-    Stdout,
+    Stdout(Chunk),
     /// A chunk of the command's stderr (the body).
-    Stderr,
+    Stderr(Chunk),
     /// The command ended: how, and what each stream carried.
     Exit {
         /// Its exit code, if it exited.
@@ -600,7 +625,7 @@ impl Message for ClientMessage {
             | ClientMessage::Rm(Rm { filename, .. })
             | ClientMessage::Mv(Mv { filename, .. })
             | ClientMessage::Mkdir(Mkdir { filename, .. })
-            | ClientMessage::Md5sum(Md5sum { filename })
+            | ClientMessage::Md5sum(Md5sum { filename, .. })
             | ClientMessage::Data(Data { filename, .. })
             | ClientMessage::Done(Done { filename, .. })
             | ClientMessage::Entry(Entry { filename, .. }) => filename,
@@ -637,6 +662,7 @@ impl Message for ClientMessage {
         match self {
             ClientMessage::Get(Get { md5, .. })
             | ClientMessage::Want(Want { md5, .. })
+            | ClientMessage::Data(Data { md5, .. })
             | ClientMessage::Done(Done { md5, .. }) => md5.as_ref(),
             _ => None,
         }
@@ -656,8 +682,8 @@ impl Message for ServerMessage {
             ServerMessage::Space { .. } => "space",
             ServerMessage::Keepalive => "keepalive",
             ServerMessage::Started => "started",
-            ServerMessage::Stdout => "stdout",
-            ServerMessage::Stderr => "stderr",
+            ServerMessage::Stdout(_) => "stdout",
+            ServerMessage::Stderr(_) => "stderr",
             ServerMessage::Exit { .. } => "exit",
             ServerMessage::Error(_) => "error",
             ServerMessage::Data(_) => "data",
@@ -683,8 +709,8 @@ impl Message for ServerMessage {
             | ServerMessage::Space { .. }
             | ServerMessage::Keepalive
             | ServerMessage::Started
-            | ServerMessage::Stdout
-            | ServerMessage::Stderr
+            | ServerMessage::Stdout(_)
+            | ServerMessage::Stderr(_)
             | ServerMessage::Exit { .. }
             | ServerMessage::End(_) => "",
         }
@@ -695,8 +721,8 @@ impl Message for ServerMessage {
             "ok" => read(json, ServerMessage::Ok),
             "have" => read(json, ServerMessage::Have),
             "started" => bare(json, ServerMessage::Started),
-            "stdout" => bare(json, ServerMessage::Stdout),
-            "stderr" => bare(json, ServerMessage::Stderr),
+            "stdout" => read(json, ServerMessage::Stdout),
+            "stderr" => read(json, ServerMessage::Stderr),
             "error" => read(json, ServerMessage::Error),
             "data" => read(json, ServerMessage::Data),
             "done" => read(json, ServerMessage::Done),
@@ -712,6 +738,9 @@ impl Message for ServerMessage {
             ServerMessage::Ready { md5, .. }
             | ServerMessage::Ok(Stored { md5, .. })
             | ServerMessage::Have(Have { md5, .. })
+            | ServerMessage::Data(Data { md5, .. })
+            | ServerMessage::Stdout(Chunk { md5 })
+            | ServerMessage::Stderr(Chunk { md5 })
             | ServerMessage::Done(Done { md5, .. }) => md5.as_ref(),
             ServerMessage::Partial { md5, .. } => Some(md5),
             _ => None,
@@ -915,7 +944,7 @@ mod examples {
                 })),
             ),
             (true, header(&ClientMessage::Mkdir(Mkdir { filename: "a/b".into(), parents: true }))),
-            (true, header(&ClientMessage::Md5sum(Md5sum { filename: "big.bin".into() }))),
+            (true, header(&ClientMessage::Md5sum(Md5sum { filename: "big.bin".into(), parts: false }))),
             (true, header(&ClientMessage::Df)),
             (true, header(&ClientMessage::Keepalive)),
             (true, header(&ClientMessage::Resize { rows: 40, cols: 120 })),

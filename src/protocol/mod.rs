@@ -9,9 +9,9 @@ pub mod frame;
 pub mod message;
 mod split;
 
-pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, KEEPALIVE_SECS, PROTOCOL_VERSION};
+pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, KEEPALIVE_SECS, PART, PROTOCOL_VERSION};
 pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
 pub use message::{
-    ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Md5sum, Message,
-    Mkdir, Mv, Put, PutTree, Refusal, Rm, ServerMessage, Stat, Stored, Tty, Want,
+    Chunk, ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Md5sum,
+    Message, Mkdir, Mv, Put, PutTree, Refusal, Rm, ServerMessage, Stat, Stored, Tty, Want,
 };

@@ -12,9 +12,9 @@ use super::pty::{self, Master, Program, Terminal};
 use super::request::{refuse, Outcome};
 use super::Session;
 use crate::connection::{FrameWriter, Reader, ServerConnection};
-use crate::digest::Md5;
+use crate::digest::{md5_many, PartsDigest};
 use crate::error::{ConnError, RequestError};
-use crate::protocol::{ClientMessage, ErrorCode, Exec, Message, ServerMessage, StreamSummary};
+use crate::protocol::{Chunk, ClientMessage, ErrorCode, Exec, Message, ServerMessage, StreamSummary};
 use rustix::process::Signal;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -260,8 +260,8 @@ where
         // Both reads are cancel-safe: the one that loses the race has read
         // nothing.
         tokio::select! {
-            n = stdout.read(&mut out.buf), if out.open => out.forward(n, writer).await?,
-            n = stderr.read(&mut err.buf), if err.open => err.forward(n, writer).await?,
+            n = stdout.read(&mut out.buf[..PIPE_CHUNK]), if out.open => out.forward(n, &mut stdout, writer).await?,
+            n = stderr.read(&mut err.buf[..PIPE_CHUNK]), if err.open => err.forward(n, &mut stderr, writer).await?,
             _ = &mut ended, if deadline.is_none() => deadline = Some(tokio::time::Instant::now() + DRAIN),
             () = drained => break,
             _ = keepalive.tick() => writer.write(&ServerMessage::Keepalive).await?,
@@ -273,41 +273,99 @@ where
 /// One output stream's progress.
 struct StreamState {
     /// `stdout` or `stderr`: the message of this stream's frames.
-    op: ServerMessage,
-    /// Read buffer, reused for every chunk.
+    op: fn(Chunk) -> ServerMessage,
+    /// Read buffer, reused: room for [`CHUNKS_AT_ONCE`] chunks.
     buf: Vec<u8>,
     /// False once the pipe reached EOF.
     open: bool,
     /// Bytes sent so far.
     total: u64,
-    /// MD5 of the bytes sent so far.
-    md5: Md5,
+    /// The stream's digest over its chunks so far.
+    digest: PartsDigest,
 }
 
+/// Chunks read while more are waiting, hashed together in SIMD lanes and
+/// sent as one batch: a command that writes fast (`cat` of a large file)
+/// fills the pipe faster than one MD5 stream hashes it (0.74 GB/s), while
+/// one that writes a line at a time has its line sent at once, alone.
+const CHUNKS_AT_ONCE: usize = 16;
+
 impl StreamState {
-    fn new(op: ServerMessage) -> Self {
-        StreamState { op, buf: vec![0; PIPE_CHUNK], open: true, total: 0, md5: Md5::new() }
+    fn new(op: fn(Chunk) -> ServerMessage) -> Self {
+        let buf = vec![0; PIPE_CHUNK * CHUNKS_AT_ONCE];
+        StreamState { op, buf, open: true, total: 0, digest: PartsDigest::new() }
     }
 
-    async fn forward<W: AsyncWrite + Unpin>(
+    /// Sends the chunk just `read` into the buffer and whatever more the
+    /// pipe already holds, each behind its header with its MD5.
+    async fn forward<R, W>(
         &mut self,
         read: std::io::Result<usize>,
+        pipe: &mut R,
         writer: &mut FrameWriter<W, ServerMessage>,
-    ) -> Result<(), ConnError> {
+    ) -> Result<(), ConnError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         // A read error on our end of the pipe is treated as its end.
         let n = read.unwrap_or(0);
         if n == 0 {
             self.open = false;
             return Ok(());
         }
-        let chunk = &self.buf[..n];
-        self.md5.update(chunk);
-        self.total += n as u64;
-        writer.write_frame(&self.op, chunk).await
+        let mut lens = vec![n];
+        while lens.len() < CHUNKS_AT_ONCE {
+            let at = lens.len() * PIPE_CHUNK;
+            match read_now(pipe, &mut self.buf[at..at + PIPE_CHUNK]) {
+                Some(0) => {
+                    self.open = false;
+                    break;
+                }
+                Some(n) => lens.push(n),
+                None => break,
+            }
+        }
+        let chunks: Vec<&[u8]> =
+            lens.iter().enumerate().map(|(i, &n)| &self.buf[i * PIPE_CHUNK..][..n]).collect();
+        let bytes: usize = lens.iter().sum();
+        // Over a chunk's worth, hashing would hold up this thread (and every
+        // connection on it) for over 0.1 ms: on the blocking pool.
+        let digests = match bytes <= PIPE_CHUNK {
+            true => md5_many(&chunks),
+            false => {
+                let owned: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+                tokio::task::spawn_blocking(move || {
+                    md5_many(&owned.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                })
+                .await
+                .expect("hashing does not panic")
+            }
+        };
+        for (chunk, md5) in chunks.iter().zip(digests) {
+            self.digest.push(&md5.to_digest());
+            self.total += chunk.len() as u64;
+            writer.write_frame(&(self.op)(Chunk { md5: Some(md5) }), chunk).await?;
+        }
+        Ok(())
     }
 
     fn summary(&self) -> StreamSummary {
-        StreamSummary { total_size: self.total, md5: self.md5.clone().finish() }
+        StreamSummary { total_size: self.total, md5: self.digest.finish() }
+    }
+}
+
+/// Reads what `pipe` holds now into `buf`, without waiting: `None` if it
+/// holds nothing yet.
+fn read_now<R: AsyncRead + Unpin>(pipe: &mut R, buf: &mut [u8]) -> Option<usize> {
+    use std::task::{Context, Poll, Waker};
+    let mut read = tokio::io::ReadBuf::new(buf);
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(pipe).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => Some(read.filled().len()),
+        // A read error on our end of the pipe is treated as its end.
+        Poll::Ready(Err(_)) => Some(0),
+        Poll::Pending => None,
     }
 }
 

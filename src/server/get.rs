@@ -1,16 +1,14 @@
-//! `get`: stream a file as one `data` body, hashing as it goes (unless its
-//! digest is remembered from an earlier read), then send its MD5 in a
-//! `done` frame. A client holding a verified prefix gets the rest.
+//! `get`: stream a file as parts, each with its MD5 (hashed a batch at a
+//! time as it goes, unless remembered from an earlier read), then send the
+//! digest over them in a `done` frame. A client holding verified parts
+//! gets the rest.
 
 use super::request::{checked_path, refuse, Outcome};
 use super::{blocking, Session};
 use crate::connection::ServerConnection;
-use crate::digest::hash_prefix;
-use crate::digest::Md5;
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage, Stored};
-use crate::transfer::{send_file, CopyError, Digest, NoProgress};
-use std::io::Seek;
+use crate::transfer::{resume_point, send_parts, CopyError, Digest, NoProgress, Sending};
 use std::sync::Arc;
 
 pub(crate) async fn handle(
@@ -55,7 +53,7 @@ pub(crate) async fn handle(
         };
     }
     let opened = blocking(shared, move |root| root.open_read(&path)).await;
-    let (mut file, len, mode, mtime, stamp) = match opened {
+    let (file, len, mode, mtime, stamp) = match opened {
         Ok(o) => (o.file, o.size, o.mode, o.mtime, o.stamp),
         Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
             let err = RequestError::new(ErrorCode::WrongType, format!("remote path is a directory: {shown}"));
@@ -69,39 +67,32 @@ pub(crate) async fn handle(
         conn.writer.write(&ServerMessage::Ok(would)).await?;
         return Ok(outcome);
     }
-    // Resume where the client's partial ends, if its prefix is ours.
-    let (offset, digest) = match (req.offset, &req.md5) {
-        (Some(held), Some(theirs)) if held > 0 && held <= len => {
-            let (mut f, theirs) = (file, theirs.clone());
-            let checked = tokio::task::spawn_blocking(move || {
-                let ours = hash_prefix(&mut f, held);
-                (f, ours)
-            })
-            .await
-            .expect("hashing does not panic");
-            file = checked.0;
-            match checked.1 {
-                Ok(prefix) if prefix.clone().finish() == theirs => (held, Digest::Compute(prefix)),
-                _ => (0, remembered(shared, stamp.as_ref())),
-            }
-        }
-        _ => (0, remembered(shared, stamp.as_ref())),
+    // Resume where the client's partial ends, if its parts are ours.
+    let (held, theirs) = (req.offset.unwrap_or(0), req.md5.clone());
+    let start = tokio::task::spawn_blocking(move || resume_point(file, len, held, theirs.as_ref()));
+    let (file, offset, prefix) = match start.await.expect("hashing does not panic") {
+        Ok(start) => start,
+        Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,
     };
-    if offset == 0 {
-        if let Err(e) = file.rewind() {
-            return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await;
-        }
-    }
-    let body = len - offset;
-    let data =
-        Data { filename: req.filename.clone(), offset: Some(offset), mode: Some(mode), mtime: Some(mtime) };
-    conn.writer.write_head(&data.into(), body).await?;
-
-    // A digest computed over the whole file is worth remembering.
-    let whole = offset == 0 && matches!(digest, Digest::Compute(_));
-    let sent = send_file(file, body, digest, conn.writer.body_writer(), &NoProgress).await;
-    let md5 = match sent {
-        Ok(md5) => md5,
+    let whole = shared.digests.whole(stamp.as_ref()).filter(|_| req.whole_md5);
+    let how = Sending {
+        head: Data {
+            filename: req.filename.clone(),
+            size: Some(len),
+            mode: Some(mode),
+            mtime: Some(mtime),
+            ..Data::default()
+        },
+        from: offset,
+        len: len - offset,
+        prefix,
+        digests: shared.digests.parts(stamp.as_ref()).map_or(Digest::Compute, Digest::Known),
+        collect: usize::MAX,
+        whole: req.whole_md5 && whole.is_none(),
+        bar: &NoProgress,
+    };
+    let sent = match send_parts(file, how, &mut conn.writer).await {
+        Ok(sent) => sent,
         // The file shrank or became unreadable after its size was announced:
         // the body cannot be completed, so the connection must end. The
         // client sees a truncated body and commits nothing.
@@ -109,18 +100,17 @@ pub(crate) async fn handle(
         Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
         Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
     };
-    if whole {
-        shared.digests.remember(stamp, &md5);
+    // Digests computed over the whole file are worth remembering.
+    if let Some(parts) = sent.parts {
+        shared.digests.remember_parts(stamp, parts);
     }
-    outcome.bytes = body;
-    let done = Done { filename: req.filename, md5: Some(md5.clone()) };
+    if let Some(whole) = &sent.whole {
+        shared.digests.remember_whole(stamp, whole);
+    }
+    let md5 = sent.digest.finish();
+    outcome.bytes = len - offset;
+    let done = Done { filename: req.filename, md5: Some(md5.clone()), whole: sent.whole.or(whole) };
     conn.writer.write(&ServerMessage::Done(done)).await?;
     outcome.md5 = Some(md5);
     Ok(outcome)
-}
-
-/// The digest to send the whole file `stamp` with: the remembered one, or
-/// one computed on the way.
-pub(super) fn remembered(shared: &Session, stamp: Option<&crate::local::Stamp>) -> Digest {
-    shared.digests.get(stamp).map_or_else(|| Digest::Compute(Md5::new()), Digest::Known)
 }

@@ -1,10 +1,11 @@
-//! `md5sum`: a file's MD5 and size, from the remembered digest of that
+//! `md5sum`: a file's plain MD5 (what md5sum prints) or, with `parts`, its
+//! digest over its parts, and its size: from the remembered digest of that
 //! version of the file where there is one, else hashed (and remembered).
 
 use super::request::{checked_path, refuse, Outcome};
 use super::{blocking, Session};
 use crate::connection::ServerConnection;
-use crate::digest::hash_prefix;
+use crate::digest::{hash_prefix, parts_of};
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{ErrorCode, Md5sum, ServerMessage, Stored};
 use std::sync::Arc;
@@ -23,15 +24,21 @@ pub(crate) async fn handle(
         }
         Err(e) => return refuse(conn, outcome, e).await,
     };
-    let digests = shared.clone();
+    let (digests, parts) = (shared.clone(), req.parts);
     let shown = path.to_string();
     let hashed = blocking(shared, move |root| {
         let mut o = root.open_read(&path)?;
-        let md5 = match digests.digests.get(o.stamp.as_ref()) {
-            Some(md5) => md5,
-            None => {
+        let known = &digests.digests;
+        let md5 = match (parts, known.get(o.stamp.as_ref()), known.whole(o.stamp.as_ref())) {
+            (true, Some(md5), _) | (false, _, Some(md5)) => md5,
+            (true, None, _) => {
+                let md5 = parts_of(&mut o.file, o.size)?.finish();
+                known.remember(o.stamp, &md5);
+                md5
+            }
+            (false, _, None) => {
                 let md5 = hash_prefix(&mut o.file, o.size)?.finish();
-                digests.digests.remember(o.stamp, &md5);
+                known.remember_whole(o.stamp, &md5);
                 md5
             }
         };

@@ -1,5 +1,6 @@
-//! `put`: receive a file into the partial beside its destination, verify
-//! the sender's MD5 of the whole file, then commit it by rename. A partial
+//! `put`: receive a file's parts into the partial beside its destination,
+//! verify each part and the sender's digest over them, then commit it by
+//! rename. A partial
 //! left by an interrupted put is offered back for resuming.
 
 use super::request::{refuse, Outcome};
@@ -19,7 +20,7 @@ pub(crate) async fn handle(
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let (partial, path) = match prepare(shared, &req).await {
-        Ok(Prepared::Partial(partial, path)) => (partial, path),
+        Ok(Prepared::Partial(partial, path)) => (*partial, path),
         // Not replaced without `force`: the client decides from its size
         // and MD5 whether it is identical (then done) or in the way.
         Ok(Prepared::Existing { size, md5 }) => {
@@ -53,40 +54,40 @@ pub(crate) async fn handle(
     let (start, len) = (data.offset.unwrap_or(0), frame.total_size);
     let meta = req.mode.zip(req.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
     let how = Commit { replace: req.force, durable: req.fsync || shared.config.fsync, meta };
-    let (received, len) =
-        match receive_file(&mut conn.reader, partial, (&data, len), how, &NoProgress).await? {
-            Ok(received) => received,
-            Err(failure) => {
-                let err = match failure {
-                    FileFailure::Offset { offset, held } => RequestError::offset(&path, offset, held),
-                    FileFailure::Refused(err) => err,
-                    FileFailure::Write { source, written, unread } => {
-                        // Our disk failed (full, say). Tell the client at once,
-                        // so it can stop sending, then stay in step.
-                        outcome.bytes = written;
-                        let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
-                        drain(&mut conn.reader, unread).await?;
-                        return Ok(outcome);
+    let received = match receive_file(&mut conn.reader, partial, (&data, len), how, &NoProgress).await? {
+        Ok(received) => received,
+        Err(failure) => {
+            let err = match failure {
+                FileFailure::Offset { offset, held } => RequestError::offset(&path, offset, held),
+                FileFailure::Refused(err) => err,
+                FileFailure::Write { source, written, pending } => {
+                    // Our disk failed (full, say). Tell the client at once,
+                    // so it can stop sending, then stay in step.
+                    outcome.bytes = written;
+                    let outcome = refuse(conn, outcome, RequestError::from_io(&source, &path)).await?;
+                    if pending {
+                        drain(&mut conn.reader, 0).await?;
                     }
-                    FileFailure::Mismatch { sent, received } => {
-                        outcome.bytes = len;
-                        RequestError::mismatch(&path, sent.as_ref(), &received)
-                    }
-                    FileFailure::Exists => RequestError::exists(&path),
-                    FileFailure::Commit(e) => RequestError::from_io(&e, &path),
-                };
-                return refuse(conn, outcome, err).await;
-            }
-        };
-    outcome.bytes = len;
+                    return Ok(outcome);
+                }
+                FileFailure::Mismatch { sent, received } => {
+                    RequestError::mismatch(&path, sent.as_ref(), &received)
+                }
+                FileFailure::Exists => RequestError::exists(&path),
+                FileFailure::Commit(e) => RequestError::from_io(&e, &path),
+            };
+            return refuse(conn, outcome, err).await;
+        }
+    };
+    outcome.bytes = received.bytes;
     let ok = ServerMessage::Ok(Stored {
         filename: req.filename.clone(),
-        md5: Some(received.clone()),
-        size: Some(start + len),
+        md5: Some(received.md5.clone()),
+        size: Some(start + received.bytes),
         skipped: false,
     });
     conn.writer.write(&ok).await?;
-    outcome.md5 = Some(received);
+    outcome.md5 = Some(received.md5);
     Ok(outcome)
 }
 
@@ -94,7 +95,7 @@ pub(crate) async fn handle(
 enum Prepared {
     /// Ready to receive: the partial (hashed, if it may be resumed) and
     /// the path as shown.
-    Partial(Partial, String),
+    Partial(Box<Partial>, String),
     /// A file is there and `force` was not given: its size, and its MD5
     /// when the size is the one coming.
     Existing { size: u64, md5: Option<Md5Hex> },
@@ -143,7 +144,7 @@ async fn prepare(shared: &Arc<Session>, req: &Put) -> Result<Prepared, RequestEr
         if resume && size.is_some_and(|s| partial.found() <= s) {
             partial.hash_for_resume();
         }
-        Ok(Prepared::Partial(partial, shown))
+        Ok(Prepared::Partial(Box::new(partial), shown))
     })
     .await
     .expect("staging does not panic")

@@ -5,14 +5,14 @@
 use super::request::{checked_path, item_refusal as file_error, refuse, Outcome};
 use super::{blocking, Session};
 use crate::connection::ServerConnection;
-use crate::digest::{hash_prefix, Md5};
+use crate::digest::{file_digests, parts_of, PartsDigest};
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
     ClientMessage, Data, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage, Stored,
     Want,
 };
-use crate::transfer::{read_whole, CopyError, Digest, FileFailure, NoProgress, INLINE_MAX};
+use crate::transfer::{read_whole, resume_point, CopyError, Digest, FileFailure, NoProgress, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::send::{self, Outgoing};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
@@ -272,7 +272,7 @@ fn small_reply(w: Written) -> ServerMessage {
     let err = match w.result {
         Ok(md5) => return stored(w.rel, md5),
         Err(WriteError::Mismatch { sent, received }) => {
-            RequestError::mismatch(&shown, sent.as_ref(), &received)
+            RequestError::mismatch(&shown, sent.as_ref(), &received.to_string())
         }
         Err(WriteError::Exists) => RequestError::exists(&shown),
         Err(WriteError::Io(e)) => RequestError::from_io(&e, &shown),
@@ -292,7 +292,7 @@ async fn receive_one(
     let rel = data.0.filename.as_str();
     let shown = receiver.path(rel).map_or_else(|_| rel.to_string(), |p| p.to_string());
     let err = match receiver.receive_file(&mut conn.reader, &shared.root, data, &NoProgress).await? {
-        Ok(md5) => return Ok(stored(rel.to_string(), md5)),
+        Ok(committed) => return Ok(stored(rel.to_string(), committed.md5)),
         Err(FileFailure::Refused(err)) => err,
         Err(FileFailure::Offset { offset, held }) => RequestError::offset(rel, offset, held),
         Err(FileFailure::Write { source: e, .. } | FileFailure::Commit(e)) => {
@@ -474,7 +474,7 @@ fn read_small(
     });
     match read {
         Ok((body, known, stamp, mtime)) => {
-            let data = Data { filename: rel, offset: None, mode: Some(mode), mtime: Some(mtime) };
+            let data = Data { filename: rel, mode: Some(mode), mtime: Some(mtime), ..Data::default() };
             Ok((Outgoing { data, body, stamp }, known))
         }
         Err(why) => Err((rel, why)),
@@ -556,9 +556,7 @@ async fn send_one(
                 let o = root.open_read(&path)?;
                 let Some(body) = read_whole(o.file, o.size, WHOLE_MAX)? else { return Ok(None) };
                 let md5 = digests.digests.get(o.stamp.as_ref()).unwrap_or_else(|| {
-                    let mut md5 = Md5::new();
-                    md5.update(&body);
-                    let md5 = md5.finish();
+                    let md5 = file_digests(&[&body]).remove(0);
                     digests.digests.remember(o.stamp, &md5);
                     md5
                 });
@@ -580,9 +578,9 @@ async fn send_one(
                     _ => {
                         let data = Data {
                             filename: rel.to_string(),
-                            offset: None,
                             mode: Some(entry.mode),
                             mtime: Some(mtime),
+                            ..Data::default()
                         };
                         return send::queue_small(&mut conn.writer, data, &body, &md5, &NoProgress).await;
                     }
@@ -602,35 +600,24 @@ async fn send_one(
     let opened = blocking(shared, move |root| {
         let Opened { mut file, size, mtime, stamp, .. } = root.open_read(&path)?;
         // Compare with the client's copy first, if it has one; or with its
-        // partial, to go on after it if it is a prefix of this file.
-        let ours = match &theirs {
-            Some(_) => {
-                let md5 = hash_prefix(&mut file, size)?.finish();
+        // partial, to go on after it if its parts are this file's.
+        let same = match &theirs {
+            Some(theirs) => {
+                let md5 = parts_of(&mut file, size)?.finish();
                 digests.digests.remember(stamp, &md5);
-                Some(md5)
+                Some(md5 == *theirs)
             }
             None => None,
         };
-        let same = theirs.map(|theirs| ours.as_ref() == Some(&theirs));
-        let mut send =
-            ToSend { file, size, mtime, same, offset: 0, digest: Digest::Compute(Md5::new()), stamp };
-        if let Some((offset, md5)) = partial.filter(|(offset, _)| *offset > 0 && *offset < size) {
-            let prefix = hash_prefix(&mut send.file, offset)?;
-            if prefix.clone().finish() == md5 {
-                send.offset = offset;
-                send.digest = Digest::Compute(prefix);
-                return Ok(send);
-            }
-        }
-        std::io::Seek::rewind(&mut send.file)?;
-        // The whole file goes: its digest may be known already.
-        if let Some(md5) = ours.or_else(|| digests.digests.get(stamp.as_ref())) {
-            send.digest = Digest::Known(md5);
-        }
-        Ok::<_, std::io::Error>(send)
+        let (offered, md5) = partial.map_or((0, None), |(offset, md5)| (offset, Some(md5)));
+        let (file, offset, prefix) = resume_point(file, size, offered.min(size - 1), md5.as_ref())?;
+        // From the start, the parts' digests may be known already.
+        let known = digests.digests.parts(stamp.as_ref()).filter(|_| offset == 0);
+        let digest = known.map_or(Digest::Compute, Digest::Known);
+        Ok::<_, std::io::Error>(ToSend { file, size, mtime, same, offset, prefix, digest, stamp })
     })
     .await;
-    let ToSend { file, size, mtime, same, offset, digest, stamp } = match opened {
+    let ToSend { file, size, mtime, same, offset, prefix, digest, stamp } = match opened {
         Ok(o) => o,
         Err(e) => {
             conn.writer.write(&file_error(rel, &RequestError::from_io(&e, &shown))).await?;
@@ -651,24 +638,25 @@ async fn send_one(
     }
     let data = Data {
         filename: rel.to_string(),
-        offset: (offset > 0).then_some(offset),
+        offset: Some(offset),
         mode: Some(entry.mode),
         mtime: Some(mtime),
+        ..Data::default()
     };
-    let whole = offset == 0 && matches!(digest, Digest::Compute(_));
     // A file that shrank or became unreadable after its size was announced
-    // cannot complete its frame: the connection ends, the client commits
+    // cannot complete its body: the connection ends, the client commits
     // nothing of it.
-    let md5 =
-        match send::send_large(&mut conn.writer, data, (file, size - offset), digest, &NoProgress).await? {
-            Ok(md5) => md5,
-            Err(CopyError::Read { source, .. } | CopyError::Write { source, .. }) => {
-                return Err(ConnError::Io(source))
-            }
-            Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
-        };
-    if whole {
-        shared.digests.remember(stamp, &md5);
+    let sending = (file, size - offset);
+    let sent = match send::send_large(&mut conn.writer, data, sending, (prefix, digest), &NoProgress).await? {
+        Ok(sent) => sent,
+        Err(CopyError::Read { source, .. } | CopyError::Write { source, .. }) => {
+            return Err(ConnError::Io(source))
+        }
+        Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("file read (it shrank)")),
+    };
+    // Digests computed over the whole file are worth remembering.
+    if let Some(parts) = sent.parts {
+        shared.digests.remember_parts(stamp, parts);
     }
     Ok(size - offset)
 }
@@ -685,7 +673,9 @@ struct ToSend {
     same: Option<bool>,
     /// Where the body starts: the end of the client's partial, or 0.
     offset: u64,
-    /// The MD5 the file is announced with.
+    /// The digest of the parts before `offset`.
+    prefix: PartsDigest,
+    /// Where the parts' digests come from.
     digest: Digest,
     /// Its version, to remember a digest computed on the way.
     stamp: Option<Stamp>,

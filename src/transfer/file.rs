@@ -5,8 +5,8 @@
 //! only then is the partial given its mode and time and renamed into place.
 //! Any failure leaves the destination as it was.
 
-use super::stream::receive_continuing;
-use super::{CopyError, Progress};
+use super::stream::{receive_parts, PartFailure};
+use super::Progress;
 use crate::connection::FrameReader;
 use crate::error::ConnError;
 use crate::local::{meta, CommitError, Partial};
@@ -40,23 +40,24 @@ pub enum FileFailure {
         /// What the receiver offered.
         held: u64,
     },
-    /// Writing the partial failed (a full disk, say); it is removed. The
-    /// rest of the body (`unread` bytes) and its `done` frame have not been
+    /// Writing the partial failed (a full disk, say); it is removed. With
+    /// `pending`, the rest of the body and its `done` frame have not been
     /// read: the caller tells the sender first, then [`drain`]s them.
     Write {
         /// What the OS said.
         source: io::Error,
         /// Body bytes written before the failure.
         written: u64,
-        /// Body bytes still to come.
-        unread: u64,
+        /// Whether the rest of the body is still to be read.
+        pending: bool,
     },
-    /// The bytes received are not what the sender's digest says.
+    /// The bytes received are not what the sender's digests say: a part's
+    /// own, or the file's over its parts.
     Mismatch {
         /// The sender's digest (none if it sent none).
         sent: Option<Md5Hex>,
-        /// The digest of what arrived.
-        received: Md5Hex,
+        /// The digest of what arrived, or which part differed, in words.
+        received: String,
     },
     /// The destination appeared meanwhile and replacing was not asked.
     Exists,
@@ -64,77 +65,75 @@ pub enum FileFailure {
     Commit(io::Error),
 }
 
-/// Receives a body of `len` bytes announced by `data` (which says where in
-/// the file it starts) into
-/// `partial`, and any `data` frames that continue it (each starting where
-/// the last ended: a body of unknown length, from standard input, comes so),
-/// then its `done` frame; commits the file as `how` says if the digests
-/// agree. Returns the file's MD5 and the body bytes received. The outer error is a broken connection; a
-/// peer that breaks the protocol after a body has its bytes thrown away
-/// (one that merely vanished leaves them to be resumed).
+/// A file received and committed.
+#[derive(Debug)]
+pub struct Committed {
+    /// Its digest over its parts, as verified.
+    pub md5: Md5Hex,
+    /// The sender's plain MD5 of the whole file, if it sent one.
+    pub whole: Option<Md5Hex>,
+    /// Body bytes received (less than the file after a resume).
+    pub bytes: u64,
+}
+
+/// Receives a body whose first part `data` (of `len` bytes) says where in
+/// the file it starts, into `partial`, and the parts that continue it,
+/// then its `done` frame; commits the file as `how` says if every part and
+/// the file's digest over them agree with the sender's. The outer error is a
+/// broken connection; a peer that breaks the protocol has the partial's
+/// bytes thrown away (one that merely vanished leaves the verified whole
+/// parts to be resumed).
 pub async fn receive_file<R, M>(
     reader: &mut FrameReader<R, M>,
     mut partial: Partial,
     (data, len): (&Data, u64),
     how: Commit,
     bar: &dyn Progress,
-) -> Result<Result<(Md5Hex, u64), FileFailure>, ConnError>
+) -> Result<Result<Committed, FileFailure>, ConnError>
 where
     R: AsyncRead + Unpin,
     M: Common,
 {
-    let (filename, offset) = (data.filename.as_str(), data.offset.unwrap_or(0));
-    let (file, md5) = match partial.start_at(offset) {
+    let offset = data.offset.unwrap_or(0);
+    let (file, prefix) = match partial.start_at(offset) {
         Ok(Some(start)) => start,
         Ok(None) => {
             drain(reader, len).await?;
             return Ok(Err(FileFailure::Offset { offset, held: partial.held() }));
         }
-        Err(source) => return Ok(Err(FileFailure::Write { source, written: 0, unread: len })),
+        Err(source) => return Ok(Err(FileFailure::Write { source, written: 0, pending: true })),
     };
-    let (mut sink, mut md5, mut len, mut at) = (file, md5, len, offset);
-    let sent = loop {
-        md5 = match receive_continuing(&mut reader.body(len), len, sink, md5, bar).await {
-            Ok(md5) => md5,
-            // The sender vanished mid-body: the partial keeps what arrived,
-            // for the next run to resume.
-            Err(CopyError::Read { source, .. }) => return Err(ConnError::Io(source)),
-            Err(CopyError::Short { .. }) => return Err(ConnError::Truncated("body")),
-            Err(CopyError::Write { done, source }) => {
-                partial.discard();
-                return Ok(Err(FileFailure::Write {
-                    source,
-                    written: at - offset + done,
-                    unread: len - done,
-                }));
-            }
-        };
-        at += len;
-        let next = match next_body(reader, filename, at).await {
-            Ok(next) => next,
-            Err(e) => {
-                if matches!(e, ConnError::Frame(_) | ConnError::Unexpected { .. }) {
-                    partial.discard();
-                }
-                return Err(e);
-            }
-        };
-        match next {
-            Next::Done(sent) => break sent,
-            // Shares the partial's file offset: it goes on where this ended.
-            Next::Body(more) => (sink, len) = (partial.file().try_clone().map_err(ConnError::Io)?, more),
+    let received = match receive_parts(reader, (data, len), offset, file, prefix, bar).await {
+        Ok(Ok(received)) => received,
+        Ok(Err(PartFailure::Mismatch { offset, sent })) => {
+            partial.discard();
+            let received = format!("other bytes in the part at byte {offset}");
+            return Ok(Err(FileFailure::Mismatch { sent, received }));
+        }
+        Ok(Err(PartFailure::Write { source, written, pending })) => {
+            partial.discard();
+            return Ok(Err(FileFailure::Write { source, written, pending }));
+        }
+        // The sender vanished mid-body: the partial keeps the verified
+        // parts that arrived, for the next run to resume.
+        Err(e @ (ConnError::Io(_) | ConnError::Truncated(_) | ConnError::Closed | ConnError::Idle(_))) => {
+            return Err(e)
+        }
+        Err(e) => {
+            partial.discard();
+            return Err(e);
         }
     };
-    let received = md5.finish();
-    if sent.as_ref() != Some(&received) {
+    let md5 = received.digest.finish();
+    if received.done.md5.as_ref() != Some(&md5) {
         partial.discard();
-        return Ok(Err(FileFailure::Mismatch { sent, received }));
+        return Ok(Err(FileFailure::Mismatch { sent: received.done.md5, received: md5.to_string() }));
     }
     // Setting times and renaming are quick, but a durable commit waits for
     // the disk: on a blocking thread, not the connection's.
     let committed =
         tokio::task::spawn_blocking(move || commit(partial, how)).await.expect("committing does not panic");
-    Ok(committed.map(|()| (received, at - offset)))
+    Ok(committed.map(|()| Committed { md5, whole: received.done.whole, bytes: received.bytes }))
 }
 
 /// Gives a verified partial its metadata and renames it into place.
@@ -150,38 +149,6 @@ fn commit(partial: Partial, how: Commit) -> Result<(), FileFailure> {
         CommitError::Exists => FileFailure::Exists,
         CommitError::Io(e) => FileFailure::Commit(e),
     })
-}
-
-/// What follows a body of a file being received.
-enum Next {
-    /// Its `done` frame, with the sender's digest.
-    Done(Option<Md5Hex>),
-    /// A `data` frame that continues it, of this many bytes.
-    Body(u64),
-}
-
-/// Reads what follows a body of `filename` that ended at `at`: its `done`,
-/// or a `data` that continues it there.
-async fn next_body<R, M>(reader: &mut FrameReader<R, M>, filename: &str, at: u64) -> Result<Next, ConnError>
-where
-    R: AsyncRead + Unpin,
-    M: Common,
-{
-    let frame = reader.expect().await?;
-    match frame.msg.into_data() {
-        Ok(data) if data.filename == filename && data.offset == Some(at) => Ok(Next::Body(frame.total_size)),
-        Ok(_) => Err(ConnError::Unexpected {
-            got: "data",
-            expected: "done, or data going on where the last ended",
-        }),
-        Err(other) => {
-            reader.skip_body(frame.total_size).await?;
-            match other.into_done() {
-                Ok(done) => Ok(Next::Done(done.md5)),
-                Err(other) => Err(ConnError::Unexpected { got: other.op(), expected: "done" }),
-            }
-        }
-    }
 }
 
 /// Reads and drops the rest of a body (`unread` bytes), any bodies that

@@ -6,8 +6,11 @@
 pub mod file;
 pub mod stream;
 
-pub use file::{drain, receive_file, Commit, FileFailure};
-pub use stream::{read_whole, receive_into, send_file, CopyError, Digest, BUFFERS, CHUNK, INLINE_MAX};
+pub use file::{drain, receive_file, Commit, Committed, FileFailure};
+pub use stream::{
+    read_whole, receive_parts, resume_point, send_parts, CopyError, Digest, PartFailure, Received, Sending,
+    Sent, INLINE_MAX,
+};
 
 /// Told how many bytes of a body have gone through, for a progress bar;
 /// the streaming code knows nothing of how progress is shown.

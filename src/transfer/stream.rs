@@ -1,38 +1,41 @@
-//! Streaming a file body of an exact length, hashing it with MD5 on the way.
+//! Streaming a file body of an exact length as parts, each behind its own
+//! `data` header with its MD5, many parts hashed at once in SIMD lanes.
 //!
-//! Each direction is a three-stage pipeline joined by bounded channels of
-//! reused buffers, so a side is limited by its slowest stage rather than
-//! the sum of them, and memory stays at [`BUFFERS`] chunks whatever the size:
+//! Each direction is a pipeline joined by bounded channels of reused
+//! buffers, each a batch of up to [`BATCH`] parts, so a side is limited by
+//! its slowest stage rather than the sum of them, and memory stays at
+//! [`BUFFERS`] batches whatever the size:
 //!
-//! - sending ([`send_file`]): a blocking thread reads the file, a second
-//!   hashes each chunk, the async task writes the chunks to the socket;
-//! - receiving ([`receive_into`]): the async task reads chunks from the
-//!   socket, a blocking thread hashes each, a second writes it to the file.
+//! - sending ([`send_parts`]): a blocking thread reads a batch and hashes
+//!   its parts together (or takes the digests the server remembers), the
+//!   async task writes each part behind its header;
+//! - receiving ([`receive_parts`]): the async task reads parts from the
+//!   socket into a batch (verified early when the network makes it wait),
+//!   a blocking thread verifies the batch's parts together, a second writes
+//!   the verified bytes to the file, so a partial only ever holds verified
+//!   whole parts.
 //!
-//! Hashing has a thread of its own because it is the longest stage (MD5
-//! runs at ~600 MiB/s here), and writing into the page cache the next
-//! (0.5-2 s per GiB of system time on this project's machines): sharing a
-//! thread, they made the receiving side the bottleneck (1 GiB put measured
-//! 4.4-4.9 s with two stages, 2.9-3.6 s with three; see BENCHMARKS.md).
-//! File I/O goes straight from our buffers to the kernel (no intermediate
-//! copy).
+//! One MD5 stream runs at 0.74 GB/s here and was the longest stage of every
+//! transfer (1 GiB put 2.7-3.1 s); 32 parts side by side hash at 6.5 GB/s
+//! with AVX-512 and 2.9 with AVX2 (examples/md5_lanes.rs).
 
 use super::Progress;
-use crate::digest::Md5;
-use crate::protocol::Md5Hex;
+use crate::connection::{FrameReader, FrameWriter};
+use crate::digest::parts::BATCH;
+use crate::digest::{md5_many, Md5, PartsDigest};
+use crate::error::ConnError;
+use crate::protocol::{Common, Data, Md5Hex, PART};
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::task::Poll;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// Size of one chunk. Measured on 1 GiB over loopback (bench/run): 256 KiB
-/// chunks cost more syscalls and wake-ups, 4 MiB and up gained nothing over
-/// 1 MiB and held more memory.
-pub const CHUNK: usize = 1024 * 1024;
-
-/// Chunks in flight per transfer: enough for each stage to work on one
-/// while the other fills or drains the rest; 4 MiB of memory per transfer.
-pub const BUFFERS: usize = 4;
+/// Batches in flight per transfer: one being read, one hashed, one written
+/// (12 MiB at most per transfer).
+pub const BUFFERS: usize = 3;
 
 /// Bodies up to this size are read or written on the async task itself:
 /// for a small file the hop to a blocking thread and back costs more than
@@ -40,6 +43,9 @@ pub const BUFFERS: usize = 4;
 /// Measured on /usr/include (7,911 files, 14 KiB on average): see
 /// BENCHMARKS.md.
 pub const INLINE_MAX: u64 = 64 * 1024;
+
+/// Bytes in a full batch of parts.
+const BATCH_BYTES: usize = BATCH * PART as usize;
 
 /// A copy that stopped before the end.
 #[derive(Debug, Error)]
@@ -70,32 +76,38 @@ pub enum CopyError {
     },
 }
 
-/// The buffers of one transfer: allocated on first need (at most
-/// [`BUFFERS`], each no larger than the body), then passed back and forth,
-/// so a small file costs a small allocation and a large one no more than
-/// four chunks.
+/// The buffers of one transfer: allocated on first need (at most a set
+/// number), then passed back and forth, so a small file costs a small
+/// allocation and a large one no more than three batches.
 struct Pool {
     /// Buffers allocated so far.
     made: usize,
-    /// Capacity of each buffer: a chunk, or the whole body if smaller.
+    /// Most buffers allocated.
+    most: usize,
+    /// Capacity of each buffer: a batch, or the whole body if smaller.
     size: usize,
     /// Buffers the consuming stage has finished with.
     returned: mpsc::UnboundedReceiver<Vec<u8>>,
 }
 
 impl Pool {
+    /// [`BUFFERS`] buffers of a batch each, or of `len` if smaller.
     fn new(len: u64) -> (Pool, mpsc::UnboundedSender<Vec<u8>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let size = len.min(CHUNK as u64) as usize;
-        (Pool { made: 0, size, returned: rx }, tx)
+        Pool::sized(len.min(BATCH_BYTES as u64), BUFFERS)
     }
 
-    /// A fresh buffer while fewer than [`BUFFERS`] exist.
+    /// `most` buffers of `size` bytes.
+    fn sized(size: u64, most: usize) -> (Pool, mpsc::UnboundedSender<Vec<u8>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Pool { made: 0, most, size: size as usize, returned: rx }, tx)
+    }
+
+    /// A returned buffer, or a fresh one while fewer than `most` exist.
     fn fresh(&mut self) -> Option<Vec<u8>> {
         if let Ok(b) = self.returned.try_recv() {
             return Some(b);
         }
-        (self.made < BUFFERS).then(|| {
+        (self.made < self.most).then(|| {
             self.made += 1;
             Vec::with_capacity(self.size)
         })
@@ -127,249 +139,511 @@ pub fn read_whole(file: impl Read, size: u64, max: u64) -> io::Result<Option<Vec
     Ok((body.len() as u64 <= max).then_some(body))
 }
 
-/// The middle stage of both pipelines: a blocking thread that hashes each
-/// chunk and passes it on, so hashing overlaps both the reading and the
-/// writing. Returns the MD5 of everything that went through.
-fn spawn_hasher(
-    mut md5: Md5,
-    mut chunks: mpsc::Receiver<Vec<u8>>,
-    next: mpsc::Sender<Vec<u8>>,
-) -> tokio::task::JoinHandle<Md5> {
-    tokio::task::spawn_blocking(move || {
-        while let Some(buf) = chunks.blocking_recv() {
-            md5.update(&buf);
-            if next.blocking_send(buf).is_err() {
-                break;
-            }
-        }
-        md5
-    })
-}
-
-/// The MD5 a sent body is announced with.
+/// Where a sent body's part digests come from.
 #[derive(Clone)]
 pub enum Digest {
-    /// Computed while sending, by an MD5 that has seen what came before
-    /// (a resumed prefix, or nothing).
-    Compute(Md5),
-    /// Known already: the file is unchanged since all its bytes were last
-    /// hashed. The receiver checks the bytes against it all the same.
-    Known(Md5Hex),
+    /// Hashed from the bytes as they are read.
+    Compute,
+    /// Known already: the digest of every part of the file, remembered
+    /// since all its bytes were last hashed and unchanged since. The
+    /// receiver checks the bytes against them all the same.
+    Known(Arc<[[u8; 16]]>),
 }
 
-/// Sends exactly `len` bytes of `file` (from its current position) to
-/// `dst`, then flushes it; returns the MD5 of the whole file as `digest`
-/// gives or computes it.
-pub async fn send_file<W>(
-    file: std::fs::File,
-    len: u64,
-    digest: Digest,
-    dst: &mut W,
-    bar: &dyn Progress,
-) -> Result<Md5Hex, CopyError>
-where
-    W: AsyncWrite + Unpin + ?Sized,
-{
-    if len <= INLINE_MAX {
-        let mut file = file;
-        let mut buf = vec![0u8; len as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read(&mut buf[filled..]) {
-                Ok(0) => return Err(CopyError::Short { done: filled as u64, expected: len }),
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(CopyError::Read { done: filled as u64, source }),
-            }
+/// What [`send_parts`] sent.
+pub struct Sent {
+    /// The file's digest over its parts, the prefix's included.
+    pub digest: PartsDigest,
+    /// Every part's digest, when the whole file was sent and hashed here
+    /// (for the server to remember); at most `collect` of them.
+    pub parts: Option<Vec<[u8; 16]>>,
+    /// The plain MD5 of the whole file, prefix included, when asked for.
+    pub whole: Option<Md5Hex>,
+}
+
+/// How [`send_parts`] sends a body.
+pub struct Sending<'a> {
+    /// The first part's header: which file, and its mode and time; each
+    /// part's offset and MD5 are filled in.
+    pub head: Data,
+    /// Where in the file the body starts: a whole number of parts, those
+    /// before it known to the receiver already.
+    pub from: u64,
+    /// Bytes to send from there.
+    pub len: u64,
+    /// The digest of the parts before `from`.
+    pub prefix: PartsDigest,
+    /// Where the part digests come from.
+    pub digests: Digest,
+    /// Keep the part digests for the caller when there are at most this
+    /// many (0: never).
+    pub collect: usize,
+    /// Also compute the plain MD5 of the whole file, on a thread of its own.
+    pub whole: bool,
+    /// Told of the bytes sent.
+    pub bar: &'a dyn Progress,
+}
+
+/// One batch read: its bytes, where they start in the file, and the
+/// digest of each part.
+struct Batch {
+    /// Up to [`BATCH`] parts, back to back.
+    buf: Vec<u8>,
+    /// The file offset of the first.
+    at: u64,
+    /// One digest per part.
+    digests: Vec<[u8; 16]>,
+}
+
+/// The part digests of `bytes` (starting at file offset `at`), from `known`
+/// or hashed together.
+fn digests_of(bytes: &[u8], at: u64, known: &Digest) -> Vec<[u8; 16]> {
+    let parts: Vec<&[u8]> = bytes.chunks(PART as usize).collect();
+    match known {
+        Digest::Known(all) => {
+            let first = (at / PART) as usize;
+            all[first..first + parts.len()].to_vec()
         }
-        let md5 = match digest {
-            Digest::Compute(mut md5) => {
-                md5.update(&buf);
-                md5.finish()
-            }
-            Digest::Known(md5) => md5,
-        };
-        dst.write_all(&buf).await.map_err(|source| CopyError::Write { done: 0, source })?;
-        dst.flush().await.map_err(|source| CopyError::Write { done: len, source })?;
-        bar.advance(len);
-        return Ok(md5);
+        Digest::Compute => md5_many(&parts).iter().map(Md5Hex::to_digest).collect(),
     }
-    let (mut pool, give_back) = Pool::new(len);
-    let (to_send, mut rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
-    // Read chunks go to the hashing thread, or straight to the socket.
-    let (read_tx, hasher) = match digest {
-        Digest::Compute(md5) => {
-            let (to_hash, hash_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
-            (to_hash, Err(spawn_hasher(md5, hash_rx, to_send)))
+}
+
+/// Reads exactly `buf.len()` bytes of `file`, counting from `done`.
+fn fill(file: &mut std::fs::File, buf: &mut [u8], done: u64, expected: u64) -> Result<(), CopyError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => return Err(CopyError::Short { done: done + filled as u64, expected }),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(CopyError::Read { done: done + filled as u64, source }),
         }
-        Digest::Known(md5) => (to_send, Ok(md5)),
+    }
+    Ok(())
+}
+
+/// The plain MD5 of the first `len` bytes of `file`, read with `pread` so
+/// the sending thread's position is not disturbed. Blocking.
+fn hash_whole(file: &std::fs::File, len: u64) -> io::Result<Md5Hex> {
+    use std::os::unix::fs::FileExt;
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; len.min(PART) as usize];
+    let mut at = 0u64;
+    while at < len {
+        let want = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..want], at)?;
+        md5.update(&buf[..want]);
+        at += want as u64;
+    }
+    Ok(md5.finish())
+}
+
+/// A socket failure as the I/O error it is.
+fn conn_io(e: ConnError) -> io::Error {
+    match e {
+        ConnError::Io(e) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// Sends `how.len` bytes of `file` from its current position (file offset
+/// `how.from`) as `data` frames of one part each to `writer`, then flushes
+/// it; the caller sends `done` with the returned digest.
+pub async fn send_parts<W, M>(
+    file: std::fs::File,
+    how: Sending<'_>,
+    writer: &mut FrameWriter<W, M>,
+) -> Result<Sent, CopyError>
+where
+    W: AsyncWrite + Unpin,
+    M: Common,
+{
+    let Sending { head, from, len, mut prefix, digests, collect, whole, bar } = how;
+    let whole = match whole {
+        true => {
+            let file = file.try_clone().map_err(|source| CopyError::Read { done: 0, source })?;
+            Some(tokio::task::spawn_blocking(move || hash_whole(&file, from + len)))
+        }
+        false => None,
     };
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
-        let mut file = file;
-        let mut done = 0u64;
-        while done < len {
-            let Some(mut buf) = pool.take_blocking() else { break };
-            let want = (len - done).min(CHUNK as u64) as usize;
-            buf.resize(want, 0);
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => return Err(CopyError::Short { done: done + filled as u64, expected: len }),
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(source) => return Err(CopyError::Read { done: done + filled as u64, source }),
+    let mut collected = (from == 0 && len.div_ceil(PART) <= collect as u64).then(Vec::new);
+    let mut first = Some(head);
+    let filename = first.as_ref().map(|h| h.filename.clone()).unwrap_or_default();
+    let mut sent = 0u64;
+    let mut send_batch = async |batch: &Batch, writer: &mut FrameWriter<W, M>| -> Result<(), CopyError> {
+        // An empty body is one empty part, which says there is nothing more.
+        let parts: Vec<&[u8]> = match batch.buf.is_empty() {
+            true => vec![&[]],
+            false => batch.buf.chunks(PART as usize).collect(),
+        };
+        for (i, (part, digest)) in parts.into_iter().zip(&batch.digests).enumerate() {
+            let data = Data {
+                md5: Some(Md5Hex::from_digest(digest)),
+                offset: Some(batch.at + i as u64 * PART),
+                ..first.take().unwrap_or_else(|| Data { filename: filename.clone(), ..Data::default() })
+            };
+            let write = async {
+                writer.write_head(&data.into(), part.len() as u64).await?;
+                writer.body_writer().write_all(part).await?;
+                Ok::<_, ConnError>(())
+            };
+            write.await.map_err(|e| CopyError::Write { done: sent, source: conn_io(e) })?;
+            if !part.is_empty() {
+                prefix.push(digest);
+                if let Some(c) = collected.as_mut() {
+                    c.push(*digest);
                 }
             }
-            done += want as u64;
-            if read_tx.blocking_send(buf).is_err() {
-                // A later stage stopped (socket error); it reports why.
+            sent += part.len() as u64;
+            bar.advance(part.len() as u64);
+        }
+        Ok(())
+    };
+
+    if len <= INLINE_MAX {
+        // One part (or none, said by an empty one): read and hashed here.
+        let mut file = file;
+        let mut buf = vec![0u8; len as usize];
+        fill(&mut file, &mut buf, 0, len)?;
+        let digests = match len {
+            0 => vec![Md5::new().finish().to_digest()],
+            _ => digests_of(&buf, from, &digests),
+        };
+        send_batch(&Batch { buf, at: from, digests }, writer).await?;
+    } else {
+        let (mut pool, give_back) = Pool::new(len);
+        let (to_send, mut rx) = mpsc::channel::<Batch>(BUFFERS - 1);
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
+            let mut file = file;
+            let mut done = 0u64;
+            while done < len {
+                let Some(mut buf) = pool.take_blocking() else { break };
+                let want = (len - done).min(BATCH_BYTES as u64) as usize;
+                buf.resize(want, 0);
+                fill(&mut file, &mut buf, done, len)?;
+                let at = from + done;
+                let digests = digests_of(&buf, at, &digests);
+                done += want as u64;
+                if to_send.blocking_send(Batch { buf, at, digests }).is_err() {
+                    // The socket failed; the sending side reports why.
+                    break;
+                }
+            }
+            Ok(())
+        });
+        while let Some(batch) = rx.recv().await {
+            if let Err(e) = send_batch(&batch, writer).await {
+                drop(rx);
+                let _ = reader.await;
+                return Err(e);
+            }
+            let _ = give_back.send(batch.buf);
+        }
+        reader.await.expect("the reading thread does not panic")?;
+    }
+    writer.flush().await.map_err(|e| CopyError::Write { done: sent, source: conn_io(e) })?;
+    let whole = match whole {
+        Some(hashing) => Some(
+            hashing
+                .await
+                .expect("the hashing thread does not panic")
+                .map_err(|source| CopyError::Read { done: sent, source })?,
+        ),
+        None => None,
+    };
+    Ok(Sent { digest: prefix, parts: collected, whole })
+}
+
+/// Where a sender of a `len`-byte `file` starts, given the receiver's offer
+/// of a partial of `offered` bytes with digest `theirs` over its parts: there,
+/// if it is a whole number of parts within the file and our own first parts
+/// have that digest; else 0 (a changed source starts over). Returns the
+/// offset, the file positioned there, and the digest of the parts before
+/// it. Blocking: the parts are read and hashed, a batch at a time.
+pub fn resume_point(
+    mut file: std::fs::File,
+    len: u64,
+    offered: u64,
+    theirs: Option<&Md5Hex>,
+) -> io::Result<(std::fs::File, u64, PartsDigest)> {
+    if let Some(theirs) = theirs.filter(|_| offered > 0 && offered <= len && offered.is_multiple_of(PART)) {
+        let prefix = crate::digest::parts_of(&mut file, offered)?;
+        if prefix.finish() == *theirs {
+            return Ok((file, offered, prefix));
+        }
+    }
+    io::Seek::rewind(&mut file)?;
+    Ok((file, 0, PartsDigest::new()))
+}
+
+/// What [`receive_parts`] received, every part verified.
+pub struct Received {
+    /// The file's digest over its parts, the prefix's included.
+    pub digest: PartsDigest,
+    /// Body bytes received.
+    pub bytes: u64,
+    /// The `done` frame that ended the body.
+    pub done: crate::protocol::Done,
+}
+
+/// Why a body was not received whole, with the connection in step, or
+/// (`pending`) to be put in step by the caller.
+#[derive(Debug)]
+pub enum PartFailure {
+    /// A part's bytes are not what its header's MD5 says (the rest was
+    /// read and dropped).
+    Mismatch {
+        /// Where the part starts in the file.
+        offset: u64,
+        /// The digest its header claimed.
+        sent: Option<Md5Hex>,
+    },
+    /// Writing the sink failed (a full disk, say). With `pending`, the
+    /// rest of the body and its `done` are still to be read: the caller
+    /// may tell the sender first, then [`drain`](super::drain) them.
+    Write {
+        /// What the OS said.
+        source: io::Error,
+        /// Body bytes written before the failure.
+        written: u64,
+        /// Whether the rest of the body is still to be read.
+        pending: bool,
+    },
+}
+
+/// Hands `batch` over to be verified; `false` if verifying has stopped (a
+/// part failed, or the sink).
+async fn verify(batch: &mut Vec<Arrived>, to_verify: &mpsc::Sender<Vec<Arrived>>) -> bool {
+    to_verify.send(std::mem::take(batch)).await.is_ok()
+}
+
+/// A part received, on its way to be verified and written.
+struct Arrived {
+    /// Its bytes, in a buffer of the transfer's pool.
+    bytes: Vec<u8>,
+    /// The digest its header claims.
+    claimed: [u8; 16],
+}
+
+/// Receives a body that starts with the part `first` (its header read,
+/// `len` bytes of body to come) at file offset `at`, and every `data` frame
+/// of `filename` that continues it, until its `done`; each batch of parts
+/// is verified, then written to `sink` (a file at its current position, or
+/// stdout) on a blocking thread. `prefix` is the digest of the parts before
+/// `at`. A peer that breaks the rules of parts (a part without its MD5,
+/// longer than a part, after a short one, or not where the last ended) is
+/// a connection error; so is one that vanishes, after the whole verified
+/// parts that did arrive are written.
+pub async fn receive_parts<R, M, S>(
+    reader: &mut FrameReader<R, M>,
+    (first, len): (&Data, u64),
+    at: u64,
+    sink: S,
+    prefix: PartsDigest,
+    bar: &dyn Progress,
+) -> Result<Result<Received, PartFailure>, ConnError>
+where
+    R: AsyncRead + Unpin,
+    M: Common,
+    S: Write + Send + 'static,
+{
+    let filename = first.filename.clone();
+    let start = at;
+    // A buffer per part: a batch being filled, one verified, one written.
+    let (mut pool, give_back) = Pool::sized(len.clamp(1, PART), BUFFERS * BATCH);
+    let (to_verify, mut verify_rx) = mpsc::channel::<Vec<Arrived>>(1);
+    let (to_write, mut write_rx) = mpsc::channel::<Vec<Arrived>>(1);
+    let verifier = tokio::task::spawn_blocking(move || -> Result<PartsDigest, (u64, [u8; 16])> {
+        let mut digest = prefix;
+        let mut at = start;
+        while let Some(batch) = verify_rx.blocking_recv() {
+            let bodies: Vec<&[u8]> = batch.iter().map(|p| p.bytes.as_slice()).collect();
+            for (part, got) in batch.iter().zip(md5_many(&bodies)) {
+                if got.to_digest() != part.claimed {
+                    return Err((at, part.claimed));
+                }
+                digest.push(&part.claimed);
+                at += part.bytes.len() as u64;
+            }
+            if to_write.blocking_send(batch).is_err() {
                 break;
             }
         }
-        Ok(())
+        Ok(digest)
     });
-
-    let mut sent = 0u64;
-    while let Some(buf) = rx.recv().await {
-        if let Err(source) = dst.write_all(&buf).await {
-            drop(rx);
-            let _ = reader.await;
-            if let Err(hashing) = hasher {
-                let _ = hashing.await;
-            }
-            return Err(CopyError::Write { done: sent, source });
-        }
-        sent += buf.len() as u64;
-        bar.advance(buf.len() as u64);
-        let _ = give_back.send(buf);
-    }
-    reader.await.expect("the reading thread does not panic")?;
-    let md5 = match hasher {
-        Ok(known) => known,
-        Err(hashing) => hashing.await.expect("the hashing thread does not panic").finish(),
-    };
-    dst.flush().await.map_err(|source| CopyError::Write { done: sent, source })?;
-    Ok(md5)
-}
-
-/// Receives exactly `len` bytes from `src` into `sink` (a file at its
-/// current position, or stdout), written on a blocking thread. `md5` has
-/// seen what came before; returns the MD5 of that and these bytes once
-/// they are all written.
-pub async fn receive_into<R, S>(
-    src: &mut R,
-    len: u64,
-    sink: S,
-    md5: Md5,
-    bar: &dyn Progress,
-) -> Result<Md5Hex, CopyError>
-where
-    R: AsyncRead + Unpin + ?Sized,
-    S: Write + Send + 'static,
-{
-    receive_continuing(src, len, sink, md5, bar).await.map(Md5::finish)
-}
-
-/// [`receive_into`], returning the MD5 not yet finished, for a body that
-/// more bodies continue.
-pub async fn receive_continuing<R, S>(
-    src: &mut R,
-    len: u64,
-    sink: S,
-    md5: Md5,
-    bar: &dyn Progress,
-) -> Result<Md5, CopyError>
-where
-    R: AsyncRead + Unpin + ?Sized,
-    S: Write + Send + 'static,
-{
-    if len <= INLINE_MAX {
-        let (mut sink, mut md5) = (sink, md5);
-        let mut buf = Vec::with_capacity(len as usize);
-        let read = (&mut *src).take(len).read_to_end(&mut buf).await;
-        let short = buf.len() as u64;
-        // What did arrive is a valid prefix: keep it for a resume.
-        let written = sink.write_all(&buf).and_then(|()| sink.flush());
-        md5.update(&buf);
-        bar.advance(short);
-        return match (read, written) {
-            (Err(source), _) => Err(CopyError::Read { done: short, source }),
-            (Ok(_), _) if short < len => Err(CopyError::Short { done: short, expected: len }),
-            (Ok(_), Err(source)) => Err(CopyError::Write { done: len, source }),
-            (Ok(_), Ok(())) => Ok(md5),
-        };
-    }
-    let (mut pool, give_back) = Pool::new(len);
-    let (tx, hash_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
-    let (to_write, mut write_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
-    let hasher = spawn_hasher(md5, hash_rx, to_write);
     let writer = tokio::task::spawn_blocking(move || -> Result<(), (u64, io::Error)> {
         let mut sink = sink;
         let mut written = 0u64;
-        while let Some(buf) = write_rx.blocking_recv() {
-            sink.write_all(&buf).map_err(|e| (written, e))?;
-            written += buf.len() as u64;
-            let _ = give_back.send(buf);
+        while let Some(batch) = write_rx.blocking_recv() {
+            for part in batch {
+                sink.write_all(&part.bytes).map_err(|e| (written, e))?;
+                written += part.bytes.len() as u64;
+                let _ = give_back.send(part.bytes);
+            }
         }
         sink.flush().map_err(|e| (written, e))
     });
 
-    let mut done = 0u64;
-    let mut failed = None;
-    while done < len {
-        let Some(mut buf) = pool.take().await else { break };
-        buf.clear();
-        let want = (len - done).min(CHUNK as u64) as usize;
-        while buf.len() < want {
-            // `read_buf` appends into the spare capacity: no zeroing.
-            let mut limited = (&mut *src).take((want - buf.len()) as u64);
-            match limited.read_buf(&mut buf).await {
-                Ok(0) => {
-                    failed = Some(CopyError::Short { done: done + buf.len() as u64, expected: len });
-                    break;
-                }
-                Ok(_) => {}
-                Err(source) => {
-                    failed = Some(CopyError::Read { done: done + buf.len() as u64, source });
-                    break;
-                }
-            }
-        }
-        if failed.is_some() {
-            // What did arrive is a valid prefix: write it, so a resumed
-            // transfer need not send it again.
-            if !buf.is_empty() {
-                let _ = tx.send(buf).await;
-            }
+    let mut done = None;
+    let mut broken = None;
+    let mut stopped = false;
+    let (mut header, mut len, mut at) = (first.clone(), len, at);
+    let mut batch: Vec<Arrived> = Vec::with_capacity(BATCH);
+    let mut last_short = false;
+    loop {
+        let bad = match (&header.md5, header.offset) {
+            _ if header.filename != filename => Some("a part of another file"),
+            (_, offset) if offset != Some(at) => Some("a part not where the last one ended"),
+            (None, _) => Some("a part without its md5"),
+            _ if len > PART => Some("a part longer than a part"),
+            _ if last_short => Some("a part after a short one"),
+            _ => None,
+        };
+        if let Some(bad) = bad {
+            broken = Some(ConnError::BadPart(bad));
             break;
         }
-        done += want as u64;
-        bar.advance(want as u64);
-        if tx.send(buf).await.is_err() {
-            // The writing thread stopped: its error says why.
+        let claimed = header.md5.as_ref().map(Md5Hex::to_digest).unwrap_or_default();
+        let Some(mut bytes) = pool.take().await else {
+            // The writer stopped (it failed): this body is still skipped,
+            // to leave the stream at a frame's start.
+            if let Err(e) = reader.skip_body(len).await {
+                broken = Some(e);
+            }
             break;
+        };
+        bytes.clear();
+        // Each wait on the network is time to verify what came: a receiver
+        // waiting on it has time to spare for half-empty lanes, and its
+        // partial keeps up with what arrived. (Verified early whenever the
+        // next header was not yet buffered, batches of 1-3 parts made a 1
+        // GiB get cost 1.8 s of CPU instead of 0.4-0.5.)
+        let read = {
+            let mut body = reader.body(len).take(len);
+            let mut read = std::pin::pin!(body.read_to_end(&mut bytes));
+            match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    // Verifying may stop here, but this body is still read
+                    // whole, to leave the stream at a frame's start.
+                    stopped = !batch.is_empty() && !verify(&mut batch, &to_verify).await;
+                    read.await
+                }
+            }
+        };
+        match read {
+            Err(e) => {
+                broken = Some(ConnError::Io(e));
+                break;
+            }
+            Ok(n) if (n as u64) < len => {
+                broken = Some(ConnError::Truncated("body"));
+                break;
+            }
+            Ok(_) if stopped => break,
+            Ok(_) => {}
+        }
+        // An empty part says only that there are no more bytes: it is the
+        // only one, and counts for none.
+        if len == 0 && (at != start || !batch.is_empty()) {
+            broken = Some(ConnError::BadPart("an empty part after others"));
+            break;
+        }
+        if len > 0 {
+            batch.push(Arrived { bytes, claimed });
+        }
+        last_short = len < PART;
+        at += len;
+        bar.advance(len);
+        if batch.len() == BATCH && !verify(&mut batch, &to_verify).await {
+            stopped = true;
+            break;
+        }
+        let frame = {
+            let mut next = std::pin::pin!(reader.expect());
+            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // As above: the header is read whole even if verifying
+                    // stops.
+                    stopped = !batch.is_empty() && !verify(&mut batch, &to_verify).await;
+                    next.await
+                }
+            }
+        };
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                broken = Some(e);
+                break;
+            }
+        };
+        match frame.msg.into_data() {
+            Ok(_) if stopped => {
+                if let Err(e) = reader.skip_body(frame.total_size).await {
+                    broken = Some(e);
+                }
+                break;
+            }
+            Ok(data) => (header, len) = (data, frame.total_size),
+            Err(other) => match other.into_done() {
+                Ok(d) => {
+                    if let Err(e) = reader.skip_body(frame.total_size).await {
+                        broken = Some(e);
+                    }
+                    done = Some(d);
+                    break;
+                }
+                Err(other) => {
+                    broken =
+                        Some(ConnError::Unexpected { got: other.op(), expected: "done, or the next part" });
+                    break;
+                }
+            },
         }
     }
-    drop(tx);
-    let md5 = hasher.await.expect("the hashing thread does not panic");
+    // Whatever whole parts arrived are verified and written, even from a
+    // peer that vanished: a resumed transfer need not send them again.
+    if !stopped && !batch.is_empty() {
+        let _ = to_verify.send(batch).await;
+    }
+    drop(to_verify);
+    let verified = verifier.await.expect("the verifying thread does not panic");
     let written = writer.await.expect("the writing thread does not panic");
-    match (failed, written) {
-        (Some(e), _) => Err(e),
-        (None, Err((_, source))) => Err(CopyError::Write { done, source }),
-        (None, Ok(())) => Ok(md5),
+    if let Some(e) = broken {
+        return Err(e);
     }
+    let failure = match (verified, written) {
+        (Err((offset, sent)), _) => PartFailure::Mismatch { offset, sent: Some(Md5Hex::from_digest(&sent)) },
+        (Ok(_), Err((written, source))) => {
+            return Ok(Err(PartFailure::Write { source, written, pending: done.is_none() }))
+        }
+        (Ok(digest), Ok(())) => match done {
+            Some(done) => return Ok(Ok(Received { digest, bytes: at - start, done })),
+            // Not reached: the stages stop early only when one failed.
+            None => return Err(ConnError::BadPart("a body that stopped")),
+        },
+    };
+    if done.is_none() {
+        super::drain(reader, 0).await?;
+    }
+    Ok(Err(failure))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::hash_prefix;
+    use crate::digest::parts_of;
+    use crate::protocol::{ClientMessage, Done};
     use crate::transfer::NoProgress;
 
-    fn md5_of(data: &[u8]) -> String {
+    type Writer = FrameWriter<tokio::io::DuplexStream, ClientMessage>;
+    type Reader = FrameReader<tokio::io::DuplexStream, ClientMessage>;
+
+    fn md5_of(data: &[u8]) -> Md5Hex {
         let mut m = Md5::new();
         m.update(data);
-        m.finish().to_string()
+        m.finish()
     }
 
     fn temp_with(data: &[u8]) -> std::fs::File {
@@ -377,6 +651,11 @@ mod tests {
         f.write_all(data).unwrap();
         io::Seek::rewind(&mut f).unwrap();
         f
+    }
+
+    /// The digest over its parts of `data`, computed through a file.
+    fn parts_digest(data: &[u8]) -> Md5Hex {
+        parts_of(&mut temp_with(data), data.len() as u64).unwrap().finish()
     }
 
     /// A sink the test can read back after the writing thread is done.
@@ -393,106 +672,198 @@ mod tests {
         }
     }
 
-    /// More than one chunk, and a multiple of nothing.
-    fn odd_data() -> Vec<u8> {
-        (0..CHUNK * 2 + 12345).map(|i| (i * 7 % 251) as u8).collect()
+    /// A pipe smaller than a batch: the receiver often finds no next
+    /// header waiting, verifies what it has, and reuses its buffers.
+    fn pipe() -> (Writer, Reader) {
+        pipe_of(64 << 10)
+    }
+
+    fn pipe_of(size: usize) -> (Writer, Reader) {
+        let (a, b) = tokio::io::duplex(size);
+        (FrameWriter::new(a), FrameReader::new(b))
+    }
+
+    fn data_of(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761) as u8).collect()
+    }
+
+    fn sending(from: u64, len: u64, prefix: PartsDigest, whole: bool) -> Sending<'static> {
+        Sending {
+            head: Data { filename: "f".into(), ..Data::default() },
+            from,
+            len,
+            prefix,
+            digests: Digest::Compute,
+            collect: usize::MAX,
+            whole,
+            bar: &NoProgress,
+        }
+    }
+
+    /// Sends `data[from..]` with `how` and receives it on the other end into
+    /// a sink, after `prefix`; returns what each side made of it.
+    async fn round_trip(
+        file: std::fs::File,
+        how: Sending<'static>,
+        prefix: PartsDigest,
+    ) -> (Result<Sent, CopyError>, Result<Result<Received, PartFailure>, ConnError>, Vec<u8>) {
+        let (mut writer, mut reader) = pipe();
+        let from = how.from;
+        let send = async move {
+            let sent = send_parts(file, how, &mut writer).await;
+            if let Ok(sent) = &sent {
+                let done =
+                    Done { filename: "f".into(), md5: Some(sent.digest.finish()), whole: sent.whole.clone() };
+                writer.write(&done.into()).await.unwrap();
+                // The next request, which the receiver must find in step.
+                writer.write(&ClientMessage::Df).await.unwrap();
+            }
+            // A failed sender hangs up.
+            sent
+        };
+        let sink = Shared::default();
+        let receive = async {
+            let first = reader.expect().await?;
+            let ClientMessage::Data(data) = first.msg else { panic!("a data frame first") };
+            let got = receive_parts(
+                &mut reader,
+                (&data, first.total_size),
+                from,
+                sink.clone(),
+                prefix,
+                &NoProgress,
+            )
+            .await;
+            if got.is_ok() {
+                let next = reader.expect().await.map(|f| f.msg);
+                assert!(matches!(next, Ok(ClientMessage::Df)), "the stream is in step after the body");
+            }
+            got
+        };
+        let (sent, received) = tokio::join!(send, receive);
+        let bytes = sink.0.lock().unwrap().clone();
+        (sent, received, bytes)
     }
 
     #[tokio::test]
-    async fn send_file_sends_exactly_len_and_hashes_it() {
-        let data = odd_data();
-        let mut dst = Vec::new();
-        let md5 = send_file(
-            temp_with(&data),
-            data.len() as u64,
-            Digest::Compute(Md5::new()),
-            &mut dst,
-            &NoProgress,
-        )
-        .await
-        .unwrap();
-        assert_eq!(dst, data);
-        assert_eq!(md5.to_string(), md5_of(&data));
-        let mut dst = Vec::new();
-        send_file(temp_with(&data), 10, Digest::Compute(Md5::new()), &mut dst, &NoProgress).await.unwrap();
-        assert_eq!(dst, &data[..10]);
-    }
-
-    #[tokio::test]
-    async fn a_known_digest_is_sent_as_given_with_the_bytes_unchanged() {
-        let known = Md5Hex::try_from("0123456789abcdef0123456789abcdef".to_string()).unwrap();
-        for data in [odd_data(), b"small".to_vec()] {
-            let mut dst = Vec::new();
-            let digest = Digest::Known(known.clone());
-            let len = data.len() as u64;
-            let md5 = send_file(temp_with(&data), len, digest, &mut dst, &NoProgress).await.unwrap();
-            assert_eq!(dst, data);
-            assert_eq!(md5, known);
+    async fn bodies_of_every_size_edge_arrive_whole_with_the_digest_over_their_parts() {
+        let p = PART as usize;
+        let data = data_of(100 * p + 3);
+        for len in [0, 1, p - 1, p, p + 1, 2 * p, 33 * p + 7, 100 * p + 3] {
+            let body = &data[..len];
+            let (sent, received, bytes) = round_trip(
+                temp_with(body),
+                sending(0, len as u64, PartsDigest::new(), true),
+                PartsDigest::new(),
+            )
+            .await;
+            let sent = sent.unwrap();
+            let received = received.unwrap().unwrap();
+            assert!(bytes == body, "{len} bytes");
+            assert_eq!(sent.digest.finish(), parts_digest(body), "{len} bytes");
+            assert_eq!(received.digest.finish(), sent.digest.finish(), "{len} bytes");
+            assert_eq!(received.bytes, len as u64);
+            assert_eq!(sent.parts.map(|p| p.len() as u64), Some((len as u64).div_ceil(PART)), "collected");
+            assert_eq!(received.done.whole, Some(md5_of(body)), "--md5: the plain MD5 of all of it");
         }
     }
 
     #[tokio::test]
-    async fn receive_into_takes_exactly_len_and_hashes_it() {
-        let mut data = odd_data();
-        data.extend_from_slice(b"next frame");
-        let len = data.len() as u64 - 10;
-        let mut src = &data[..];
-        let sink = Shared::default();
-        let md5 = receive_into(&mut src, len, sink.clone(), Md5::new(), &NoProgress).await.unwrap();
-        assert_eq!(&*sink.0.lock().unwrap(), &data[..len as usize]);
-        assert_eq!(md5.to_string(), md5_of(&data[..len as usize]));
-        assert_eq!(src, b"next frame");
+    async fn a_resumed_body_continues_the_digest_of_the_parts_before_it() {
+        let data = data_of(5 * PART as usize + 99);
+        let from = 2 * PART;
+        let mut file = temp_with(&data);
+        let prefix = parts_of(&mut file, from).unwrap();
+        let len = data.len() as u64 - from;
+        let (sent, received, bytes) =
+            round_trip(file, sending(from, len, prefix.clone(), true), prefix.clone()).await;
+        let (sent, received) = (sent.unwrap(), received.unwrap().unwrap());
+        assert!(bytes == data[from as usize..]);
+        assert_eq!(received.digest.finish(), parts_digest(&data));
+        assert_eq!(sent.digest.finish(), parts_digest(&data));
+        assert_eq!(sent.whole, Some(md5_of(&data)), "the whole file's MD5, prefix included");
+        assert!(sent.parts.is_none(), "a resumed body has not seen every part");
     }
 
     #[tokio::test]
-    async fn a_resumed_copy_hashes_the_whole_file() {
-        let data = odd_data();
-        let (head, tail) = data.split_at(777_777);
-        let mut prefix = Md5::new();
-        prefix.update(head);
-        let mut dst = Vec::new();
-        let md5 = send_file(
-            temp_with(tail),
-            tail.len() as u64,
-            Digest::Compute(prefix.clone()),
-            &mut dst,
+    async fn a_stale_known_digest_is_caught_by_the_receiver() {
+        // Many parts behind the stale one: the receiver stops verifying
+        // while they still flow, and must read them out to stay in step.
+        let data = data_of(100 * PART as usize);
+        let mut wrong: Vec<[u8; 16]> = data.chunks(PART as usize).map(|c| md5_of(c).to_digest()).collect();
+        wrong[1][0] ^= 1;
+        let how = Sending {
+            digests: Digest::Known(wrong.into()),
+            ..sending(0, data.len() as u64, PartsDigest::new(), false)
+        };
+        let (sent, received, bytes) = round_trip(temp_with(&data), how, PartsDigest::new()).await;
+        assert!(sent.is_ok());
+        match received.unwrap() {
+            Err(PartFailure::Mismatch { offset, .. }) => assert_eq!(offset, PART),
+            other => panic!("{:?}", other.map(|r| r.bytes)),
+        }
+        assert!(bytes.len() < data.len(), "nothing of the batch that failed was written");
+    }
+
+    /// Frames of a body written by hand: each `(offset, md5, bytes)`.
+    async fn receive_frames(
+        parts: &[(u64, Option<Md5Hex>, Vec<u8>)],
+    ) -> Result<Result<u64, PartFailure>, ConnError> {
+        // Room for all of it: it is written before it is read.
+        let (mut writer, mut reader) = pipe_of(4 << 20);
+        for (offset, md5, bytes) in parts {
+            let data =
+                Data { filename: "f".into(), offset: Some(*offset), md5: md5.clone(), ..Data::default() };
+            writer.write_frame(&data.into(), bytes).await.unwrap();
+        }
+        writer.write(&Done { filename: "f".into(), md5: None, whole: None }.into()).await.unwrap();
+        writer.write(&ClientMessage::Df).await.unwrap();
+        let first = reader.expect().await?;
+        let ClientMessage::Data(data) = first.msg else { panic!() };
+        let got = receive_parts(
+            &mut reader,
+            (&data, first.total_size),
+            0,
+            Shared::default(),
+            PartsDigest::new(),
             &NoProgress,
         )
-        .await
-        .unwrap();
-        assert_eq!(md5.to_string(), md5_of(&data));
-        let md5 = receive_into(&mut &tail[..], tail.len() as u64, Shared::default(), prefix, &NoProgress)
-            .await
-            .unwrap();
-        assert_eq!(md5.to_string(), md5_of(&data));
-        let mut f = temp_with(&data);
-        assert_eq!(hash_prefix(&mut f, 777_777).unwrap().finish().to_string(), md5_of(head));
-        assert!(hash_prefix(&mut temp_with(b"ab"), 3).is_err());
+        .await?;
+        // Whatever happened to the body, the connection is in step.
+        assert_eq!(reader.expect().await.unwrap().msg, ClientMessage::Df);
+        Ok(got.map(|r| r.bytes))
     }
 
     #[tokio::test]
-    async fn empty_bodies_hash_to_the_md5_of_nothing() {
-        let mut dst = Vec::new();
-        let md5 =
-            send_file(temp_with(b""), 0, Digest::Compute(Md5::new()), &mut dst, &NoProgress).await.unwrap();
-        assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
-        let md5 = receive_into(&mut &b""[..], 0, Shared::default(), Md5::new(), &NoProgress).await.unwrap();
-        assert_eq!(md5.as_str(), "d41d8cd98f00b204e9800998ecf8427e");
+    async fn a_damaged_part_is_refused_and_parts_against_the_rules_break_the_connection() {
+        let full = data_of(PART as usize);
+        let good = |at: u64, b: &[u8]| (at, Some(md5_of(b)), b.to_vec());
+        assert_eq!(receive_frames(&[good(0, &full), good(PART, b"end")]).await.unwrap().unwrap(), PART + 3);
+        let mut damaged = good(PART, b"end");
+        damaged.2[0] ^= 1;
+        let got = receive_frames(&[good(0, &full), damaged]).await.unwrap();
+        assert!(matches!(got, Err(PartFailure::Mismatch { offset, .. }) if offset == PART), "{got:?}");
+        let long = data_of(PART as usize + 1);
+        for (bad, why) in [
+            (vec![(0, None, b"x".to_vec())], "without its md5"),
+            (vec![good(0, &long)], "longer than a part"),
+            (vec![good(0, b"short"), good(5, b"more")], "after a short one"),
+            (vec![good(0, &full), good(PART + 1, b"x")], "not where the last one ended"),
+        ] {
+            let got = receive_frames(&bad).await;
+            assert!(matches!(&got, Err(ConnError::BadPart(w)) if w.contains(why)), "{why}: {:?}", got);
+        }
     }
 
     #[tokio::test]
-    async fn short_sources_are_errors() {
-        let err = send_file(temp_with(b"abc"), 10, Digest::Compute(Md5::new()), &mut Vec::new(), &NoProgress)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
-        let err =
-            receive_into(&mut &b"abc"[..], 10, Shared::default(), Md5::new(), &NoProgress).await.unwrap_err();
-        assert!(matches!(err, CopyError::Short { done: 3, expected: 10 }), "{err:?}");
-    }
+    async fn short_sources_and_full_sinks_are_errors() {
+        let how = sending(0, 10, PartsDigest::new(), false);
+        let (sent, _, _) = round_trip(temp_with(b"abc"), how, PartsDigest::new()).await;
+        assert!(matches!(sent, Err(CopyError::Short { done: 3, expected: 10 })), "{:?}", sent.err());
+        let how = sending(0, 3 * PART, PartsDigest::new(), false);
+        let (sent, _, _) = round_trip(temp_with(&data_of(PART as usize)), how, PartsDigest::new()).await;
+        assert!(matches!(sent, Err(CopyError::Short { .. })), "{:?}", sent.err());
 
-    #[tokio::test]
-    async fn sink_failures_are_write_errors() {
         struct Full;
         impl Write for Full {
             fn write(&mut self, _: &[u8]) -> io::Result<usize> {
@@ -502,11 +873,21 @@ mod tests {
                 Ok(())
             }
         }
-        let data = odd_data();
-        let err =
-            receive_into(&mut &data[..], data.len() as u64, Full, Md5::new(), &NoProgress).await.unwrap_err();
+        let data = data_of(3 * PART as usize);
+        let (mut writer, mut reader) = pipe();
+        let send = async {
+            let how = sending(0, data.len() as u64, PartsDigest::new(), false);
+            let _ = send_parts(temp_with(&data), how, &mut writer).await;
+            let _ = writer.write(&Done::default().into()).await;
+        };
+        let receive = async {
+            let first = reader.expect().await.unwrap();
+            let ClientMessage::Data(d) = first.msg else { panic!() };
+            receive_parts(&mut reader, (&d, first.total_size), 0, Full, PartsDigest::new(), &NoProgress).await
+        };
+        let (_, got) = tokio::join!(send, receive);
         assert!(
-            matches!(err, CopyError::Write { ref source, .. } if source.kind() == io::ErrorKind::StorageFull)
+            matches!(got, Ok(Err(PartFailure::Write { ref source, .. })) if source.kind() == io::ErrorKind::StorageFull)
         );
     }
 }

@@ -2,7 +2,7 @@
 //! in SIMD lanes, on two threads.
 
 use super::WHOLE_MAX;
-use crate::digest::{hash_prefix, HashBatch, Md5};
+use crate::digest::{parts_of, HashBatch};
 use crate::protocol::Md5Hex;
 
 /// Threads that hash the files of a re-run side by side: while one side
@@ -99,7 +99,7 @@ fn hash_chunk<T>(
                     Err(e) => Some(Err(e)),
                 }
             }
-            Some(Ok((mut file, len))) => Some(hash_prefix(&mut file, len).map(Md5::finish)),
+            Some(Ok((mut file, len))) => Some(parts_of(&mut file, len).map(|d| d.finish())),
         };
         out.push((item, result));
     }
@@ -146,9 +146,7 @@ mod tests {
             let body: Vec<u8> = (0..size).map(|b| (b as usize * 31 + i) as u8).collect();
             let path = dir.path().join(format!("f{i}"));
             std::fs::write(&path, &body).unwrap();
-            let mut md5 = Md5::new();
-            md5.update(&body);
-            items.push((path, size, Some(md5.finish())));
+            items.push((path, size, Some(crate::digest::file_digests(&[&body]).remove(0))));
         }
         // Nothing to hash; a file shorter than asked; a missing one.
         items.push((dir.path().join("f0"), u64::MAX, None));

@@ -13,7 +13,7 @@ use crate::connection::FrameReader;
 use crate::error::{ConnError, RequestError};
 use crate::local::{Partial, RemotePath, Root};
 use crate::protocol::{Common, Data, EntryKind, ErrorCode, Md5Hex};
-use crate::transfer::{drain, receive_file, Commit, FileFailure, Progress};
+use crate::transfer::{drain, receive_file, Commit, Committed, FileFailure, Progress};
 use crate::tree::{self, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -397,7 +397,6 @@ impl Receiver {
         root: &Root,
         rel: &str,
         offset: Option<u64>,
-        len: u64,
     ) -> Result<(Partial, (u32, i64)), RequestError> {
         let Some(entry) = self.files.get(rel) else {
             return Err(RequestError::new(ErrorCode::BadRequest, format!("{rel} was not in the manifest")));
@@ -405,9 +404,9 @@ impl Receiver {
         let (size, meta) = (entry.size, (entry.mode, entry.mtime));
         let path = self.path(rel)?;
         let partial = self.resumable.remove(rel);
-        if let Some(offset) = offset {
+        if let Some(offset) = offset.filter(|&o| o > 0) {
             return match partial {
-                Some(p) if p.held() == offset && offset.checked_add(len) == Some(size) => Ok((p, meta)),
+                Some(p) if p.held() == offset && offset <= size => Ok((p, meta)),
                 other => Err(RequestError::offset(rel, offset, other.map_or(0, |p| p.held()))),
             };
         }
@@ -452,12 +451,12 @@ impl Receiver {
         root: &Root,
         (data, len): (&Data, u64),
         bar: &dyn Progress,
-    ) -> Result<Result<Md5Hex, FileFailure>, ConnError>
+    ) -> Result<Result<Committed, FileFailure>, ConnError>
     where
         R: tokio::io::AsyncRead + Unpin,
         M: Common,
     {
-        let (partial, (mode, mtime)) = match self.start_file(root, &data.filename, data.offset, len) {
+        let (partial, (mode, mtime)) = match self.start_file(root, &data.filename, data.offset) {
             Ok(started) => started,
             Err(err) => {
                 drain(reader, len).await?;
@@ -467,10 +466,10 @@ impl Receiver {
         let meta = Some((data.mode.unwrap_or(mode), data.mtime.unwrap_or(mtime)));
         let how = Commit { replace: self.force, durable: false, meta };
         let received = receive_file(reader, partial, (data, len), how, bar).await?;
-        if let Err(FileFailure::Write { unread, .. }) = &received {
-            drain(reader, *unread).await?;
+        if let Err(FileFailure::Write { pending: true, .. }) = &received {
+            drain(reader, 0).await?;
         }
-        Ok(received.map(|(md5, _)| md5))
+        Ok(received)
     }
 
     /// Drops the partial held for `rel`, if any: its file is coming whole.

@@ -6,10 +6,11 @@
 
 use crate::connection::FrameWriter;
 use crate::digest::HashBatch;
+use crate::digest::PartsDigest;
 use crate::error::ConnError;
 use crate::local::Stamp;
 use crate::protocol::{Common, Data, Done, Md5Hex};
-use crate::transfer::{send_file, CopyError, Digest, Progress};
+use crate::transfer::{send_parts, CopyError, Digest, Progress, Sending, Sent};
 use tokio::io::AsyncWrite;
 
 /// A small file of a tree read whole, waiting for its MD5.
@@ -41,7 +42,7 @@ where
     W: AsyncWrite + Unpin,
     M: Common,
 {
-    let done = Done { filename: data.filename.clone(), md5: Some(md5.clone()) };
+    let done = Done { filename: data.filename.clone(), md5: Some(md5.clone()), whole: None };
     writer.queue(&data.into(), body).await?;
     writer.queue(&done.into(), &[]).await?;
     bar.advance(body.len() as u64);
@@ -110,30 +111,33 @@ pub fn read_local(
         Err(e) => Err((data.filename, crate::error::plain_io(&e))),
     }
 }
-/// Streams one file: its `data` header, `len` bytes of `file` from where it
-/// stands, then its `done` frame with the MD5 of the whole file, which
-/// `digest` knows or computes on the way (having seen what came before,
-/// when resumed). The outer error is the connection's; the inner one a
-/// file that could not be read to its announced length (the frame cannot
-/// be completed, so the caller must end the connection).
+/// Streams one file: `len` bytes of `file` from where it stands (file
+/// offset `data.offset`, after parts of digest `prefix` when resumed) as
+/// parts, then its `done` frame with the digest over all the parts, whose
+/// digests `digests` knows or are hashed on the way. Returns what was sent.
+/// The outer error is the connection's; the inner one a file that could
+/// not be read to its announced length (the body cannot be completed, so
+/// the caller must end the connection).
 pub async fn send_large<W, M>(
     writer: &mut FrameWriter<W, M>,
     data: Data,
     (file, len): (std::fs::File, u64),
-    digest: Digest,
+    (prefix, digests): (PartsDigest, Digest),
     bar: &dyn Progress,
-) -> Result<Result<Md5Hex, CopyError>, ConnError>
+) -> Result<Result<Sent, CopyError>, ConnError>
 where
     W: AsyncWrite + Unpin,
     M: Common,
 {
     let filename = data.filename.clone();
-    writer.write_head(&data.into(), len).await?;
-    let md5 = match send_file(file, len, digest, writer.body_writer(), bar).await {
-        Ok(md5) => md5,
+    let from = data.offset.unwrap_or(0);
+    let how = Sending { head: data, from, len, prefix, digests, collect: usize::MAX, whole: false, bar };
+    let sent = match send_parts(file, how, writer).await {
+        Ok(sent) => sent,
         Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
         Err(failed) => return Ok(Err(failed)),
     };
-    writer.write(&Done { filename, md5: Some(md5.clone()) }.into()).await?;
-    Ok(Ok(md5))
+    let done = Done { filename, md5: Some(sent.digest.finish()), whole: None };
+    writer.write(&done.into()).await?;
+    Ok(Ok(sent))
 }

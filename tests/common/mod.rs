@@ -148,6 +148,19 @@ pub fn md5_hex(data: &[u8]) -> String {
     Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The digest over its parts of `data`, as PROTOCOL.md defines it: the
+/// plain MD5 for one part (128 KiB) or none, else the MD5 of the parts'
+/// 16-byte MD5s one after another, and `-N`.
+pub fn parts_md5_hex(data: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    const PART: usize = 128 * 1024;
+    if data.len() <= PART {
+        return md5_hex(data);
+    }
+    let digests: Vec<u8> = data.chunks(PART).flat_map(|p| Md5::digest(p).to_vec()).collect();
+    format!("{}-{}", md5_hex(&digests), data.len().div_ceil(PART))
+}
+
 /// Names of everything under `dir`, recursively, relative to it, sorted.
 pub fn tree(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -208,6 +221,20 @@ pub mod raw {
         s.write_all(&(json.len() as u32).to_be_bytes()).unwrap();
         s.write_all(json.as_bytes()).unwrap();
         s.flush().unwrap();
+    }
+
+    /// Writes one part of a file body: its `data` header with the part's
+    /// MD5, then its bytes.
+    pub fn send_part(s: &mut impl Write, filename: &str, offset: u64, part: &[u8]) {
+        let md5 = super::md5_hex(part);
+        let len = part.len();
+        send(
+            s,
+            &format!(
+                r#"{{"op":"data","filename":"{filename}","md5":"{md5}","total_size":{len},"offset":{offset}}}"#
+            ),
+        );
+        s.write_all(part).unwrap();
     }
 
     /// Reads one frame's JSON header.

@@ -1,6 +1,7 @@
 """A minimal xfer client written from PROTOCOL.md alone, with Python's
 standard library: TLS 1.3 with ALPN xfer/2, the token proofs bound to the
-server's certificate (tls-server-end-point), then a put and an ls.
+server's certificate (tls-server-end-point), then two puts (one of a
+single part, one of three) and an ls.
 
     python3 client.py HOST PORT TOKEN NAME CONTENT
 """
@@ -40,6 +41,17 @@ def recv(sock):
     return header, body
 
 
+PART = 128 * 1024
+
+
+def file_digest(data):
+    parts = [data[i:i + PART] for i in range(0, len(data), PART)]
+    if len(parts) <= 1:
+        return hashlib.md5(data).hexdigest()
+    joined = b"".join(hashlib.md5(p).digest() for p in parts)
+    return "%s-%d" % (hashlib.md5(joined).hexdigest(), len(parts))
+
+
 def mac(token, label, binding, ns, nc):
     parts = [label.encode(), binding, ns.encode(), nc.encode()]
     msg = b"".join(struct.pack(">I", len(p)) + p for p in parts)
@@ -58,7 +70,7 @@ def main():
     binding = hashlib.sha256(sock.getpeercert(binary_form=True)).digest()
 
     hello, _ = recv(sock)
-    assert hello["op"] == "hello" and hello["version"] == 3, hello
+    assert hello["op"] == "hello" and hello["version"] == 4, hello
     ns, nc = hello["nonce"], os.urandom(32).hex()
     send(sock, {"op": "auth", "nonce": nc, "mac": mac(token, "xfer/2 client", binding, ns, nc)})
     welcome, _ = recv(sock)
@@ -70,14 +82,9 @@ def main():
         print("the server did not prove the token")
         return 1
 
-    data = content.encode()
-    send(sock, {"op": "put", "filename": name, "size": len(data), "force": True})
-    ready, _ = recv(sock)
-    assert ready["op"] == "ready", ready
-    send(sock, {"op": "data", "filename": name, "offset": 0}, data)
-    send(sock, {"op": "done", "filename": name, "md5": hashlib.md5(data).hexdigest()})
-    ok, _ = recv(sock)
-    assert ok["op"] == "ok" and ok["md5"] == hashlib.md5(data).hexdigest(), ok
+    put(sock, name, content.encode())
+    # And one of three parts: 300,000 bytes of i % 251.
+    put(sock, name + ".big", bytes(i % 251 for i in range(300000)))
 
     send(sock, {"op": "ls", "filename": ""})
     while True:
@@ -86,6 +93,23 @@ def main():
             break
         print(entry["kind"], entry["filename"], entry["size"])
     return 0
+
+
+def put(sock, name, data):
+    send(sock, {"op": "put", "filename": name, "size": len(data), "force": True})
+    ready, _ = recv(sock)
+    assert ready["op"] == "ready", ready
+    # The body as parts of 128 KiB, each with its MD5; the file's digest is
+    # over the parts' digests (the plain MD5 for one part).
+    parts = [data[i:i + PART] for i in range(0, len(data), PART)] or [b""]
+    for i, part in enumerate(parts):
+        md5 = hashlib.md5(part).hexdigest()
+        send(sock, {"op": "data", "filename": name, "offset": i * PART, "md5": md5}, part)
+    digest = file_digest(data)
+    send(sock, {"op": "done", "filename": name, "md5": digest})
+    ok, _ = recv(sock)
+    assert ok["op"] == "ok" and ok["md5"] == digest, ok
+    print("stored", name, digest)
 
 
 if __name__ == "__main__":
