@@ -12,8 +12,10 @@
 //!   [`ServerMessage`](protocol::ServerMessage)), and the pure frame codec
 //!   (no I/O).
 //! - [`digest`]: the one MD5 implementation, [`md5_many`](digest::md5_many)
-//!   for many bodies at once in SIMD lanes, and the one rule for batching
-//!   them ([`HashBatch`](digest::HashBatch)).
+//!   for many bodies at once in SIMD lanes (AVX-512, AVX2 or one at a
+//!   time, chosen at run time), a file's digest over its 128 KiB parts
+//!   ([`PartsDigest`](digest::PartsDigest)), and the one rule for batching
+//!   small files ([`HashBatch`](digest::HashBatch)).
 //! - [`tls`]: TLS 1.3 under every connection: the server's certificate,
 //!   both sides' configurations, the channel binding.
 //! - [`auth`]: the shared token and the challenge-response that proves it,
@@ -26,9 +28,10 @@
 //!   directory each is confined to; the tokens file.
 //! - [`connection`]: the only code that reads or writes a connection; typed
 //!   by direction, so the server cannot send a client's message.
-//! - [`transfer`]: streaming bodies through a hashing pipeline (reporting
-//!   progress through a trait: it knows no progress bars), and the one
-//!   receive → verify → commit path of every streamed file.
+//! - [`transfer`]: streaming bodies as parts, hashed and verified a batch
+//!   at a time on threads beside the connection (reporting progress
+//!   through a trait: it knows no progress bars), and the one receive →
+//!   verify → commit path of every streamed file.
 //! - [`tree`]: trees for both sides: the one walk into a manifest, its
 //!   application beneath the destination, the files sent (small ones read
 //!   and hashed a batch at a time), many files hashed at once, small files

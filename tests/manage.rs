@@ -136,6 +136,20 @@ fn cat_md5sum_and_df_answer_without_a_download() {
         .assert()
         .success()
         .stdout(format!("{}  big.bin\n{}  small.txt\n", md5_hex(&big), md5_hex(b"small\n")));
+    // --parts: the digest over parts that transfers show, here and for
+    // the same file on this side.
+    let parts = common::parts_md5_hex(&big);
+    assert!(parts.ends_with("-40"), "{parts}");
+    xfer(server.addr, work.path())
+        .args(["md5sum", "--parts", "big.bin", "small.txt"])
+        .assert()
+        .success()
+        .stdout(format!("{parts}  big.bin\n{}  small.txt\n", md5_hex(b"small\n")));
+    xfer(server.addr, server.root.path())
+        .args(["md5sum", "--parts", "--local", "big.bin"])
+        .assert()
+        .success()
+        .stdout(format!("{parts}  big.bin\n"));
     // As md5sum itself prints it.
     let local =
         std::process::Command::new("md5sum").arg("big.bin").current_dir(server.root.path()).output().unwrap();

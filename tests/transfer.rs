@@ -28,6 +28,42 @@ fn round_trip(server: &TestServer, src: &std::path::Path, remote: &str) {
     assert_eq!(tree(work.path()), ["back"], "no temporaries left in the client's directory");
 }
 
+/// `--md5` adds the plain MD5 of the whole file, as md5sum prints it, to
+/// the digest over parts, both ways and in `--json`.
+#[test]
+fn md5_flag_reports_the_whole_file_md5_both_ways() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(3 << 20, 11);
+    fs::write(work.path().join("big.bin"), &data).unwrap();
+    let (parts, whole) = (common::parts_md5_hex(&data), md5_hex(&data));
+    let shown = format!("md5 {parts} verified, whole-file md5 {whole}\n");
+    xfer(server.addr, work.path())
+        .args(["put", "--md5", "big.bin"])
+        .assert()
+        .success()
+        .stderr(predicate::str::ends_with(shown.clone()));
+    xfer(server.addr, work.path())
+        .args(["get", "--md5", "big.bin", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::ends_with(shown));
+    assert_eq!(fs::read(work.path().join("back")).unwrap(), data);
+    // Again, with the server's remembered digests, and as JSON.
+    let out = xfer(server.addr, work.path())
+        .args(["--json", "get", "--md5", "big.bin", "again"])
+        .assert()
+        .success();
+    let line: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!((line["md5"].as_str(), line["whole_md5"].as_str()), (Some(&*parts), Some(&*whole)));
+    // Without it, only the digest over parts.
+    xfer(server.addr, work.path())
+        .args(["get", "-f", "big.bin", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::ends_with(format!("md5 {parts} verified\n")));
+}
+
 #[test]
 fn empty_one_byte_binary_and_unicode_files_round_trip() {
     let server = TestServer::start();

@@ -143,4 +143,28 @@ mod tests {
         assert_eq!(parts_of(&mut file, 3).unwrap().finish().as_str(), "900150983cd24fb0d6963f7d28e17f72");
         assert!(parts_of(&mut file, 4).is_err(), "shorter than asked");
     }
+
+    /// PROTOCOL.md's test vector: each line of its "Parts" block is what
+    /// the rule computed independently, and what xfer computes, gives.
+    #[test]
+    fn protocol_md_parts_test_vector() {
+        let doc = include_str!("../../PROTOCOL.md");
+        let section = &doc[doc.find("\n## Parts").expect("the section")..];
+        let block = section.split("```").nth(1).expect("the vector's block");
+        let vector: Vec<(&str, &str)> =
+            block.lines().filter_map(|l| l.rsplit_once(' ')).map(|(k, v)| (k.trim(), v)).collect();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        let mut want = Vec::new();
+        for (i, part) in data.chunks(PART as usize).enumerate() {
+            want.push((format!("part {i}"), independent(part)));
+        }
+        want.push(("digest".to_string(), independent(&data)));
+        want.push(("whole_md5".to_string(), crate::protocol::hex(&<md5::Md5 as md5::Digest>::digest(&data))));
+        let got: Vec<(String, String)> = vector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(got, want);
+        assert_eq!(parts_of(&mut file, data.len() as u64).unwrap().finish().as_str(), want[3].1);
+        assert_eq!(file_digests(&[&data]).remove(0).as_str(), want[3].1);
+    }
 }

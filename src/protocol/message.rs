@@ -914,6 +914,8 @@ mod examples {
             assert_eq!(&again, json);
         }
         let md5 = Md5Hex::try_from("b1946ac92492d2347c6235b4d2611184".to_string()).unwrap();
+        let parts = Md5Hex::try_from("e7e2c1041ab5286f57a5ad533c4e230f-3".to_string()).unwrap();
+        let whole = Md5Hex::try_from("34fadf2975834e9a357ec41d3e6df067".to_string()).unwrap();
         let shown: Vec<(bool, String)> = vec![
             (
                 true,
@@ -945,6 +947,35 @@ mod examples {
             ),
             (true, header(&ClientMessage::Mkdir(Mkdir { filename: "a/b".into(), parents: true }))),
             (true, header(&ClientMessage::Md5sum(Md5sum { filename: "big.bin".into(), parts: false }))),
+            (true, header(&ClientMessage::Md5sum(Md5sum { filename: "big.bin".into(), parts: true }))),
+            (
+                true,
+                header(&ClientMessage::Get(Get {
+                    filename: "big.bin".into(),
+                    offset: Some(262144),
+                    md5: Some(Md5Hex::try_from("76441ebf02217bf432160d60f6862db1-2".to_string()).unwrap()),
+                    whole_md5: true,
+                    ..Get::default()
+                })),
+            ),
+            (
+                true,
+                header(&ClientMessage::Data(Data {
+                    filename: "empty".into(),
+                    md5: Some(Md5Hex::try_from("d41d8cd98f00b204e9800998ecf8427e".to_string()).unwrap()),
+                    offset: Some(0),
+                    ..Data::default()
+                })),
+            ),
+            (
+                true,
+                header(&ClientMessage::Done(Done {
+                    filename: "big.bin".into(),
+                    md5: Some(parts.clone()),
+                    whole: Some(whole.clone()),
+                })),
+            ),
+            (false, header(&ServerMessage::Stdout(Chunk { md5: Some(md5.clone()) }))),
             (true, header(&ClientMessage::Df)),
             (true, header(&ClientMessage::Keepalive)),
             (true, header(&ClientMessage::Resize { rows: 40, cols: 120 })),
@@ -964,8 +995,8 @@ mod examples {
                 false,
                 header(&ServerMessage::Ok(Stored {
                     filename: "big.bin".into(),
-                    md5: Some(md5),
-                    size: Some(5242880),
+                    md5: Some(parts),
+                    size: Some(300000),
                     skipped: false,
                 })),
             ),
@@ -974,13 +1005,11 @@ mod examples {
                 header(&ServerMessage::error(ErrorCode::Forbidden, "this token may not write on the server")),
             ),
         ];
-        for s in &shown {
-            assert!(
-                lines.contains(s),
-                "PROTOCOL.md's header examples lack {}: {}",
-                if s.0 { "C" } else { "S" },
-                s.1
-            );
-        }
+        let lacking: Vec<String> = shown
+            .iter()
+            .filter(|s| !lines.contains(s))
+            .map(|(c, json)| format!("{}: {json}", if *c { "C" } else { "S" }))
+            .collect();
+        assert!(lacking.is_empty(), "PROTOCOL.md's header examples lack:\n{}", lacking.join("\n"));
     }
 }
