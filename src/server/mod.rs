@@ -266,7 +266,18 @@ async fn accept_loop(
         let done = done_tx.clone();
         tokio::spawn(async move {
             handler::serve_connection(stream, peer, shared, shutdown, ticket).await;
+            release_memory().await;
             drop(done);
         });
     }
+}
+
+/// Gives back to the OS what a finished connection freed. glibc keeps the
+/// free chunks of its threads' arenas resident: a server that had moved a
+/// tree and a large file both ways held 27-36 MiB between transfers (6 MiB
+/// fresh), which every later transfer's peak stood on.
+async fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own arenas.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
 }

@@ -199,12 +199,12 @@ struct Batch {
 /// or hashed together.
 fn digests_of(bytes: &[u8], at: u64, known: &Digest) -> Vec<[u8; 16]> {
     let parts: Vec<&[u8]> = bytes.chunks(PART as usize).collect();
+    let first = (at / PART) as usize;
+    // Known digests are of this very version of the file, so of as many
+    // parts; any other count is hashed rather than trusted.
     match known {
-        Digest::Known(all) => {
-            let first = (at / PART) as usize;
-            all[first..first + parts.len()].to_vec()
-        }
-        Digest::Compute => md5_many(&parts).iter().map(Md5Hex::to_digest).collect(),
+        Digest::Known(all) if all.len() >= first + parts.len() => all[first..first + parts.len()].to_vec(),
+        _ => md5_many(&parts).iter().map(Md5Hex::to_digest).collect(),
     }
 }
 
