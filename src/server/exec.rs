@@ -326,23 +326,25 @@ impl StreamState {
                 None => break,
             }
         }
-        let chunks: Vec<&[u8]> =
-            lens.iter().enumerate().map(|(i, &n)| &self.buf[i * PIPE_CHUNK..][..n]).collect();
         let bytes: usize = lens.iter().sum();
         // Over a chunk's worth, hashing would hold up this thread (and every
-        // connection on it) for over 0.1 ms: on the blocking pool.
+        // connection on it) for over 0.1 ms: on the blocking pool, the
+        // buffer lent to it rather than copied.
         let digests = match bytes <= PIPE_CHUNK {
-            true => md5_many(&chunks),
+            true => md5_many(&chunks_in(&self.buf, &lens)),
             false => {
-                let owned: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
-                tokio::task::spawn_blocking(move || {
-                    md5_many(&owned.iter().map(Vec::as_slice).collect::<Vec<_>>())
+                let (buf, lens) = (std::mem::take(&mut self.buf), lens.clone());
+                let (buf, digests) = tokio::task::spawn_blocking(move || {
+                    let digests = md5_many(&chunks_in(&buf, &lens));
+                    (buf, digests)
                 })
                 .await
-                .expect("hashing does not panic")
+                .expect("hashing does not panic");
+                self.buf = buf;
+                digests
             }
         };
-        for (chunk, md5) in chunks.iter().zip(digests) {
+        for (chunk, md5) in chunks_in(&self.buf, &lens).into_iter().zip(digests) {
             self.digest.push(&md5.to_digest());
             self.total += chunk.len() as u64;
             writer.write_frame(&(self.op)(Chunk { md5: Some(md5) }), chunk).await?;
@@ -353,6 +355,11 @@ impl StreamState {
     fn summary(&self) -> StreamSummary {
         StreamSummary { total_size: self.total, md5: self.digest.finish() }
     }
+}
+
+/// The chunks of `lens` bytes that start every [`PIPE_CHUNK`] of `buf`.
+fn chunks_in<'a>(buf: &'a [u8], lens: &[usize]) -> Vec<&'a [u8]> {
+    lens.iter().enumerate().map(|(i, &n)| &buf[i * PIPE_CHUNK..][..n]).collect()
 }
 
 /// Reads what `pipe` holds now into `buf`, without waiting: `None` if it

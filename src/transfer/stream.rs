@@ -417,6 +417,21 @@ async fn verify(batch: &mut Vec<Arrived>, to_verify: &mpsc::Sender<Vec<Arrived>>
     to_verify.send(std::mem::take(batch)).await.is_ok()
 }
 
+/// Awaits `io` to its end; if it would wait first, hands `batch` over to be
+/// verified meanwhile. Returns its output and whether verifying has stopped.
+async fn verifying_while<F: Future>(
+    io: F,
+    batch: &mut Vec<Arrived>,
+    to_verify: &mpsc::Sender<Vec<Arrived>>,
+) -> (F::Output, bool) {
+    let mut io = std::pin::pin!(io);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await {
+        return (out, false);
+    }
+    let stopped = !batch.is_empty() && !verify(batch, to_verify).await;
+    (io.await, stopped)
+}
+
 /// A part received, on its way to be verified and written.
 struct Arrived {
     /// Its bytes, in a buffer of the transfer's pool.
@@ -518,18 +533,12 @@ where
         // partial keeps up with what arrived. (Verified early whenever the
         // next header was not yet buffered, batches of 1-3 parts made a 1
         // GiB get cost 1.8 s of CPU instead of 0.4-0.5.)
-        let read = {
+        // Verifying may stop here, but this body is still read whole, to
+        // leave the stream at a frame's start.
+        let read;
+        (read, stopped) = {
             let mut body = reader.body(len).take(len);
-            let mut read = std::pin::pin!(body.read_to_end(&mut bytes));
-            match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-                Poll::Ready(read) => read,
-                Poll::Pending => {
-                    // Verifying may stop here, but this body is still read
-                    // whole, to leave the stream at a frame's start.
-                    stopped = !batch.is_empty() && !verify(&mut batch, &to_verify).await;
-                    read.await
-                }
-            }
+            verifying_while(body.read_to_end(&mut bytes), &mut batch, &to_verify).await
         };
         match read {
             Err(e) => {
@@ -559,18 +568,9 @@ where
             stopped = true;
             break;
         }
-        let frame = {
-            let mut next = std::pin::pin!(reader.expect());
-            match std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    // As above: the header is read whole even if verifying
-                    // stops.
-                    stopped = !batch.is_empty() && !verify(&mut batch, &to_verify).await;
-                    next.await
-                }
-            }
-        };
+        // As above: the header is read whole even if verifying stops.
+        let frame;
+        (frame, stopped) = verifying_while(reader.expect(), &mut batch, &to_verify).await;
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
