@@ -7,7 +7,7 @@ use crate::error::{ConnError, Error};
 use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
 use crate::protocol::{ClientMessage, ErrorCode, Get, Refusal, ServerMessage, Stored};
-use crate::transfer::{receive_file, receive_parts, Commit, FileFailure, PartFailure};
+use crate::transfer::{part_differs, receive_file, receive_parts, Commit, FileFailure, PartFailure};
 use crate::ui::Planned;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -43,7 +43,7 @@ pub async fn get(
         let file = std::fs::File::open(path).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
         let Some(file) = file else { return Err(Error::LocalExists(path.clone())) };
         let len = file.metadata().map_err(|e| Error::local(path, e))?.len();
-        let ours = super::put::hash_whole(file, len).await.map_err(|e| Error::local(path, e))?;
+        let ours = super::put::hash_parts(file, len).await.map_err(|e| Error::local(path, e))?;
         let req = Get {
             filename: remote.to_string(),
             offset: None,
@@ -156,15 +156,15 @@ pub async fn get(
                 Ok(received) => received,
                 Err(PartFailure::Write { source, .. }) => return Err(Error::local("stdout", source)),
                 Err(PartFailure::Mismatch { offset, sent }) => {
-                    let received = format!("other bytes in the part at byte {offset}");
-                    return Err(Error::md5_mismatch(remote, sent.as_ref(), received));
+                    return Err(Error::md5_mismatch(remote, sent.as_ref(), part_differs(offset)));
                 }
             };
-            let md5 = received.digest.finish();
-            if received.done.md5.as_ref() != Some(&md5) {
-                return Err(Error::md5_mismatch(remote, received.done.md5.as_ref(), md5.to_string()));
+            match received.agreed() {
+                Ok(md5) => (md5, received.done.whole),
+                Err(md5) => {
+                    return Err(Error::md5_mismatch(remote, received.done.md5.as_ref(), md5.to_string()))
+                }
             }
-            (md5, received.done.whole)
         }
     };
     let (received, whole) = received;

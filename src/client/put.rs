@@ -57,7 +57,7 @@ pub async fn put(
         ServerMessage::Have(have) => {
             let same = match have.md5 {
                 Some(theirs) if have.size == len => {
-                    let ours = hash_whole(file, len).await.map_err(|e| Error::local(local, e))?;
+                    let ours = hash_parts(file, len).await.map_err(|e| Error::local(local, e))?;
                     ours == theirs
                 }
                 _ => false,
@@ -233,7 +233,7 @@ async fn finish(client: &mut Client, remote: &str, md5: &Md5Hex, whole: Option<M
 
 /// The digest over its parts of the `len` bytes of `file`, hashed on the
 /// blocking pool.
-pub(super) async fn hash_whole(mut file: std::fs::File, len: u64) -> std::io::Result<Md5Hex> {
+pub(super) async fn hash_parts(mut file: std::fs::File, len: u64) -> std::io::Result<Md5Hex> {
     tokio::task::spawn_blocking(move || Ok(crate::digest::parts_of(&mut file, len)?.finish()))
         .await
         .expect("hashing does not panic")

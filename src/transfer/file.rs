@@ -5,7 +5,7 @@
 //! only then is the partial given its mode and time and renamed into place.
 //! Any failure leaves the destination as it was.
 
-use super::stream::{receive_parts, PartFailure};
+use super::stream::{part_differs, receive_parts, PartFailure};
 use super::Progress;
 use crate::connection::FrameReader;
 use crate::error::ConnError;
@@ -107,8 +107,7 @@ where
         Ok(Ok(received)) => received,
         Ok(Err(PartFailure::Mismatch { offset, sent })) => {
             partial.discard();
-            let received = format!("other bytes in the part at byte {offset}");
-            return Ok(Err(FileFailure::Mismatch { sent, received }));
+            return Ok(Err(FileFailure::Mismatch { sent, received: part_differs(offset) }));
         }
         Ok(Err(PartFailure::Write { source, written, pending })) => {
             partial.discard();
@@ -124,11 +123,13 @@ where
             return Err(e);
         }
     };
-    let md5 = received.digest.finish();
-    if received.done.md5.as_ref() != Some(&md5) {
-        partial.discard();
-        return Ok(Err(FileFailure::Mismatch { sent: received.done.md5, received: md5.to_string() }));
-    }
+    let md5 = match received.agreed() {
+        Ok(md5) => md5,
+        Err(md5) => {
+            partial.discard();
+            return Ok(Err(FileFailure::Mismatch { sent: received.done.md5, received: md5.to_string() }));
+        }
+    };
     // Setting times and renaming are quick, but a durable commit waits for
     // the disk: on a blocking thread, not the connection's.
     let committed =

@@ -8,8 +8,8 @@ pub mod stream;
 
 pub use file::{drain, receive_file, Commit, Committed, FileFailure};
 pub use stream::{
-    read_whole, receive_parts, resume_point, send_parts, CopyError, Digest, PartFailure, Received, Sending,
-    Sent, INLINE_MAX,
+    part_differs, read_whole, receive_parts, resume_point, send_parts, CopyError, Digest, PartFailure,
+    Received, Sending, Sent, INLINE_MAX,
 };
 
 /// Told how many bytes of a body have gone through, for a progress bar;

@@ -386,6 +386,23 @@ pub struct Received {
     pub done: crate::protocol::Done,
 }
 
+impl Received {
+    /// The file's digest over its parts when it is what `done` says; else
+    /// the digest of what arrived.
+    pub fn agreed(&self) -> Result<Md5Hex, Md5Hex> {
+        let md5 = self.digest.finish();
+        match self.done.md5.as_ref() == Some(&md5) {
+            true => Ok(md5),
+            false => Err(md5),
+        }
+    }
+}
+
+/// What arrived, in words, where the part at `offset` failed its MD5.
+pub fn part_differs(offset: u64) -> String {
+    format!("other bytes in the part at byte {offset}")
+}
+
 /// Why a body was not received whole, with the connection in step, or
 /// (`pending`) to be put in step by the caller.
 #[derive(Debug)]
