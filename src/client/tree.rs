@@ -338,7 +338,8 @@ async fn send_large(
     bar: &ProgressBar,
     path: &Path,
 ) -> Result<Md5Hex, Error> {
-    match send::send_large(writer, data, file, (prefix, Digest::Compute), bar).await? {
+    // Part digests are kept only by a server, to send again.
+    match send::send_large(writer, data, file, (prefix, Digest::Compute), 0, bar).await? {
         Ok(sent) => Ok(sent.digest.finish()),
         Err(err) => Err(Error::LocalUnusable(format!("{}: {err}; stopping", path.display()))),
     }

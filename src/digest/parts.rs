@@ -33,6 +33,13 @@ impl PartsDigest {
         PartsDigest::default()
     }
 
+    /// The digest over these parts' digests, in order.
+    pub fn of(parts: &[[u8; 16]]) -> Self {
+        let mut digest = PartsDigest::new();
+        parts.iter().for_each(|p| digest.push(p));
+        digest
+    }
+
     /// Adds the next part's digest.
     pub fn push(&mut self, part: &[u8; 16]) {
         self.of_digests.update(part);

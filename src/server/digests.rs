@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex};
 /// not their parts' (a get of them hashes the parts again, at lane speed).
 const PARTS_BYTES: usize = 4 << 20;
 
+/// Most parts of one file whose digests are worth keeping: as many as
+/// can be remembered at all. Beyond it they are not even collected (a
+/// file of 32 GiB would otherwise cost 4 MiB of them while it is sent).
+pub(crate) const MOST_PARTS: usize = PARTS_BYTES / 16;
+
 /// Digests remembered by the server, at most a set number of them.
 #[derive(Debug)]
 pub(crate) struct Digests {
@@ -127,9 +132,7 @@ impl Digests {
     /// Remembers every part's digest of the file version `stamp` (and so
     /// its digest over them), within [`PARTS_BYTES`] in all.
     pub fn remember_parts(&self, stamp: Option<Stamp>, parts: Vec<[u8; 16]>) {
-        let mut digest = crate::digest::PartsDigest::new();
-        parts.iter().for_each(|p| digest.push(p));
-        let md5 = digest.finish();
+        let md5 = crate::digest::PartsDigest::of(&parts).finish();
         self.update(stamp, |r, part_bytes| {
             r.digest = Some((md5.to_digest(), md5.parts()));
             let bytes = parts.len() * 16;

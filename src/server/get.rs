@@ -3,6 +3,7 @@
 //! digest over them in a `done` frame. A client holding verified parts
 //! gets the rest.
 
+use super::digests::MOST_PARTS;
 use super::request::{checked_path, refuse, Outcome};
 use super::{blocking, Session};
 use crate::connection::ServerConnection;
@@ -87,7 +88,7 @@ pub(crate) async fn handle(
         len: len - offset,
         prefix,
         digests: shared.digests.parts(stamp.as_ref()).map_or(Digest::Compute, Digest::Known),
-        collect: usize::MAX,
+        collect: MOST_PARTS,
         whole: req.whole_md5 && whole.is_none(),
         bar: &NoProgress,
     };

@@ -2,15 +2,16 @@
 //! exchange. Every file carries its own header and MD5 and is verified and
 //! committed on its own; one failing file is reported and the rest go on.
 
+use super::digests::MOST_PARTS;
 use super::request::{checked_path, item_refusal as file_error, refuse, Outcome};
 use super::{blocking, Session};
 use crate::connection::ServerConnection;
-use crate::digest::{file_digests, parts_of, PartsDigest};
+use crate::digest::{file_digests, for_each_part, parts_of, PartsDigest};
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
     ClientMessage, Data, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage, Stored,
-    Want,
+    Want, PART,
 };
 use crate::transfer::{read_whole, resume_point, CopyError, Digest, FileFailure, NoProgress, INLINE_MAX};
 use crate::tree::receive::{Applied, Found, Receiver};
@@ -599,20 +600,32 @@ async fn send_one(
     let digests = shared.clone();
     let opened = blocking(shared, move |root| {
         let Opened { mut file, size, mtime, stamp, .. } = root.open_read(&path)?;
-        // Compare with the client's copy first, if it has one; or with its
-        // partial, to go on after it if its parts are this file's.
+        // Compare with the client's copy first, if it has one (the parts
+        // hashed for that are the ones a differing file is sent with, not
+        // hashed twice); or with its partial, to go on after it if its
+        // parts are this file's.
+        let mut hashed: Option<std::sync::Arc<[[u8; 16]]>> = None;
         let same = match &theirs {
-            Some(theirs) => {
+            Some(theirs) if size.div_ceil(PART) > MOST_PARTS as u64 => {
                 let md5 = parts_of(&mut file, size)?.finish();
                 digests.digests.remember(stamp, &md5);
                 Some(md5 == *theirs)
+            }
+            Some(theirs) => {
+                std::io::Seek::rewind(&mut file)?;
+                let mut parts = Vec::new();
+                for_each_part(&mut file, size, |part| parts.push(*part))?;
+                let same = PartsDigest::of(&parts).finish() == *theirs;
+                digests.digests.remember_parts(stamp, parts.clone());
+                hashed = Some(parts.into());
+                Some(same)
             }
             None => None,
         };
         let (offered, md5) = partial.map_or((0, None), |(offset, md5)| (offset, Some(md5)));
         let (file, offset, prefix) = resume_point(file, size, offered.min(size - 1), md5.as_ref())?;
         // From the start, the parts' digests may be known already.
-        let known = digests.digests.parts(stamp.as_ref()).filter(|_| offset == 0);
+        let known = hashed.or_else(|| digests.digests.parts(stamp.as_ref())).filter(|_| offset == 0);
         let digest = known.map_or(Digest::Compute, Digest::Known);
         Ok::<_, std::io::Error>(ToSend { file, size, mtime, same, offset, prefix, digest, stamp })
     })
@@ -647,7 +660,8 @@ async fn send_one(
     // cannot complete its body: the connection ends, the client commits
     // nothing of it.
     let sending = (file, size - offset);
-    let sent = match send::send_large(&mut conn.writer, data, sending, (prefix, digest), &NoProgress).await? {
+    let keep = (prefix, digest);
+    let sent = match send::send_large(&mut conn.writer, data, sending, keep, MOST_PARTS, &NoProgress).await? {
         Ok(sent) => sent,
         Err(CopyError::Read { source, .. } | CopyError::Write { source, .. }) => {
             return Err(ConnError::Io(source))

@@ -114,7 +114,8 @@ pub fn read_local(
 /// Streams one file: `len` bytes of `file` from where it stands (file
 /// offset `data.offset`, after parts of digest `prefix` when resumed) as
 /// parts, then its `done` frame with the digest over all the parts, whose
-/// digests `digests` knows or are hashed on the way. Returns what was sent.
+/// digests `digests` knows or are hashed on the way, keeping them when the
+/// file has at most `collect` parts. Returns what was sent.
 /// The outer error is the connection's; the inner one a file that could
 /// not be read to its announced length (the body cannot be completed, so
 /// the caller must end the connection).
@@ -123,6 +124,7 @@ pub async fn send_large<W, M>(
     data: Data,
     (file, len): (std::fs::File, u64),
     (prefix, digests): (PartsDigest, Digest),
+    collect: usize,
     bar: &dyn Progress,
 ) -> Result<Result<Sent, CopyError>, ConnError>
 where
@@ -131,7 +133,7 @@ where
 {
     let filename = data.filename.clone();
     let from = data.offset.unwrap_or(0);
-    let how = Sending { head: data, from, len, prefix, digests, collect: usize::MAX, whole: false, bar };
+    let how = Sending { head: data, from, len, prefix, digests, collect, whole: false, bar };
     let sent = match send_parts(file, how, writer).await {
         Ok(sent) => sent,
         Err(CopyError::Write { source, .. }) => return Err(ConnError::Io(source)),
