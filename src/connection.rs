@@ -5,7 +5,10 @@
 //! that one task can send (stdin, a file body) while another receives.
 
 use crate::error::ConnError;
-use crate::protocol::{self, ClientMessage, Common, Frame, FrameError, Md5Hex, Message, ServerMessage};
+use crate::protocol::{
+    self, parts_of_body, ClientMessage, Common, Frame, FrameError, Md5Hex, Message, ServerMessage,
+    OFFER_MOST_PARTS,
+};
 use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::io::Cursor;
@@ -251,6 +254,38 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
                 return Ok(frame.msg);
             }
         }
+    }
+
+    /// Reads a message; when `offers` says it is an offer to resume, its
+    /// body is the offer's part digests (see [`read_parts`](Self::read_parts)),
+    /// returned; any other body is read and dropped. A keepalive is passed
+    /// over.
+    pub async fn expect_with_parts(
+        &mut self,
+        offers: impl Fn(&M) -> bool,
+    ) -> Result<(M, Vec<[u8; 16]>), ConnError> {
+        loop {
+            let frame = self.expect().await?;
+            if frame.msg.is_keepalive() || !offers(&frame.msg) {
+                self.skip_body(frame.total_size).await?;
+                if frame.msg.is_keepalive() {
+                    continue;
+                }
+                return Ok((frame.msg, Vec::new()));
+            }
+            return Ok((frame.msg, self.read_parts(frame.total_size).await?));
+        }
+    }
+
+    /// Reads a body of `len` bytes that holds part digests, 16 bytes each:
+    /// what an offer to resume carries. More than [`OFFER_MOST_PARTS`] of
+    /// them are refused before any is read.
+    pub async fn read_parts(&mut self, len: u64) -> Result<Vec<[u8; 16]>, ConnError> {
+        if len > (OFFER_MOST_PARTS * 16) as u64 || !len.is_multiple_of(16) {
+            return Err(ConnError::BadOffer(len));
+        }
+        let body = self.read_small_body(len, OFFER_MOST_PARTS * 16).await?;
+        parts_of_body(&body).ok_or(ConnError::BadOffer(len))
     }
 
     /// The body of `len` bytes that follows the header just read, as a

@@ -46,6 +46,10 @@ pub enum ConnError {
     /// The peer sent a file body's parts against the rules of parts.
     #[error("{0} (a file body's parts must follow one another whole, each with its md5)")]
     BadPart(&'static str),
+    /// An offer to resume whose body is not whole part digests, or more
+    /// of them than an offer may carry.
+    #[error("an offer to resume with a body of {0} bytes (whole 16-byte part digests, at most 262,144, were expected)")]
+    BadOffer(u64),
     /// The peer was silent for longer than the idle timeout.
     #[error("no data from peer for {0} s")]
     Idle(u64),

@@ -7,6 +7,7 @@ use common::{
     eventually, exit_code_within, md5_hex, pattern, raw, spawn_server_process, tree, xfer, xfer_process,
     TestServer,
 };
+use std::fs;
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
@@ -89,6 +90,31 @@ fn body_longer_than_announced_commits_nothing() {
     assert!(reply.contains(r#""code":"bad_request""#), "{reply}");
     assert!(closed_by_server(&mut s));
     assert!(eventually(Duration::from_secs(5), || tree(server.root.path()).is_empty()));
+}
+
+#[test]
+fn offers_to_resume_with_bad_digest_lists_end_the_connection_and_nothing_else() {
+    let server = TestServer::start();
+    fs::write(server.path("f"), pattern(1 << 20, 3)).unwrap();
+    // Not whole 16-byte digests; and more digests than an offer may carry,
+    // refused before the server reads a byte of them.
+    for total in [17u64, 262_145 * 16] {
+        let mut s = raw::connect(server.addr);
+        let get = format!(r#"{{"op":"get","filename":"f","md5":null,"total_size":{total},"offset":131072}}"#);
+        raw::send(&mut s, &get);
+        if total < 100 {
+            s.write_all(&[0; 17]).unwrap();
+        }
+        assert!(closed_by_server(&mut s), "an offer of {total} bytes");
+    }
+    // A list that is whole digests, none of them the file's: sent from 0.
+    let mut s = raw::connect(server.addr);
+    raw::send(&mut s, r#"{"op":"get","filename":"f","md5":null,"total_size":32,"offset":262144}"#);
+    s.write_all(&[7; 32]).unwrap();
+    let first = raw::recv(&mut s);
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!((&first["op"], &first["offset"]), (&"data".into(), &0.into()), "{first}");
+    xfer(server.addr, server.root.path()).args(["ls"]).assert().success();
 }
 
 /// A small tmpfs, unmounted when dropped.

@@ -275,6 +275,46 @@ fn a_changed_source_starts_over_instead_of_splicing() {
     assert_eq!(fs::read(work.path().join("other.iso")).unwrap(), remote);
 }
 
+/// Bytes in a part of a file body (PROTOCOL.md, Parts).
+const PART: usize = 128 * 1024;
+
+#[test]
+fn a_source_changed_after_some_parts_resumes_before_the_part_that_changed() {
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut data = pattern(SIZE, 9);
+    fs::write(work.path().join("big.iso"), &data).unwrap();
+    let held = interrupted_put(&server, work.path(), 0.9);
+    assert!(held as usize > 4 * PART, "partial of {held} bytes");
+    data[3 * PART + 5] ^= 0xff; // in the fourth part: three are still ours
+    fs::write(work.path().join("big.iso"), &data).unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "big.iso"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("resuming big.iso at {}\n", human_bytes(3.0 * PART as f64))))
+        .stderr(predicate::str::contains(format!(
+            "put big.iso  {} in",
+            human_bytes((SIZE - 3 * PART) as f64)
+        )));
+    assert_eq!(fs::read(server.path("big.iso")).unwrap(), data);
+    assert_eq!(tree(server.root.path()), ["big.iso"]);
+
+    // The same for get, with the server's file changed between attempts.
+    let mut remote = pattern(SIZE, 10);
+    fs::write(server.path("other.iso"), &remote).unwrap();
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(SIZE as u64 * 9 / 10));
+    xfer(proxy.addr, work.path()).args(["get", "other.iso"]).assert().code(255);
+    assert!(partial_len(work.path(), "other.iso") as usize > 6 * PART);
+    remote[5 * PART] ^= 0xff; // the first byte of the sixth part
+    fs::write(server.path("other.iso"), &remote).unwrap();
+    xfer(server.addr, work.path()).args(["get", "other.iso"]).assert().success().stderr(
+        predicate::str::contains(format!("resuming other.iso at {}\n", human_bytes(5.0 * PART as f64))),
+    );
+    assert_eq!(fs::read(work.path().join("other.iso")).unwrap(), remote);
+    assert!(!work.path().join(".other.iso.xfer-part").exists());
+}
+
 #[test]
 fn a_partial_longer_than_the_source_starts_over() {
     let server = TestServer::start();

@@ -432,6 +432,44 @@ fn a_tree_cut_inside_a_large_file_resumes_it_both_ways() {
     assert_eq!(tree(&work.path().join("back")), tree(&src), "no partial left");
 }
 
+/// A large file that changed after its first parts resumes after those
+/// parts of the partial that are still its own, both ways.
+#[test]
+fn a_large_file_changed_after_some_parts_resumes_before_the_change_both_ways() {
+    const PART: usize = 128 * 1024;
+    let server = TestServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut big = tree_with_a_large_file(&src, 5);
+    let resuming = |parts: usize| format!("resuming d/big.bin at {}\n", human_bytes((parts * PART) as f64));
+
+    let proxy = Proxy::start(server.addr, Direction::ToServer, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["put", "-r", "src"]).assert().failure();
+    assert!(released_partial_len(&server.path("src/d"), "big.bin") as usize > 4 * PART);
+    big[2 * PART + 7] ^= 0xff;
+    fs::write(src.join("d/big.bin"), &big).unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(resuming(2)));
+    assert_same_file(&server.path("src/d/big.bin"), &big);
+    assert_eq!(tree(&server.path("src")), tree(&src));
+
+    let proxy = Proxy::start(server.addr, Direction::ToClient, Damage::CutAfter(2 << 20));
+    xfer(proxy.addr, work.path()).args(["get", "-r", "src/", "back"]).assert().failure();
+    assert!(released_partial_len(&work.path().join("back/d"), "big.bin") as usize > 4 * PART);
+    big[4 * PART - 1] ^= 0xff; // the last byte of the fourth part
+    fs::write(server.path("src/d/big.bin"), &big).unwrap();
+    xfer(server.addr, work.path())
+        .args(["get", "-r", "src/", "back"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(resuming(3)));
+    assert_same_file(&work.path().join("back/d/big.bin"), &big);
+    assert_eq!(tree(&work.path().join("back")), tree(&src));
+}
+
 /// A large file that changed between runs is not spliced onto the old
 /// partial: the re-run starts it over, both ways, and says nothing of
 /// resuming; so does --no-resume with an unchanged one.

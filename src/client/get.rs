@@ -6,7 +6,7 @@ use crate::digest::PartsDigest;
 use crate::error::{ConnError, Error};
 use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
-use crate::protocol::{ClientMessage, ErrorCode, Get, Refusal, ServerMessage, Stored};
+use crate::protocol::{parts_body, ClientMessage, ErrorCode, Get, Refusal, ServerMessage, Stored, PART};
 use crate::transfer::{part_differs, receive_file, receive_parts, Commit, FileFailure, PartFailure};
 use crate::ui::Planned;
 use std::path::{Path, PathBuf};
@@ -87,12 +87,14 @@ pub async fn get(
         return Ok(());
     }
     // A partial from an interrupted run is offered to the server with the
-    // MD5 of its bytes; the server resumes after them only if they match.
+    // digest of each of its parts; the server resumes after those that
+    // are its own.
     let partial = match &target {
         Some(path) => Some(open_partial(path, flags.resume).await?),
         None => None,
     };
     let offer = partial.as_ref().and_then(Partial::offer);
+    let parts = offer.as_ref().map_or(Vec::new(), |o| parts_body(o.2));
     let req = Get {
         filename: remote.to_string(),
         offset: offer.as_ref().map(|o| o.0),
@@ -101,7 +103,8 @@ pub async fn get(
         dry_run: false,
         whole_md5: flags.md5,
     };
-    conn.writer.write(&ClientMessage::Get(req)).await?;
+    conn.writer.write_frame(&ClientMessage::Get(req), &parts).await?;
+    conn.writer.flush().await?;
     let frame = conn.reader.expect().await?;
     let ServerMessage::Data(data) = frame.msg else {
         conn.reader.skip_body(frame.total_size).await?;
@@ -115,8 +118,8 @@ pub async fn get(
 
     let received = match (partial, &target) {
         (Some(partial), Some(path)) => {
-            if offset != 0 && offset != partial.held() {
-                let expected = "data at offset 0 or at the offset we offered";
+            if offset > partial.held() || !offset.is_multiple_of(PART) {
+                let expected = "data at a part of the partial we offered, or at 0";
                 return Err(ConnError::Unexpected { got: "data", expected }.into());
             }
             if offset > 0 {
@@ -131,7 +134,7 @@ pub async fn get(
             match received {
                 Ok(committed) => (committed.md5, committed.whole),
                 Err(FileFailure::Offset { .. } | FileFailure::Refused(_)) => {
-                    let expected = "data at offset 0 or at the offset we offered";
+                    let expected = "data at a part of the partial we offered, or at 0";
                     return Err(ConnError::Unexpected { got: "data", expected }.into());
                 }
                 Err(FileFailure::Write { source, .. } | FileFailure::Commit(source)) => {

@@ -6,7 +6,7 @@ use crate::digest::{md5_many, PartsDigest};
 use crate::error::{ConnError, Error, RequestError};
 use crate::local::meta::MODE_MASK;
 use crate::protocol::{ClientMessage, Data, Done, Md5Hex, Put, ServerMessage, PART};
-use crate::transfer::{resume_point, send_parts, CopyError, Digest, Sending};
+use crate::transfer::{resume_point, send_parts, CopyError, Digest, Offer, Sending};
 use crate::ui::Planned;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,8 +45,11 @@ pub async fn put(
         dry_run: flags.dry_run,
     };
     conn.writer.write(&ClientMessage::Put(req)).await?;
-    let (offered, theirs) = match conn.reader.expect_control().await? {
-        ServerMessage::Ready { offset, md5, .. } if !flags.dry_run => (offset.unwrap_or(0), md5),
+    let (reply, parts) = conn.reader.expect_with_parts(|m| matches!(m, ServerMessage::Ready { .. })).await?;
+    let offer = match reply {
+        ServerMessage::Ready { offset, md5, .. } if !flags.dry_run => {
+            Offer { offset: offset.unwrap_or(0), md5, parts }
+        }
         // A dry run, and nothing there: a put would store it.
         ServerMessage::Ok(_) if flags.dry_run => {
             opts.ui.planned(Planned::Copy(Some(len)), &remote);
@@ -73,13 +76,12 @@ pub async fn put(
         reply => return Err(unexpected_reply(reply, "ready")),
     };
 
-    // The server offers the partial it holds; take it only if our first
-    // parts hash the same, so a changed source starts over.
-    let (file, offset, prefix) =
-        tokio::task::spawn_blocking(move || resume_point(file, len, offered, theirs.as_ref()))
-            .await
-            .expect("hashing does not panic")
-            .map_err(|e| Error::local(local, e))?;
+    // The server offers the partial it holds; go on after the parts of it
+    // that are ours, so a changed source starts over where it changed.
+    let (file, offset, prefix) = tokio::task::spawn_blocking(move || resume_point(file, len, &offer))
+        .await
+        .expect("hashing does not panic")
+        .map_err(|e| Error::local(local, e))?;
     if offset > 0 {
         opts.ui.resuming(&remote, offset);
     }

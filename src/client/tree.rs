@@ -12,9 +12,9 @@ use crate::error::{exists_words, mismatch_words, ConnError, Error, RequestError}
 use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
     ClientMessage, Data, End, Entry, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal,
-    ServerMessage, Stored, Want,
+    ServerMessage, Stored, Want, OFFER_MOST_PARTS,
 };
-use crate::transfer::{resume_point, Digest, FileFailure};
+use crate::transfer::{resume_point, Digest, FileFailure, Offer};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::send;
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
@@ -90,12 +90,15 @@ pub async fn put_tree(
         file_failed(&opts.ui, &mut report, rel, why);
     }
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
-    let mut offered: HashMap<String, (u64, Md5Hex)> = HashMap::new();
+    let mut offered: HashMap<String, Offer> = HashMap::new();
+    // Part digests offered so far: a tree's offers share what one may carry.
+    let mut offered_parts = 0;
     let mut refused = std::collections::HashSet::new();
     let shown = |rel: &str| format!("{remote}/{rel}");
     let mut answered = 0;
     loop {
-        let h = conn.reader.expect_control().await?;
+        let (h, parts) =
+            conn.reader.expect_with_parts(|m| matches!(m, ServerMessage::Partial { .. })).await?;
         if let ServerMessage::Deleted { filename } = &h {
             report.deleted += 1;
             match flags.dry_run {
@@ -117,7 +120,11 @@ pub async fn put_tree(
                 have.insert(filename, (size, md5));
             }
             ServerMessage::Partial { filename, offset, md5 } => {
-                offered.insert(filename, (offset, md5));
+                offered_parts += parts.len();
+                if offered_parts > OFFER_MOST_PARTS {
+                    return Err(ConnError::BadOffer(parts.len() as u64 * 16).into());
+                }
+                offered.insert(filename, Offer { offset, md5: Some(md5), parts });
             }
             ServerMessage::Error(Refusal { filename, message, .. }) => {
                 file_failed(&opts.ui, &mut report, &filename, &reason(&message));
@@ -140,8 +147,8 @@ pub async fn put_tree(
     for e in entries.into_iter().filter(|e| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
         match have.remove(&e.rel) {
             None => match offered.remove(&e.rel) {
-                Some((offset, theirs)) if offset > 0 && offset < e.size && flags.resume => {
-                    prefixes.push((e, offset, theirs))
+                Some(offer) if offer.offset > 0 && offer.offset < e.size && flags.resume => {
+                    prefixes.push((e, offer))
                 }
                 _ => to_send.push(e),
             },
@@ -164,13 +171,14 @@ pub async fn put_tree(
             .into_iter()
             .map(|((e, theirs), ours)| (e, matches!(ours, Some(Ok(ours)) if ours == theirs)))
             .collect();
-        // A partial is resumed only if its parts are our file's now: the
-        // file stays open after them, with their digest to go on from.
+        // A partial is resumed after those of its parts that are our
+        // file's now: the file stays open there, with their digest to go on
+        // from.
         let prefixes = prefixes
             .into_iter()
-            .map(|(e, offset, theirs)| {
+            .map(|(e, offer)| {
                 let resume = std::fs::File::open(tree::local_path(&top, &e.rel))
-                    .and_then(|f| resume_point(f, e.size, offset, Some(&theirs)))
+                    .and_then(|f| resume_point(f, e.size, &offer))
                     .ok()
                     .filter(|(_, at, _)| *at > 0);
                 (e, resume)
@@ -480,7 +488,12 @@ async fn fetch_tree(
         wants.iter().filter_map(|w: &Want| Some(files.get(&w.filename)?.size - w.offset.unwrap_or(0))).sum();
     let count = wants.len() as u64;
     for w in wants {
-        conn.writer.queue(&ClientMessage::Want(w), &[]).await?;
+        // An offer to resume carries its parts' digests.
+        let body = match w.offset {
+            Some(_) => receiver.offered_body(&w.filename),
+            None => Vec::new(),
+        };
+        conn.writer.queue(&ClientMessage::Want(w), &body).await?;
     }
     conn.writer.write(&End::default().into()).await?;
     if flags.dry_run {

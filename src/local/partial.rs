@@ -4,9 +4,9 @@
 
 use super::sync::opened_for_sync;
 use super::TEMP_SUFFIX;
-use crate::digest::{parts_of, PartsDigest};
+use crate::digest::{for_each_part, PartsDigest};
 use crate::protocol::Md5Hex;
-use crate::protocol::PART;
+use crate::protocol::{OFFER_MOST_PARTS, PART};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, OpenOptions};
 use std::io;
@@ -66,10 +66,12 @@ pub struct Partial {
     file: std::fs::File,
     /// Its length when opened: bytes an interrupted run left.
     found: u64,
-    /// Bytes offered for resuming: `found` once hashed, else 0.
+    /// Bytes offered for resuming: `found`'s whole parts once hashed (at
+    /// most [`OFFER_MOST_PARTS`] of them), else 0.
     held: u64,
-    /// Digest of the `held` bytes' parts, to go on after them.
-    prefix: PartsDigest,
+    /// The digest of each of the `held` bytes' parts: offered, and the
+    /// digest to go on from wherever the sender resumes.
+    parts: Vec<[u8; 16]>,
 }
 
 impl Partial {
@@ -128,7 +130,7 @@ impl Partial {
             file,
             found,
             held: 0,
-            prefix: PartsDigest::new(),
+            parts: Vec::new(),
         })
     }
 
@@ -147,7 +149,7 @@ impl Partial {
             file,
             found: 0,
             held: 0,
-            prefix: PartsDigest::new(),
+            parts: Vec::new(),
         })
     }
 
@@ -161,12 +163,23 @@ impl Partial {
     /// (A receiver writes only verified whole parts, but a partial may come
     /// from an older run: what follows its last whole part is dropped.)
     pub fn hash_for_resume(&mut self) {
-        let whole = self.found - self.found % PART;
+        self.hash_for_resume_within(OFFER_MOST_PARTS);
+    }
+
+    /// [`hash_for_resume`](Self::hash_for_resume), offering at most
+    /// `most_parts` parts (a tree shares [`OFFER_MOST_PARTS`] among its
+    /// partials).
+    pub fn hash_for_resume_within(&mut self, most_parts: usize) {
+        let most = most_parts.min(OFFER_MOST_PARTS) as u64 * PART;
+        let whole = (self.found - self.found % PART).min(most);
         if whole == 0 {
             return;
         }
-        if let Ok(prefix) = parts_of(&mut self.file, whole) {
-            (self.held, self.prefix) = (whole, prefix);
+        let mut parts = Vec::with_capacity((whole / PART) as usize);
+        let hashed = io::Seek::rewind(&mut self.file)
+            .and_then(|()| for_each_part(&mut self.file, whole, |part| parts.push(*part)));
+        if hashed.is_ok() {
+            (self.held, self.parts) = (whole, parts);
         }
     }
 
@@ -175,30 +188,30 @@ impl Partial {
         self.held
     }
 
-    /// What it offers to resume: its whole parts' length, and their
-    /// digest over the parts.
-    pub fn offer(&self) -> Option<(u64, Md5Hex)> {
-        (self.held > 0).then(|| (self.held, self.prefix.finish()))
+    /// The digest of each part offered.
+    pub fn offered_parts(&self) -> &[[u8; 16]] {
+        &self.parts
+    }
+
+    /// What it offers to resume: its whole parts' length, their digest
+    /// over the parts, and each part's digest.
+    pub fn offer(&self) -> Option<(u64, Md5Hex, &[[u8; 16]])> {
+        (self.held > 0).then(|| (self.held, PartsDigest::of(&self.parts).finish(), self.parts.as_slice()))
     }
 
     /// A handle for a body that starts at `offset` of the file, positioned
-    /// there, with the digest of the parts before it: emptied for 0, after
-    /// the parts it offered for those. `None` for any other offset.
+    /// there, with the digest of the parts before it: emptied for 0, cut
+    /// after the parts before it for any whole number of the parts offered
+    /// (the sender's own parts differ from there). `None` for any other
+    /// offset.
     pub fn start_at(&mut self, offset: u64) -> io::Result<Option<(std::fs::File, PartsDigest)>> {
-        let mut file = self.file.try_clone()?;
-        match offset {
-            0 => {
-                file.set_len(0)?;
-                io::Seek::rewind(&mut file)?;
-                Ok(Some((file, PartsDigest::new())))
-            }
-            o if o == self.held => {
-                file.set_len(o)?;
-                io::Seek::seek(&mut file, io::SeekFrom::Start(o))?;
-                Ok(Some((file, self.prefix.clone())))
-            }
-            _ => Ok(None),
+        if offset > self.held || !offset.is_multiple_of(PART) {
+            return Ok(None);
         }
+        let mut file = self.file.try_clone()?;
+        file.set_len(offset)?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
+        Ok(Some((file, PartsDigest::of(&self.parts[..(offset / PART) as usize]))))
     }
 
     /// The open partial, to set its mode and time before the commit.
@@ -433,13 +446,43 @@ mod tests {
         again.hash_for_resume();
         let mut first = b"prefix".to_vec();
         first.extend_from_slice(&part[..PART as usize - 6]);
-        assert_eq!(again.offer().map(|(n, md5)| (n, md5.to_string())), Some((PART, md5_of(&first))));
-        assert!(again.start_at(3).unwrap().is_none(), "only what it offered or 0");
+        let offered = again.offer().map(|(n, md5, parts)| (n, md5.to_string(), parts.len()));
+        assert_eq!(offered, Some((PART, md5_of(&first), 1)), "the part, with its own digest");
+        assert!(again.start_at(3).unwrap().is_none(), "whole parts of what it offered only");
+        assert!(again.start_at(2 * PART).unwrap().is_none(), "no more than it offered");
         let (_, md5) = again.start_at(PART).unwrap().unwrap();
         assert_eq!(md5.finish().to_string(), md5_of(&first));
         assert_eq!(again.file().metadata().unwrap().len(), PART, "what follows the part is dropped");
         again.start_at(0).unwrap().unwrap();
         assert_eq!(again.file().metadata().unwrap().len(), 0, "starting over empties it");
+    }
+
+    /// PROTOCOL.md's offer test vector: a partial of the vector's first
+    /// 270,000 bytes is offered as the document says, body and all.
+    #[test]
+    fn protocol_md_offer_test_vector() {
+        let doc = include_str!("../../PROTOCOL.md");
+        let at = doc.find("a partial of the first 270,000").expect("the offer's vector");
+        let block = doc[at..].split("```").nth(1).expect("its block");
+        let field = |name: &str| {
+            // A value goes on over the lines that start blank.
+            let mut lines = block.lines().skip_while(|l| !l.starts_with(name));
+            let first = lines.next().expect(name)[name.len()..].to_string();
+            let rest = lines.take_while(|l| l.starts_with(' ')).collect::<String>();
+            (first + &rest).replace(' ', "")
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(tmp.path().join(".v.bin.xfer-part"), &data[..270_000]).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let mut partial = root.stage(&RemotePath::parse("v.bin").unwrap()).unwrap();
+        partial.hash_for_resume();
+        let (offset, md5, parts) = partial.offer().expect("a whole part to offer");
+        assert_eq!(offset.to_string(), field("offset"));
+        assert_eq!(md5.as_str(), field("md5"));
+        let body = crate::protocol::parts_body(parts);
+        assert_eq!(body.len().to_string(), field("total_size"));
+        assert_eq!(crate::protocol::hex(&body), field("body"));
     }
 
     #[test]

@@ -16,6 +16,23 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// a batch of 32 within 4 MiB.
 pub const PART: u64 = 128 * 1024;
 
+/// Most part digests an offer to resume carries (4 MiB of them, 32 GiB of
+/// file): a receiver offers at most this many parts of a partial, and a
+/// sender refuses a longer list before reading it.
+pub const OFFER_MOST_PARTS: usize = 262_144;
+
+/// An offer's part digests as its frame's body: 16 bytes each, in order.
+pub fn parts_body(parts: &[[u8; 16]]) -> Vec<u8> {
+    parts.concat()
+}
+
+/// The part digests in an offer's body; `None` unless it holds whole
+/// digests, at most [`OFFER_MOST_PARTS`] of them.
+pub fn parts_of_body(body: &[u8]) -> Option<Vec<[u8; 16]>> {
+    let (parts, rest) = body.as_chunks::<16>();
+    (rest.is_empty() && parts.len() <= OFFER_MOST_PARTS).then(|| parts.to_vec())
+}
+
 /// Seconds between `keepalive` frames: the server's to a client whose
 /// command is silent, a client's while it waits (between commands of a
 /// session, or while a command runs). A peer silent for four of these is

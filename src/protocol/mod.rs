@@ -9,7 +9,10 @@ pub mod frame;
 pub mod message;
 mod split;
 
-pub use fields::{hex, EntryKind, ErrorCode, Md5Hex, StreamSummary, KEEPALIVE_SECS, PART, PROTOCOL_VERSION};
+pub use fields::{
+    hex, parts_body, parts_of_body, EntryKind, ErrorCode, Md5Hex, StreamSummary, KEEPALIVE_SECS,
+    OFFER_MOST_PARTS, PART, PROTOCOL_VERSION,
+};
 pub use frame::{decode, encode, FrameError, MAX_HEADER_LEN, PREFIX_LEN};
 pub use message::{
     Chunk, ClientMessage, Common, Data, Done, End, Entry, Exec, Frame, Get, GetTree, Have, Ls, Md5sum,

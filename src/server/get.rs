@@ -9,13 +9,14 @@ use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::error::{exists_words, ConnError, RequestError};
 use crate::protocol::{Data, Done, ErrorCode, Get, ServerMessage, Stored};
-use crate::transfer::{resume_point, send_parts, CopyError, Digest, NoProgress, Sending};
+use crate::transfer::{resume_point, send_parts, CopyError, Digest, NoProgress, Offer, Sending};
 use std::sync::Arc;
 
 pub(crate) async fn handle(
     conn: &mut ServerConnection,
     shared: &Arc<Session>,
     req: Get,
+    offered_parts: Vec<[u8; 16]>,
 ) -> Result<Outcome, ConnError> {
     let mut outcome = Outcome::new(&req.filename);
     let path = match checked_path(&req.filename) {
@@ -68,9 +69,9 @@ pub(crate) async fn handle(
         conn.writer.write(&ServerMessage::Ok(would)).await?;
         return Ok(outcome);
     }
-    // Resume where the client's partial ends, if its parts are ours.
-    let (held, theirs) = (req.offset.unwrap_or(0), req.md5.clone());
-    let start = tokio::task::spawn_blocking(move || resume_point(file, len, held, theirs.as_ref()));
+    // Resume after the parts of the client's partial that are ours.
+    let offer = Offer { offset: req.offset.unwrap_or(0), md5: req.md5.clone(), parts: offered_parts };
+    let start = tokio::task::spawn_blocking(move || resume_point(file, len, &offer));
     let (file, offset, prefix) = match start.await.expect("hashing does not panic") {
         Ok(start) => start,
         Err(e) => return refuse(conn, outcome, RequestError::from_io(&e, &shown)).await,

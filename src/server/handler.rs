@@ -155,10 +155,16 @@ async fn serve_requests(
         let Some(req) = req else { return Ok(()) };
         let started = Instant::now();
         let op = req.msg.op();
-        // No request carries a body of its own (a put's bytes follow in
-        // `data` frames): whatever one announces is read and dropped here,
-        // never parsed as the next frame.
-        conn.reader.skip_body(req.total_size).await?;
+        // Only a get carries a body of its own (its offer's part digests;
+        // a put's bytes follow in `data` frames): whatever another request
+        // announces is read and dropped here, never parsed as the next frame.
+        let offered_parts = match &req.msg {
+            ClientMessage::Get(_) => conn.reader.read_parts(req.total_size).await?,
+            _ => {
+                conn.reader.skip_body(req.total_size).await?;
+                Vec::new()
+            }
+        };
         if req.msg == ClientMessage::Keepalive {
             // A client between requests (an idle session) keeps the
             // connection, and learns that we are still here.
@@ -176,7 +182,7 @@ async fn serve_requests(
         }
         let outcome = match req.msg {
             ClientMessage::Put(req) => put::handle(conn, shared, req).await?,
-            ClientMessage::Get(req) => get::handle(conn, shared, req).await?,
+            ClientMessage::Get(req) => get::handle(conn, shared, req, offered_parts).await?,
             ClientMessage::Ls(req) => ls::handle(conn, shared, req).await?,
             ClientMessage::Exec(req) => exec::handle(conn, shared, req).await?,
             ClientMessage::PutTree(req) => tree::put_tree(conn, shared, req).await?,

@@ -9,7 +9,9 @@ use crate::connection::ServerConnection;
 use crate::error::{ConnError, RequestError};
 use crate::local::meta::MODE_MASK;
 use crate::local::Partial;
-use crate::protocol::{ClientMessage, ErrorCode, Have, Md5Hex, Message, Put, ServerMessage, Stored};
+use crate::protocol::{
+    parts_body, ClientMessage, ErrorCode, Have, Md5Hex, Message, Put, ServerMessage, Stored,
+};
 use crate::transfer::{drain, receive_file, Commit, FileFailure, NoProgress};
 use std::sync::Arc;
 
@@ -37,20 +39,20 @@ pub(crate) async fn handle(
         }
         Err(e) => return refuse(conn, outcome, e).await,
     };
-    let offer = partial.offer();
-    let ready = ServerMessage::Ready {
-        filename: req.filename.clone(),
-        offset: Some(offer.as_ref().map_or(0, |o| o.0)),
-        md5: offer.map(|o| o.1),
-    };
-    conn.writer.write(&ready).await?;
+    // The partial's parts, each with its digest, so the client resumes
+    // after those that are its own.
+    let (offset, md5, parts) =
+        partial.offer().map_or((0, None, &[][..]), |(k, md5, parts)| (k, Some(md5), parts));
+    let ready = ServerMessage::Ready { filename: req.filename.clone(), offset: Some(offset), md5 };
+    conn.writer.write_frame(&ready, &parts_body(parts)).await?;
+    conn.writer.flush().await?;
 
     let frame = conn.reader.expect().await?;
     let ClientMessage::Data(data) = frame.msg else {
         return Err(ConnError::Unexpected { got: frame.msg.op(), expected: "data" });
     };
-    // The client resumes at our offset when its own prefix matches, or
-    // starts over at 0; nothing else is valid.
+    // The client resumes after the parts of ours that are its own (all,
+    // some or none); any other offset is refused.
     let (start, len) = (data.offset.unwrap_or(0), frame.total_size);
     let meta = req.mode.zip(req.mtime).map(|(mode, mtime)| (mode & MODE_MASK, mtime));
     let how = Commit { replace: req.force, durable: req.fsync || shared.config.fsync, meta };

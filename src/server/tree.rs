@@ -11,9 +11,11 @@ use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
     ClientMessage, Data, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage, Stored,
-    Want, PART,
+    Want, OFFER_MOST_PARTS, PART,
 };
-use crate::transfer::{read_whole, resume_point, CopyError, Digest, FileFailure, NoProgress, INLINE_MAX};
+use crate::transfer::{
+    read_whole, resume_point, CopyError, Digest, FileFailure, NoProgress, Offer, INLINE_MAX,
+};
 use crate::tree::receive::{Applied, Found, Receiver};
 use crate::tree::send::{self, Outgoing};
 use crate::tree::writer::{SmallFile, TreeWriter, WriteError, Written};
@@ -115,7 +117,12 @@ pub(crate) async fn put_tree(
             .push(file_error(&rel, &RequestError::new(err.code, format!("cannot delete: {}", err.message))));
     }
     for r in &replies {
-        conn.writer.queue(r, &[]).await?;
+        // An offer to resume carries its parts' digests.
+        let body = match r {
+            ServerMessage::Partial { filename, .. } => receiver.offered_body(filename),
+            _ => Vec::new(),
+        };
+        conn.writer.queue(r, &body).await?;
     }
     conn.writer.write(&ServerMessage::End(End::default())).await?;
     if dry {
@@ -369,19 +376,33 @@ pub(crate) async fn get_tree(
     // The client says which files it wants (with its MD5 where it has a
     // copy of the same size); then they stream back to back.
     let mut wants = Vec::new();
+    // Each offer's part digests, by file; all the offers of a tree share
+    // what one may carry.
+    let mut offers: HashMap<String, Vec<[u8; 16]>> = HashMap::new();
+    let mut offered_parts = 0;
     loop {
-        match conn.reader.expect_control().await? {
+        let is_offer = |m: &ClientMessage| matches!(m, ClientMessage::Want(Want { offset: Some(_), .. }));
+        match conn.reader.expect_with_parts(is_offer).await? {
+            (ClientMessage::Want(_), parts) if offered_parts + parts.len() > OFFER_MOST_PARTS => {
+                return Err(ConnError::BadOffer(parts.len() as u64 * 16));
+            }
             // One want per item of the tree at most: more can only be a
             // client trying to make us send the same file over and over.
-            ClientMessage::Want(want) if wants.len() < entries.len() => wants.push(want),
-            ClientMessage::Want(_) => {
+            (ClientMessage::Want(want), parts) if wants.len() < entries.len() => {
+                if !parts.is_empty() {
+                    offered_parts += parts.len();
+                    offers.insert(want.filename.clone(), parts);
+                }
+                wants.push(want)
+            }
+            (ClientMessage::Want(_), _) => {
                 return Err(ConnError::Unexpected {
                     got: "want",
                     expected: "at most one want per item of the tree",
                 })
             }
-            ClientMessage::End(_) => break,
-            other => return Err(ConnError::Unexpected { got: other.op(), expected: "want or end" }),
+            (ClientMessage::End(_), _) => break,
+            (other, _) => return Err(ConnError::Unexpected { got: other.op(), expected: "want or end" }),
         }
     }
     let meta: HashMap<_, _> = entries.into_iter().map(|e| (e.rel.clone(), e)).collect();
@@ -448,7 +469,8 @@ pub(crate) async fn get_tree(
             conn.writer.queue(&skipped(&rel), &[]).await?;
             continue;
         }
-        outcome.bytes += send_one(conn, shared, &top, (&rel, &entry, &want), req.force).await?;
+        let parts = offers.remove(&rel).unwrap_or_default();
+        outcome.bytes += send_one(conn, shared, &top, (&rel, &entry, &want, parts), req.force).await?;
     }
     conn.writer.write(&ServerMessage::End(End::default())).await?;
     Ok(outcome)
@@ -530,13 +552,13 @@ async fn send_one(
     conn: &mut ServerConnection,
     shared: &Arc<Session>,
     top: &RemotePath,
-    (rel, entry, want): (&str, &TreeEntry, &Want),
+    (rel, entry, want, parts): (&str, &TreeEntry, &Want, Vec<[u8; 16]>),
     force: bool,
 ) -> Result<u64, ConnError> {
     // With an offset, the client's MD5 is of its partial, not of a copy.
-    let (theirs, partial) = match want.offset {
-        Some(offset) => (None, want.md5.clone().map(|md5| (offset, md5))),
-        None => (want.md5.clone(), None),
+    let (theirs, offer) = match want.offset {
+        Some(offset) => (None, Offer { offset, md5: want.md5.clone(), parts }),
+        None => (want.md5.clone(), Offer::default()),
     };
     let path = match top.join(rel) {
         Ok(p) => p,
@@ -622,8 +644,9 @@ async fn send_one(
             }
             None => None,
         };
-        let (offered, md5) = partial.map_or((0, None), |(offset, md5)| (offset, Some(md5)));
-        let (file, offset, prefix) = resume_point(file, size, offered.min(size - 1), md5.as_ref())?;
+        // Not the whole file: at least its last byte is sent.
+        let offer = Offer { offset: offer.offset.min(size - 1), ..offer };
+        let (file, offset, prefix) = resume_point(file, size, &offer)?;
         // From the start, the parts' digests may be known already.
         let known = hashed.or_else(|| digests.digests.parts(stamp.as_ref())).filter(|_| offset == 0);
         let digest = known.map_or(Digest::Compute, Digest::Known);

@@ -8,7 +8,7 @@ pub mod stream;
 
 pub use file::{drain, receive_file, Commit, Committed, FileFailure};
 pub use stream::{
-    part_differs, read_whole, receive_parts, resume_point, send_parts, CopyError, Digest, PartFailure,
+    part_differs, read_whole, receive_parts, resume_point, send_parts, CopyError, Digest, Offer, PartFailure,
     Received, Sending, Sent, INLINE_MAX,
 };
 

@@ -354,19 +354,42 @@ where
     Ok(Sent { digest: prefix, parts: collected, whole })
 }
 
-/// Where a sender of a `len`-byte `file` starts, given the receiver's offer
-/// of a partial of `offered` bytes with digest `theirs` over its parts: there,
-/// if it is a whole number of parts within the file and our own first parts
-/// have that digest; else 0 (a changed source starts over). Returns the
+/// What a receiver offers to resume: the first `offset` bytes of its
+/// partial, whole parts, with their digest over the parts and, when it sent
+/// them, each part's own.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// Bytes offered: a whole number of parts (0: nothing).
+    pub offset: u64,
+    /// Their digest over the parts.
+    pub md5: Option<Md5Hex>,
+    /// Each part's digest, in order (empty: only `md5` was sent).
+    pub parts: Vec<[u8; 16]>,
+}
+
+/// Where a sender of a `len`-byte `file` starts, given the receiver's
+/// `offer`: after the longest run of leading parts whose digests are those
+/// of our own first parts (hashed from the bytes here, never taken from
+/// what is remembered), when the offer lists them; else after all `offered`
+/// bytes when the digest over our first parts is its `md5`; else at 0. An
+/// offer that is not whole parts within the file starts over. Returns the
 /// offset, the file positioned there, and the digest of the parts before
-/// it. Blocking: the parts are read and hashed, a batch at a time.
+/// it. Blocking: parts are read and hashed a batch at a time, up to the
+/// first that differs.
 pub fn resume_point(
     mut file: std::fs::File,
     len: u64,
-    offered: u64,
-    theirs: Option<&Md5Hex>,
+    offer: &Offer,
 ) -> io::Result<(std::fs::File, u64, PartsDigest)> {
-    if let Some(theirs) = theirs.filter(|_| offered > 0 && offered <= len && offered.is_multiple_of(PART)) {
+    let offered = offer.offset;
+    let usable = offered > 0 && offered <= len && offered.is_multiple_of(PART);
+    if usable && offer.parts.len() as u64 == offered / PART {
+        let matched = matching_parts(&mut file, &offer.parts)?;
+        let at = matched as u64 * PART;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(at))?;
+        return Ok((file, at, PartsDigest::of(&offer.parts[..matched])));
+    }
+    if let Some(theirs) = offer.md5.as_ref().filter(|_| usable && offer.parts.is_empty()) {
         let prefix = crate::digest::parts_of(&mut file, offered)?;
         if prefix.finish() == *theirs {
             return Ok((file, offered, prefix));
@@ -374,6 +397,30 @@ pub fn resume_point(
     }
     io::Seek::rewind(&mut file)?;
     Ok((file, 0, PartsDigest::new()))
+}
+
+/// How many of `theirs` are the digests of `file`'s first parts, in order:
+/// read and hashed from the start a batch at a time, stopping at the batch
+/// where one differs. The file must hold all the parts.
+fn matching_parts(file: &mut std::fs::File, theirs: &[[u8; 16]]) -> io::Result<usize> {
+    io::Seek::rewind(file)?;
+    let mut buf = vec![0u8; (theirs.len() as u64 * PART).min(BATCH_BYTES as u64) as usize];
+    let mut matched = 0;
+    for batch in theirs.chunks(BATCH) {
+        let bytes = &mut buf[..batch.len() * PART as usize];
+        file.read_exact(bytes)?;
+        let parts: Vec<&[u8]> = bytes.chunks(PART as usize).collect();
+        let same = md5_many(&parts)
+            .iter()
+            .zip(batch)
+            .take_while(|(ours, theirs)| ours.to_digest() == **theirs)
+            .count();
+        matched += same;
+        if same < batch.len() {
+            break;
+        }
+    }
+    Ok(matched)
 }
 
 /// What [`receive_parts`] received, every part verified.
@@ -800,6 +847,47 @@ mod tests {
         assert_eq!(sent.digest.finish(), parts_digest(&data));
         assert_eq!(sent.whole, Some(md5_of(&data)), "the whole file's MD5, prefix included");
         assert!(sent.parts.is_none(), "a resumed body has not seen every part");
+    }
+
+    #[test]
+    fn resuming_goes_on_after_the_leading_parts_that_match() {
+        let data = data_of(70 * PART as usize + 5);
+        let digests: Vec<[u8; 16]> = data.chunks(PART as usize).map(|p| md5_of(p).to_digest()).collect();
+        let at = |offer: Offer| {
+            let (mut file, at, prefix) = resume_point(temp_with(&data), data.len() as u64, &offer).unwrap();
+            assert_eq!(io::Seek::stream_position(&mut file).unwrap(), at, "positioned where it resumes");
+            assert_eq!(prefix.finish(), PartsDigest::of(&digests[..(at / PART) as usize]).finish());
+            at
+        };
+        let listing = |n: usize, differs: Option<usize>| {
+            let mut parts = digests[..n].to_vec();
+            if let Some(i) = differs {
+                parts[i][0] ^= 1;
+            }
+            Offer { offset: n as u64 * PART, md5: None, parts }
+        };
+        assert_eq!(at(listing(40, None)), 40 * PART, "every part offered is ours");
+        assert_eq!(at(listing(70, None)), 70 * PART, "up to the last whole part");
+        // A part that differs: inside the first batch, at a batch's edge,
+        // just after, and the last offered.
+        for i in [0, 5, 31, 32, 33, 69] {
+            assert_eq!(at(listing(70, Some(i))), i as u64 * PART, "part {i} differs");
+        }
+        // A list of another count than the offset says is not trusted.
+        let mut odd = listing(40, None);
+        odd.offset = 41 * PART;
+        assert_eq!(at(odd), 0);
+        // Without a list, all of the offer or nothing, by its digest.
+        let whole =
+            |n: usize, md5: Md5Hex| Offer { offset: n as u64 * PART, md5: Some(md5), parts: Vec::new() };
+        assert_eq!(at(whole(3, PartsDigest::of(&digests[..3]).finish())), 3 * PART);
+        assert_eq!(at(whole(3, PartsDigest::of(&digests[..2]).finish())), 0);
+        // Offers that are not whole parts within the file start over.
+        assert_eq!(at(Offer { offset: PART + 1, md5: None, parts: Vec::new() }), 0);
+        let mut longer = listing(70, None);
+        longer.parts.push([0; 16]);
+        longer.offset = 71 * PART;
+        assert_eq!(at(longer), 0);
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@
 use crate::connection::FrameReader;
 use crate::error::{ConnError, RequestError};
 use crate::local::{Partial, RemotePath, Root};
-use crate::protocol::{Common, Data, EntryKind, ErrorCode, Md5Hex};
+use crate::protocol::{parts_body, Common, Data, EntryKind, ErrorCode, Md5Hex, OFFER_MOST_PARTS, PART};
 use crate::transfer::{drain, receive_file, Commit, Committed, FileFailure, Progress};
 use crate::tree::{self, TreeEntry, MAX_RESUMABLE, WHOLE_MAX};
 use std::collections::{HashMap, HashSet};
@@ -97,6 +97,9 @@ pub struct Receiver {
     pub files: HashMap<String, TreeEntry>,
     /// Partials offered for resuming, held locked until their file comes.
     pub resumable: HashMap<String, Partial>,
+    /// Part digests the partials may still offer: the tree's offers share
+    /// what one offer may carry.
+    offer_parts_left: usize,
     /// Look, change nothing (`--dry-run`): directories and links are not
     /// made, partials neither held nor removed.
     dry: bool,
@@ -126,6 +129,7 @@ impl Receiver {
             links: Vec::new(),
             files: HashMap::new(),
             resumable: HashMap::new(),
+            offer_parts_left: OFFER_MOST_PARTS,
             dry: false,
             keep: None,
             noted: Vec::new(),
@@ -383,8 +387,9 @@ impl Receiver {
         if partial.found() >= entry.size {
             return Found::Nothing;
         }
-        partial.hash_for_resume();
-        let Some((offset, md5)) = partial.offer() else { return Found::Nothing };
+        partial.hash_for_resume_within(self.offer_parts_left);
+        let Some((offset, md5, parts)) = partial.offer() else { return Found::Nothing };
+        self.offer_parts_left -= parts.len();
         self.resumable.insert(entry.rel.clone(), partial);
         Found::Partial { offset, md5 }
     }
@@ -405,8 +410,12 @@ impl Receiver {
         let path = self.path(rel)?;
         let partial = self.resumable.remove(rel);
         if let Some(offset) = offset.filter(|&o| o > 0) {
+            // After any whole number of the parts offered: the sender's
+            // own parts differ from there.
             return match partial {
-                Some(p) if p.held() == offset && offset <= size => Ok((p, meta)),
+                Some(p) if offset <= p.held() && offset.is_multiple_of(PART) && offset <= size => {
+                    Ok((p, meta))
+                }
                 other => Err(RequestError::offset(rel, offset, other.map_or(0, |p| p.held()))),
             };
         }
@@ -470,6 +479,11 @@ impl Receiver {
             drain(reader, 0).await?;
         }
         Ok(received)
+    }
+
+    /// The body of the offer of `rel`'s partial: its parts' digests.
+    pub fn offered_body(&self, rel: &str) -> Vec<u8> {
+        self.resumable.get(rel).map_or(Vec::new(), |p| parts_body(p.offered_parts()))
     }
 
     /// Drops the partial held for `rel`, if any: its file is coming whole.
