@@ -25,6 +25,12 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Compress what crosses the network (zstd), both ways, where that
+    /// makes it smaller: for slow links. Incompressible data is sent as it
+    /// is, at almost no cost.
+    #[arg(short = 'z', long, global = true)]
+    pub compress: bool,
+
     /// One line per file a tree transfer copies, as rsync -v.
     #[arg(short, long, global = true)]
     pub verbose: bool,

@@ -5,13 +5,14 @@
 //! that one task can send (stdin, a file body) while another receives.
 
 use crate::error::ConnError;
+use crate::protocol::envelope::{EnvelopeError, Packer, Unpacker, ENVELOPE_MAX};
 use crate::protocol::{
     self, parts_of_body, ClientMessage, Common, Frame, FrameError, Md5Hex, Message, ServerMessage,
     OFFER_MOST_PARTS,
 };
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use std::future::Future;
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -41,6 +42,12 @@ pub struct FrameReader<R, M> {
     buf: BytesMut,
     /// How long to wait for the next header before giving up on the peer.
     idle: Option<Duration>,
+    /// Unpacks `zstd` envelopes, once the peer has authenticated (before,
+    /// an envelope is refused: nobody unknown makes us decompress).
+    unpacker: Option<Unpacker>,
+    /// Bytes at the front of `buf` that came out of an envelope, where
+    /// another envelope is refused.
+    unpacked: usize,
     /// The direction's messages: what this reader decodes.
     messages: PhantomData<fn() -> M>,
 }
@@ -60,6 +67,9 @@ pub struct FrameWriter<W, M> {
     /// nothing; it also holds frames queued with [`queue`](Self::queue)
     /// until the next write or [`flush`](Self::flush).
     scratch: Vec<u8>,
+    /// Packs what is sent into `zstd` envelopes where smaller (`-z`, or a
+    /// request that asked for it); `None` sends it as it is.
+    packer: Option<Packer>,
     /// The direction's messages: what this writer encodes.
     messages: PhantomData<fn(M)>,
 }
@@ -192,7 +202,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
 impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(READ_BUF), idle: None, messages: PhantomData }
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(READ_BUF),
+            idle: None,
+            unpacker: None,
+            unpacked: 0,
+            messages: PhantomData,
+        }
+    }
+
+    /// Accepts `zstd` envelopes from now on: the peer has authenticated.
+    pub fn accept_envelopes(&mut self) -> io::Result<()> {
+        self.unpacker = Some(Unpacker::new()?);
+        Ok(())
+    }
+
+    /// Drops `n` bytes from the front of the buffer, consumed.
+    fn consume(&mut self, n: usize) -> BytesMut {
+        self.unpacked = self.unpacked.saturating_sub(n);
+        self.buf.split_to(n)
     }
 
     /// Fails [`read`](Self::read) with [`ConnError::Idle`] when
@@ -214,9 +243,14 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
 
     async fn read_inner(&mut self) -> Result<Option<Frame<M>>, ConnError> {
         loop {
-            if let Some((frame, used)) = protocol::decode(&self.buf)? {
-                self.buf.advance(used);
-                return Ok(Some(frame));
+            if let Some((frame, used)) = protocol::decode::<M>(&self.buf)? {
+                let nested = self.unpacked > 0;
+                self.consume(used);
+                match frame.msg.as_zstd() {
+                    Some(size) => self.unpack(frame.total_size, size, nested).await?,
+                    None => return Ok(Some(frame)),
+                }
+                continue;
             }
             // The codec has checked the prefix against the limit, so reserving
             // room for the whole header is bounded.
@@ -229,6 +263,25 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ConnError::Truncated("header")) };
             }
         }
+    }
+
+    /// Reads the body of an envelope of `len` bytes that unpacks to `size`,
+    /// and puts what it unpacks to in its place, to be read next.
+    async fn unpack(&mut self, len: u64, size: u64, nested: bool) -> Result<(), ConnError> {
+        if nested {
+            return Err(EnvelopeError::Nested.into());
+        }
+        if self.unpacker.is_none() {
+            return Err(EnvelopeError::Early.into());
+        }
+        Unpacker::check(len, size)?;
+        let body = self.read_small_body(len, ENVELOPE_MAX).await?;
+        let unpacked = self.unpacker.as_mut().expect("checked above").unpack(&body, size)?;
+        let mut buf = BytesMut::with_capacity(unpacked.len() + self.buf.len().max(READ_BUF));
+        buf.extend_from_slice(&unpacked);
+        buf.extend_from_slice(&self.buf);
+        (self.buf, self.unpacked) = (buf, unpacked.len());
+        Ok(())
     }
 
     /// Whether the next header has already arrived whole, so reading it will
@@ -294,7 +347,7 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
     /// the peer closed mid-body.
     pub fn body(&mut self, len: u64) -> impl AsyncRead + Unpin + '_ {
         let buffered = (self.buf.len() as u64).min(len) as usize;
-        let head = Cursor::new(self.buf.split_to(buffered).freeze());
+        let head = Cursor::new(self.consume(buffered).freeze());
         AsyncReadExt::chain(head, (&mut self.inner).take(len - buffered as u64))
     }
 
@@ -354,7 +407,23 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
 impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     /// Wraps a byte stream.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, scratch: Vec::with_capacity(1024), messages: PhantomData }
+        FrameWriter { inner, scratch: Vec::with_capacity(1024), packer: None, messages: PhantomData }
+    }
+
+    /// Packs what is sent into `zstd` envelopes from now on, where that
+    /// makes it smaller (`on`), or sends it as it is.
+    pub fn set_compress(&mut self, on: bool) -> io::Result<()> {
+        match (on, self.packer.is_some()) {
+            (true, false) => self.packer = Some(Packer::new()?),
+            (false, true) => self.packer = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether what is sent is packed where smaller.
+    pub fn compressing(&self) -> bool {
+        self.packer.is_some()
     }
 
     /// Sends a message without a body (after any queued frames).
@@ -373,7 +442,8 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     /// write as the header.
     pub async fn write_frame(&mut self, msg: &M, body: &[u8]) -> Result<(), ConnError> {
         protocol::encode(msg, body.len() as u64, &mut self.scratch)?;
-        if body.len() <= COALESCE_MAX {
+        // Packed, a body goes with its header into one envelope.
+        if body.len() <= COALESCE_MAX || self.packer.is_some() {
             self.scratch.extend_from_slice(body);
             self.flush().await
         } else {
@@ -399,7 +469,8 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     /// there until a flush).
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.scratch.is_empty() {
-            let sent = self.inner.write_all(&self.scratch).await;
+            let packed = self.packer.as_mut().and_then(|p| p.pack::<M>(&self.scratch));
+            let sent = self.inner.write_all(packed.unwrap_or(&self.scratch)).await;
             self.scratch.clear();
             sent?;
         }
@@ -408,7 +479,7 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     }
 
     /// The raw stream, for writing a body announced by the last header
-    /// (which sent the queue, so nothing is pending).
+    /// (which sent the queue, so nothing is pending). Never packed.
     pub fn body_writer(&mut self) -> &mut W {
         debug_assert!(self.scratch.is_empty(), "a body must not overtake queued frames");
         &mut self.inner

@@ -50,6 +50,9 @@ pub enum ConnError {
     /// of them than an offer may carry.
     #[error("an offer to resume with a body of {0} bytes (whole 16-byte part digests, at most 262,144, were expected)")]
     BadOffer(u64),
+    /// The peer sent a `zstd` envelope it may not send.
+    #[error(transparent)]
+    Envelope(#[from] crate::protocol::envelope::EnvelopeError),
     /// The peer was silent for longer than the idle timeout.
     #[error("no data from peer for {0} s")]
     Idle(u64),

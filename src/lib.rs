@@ -9,8 +9,8 @@
 //! - [`private_file`]: files only their owner may read (token, server key).
 //! - [`protocol`]: every message as a Rust type, one enum per direction
 //!   ([`ClientMessage`](protocol::ClientMessage),
-//!   [`ServerMessage`](protocol::ServerMessage)), and the pure frame codec
-//!   (no I/O).
+//!   [`ServerMessage`](protocol::ServerMessage)), the pure frame codec
+//!   and the `zstd` envelopes of `-z` (packing and unpacking; no I/O).
 //! - [`digest`]: the one MD5 implementation, [`md5_many`](digest::md5_many)
 //!   for many bodies at once in SIMD lanes (AVX-512, AVX2 or one at a
 //!   time, chosen at run time), a file's digest over its 128 KiB parts
@@ -27,7 +27,8 @@
 //! - [`access`]: named tokens, their rights (read, write, exec) and the
 //!   directory each is confined to; the tokens file.
 //! - [`connection`]: the only code that reads or writes a connection; typed
-//!   by direction, so the server cannot send a client's message.
+//!   by direction, so the server cannot send a client's message; packs what
+//!   it sends and unpacks what it reads when compressing.
 //! - [`transfer`]: streaming bodies as parts, hashed and verified a batch
 //!   at a time on threads beside the connection (reporting progress
 //!   through a trait: it knows no progress bars), and the one receive →
@@ -112,6 +113,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
                 server,
                 token,
                 ui: ui::Ui { quiet: cli.quiet, verbose: cli.verbose, json: cli.json },
+                compress: cli.compress,
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

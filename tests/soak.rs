@@ -20,6 +20,7 @@ fn sixty_four_clients_at_once() {
         server: server.addr.to_string(),
         token: token(),
         ui: Ui { quiet: true, ..Ui::default() },
+        compress: false,
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let started = std::time::Instant::now();

@@ -184,6 +184,7 @@ where
         stdin: stdin.is_some(),
         tty: how.tty.then(our_terminal),
         login: how.login,
+        compress: writer.compressing(),
     };
     writer.write(&ClientMessage::Exec(req)).await?;
     let reply = reader.expect_control().await?;

@@ -51,6 +51,7 @@ pub async fn get(
             size: Some(len),
             dry_run: flags.dry_run,
             whole_md5: false,
+            compress: false,
         };
         conn.writer.write(&ClientMessage::Get(req)).await?;
         return match conn.reader.expect_control().await? {
@@ -102,6 +103,7 @@ pub async fn get(
         size: None,
         dry_run: false,
         whole_md5: flags.md5,
+        compress: conn.writer.compressing(),
     };
     conn.writer.write_frame(&ClientMessage::Get(req), &parts).await?;
     conn.writer.flush().await?;

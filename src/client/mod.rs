@@ -46,6 +46,9 @@ pub struct Options {
     pub token: Token,
     /// Output settings.
     pub ui: Ui,
+    /// Pack what is sent, and ask for replies packed, in `zstd` envelopes
+    /// where smaller (`-z`).
+    pub compress: bool,
 }
 
 /// How a transfer treats what is already there.
@@ -156,6 +159,9 @@ impl Client {
         conn.writer.write(&ClientMessage::Auth { nonce: client_nonce.clone(), mac }).await?;
         match conn.reader.expect_control().await? {
             ServerMessage::Welcome { mac } if auth::verify(&opts.token, Role::Server, challenge, &mac) => {
+                let zstd = |e| Error::local("zstd", e);
+                conn.reader.accept_envelopes().map_err(zstd)?;
+                conn.writer.set_compress(opts.compress).map_err(zstd)?;
                 Ok(Client { conn })
             }
             // A server that cannot prove the token on this channel may be

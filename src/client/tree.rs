@@ -396,7 +396,12 @@ async fn fetch_tree(
         RemotePath::parse(&below).map_err(|e| Error::LocalUnusable(format!("{}: {e}", top.display())))?;
     let started = Instant::now();
     let conn = &mut client.conn;
-    let req = GetTree { filename: remote.to_string(), force: flags.force, dry_run: flags.dry_run };
+    let req = GetTree {
+        filename: remote.to_string(),
+        force: flags.force,
+        dry_run: flags.dry_run,
+        compress: conn.writer.compressing(),
+    };
     conn.writer.write(&ClientMessage::GetTree(req)).await?;
 
     // The manifest, applied beneath `root` as it comes in batches: every

@@ -251,7 +251,9 @@ mod tests {
                 size: None,
                 dry_run: true,
                 whole_md5: true,
+                compress: true,
             }),
+            ClientMessage::Zstd { size: 7 },
             ClientMessage::Stdin,
             ClientMessage::Auth { nonce: "ab".into(), mac: "cd".into() },
             ClientMessage::Done(Done { filename: "\"op\"".into(), md5: None, whole: None }),
@@ -397,7 +399,7 @@ mod tests {
                 let md5 = md5.map(|m| Md5Hex::try_from(m).unwrap());
                 let msgs = [
                     ClientMessage::Put(Put { filename: filename.clone(), size, resume: !force, force, fsync: force, mode: None, mtime: size.map(|s| s as i64), dry_run: force }),
-                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size, dry_run: !force, whole_md5: force }),
+                    ClientMessage::Get(Get { filename: filename.clone(), offset: size, md5: md5.clone(), size, dry_run: !force, whole_md5: force, compress: force }),
                     ClientMessage::Done(Done { filename: filename.clone(), md5, whole: None }),
                     ClientMessage::Stdin,
                 ];

@@ -44,6 +44,12 @@ pub trait Message: Serialize + DeserializeOwned + Send + 'static {
     fn is_keepalive(&self) -> bool {
         self.op() == "keepalive"
     }
+
+    /// A `zstd` envelope whose body unpacks to `size` bytes of frames.
+    fn zstd(size: u64) -> Self;
+
+    /// What this `zstd` envelope unpacks to, if it is one.
+    fn as_zstd(&self) -> Option<u64>;
 }
 
 /// `json` read as a `T`, made a message by `f`.
@@ -230,6 +236,10 @@ pub struct Get {
     /// Send the plain MD5 of the whole file too, in `done`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub whole_md5: bool,
+    /// Send the reply's frames packed in `zstd` envelopes where smaller
+    /// (`-z`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compress: bool,
 }
 
 /// List the directory at `filename`.
@@ -317,6 +327,10 @@ pub struct Exec {
     /// remote shell as `ssh host` gives).
     #[serde(default, skip_serializing_if = "is_false")]
     pub login: bool,
+    /// Send the reply's frames packed in `zstd` envelopes where smaller
+    /// (`-z`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compress: bool,
 }
 
 /// The terminal a command runs on: its `TERM` and window size.
@@ -368,6 +382,10 @@ pub struct GetTree {
     /// of the file.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
+    /// Send the reply's frames packed in `zstd` envelopes where smaller
+    /// (`-z`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub compress: bool,
 }
 
 /// A file the client wants of a get_tree manifest: `md5` of its copy of
@@ -480,6 +498,12 @@ pub enum ClientMessage {
     },
     /// A chunk of the command's stdin (the body); an empty one is EOF.
     Stdin,
+    /// Compressed frames (the body), read in its place.
+    Zstd {
+        /// Bytes the body unpacks to.
+        #[serde(default)]
+        size: u64,
+    },
     Data(Data),
     Done(Done),
     Entry(Entry),
@@ -573,10 +597,28 @@ pub enum ServerMessage {
         stderr: Option<StreamSummary>,
     },
     Error(Refusal),
+    /// Compressed frames (the body), read in its place.
+    Zstd {
+        /// Bytes the body unpacks to.
+        #[serde(default)]
+        size: u64,
+    },
     Data(Data),
     Done(Done),
     Entry(Entry),
     End(End),
+}
+
+impl ClientMessage {
+    /// Whether this request asks for its reply packed where smaller.
+    pub fn wants_compression(&self) -> bool {
+        match self {
+            ClientMessage::Get(Get { compress, .. })
+            | ClientMessage::GetTree(GetTree { compress, .. })
+            | ClientMessage::Exec(Exec { compress, .. }) => *compress,
+            _ => false,
+        }
+    }
 }
 
 impl ServerMessage {
@@ -587,6 +629,17 @@ impl ServerMessage {
 }
 
 impl Message for ClientMessage {
+    fn zstd(size: u64) -> Self {
+        ClientMessage::Zstd { size }
+    }
+
+    fn as_zstd(&self) -> Option<u64> {
+        match self {
+            ClientMessage::Zstd { size } => Some(*size),
+            _ => None,
+        }
+    }
+
     fn op(&self) -> &'static str {
         match self {
             ClientMessage::Auth { .. } => "auth",
@@ -606,6 +659,7 @@ impl Message for ClientMessage {
             ClientMessage::Keepalive => "keepalive",
             ClientMessage::Resize { .. } => "resize",
             ClientMessage::Stdin => "stdin",
+            ClientMessage::Zstd { .. } => "zstd",
             ClientMessage::Data(_) => "data",
             ClientMessage::Done(_) => "done",
             ClientMessage::Entry(_) => "entry",
@@ -632,6 +686,7 @@ impl Message for ClientMessage {
             ClientMessage::Auth { .. }
             | ClientMessage::Exec(_)
             | ClientMessage::Stdin
+            | ClientMessage::Zstd { .. }
             | ClientMessage::Df
             | ClientMessage::Keepalive
             | ClientMessage::Resize { .. }
@@ -670,6 +725,17 @@ impl Message for ClientMessage {
 }
 
 impl Message for ServerMessage {
+    fn zstd(size: u64) -> Self {
+        ServerMessage::Zstd { size }
+    }
+
+    fn as_zstd(&self) -> Option<u64> {
+        match self {
+            ServerMessage::Zstd { size } => Some(*size),
+            _ => None,
+        }
+    }
+
     fn op(&self) -> &'static str {
         match self {
             ServerMessage::Hello { .. } => "hello",
@@ -686,6 +752,7 @@ impl Message for ServerMessage {
             ServerMessage::Stderr(_) => "stderr",
             ServerMessage::Exit { .. } => "exit",
             ServerMessage::Error(_) => "error",
+            ServerMessage::Zstd { .. } => "zstd",
             ServerMessage::Data(_) => "data",
             ServerMessage::Done(_) => "done",
             ServerMessage::Entry(_) => "entry",
@@ -712,6 +779,7 @@ impl Message for ServerMessage {
             | ServerMessage::Stdout(_)
             | ServerMessage::Stderr(_)
             | ServerMessage::Exit { .. }
+            | ServerMessage::Zstd { .. }
             | ServerMessage::End(_) => "",
         }
     }

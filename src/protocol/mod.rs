@@ -4,6 +4,7 @@
 //! `PROTOCOL.md` at the top of the repository is the full description; this
 //! module is its implementation and holds no I/O.
 
+pub mod envelope;
 pub mod fields;
 pub mod frame;
 pub mod message;

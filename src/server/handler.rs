@@ -68,6 +68,11 @@ pub(crate) async fn serve_connection(
                 let reply = ServerMessage::error(ErrorCode::BadRequest, format!("malformed frame: {fe}"));
                 let _ = conn.writer.write(&reply).await;
             }
+            ConnError::Envelope(ref ee) => {
+                warn!(%peer, error = %e, "closing connection");
+                let reply = ServerMessage::error(ErrorCode::BadRequest, ee.to_string());
+                let _ = conn.writer.write(&reply).await;
+            }
             ConnError::Unexpected { .. } => warn!(%peer, error = %e, "closing connection"),
             _ => debug!(%peer, error = %e, "connection ended"),
         }
@@ -118,6 +123,7 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Resu
         return Ok(Handshake::Refused(conn));
     };
     shared.limiter.succeeded(peer.ip());
+    conn.reader.accept_envelopes()?;
     let welcome =
         ServerMessage::Welcome { mac: auth::mac(&shared.grants[which].token, Role::Server, challenge) };
     conn.writer.write(&welcome).await?;
@@ -171,6 +177,10 @@ async fn serve_requests(
             conn.writer.write(&ServerMessage::Keepalive).await?;
             continue;
         }
+        // A reply packed where smaller, when asked for and the server is
+        // not busy packing others' (see `Packing`).
+        let packing = req.msg.wants_compression().then(Packing::start).flatten();
+        conn.writer.set_compress(packing.is_some())?;
         let token = shared.grant.name.as_str();
         if let Some(right) = needs(&req.msg).filter(|r| !shared.grant.rights.allow(*r)) {
             let err =
@@ -212,6 +222,36 @@ async fn serve_requests(
     }
 }
 
+/// Most replies packed at once: one per core. Packing costs 3-4 CPU-ms per
+/// MiB of text (see `protocol::envelope::LEVEL`); past this, requests that
+/// ask for it are answered as they are (PROTOCOL.md, Compression).
+fn most_packing() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A reply being packed, counted while it lasts.
+struct Packing;
+
+/// Replies being packed now.
+static PACKING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Packing {
+    /// Counts one more, unless as many as there are cores are packing.
+    fn start() -> Option<Packing> {
+        use std::sync::atomic::Ordering;
+        PACKING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < most_packing()).then_some(n + 1))
+            .ok()
+            .map(|_| Packing)
+    }
+}
+
+impl Drop for Packing {
+    fn drop(&mut self) {
+        PACKING.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// The right a request needs; `None` for what is not a request (refused
 /// as such below).
 fn needs(msg: &ClientMessage) -> Option<Right> {
@@ -231,6 +271,7 @@ fn needs(msg: &ClientMessage) -> Option<Right> {
         ClientMessage::Auth { .. }
         | ClientMessage::Want(_)
         | ClientMessage::Stdin
+        | ClientMessage::Zstd { .. }
         | ClientMessage::Keepalive
         | ClientMessage::Resize { .. }
         | ClientMessage::Data(_)

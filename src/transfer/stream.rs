@@ -30,7 +30,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::task::Poll;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::mpsc;
 
 /// Batches in flight per transfer: one being read, one hashed, one written
@@ -282,11 +282,7 @@ where
                 offset: Some(batch.at + i as u64 * PART),
                 ..first.take().unwrap_or_else(|| Data { filename: filename.clone(), ..Data::default() })
             };
-            let write = async {
-                writer.write_head(&data.into(), part.len() as u64).await?;
-                writer.body_writer().write_all(part).await?;
-                Ok::<_, ConnError>(())
-            };
+            let write = async { writer.write_frame(&data.into(), part).await };
             write.await.map_err(|e| CopyError::Write { done: sent, source: conn_io(e) })?;
             if !part.is_empty() {
                 prefix.push(digest);
