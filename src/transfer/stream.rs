@@ -282,8 +282,13 @@ where
                 offset: Some(batch.at + i as u64 * PART),
                 ..first.take().unwrap_or_else(|| Data { filename: filename.clone(), ..Data::default() })
             };
-            let write = async { writer.write_frame(&data.into(), part).await };
-            write.await.map_err(|e| CopyError::Write { done: sent, source: conn_io(e) })?;
+            // Packed, parts go in stretches of several (see
+            // `connection::PACKED_QUEUE_MAX`); the end flushes them.
+            let written = match writer.compressing() {
+                true => writer.queue(&data.into(), part).await,
+                false => writer.write_frame(&data.into(), part).await,
+            };
+            written.map_err(|e| CopyError::Write { done: sent, source: conn_io(e) })?;
             if !part.is_empty() {
                 prefix.push(digest);
                 if let Some(c) = collected.as_mut() {
