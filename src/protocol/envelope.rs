@@ -83,8 +83,8 @@ impl Packer {
             self.skip -= 1;
             return None;
         }
-        // Room for less than the bytes less the envelope's header: what
-        // would not be smaller is sent as it is.
+        // Room for the bytes less an envelope header's worth: what would
+        // not come out smaller is sent as it is.
         let room = bytes.len() - 96;
         self.packed.clear();
         self.packed.reserve(room);
@@ -137,5 +137,65 @@ impl Unpacker {
 impl From<EnvelopeError> for FrameError {
     fn from(e: EnvelopeError) -> FrameError {
         FrameError::BadShape(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode, ClientMessage};
+
+    #[test]
+    fn packs_what_shrinks_unpacks_it_whole_and_skips_after_misses() {
+        let text: Vec<u8> =
+            (0..100_000u32).flat_map(|i| format!("line {} of the log\n", i % 97).into_bytes()).collect();
+        let mut packer = Packer::new().unwrap();
+        let frame = packer.pack::<ClientMessage>(&text).expect("text shrinks").to_vec();
+        let (head, used) = decode::<ClientMessage>(&frame).unwrap().unwrap();
+        assert_eq!(head.msg, ClientMessage::Zstd { size: text.len() as u64 });
+        assert_eq!(used as u64 + head.total_size, frame.len() as u64);
+        assert!(frame.len() < text.len() / 10);
+        Unpacker::check(head.total_size, text.len() as u64).unwrap();
+        let mut unpacker = Unpacker::new().unwrap();
+        assert_eq!(unpacker.unpack(&frame[used..], text.len() as u64).unwrap(), text);
+        assert!(matches!(unpacker.unpack(&frame[used..], 100), Err(EnvelopeError::Corrupt(100))));
+        assert!(matches!(unpacker.unpack(b"not zstd", 8), Err(EnvelopeError::Corrupt(8))));
+
+        // Random bytes: a miss, then 1, 3, 7... packings skipped.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let random: Vec<u8> = (0..200_000)
+            .map(|_| {
+                // xorshift64*: bytes zstd cannot shrink.
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+            })
+            .collect();
+        let mut tried = Vec::new();
+        for _ in 0..12 {
+            let before = packer.misses;
+            assert!(packer.pack::<ClientMessage>(&random).is_none());
+            tried.push(packer.misses > before);
+        }
+        let want = [true, false, true, false, false, false, true, false, false, false, false, false];
+        assert_eq!(tried, want);
+        assert!(packer.pack::<ClientMessage>(&text[..100]).is_none(), "too small to pack");
+        // A hit ends the skipping.
+        packer.skip = 0;
+        assert!(packer.pack::<ClientMessage>(&text).is_some());
+        assert_eq!(packer.misses, 0);
+    }
+
+    #[test]
+    fn sizes_beyond_an_envelope_are_refused_before_reading() {
+        let most = ENVELOPE_MAX as u64;
+        Unpacker::check(most, most).unwrap();
+        for (len, size) in [(most + 1, 10), (10, most + 1), (10, 0)] {
+            assert!(
+                matches!(Unpacker::check(len, size), Err(EnvelopeError::TooLarge { .. })),
+                "{len} {size}"
+            );
+        }
     }
 }
