@@ -18,7 +18,7 @@ mod lanes;
 pub mod parts;
 pub use batch::HashBatch;
 pub use lanes::{md5_many, md5_many_with, Width};
-pub use parts::{file_digests, for_each_part, parts_of, PartsDigest};
+pub use parts::{file_digests, for_each_part, for_each_part_while, parts_of, PartsDigest};
 
 /// An MD5 computation in progress. Nothing is set up until the first bytes.
 #[derive(Clone)]

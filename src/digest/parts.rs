@@ -87,6 +87,19 @@ pub fn file_digests(bodies: &[&[u8]]) -> Vec<Md5Hex> {
 /// time, hashing each batch in lanes; calls `each` with every part's digest
 /// in order. Fails with `UnexpectedEof` if the file is shorter. Blocking.
 pub fn for_each_part(file: &mut impl Read, len: u64, mut each: impl FnMut(&[u8; 16])) -> io::Result<()> {
+    for_each_part_while(file, len, |part| {
+        each(part);
+        true
+    })
+}
+
+/// [`for_each_part`], until `each` returns false: nothing after that
+/// part's batch is read or hashed.
+pub fn for_each_part_while(
+    file: &mut impl Read,
+    len: u64,
+    mut each: impl FnMut(&[u8; 16]) -> bool,
+) -> io::Result<()> {
     // Sized to what is read: a tree re-run hashes thousands of small files.
     let mut buf = vec![0u8; len.min(PART * BATCH as u64) as usize];
     let mut left = len;
@@ -95,7 +108,9 @@ pub fn for_each_part(file: &mut impl Read, len: u64, mut each: impl FnMut(&[u8; 
         file.read_exact(&mut buf[..want])?;
         let parts: Vec<&[u8]> = buf[..want].chunks(PART as usize).collect();
         for digest in md5_many(&parts) {
-            each(&digest.to_digest());
+            if !each(&digest.to_digest()) {
+                return Ok(());
+            }
         }
         left -= want as u64;
     }

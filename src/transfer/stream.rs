@@ -405,22 +405,12 @@ pub fn resume_point(
 /// where one differs. The file must hold all the parts.
 fn matching_parts(file: &mut std::fs::File, theirs: &[[u8; 16]]) -> io::Result<usize> {
     io::Seek::rewind(file)?;
-    let mut buf = vec![0u8; (theirs.len() as u64 * PART).min(BATCH_BYTES as u64) as usize];
     let mut matched = 0;
-    for batch in theirs.chunks(BATCH) {
-        let bytes = &mut buf[..batch.len() * PART as usize];
-        file.read_exact(bytes)?;
-        let parts: Vec<&[u8]> = bytes.chunks(PART as usize).collect();
-        let same = md5_many(&parts)
-            .iter()
-            .zip(batch)
-            .take_while(|(ours, theirs)| ours.to_digest() == **theirs)
-            .count();
-        matched += same;
-        if same < batch.len() {
-            break;
-        }
-    }
+    crate::digest::for_each_part_while(file, theirs.len() as u64 * PART, |ours| {
+        let same = *ours == theirs[matched];
+        matched += same as usize;
+        same
+    })?;
     Ok(matched)
 }
 
