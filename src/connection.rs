@@ -325,14 +325,13 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
     ) -> Result<(M, Vec<[u8; 16]>), ConnError> {
         loop {
             let frame = self.expect().await?;
-            if frame.msg.is_keepalive() || !offers(&frame.msg) {
-                self.skip_body(frame.total_size).await?;
-                if frame.msg.is_keepalive() {
-                    continue;
-                }
+            if offers(&frame.msg) {
+                return Ok((frame.msg, self.read_parts(frame.total_size).await?));
+            }
+            self.skip_body(frame.total_size).await?;
+            if !frame.msg.is_keepalive() {
                 return Ok((frame.msg, Vec::new()));
             }
-            return Ok((frame.msg, self.read_parts(frame.total_size).await?));
         }
     }
 

@@ -12,7 +12,7 @@ use crate::error::{exists_words, mismatch_words, ConnError, Error, RequestError}
 use crate::local::{escape, RemotePath, Root};
 use crate::protocol::{
     ClientMessage, Data, End, Entry, EntryKind, GetTree, Have, Md5Hex, Message, PutTree, Refusal,
-    ServerMessage, Stored, Want, OFFER_MOST_PARTS,
+    ServerMessage, Stored, Want,
 };
 use crate::transfer::{resume_point, Digest, FileFailure, Offer};
 use crate::tree::receive::{Applied, Found, Receiver};
@@ -91,8 +91,7 @@ pub async fn put_tree(
     }
     let mut have: HashMap<String, (u64, Option<Md5Hex>)> = HashMap::new();
     let mut offered: HashMap<String, Offer> = HashMap::new();
-    // Part digests offered so far: a tree's offers share what one may carry.
-    let mut offered_parts = 0;
+    let mut offered_parts = tree::OfferedParts::default();
     let mut refused = std::collections::HashSet::new();
     let shown = |rel: &str| format!("{remote}/{rel}");
     let mut answered = 0;
@@ -120,10 +119,7 @@ pub async fn put_tree(
                 have.insert(filename, (size, md5));
             }
             ServerMessage::Partial { filename, offset, md5 } => {
-                offered_parts += parts.len();
-                if offered_parts > OFFER_MOST_PARTS {
-                    return Err(ConnError::BadOffer(parts.len() as u64 * 16).into());
-                }
+                offered_parts.count(parts.len())?;
                 offered.insert(filename, Offer { offset, md5: Some(md5), parts });
             }
             ServerMessage::Error(Refusal { filename, message, .. }) => {

@@ -5,7 +5,7 @@
 //! then, and every digest still covers the bytes as they were. Pure: no
 //! I/O.
 
-use super::frame::{encode, FrameError};
+use super::frame::encode;
 use super::message::Message;
 use std::io;
 
@@ -131,12 +131,6 @@ impl Unpacker {
             Ok(n) if n as u64 == size => Ok(out),
             _ => Err(EnvelopeError::Corrupt(size)),
         }
-    }
-}
-
-impl From<EnvelopeError> for FrameError {
-    fn from(e: EnvelopeError) -> FrameError {
-        FrameError::BadShape(e.to_string())
     }
 }
 

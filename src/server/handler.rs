@@ -226,7 +226,9 @@ async fn serve_requests(
 /// MiB of text (see `protocol::envelope::LEVEL`); past this, requests that
 /// ask for it are answered as they are (PROTOCOL.md, Compression).
 fn most_packing() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // Asked once: it reads the affinity mask and cgroup quota each time.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// A reply being packed, counted while it lasts.

@@ -11,7 +11,7 @@ use crate::error::{exists_words, ConnError, RequestError};
 use crate::local::{Opened, RemotePath, Root, Stamp};
 use crate::protocol::{
     ClientMessage, Data, End, EntryKind, ErrorCode, GetTree, Have, Message, PutTree, ServerMessage, Stored,
-    Want, OFFER_MOST_PARTS, PART,
+    Want, PART,
 };
 use crate::transfer::{
     read_whole, resume_point, CopyError, Digest, FileFailure, NoProgress, Offer, INLINE_MAX,
@@ -376,21 +376,17 @@ pub(crate) async fn get_tree(
     // The client says which files it wants (with its MD5 where it has a
     // copy of the same size); then they stream back to back.
     let mut wants = Vec::new();
-    // Each offer's part digests, by file; all the offers of a tree share
-    // what one may carry.
+    // Each offer's part digests, by file.
     let mut offers: HashMap<String, Vec<[u8; 16]>> = HashMap::new();
-    let mut offered_parts = 0;
+    let mut offered_parts = tree::OfferedParts::default();
     loop {
         let is_offer = |m: &ClientMessage| matches!(m, ClientMessage::Want(Want { offset: Some(_), .. }));
         match conn.reader.expect_with_parts(is_offer).await? {
-            (ClientMessage::Want(_), parts) if offered_parts + parts.len() > OFFER_MOST_PARTS => {
-                return Err(ConnError::BadOffer(parts.len() as u64 * 16));
-            }
             // One want per item of the tree at most: more can only be a
             // client trying to make us send the same file over and over.
             (ClientMessage::Want(want), parts) if wants.len() < entries.len() => {
+                offered_parts.count(parts.len())?;
                 if !parts.is_empty() {
-                    offered_parts += parts.len();
                     offers.insert(want.filename.clone(), parts);
                 }
                 wants.push(want)

@@ -26,7 +26,8 @@ pub use crate::local::meta::{apply_meta, MODE_MASK};
 pub use hash::{par_hash, par_map};
 pub use walk::{send_walk, walk, walk_local, walk_local_in_batches, walk_root_in_batches, LeftOut};
 
-use crate::protocol::{Entry, EntryKind};
+use crate::error::ConnError;
+use crate::protocol::{Entry, EntryKind, OFFER_MOST_PARTS};
 use std::path::{Component, Path, PathBuf};
 
 pub use crate::local::MAX_DEPTH;
@@ -89,6 +90,23 @@ impl ManifestBudget {
         self.entries += 1;
         self.bytes += ENTRY_COST + 2 * e.rel.len() + e.target.as_ref().map_or(0, String::len);
         self.bytes <= MANIFEST_BYTES_MAX && self.entries <= MAX_ENTRIES
+    }
+}
+
+/// Part digests a tree's offers to resume carried so far, on the side
+/// they are offered to: all the offers share what one may carry.
+#[derive(Debug, Default)]
+pub struct OfferedParts(usize);
+
+impl OfferedParts {
+    /// Counts an offer of `n` parts' digests; an error once the tree's
+    /// offers carry more than [`OFFER_MOST_PARTS`].
+    pub fn count(&mut self, n: usize) -> Result<(), ConnError> {
+        self.0 += n;
+        match self.0 <= OFFER_MOST_PARTS {
+            true => Ok(()),
+            false => Err(ConnError::BadOffer(n as u64 * 16)),
+        }
     }
 }
 
