@@ -59,10 +59,11 @@ pub struct FrameReader<R, M> {
 /// /usr/include's 14 KiB average; other sizes were not compared.
 pub const QUEUE_MAX: usize = 256 * 1024;
 
-/// The same when packing: zstd packs a log 5.5 times smaller a 256 KiB
-/// stretch at a time and 5.8 times a MiB at a time (6.1 at 2 MiB). Low
-/// enough that a whole small file (1 MiB) queued after it still fits an
-/// envelope.
+/// The same when packing: fewer, larger envelopes (stretches packed as
+/// frames of their own came 5.5 times smaller at 256 KiB and 5.8 at 1 MiB;
+/// in one stream the window counts for more, see `envelope::WINDOW_LOG`).
+/// Low enough that a whole small file (1 MiB) queued after it still fits
+/// an envelope.
 const PACKED_QUEUE_MAX: usize = 768 * 1024;
 
 /// Sends frames of messages `M` to one peer.
@@ -76,6 +77,9 @@ pub struct FrameWriter<W, M> {
     /// Packs what is sent into `zstd` envelopes where smaller (`-z`, or a
     /// request that asked for it); `None` sends it as it is.
     packer: Option<Packer>,
+    /// Leading bytes of `scratch` queued before packing began (the end of
+    /// an earlier stream's frame among them): sent as they are.
+    raw_head: usize,
     /// The direction's messages: what this writer encodes.
     messages: PhantomData<fn(M)>,
 }
@@ -412,16 +416,27 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
 impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     /// Wraps a byte stream.
     pub fn new(inner: W) -> Self {
-        FrameWriter { inner, scratch: Vec::with_capacity(1024), packer: None, messages: PhantomData }
+        FrameWriter {
+            inner,
+            scratch: Vec::with_capacity(1024),
+            packer: None,
+            raw_head: 0,
+            messages: PhantomData,
+        }
     }
 
     /// Packs what is sent into `zstd` envelopes from now on, where that
     /// makes it smaller (`on`), or sends it as it is.
+    /// Turning it off ends the stream's zstd frame with an envelope that
+    /// goes out with the next write.
     pub fn set_compress(&mut self, on: bool) -> io::Result<()> {
-        match (on, self.packer.is_some()) {
-            (true, false) => self.packer = Some(Packer::new()?),
-            (false, true) => self.packer = None,
-            _ => {}
+        match (on, self.packer.take()) {
+            (true, None) => {
+                self.packer = Some(Packer::new()?);
+                self.raw_head = self.scratch.len();
+            }
+            (false, Some(packer)) => self.scratch.extend(packer.end::<M>()?.unwrap_or_default()),
+            (_, kept) => self.packer = kept,
         }
         Ok(())
     }
@@ -475,9 +490,25 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
     /// there until a flush).
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if !self.scratch.is_empty() {
-            let packed = self.packer.as_mut().and_then(|p| p.pack::<M>(&self.scratch));
-            let sent = self.inner.write_all(packed.unwrap_or(&self.scratch)).await;
+            let (head, rest) = self.scratch.split_at(self.raw_head);
+            let packed = match self.packer.as_mut() {
+                Some(p) => p.pack::<M>(rest)?,
+                None => None,
+            };
+            let sent = match packed {
+                Some((header, body)) => {
+                    let mut sent = Ok(());
+                    for bytes in [head, header, body] {
+                        if sent.is_ok() {
+                            sent = self.inner.write_all(bytes).await;
+                        }
+                    }
+                    sent
+                }
+                None => self.inner.write_all(&self.scratch).await,
+            };
             self.scratch.clear();
+            self.raw_head = 0;
             sent?;
         }
         self.inner.flush().await?;

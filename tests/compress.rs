@@ -65,6 +65,21 @@ fn files_round_trip_with_z_packed_only_where_smaller() {
             _ => {}
         }
     }
+    // Several requests on one connection: each reply's stream ends before
+    // the next begins, packed or not.
+    fs::create_dir(work.path().join("all")).unwrap();
+    let names = ["text.log", "random.bin", "empty", "text.log"];
+    xfer(server.addr, work.path()).args(["get", "-z", "--force"]).args(names).arg("all/").assert().success();
+    xfer(server.addr, work.path())
+        .args(["get", "text.log", "random.bin", "all/", "--force"])
+        .assert()
+        .success();
+    for name in names {
+        assert_eq!(
+            fs::read(work.path().join("all").join(name)).unwrap(),
+            fs::read(work.path().join(name)).unwrap()
+        );
+    }
     // The same text without -z crosses whole.
     let proxy = Proxy::recording(server.addr);
     xfer(proxy.addr, work.path()).args(["get", "text.log", "plain"]).assert().success();

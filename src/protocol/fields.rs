@@ -6,7 +6,7 @@ use std::fmt;
 
 /// The protocol version this build speaks. A peer announcing another version
 /// is refused with [`ErrorCode::Version`] before any request is read.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes in each part of a file body but the last: each part travels in a
 /// `data` frame of its own with its MD5, so the receiver verifies many at

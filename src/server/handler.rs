@@ -208,6 +208,10 @@ async fn serve_requests(
                 refuse(conn, Outcome::new(other.filename()), err).await?
             }
         };
+        // The packer (its window is 8 MiB) goes with the request's place
+        // among those packed; its frame's end leads the next reply.
+        conn.writer.set_compress(false)?;
+        drop(packing);
         let ms = started.elapsed().as_millis() as u64;
         let path = crate::local::escape(&outcome.path);
         match &outcome.error {

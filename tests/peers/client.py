@@ -70,7 +70,7 @@ def main():
     binding = hashlib.sha256(sock.getpeercert(binary_form=True)).digest()
 
     hello, _ = recv(sock)
-    assert hello["op"] == "hello" and hello["version"] == 5, hello
+    assert hello["op"] == "hello" and hello["version"] == 6, hello
     ns, nc = hello["nonce"], os.urandom(32).hex()
     send(sock, {"op": "auth", "nonce": nc, "mac": mac(token, "xfer/2 client", binding, ns, nc)})
     welcome, _ = recv(sock)
