@@ -371,8 +371,11 @@ fn a_rerun_after_a_cut_large_file_shrank_commits_only_the_new_bytes() {
 /// no transfer holds it any more (the server lets go a moment after a cut).
 fn released_partial_len(dir: &Path, name: &str) -> u64 {
     let partial = dir.join(format!(".{name}.xfer-part"));
+    // Non-empty too: the server creates the partial a moment before it
+    // locks it, and a busy machine can show that moment.
     let released = eventually(std::time::Duration::from_secs(5), || {
-        fs::File::open(&partial).is_ok_and(|f| f.try_lock().is_ok())
+        fs::File::open(&partial)
+            .is_ok_and(|f| f.metadata().is_ok_and(|m| m.len() > 0) && f.try_lock().is_ok())
     });
     assert!(released, "no partial left at {}, or still held", partial.display());
     fs::metadata(&partial).unwrap().len()
