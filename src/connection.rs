@@ -435,7 +435,7 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
                 self.packer = Some(Packer::new()?);
                 self.raw_head = self.scratch.len();
             }
-            (false, Some(packer)) => self.scratch.extend(packer.end::<M>()?.unwrap_or_default()),
+            (false, Some(packer)) => packer.end::<M>(&mut self.scratch)?,
             (_, kept) => self.packer = kept,
         }
         Ok(())
@@ -495,18 +495,18 @@ impl<W: AsyncWrite + Unpin, M: Message> FrameWriter<W, M> {
                 Some(p) => p.pack::<M>(rest)?,
                 None => None,
             };
-            let sent = match packed {
-                Some((header, body)) => {
-                    let mut sent = Ok(());
-                    for bytes in [head, header, body] {
-                        if sent.is_ok() {
-                            sent = self.inner.write_all(bytes).await;
-                        }
-                    }
-                    sent
-                }
-                None => self.inner.write_all(&self.scratch).await,
+            let pieces: [&[u8]; 3] = match packed {
+                Some((header, body)) => [head, header, body],
+                None => [&self.scratch, &[], &[]],
             };
+            let inner = &mut self.inner;
+            let sent = async {
+                for piece in pieces {
+                    inner.write_all(piece).await?;
+                }
+                Ok::<_, io::Error>(())
+            }
+            .await;
             self.scratch.clear();
             self.raw_head = 0;
             sent?;

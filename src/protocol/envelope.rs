@@ -98,18 +98,7 @@ impl Packer {
             self.skip -= 1;
             return Ok(None);
         }
-        self.packed.clear();
-        self.packed.reserve(zstd::zstd_safe::compress_bound(bytes.len()) + 64);
-        let mut input = InBuffer::around(bytes);
-        let mut output = OutBuffer::around(&mut self.packed);
-        while input.pos() < bytes.len() {
-            self.zstd.run(&mut input, &mut output)?;
-        }
-        while self.zstd.flush(&mut output)? > 0 {
-            if output.pos() == output.capacity() {
-                return Err(io::Error::other("zstd needed more room than its bound"));
-            }
-        }
+        stream_into(&mut self.zstd, bytes, false, &mut self.packed)?;
         self.started = true;
         // An envelope's header costs about 70 bytes.
         if self.packed.len() + 96 > bytes.len() {
@@ -124,25 +113,40 @@ impl Packer {
         Ok(Some((&self.frame, &self.packed)))
     }
 
-    /// The envelope (of message type `M`, unpacking to nothing) that ends
-    /// the stream's frame, for a receiver to start the next one afresh;
-    /// `None` when nothing was packed.
-    pub fn end<M: Message>(mut self) -> io::Result<Option<Vec<u8>>> {
+    /// Appends to `out` the envelope (of message type `M`, unpacking to
+    /// nothing) that ends the stream's frame, for a receiver to start the
+    /// next one afresh; nothing when nothing was packed.
+    pub fn end<M: Message>(mut self, out: &mut Vec<u8>) -> io::Result<()> {
         if !self.started {
-            return Ok(None);
+            return Ok(());
         }
-        self.packed.clear();
-        self.packed.reserve(64);
-        let mut output = OutBuffer::around(&mut self.packed);
-        while self.zstd.finish(&mut output, true)? > 0 {
-            if output.pos() == output.capacity() {
-                return Err(io::Error::other("zstd needed more room to end its frame"));
-            }
+        stream_into(&mut self.zstd, &[], true, &mut self.packed)?;
+        encode(&M::zstd(0), self.packed.len() as u64, out).map_err(io::Error::other)?;
+        out.extend_from_slice(&self.packed);
+        Ok(())
+    }
+}
+
+/// Feeds `bytes` into the stream and flushes it, or ends its frame (`end`),
+/// into `out`, given zstd's bound for them: running out of that room is an
+/// error, never a loop waiting for room.
+fn stream_into(zstd: &mut Encoder<'static>, bytes: &[u8], end: bool, out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(bytes.len()) + 64);
+    let mut input = InBuffer::around(bytes);
+    let mut output = OutBuffer::around(out);
+    loop {
+        let left = match (input.pos() < bytes.len(), end) {
+            (true, _) => zstd.run(&mut input, &mut output).map(|_| 1)?,
+            (false, false) => zstd.flush(&mut output)?,
+            (false, true) => zstd.finish(&mut output, true)?,
+        };
+        if left == 0 {
+            return Ok(());
         }
-        let mut frame = Vec::new();
-        encode(&M::zstd(0), self.packed.len() as u64, &mut frame).map_err(io::Error::other)?;
-        frame.extend_from_slice(&self.packed);
-        Ok(Some(frame))
+        if output.pos() == output.capacity() {
+            return Err(io::Error::other("zstd needed more room than its bound"));
+        }
     }
 }
 
@@ -230,7 +234,8 @@ mod tests {
         assert!(a.len() < first.len() / 10);
         // The second stretch is all matches into the first.
         assert!(b.len() < a.len(), "{} {}", b.len(), a.len());
-        let end = packer.end::<ClientMessage>().unwrap().expect("a frame was begun");
+        let mut end = Vec::new();
+        packer.end::<ClientMessage>(&mut end).unwrap();
         let end = body(&end, 0);
 
         let mut unpacker = Unpacker::new().unwrap();
@@ -253,7 +258,9 @@ mod tests {
         }
         assert!(matches!(Unpacker::new().unwrap().unpack(b"not zstd", 8), Err(EnvelopeError::Corrupt(8))));
         // Nothing packed, nothing to end.
-        assert!(Packer::new().unwrap().end::<ClientMessage>().unwrap().is_none());
+        let mut end = Vec::new();
+        Packer::new().unwrap().end::<ClientMessage>(&mut end).unwrap();
+        assert!(end.is_empty());
     }
 
     #[test]

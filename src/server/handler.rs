@@ -177,10 +177,6 @@ async fn serve_requests(
             conn.writer.write(&ServerMessage::Keepalive).await?;
             continue;
         }
-        // A reply packed where smaller, when asked for and the server is
-        // not busy packing others' (see `Packing`).
-        let packing = req.msg.wants_compression().then(Packing::start).flatten();
-        conn.writer.set_compress(packing.is_some())?;
         let token = shared.grant.name.as_str();
         if let Some(right) = needs(&req.msg).filter(|r| !shared.grant.rights.allow(*r)) {
             let err =
@@ -190,6 +186,10 @@ async fn serve_requests(
             info!(peer = %conn.peer, %token, %op, %path, "forbidden");
             continue;
         }
+        // A reply packed where smaller, when asked for and the server is
+        // not busy packing others' (see `Packing`).
+        let packing = req.msg.wants_compression().then(Packing::start).flatten();
+        conn.writer.set_compress(packing.is_some())?;
         let outcome = match req.msg {
             ClientMessage::Put(req) => put::handle(conn, shared, req).await?,
             ClientMessage::Get(req) => get::handle(conn, shared, req, offered_parts).await?,
