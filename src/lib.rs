@@ -41,7 +41,7 @@
 //! - [`server`]: listener, admission of unauthenticated connections,
 //!   per-connection handler and the session (a token's rights and root),
 //!   one module per request, and what exec needs: a pseudo-terminal, a
-//!   cgroup per command.
+//!   cgroup per command, and the process started straight into it.
 //! - [`client`]: connecting, one module per client command (the file
 //!   management ones together in `manage`), and the config file of named
 //!   servers.

@@ -241,6 +241,35 @@ fn twenty_execs_at_once_stay_isolated() {
 }
 
 #[test]
+fn a_command_is_born_in_a_cgroup_of_its_own_where_the_server_can_make_one() {
+    // Only where cgroup v2 lets this user make groups (root here and in CI).
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) else { return };
+    let base = std::path::Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
+    let unified = std::path::Path::new("/sys/fs/cgroup/unified").join(own.trim_start_matches('/'));
+    let writable = |p: &std::path::Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+    if !(base.join("cgroup.procs").exists() && writable(&base)
+        || unified.join("cgroup.procs").exists() && writable(&unified))
+    {
+        return;
+    }
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    // Two commands, two groups, each beneath the server's own.
+    let cgroup_of_command = || {
+        let out =
+            xfer(server.addr, work.path()).args(["exec", "-n", "cat /proc/self/cgroup"]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string).unwrap_or_default()
+    };
+    let (first, second) = (cgroup_of_command(), cgroup_of_command());
+    let leaf = |g: &str| g.rsplit('/').next().unwrap_or("").to_string();
+    assert!(leaf(&first).starts_with("xfer-"), "{first}");
+    assert!(leaf(&second).starts_with("xfer-"), "{second}");
+    assert_ne!(first, second);
+}
+
+#[test]
 fn what_leaves_the_group_or_session_ends_with_the_command() {
     let server = exec_server();
     let work = tempfile::tempdir().unwrap();

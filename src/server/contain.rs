@@ -15,6 +15,7 @@
 
 use rustix::process::{kill_process_group, Pid, Signal};
 use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -39,7 +40,7 @@ pub(crate) struct Contained {
 
 impl Contained {
     /// A cgroup for a command about to start, if one can be made; the
-    /// command joins it with [`join_in_child`] before it runs, and carries
+    /// command is born in it (see [`spawn`](super::spawn)), and carries
     /// [`MARK_VAR`] with [`mark`](Self::mark) either way.
     pub fn prepare() -> Contained {
         static SERIAL: AtomicU64 = AtomicU64::new(0);
@@ -48,9 +49,10 @@ impl Contained {
         Contained { group: None, cgroup: Cgroup::new(n), mark, killed: false }
     }
 
-    /// The `cgroup.procs` file the child writes itself into, if any.
-    pub fn procs_file(&self) -> Option<CString> {
-        self.cgroup.as_ref().map(|c| c.procs.clone())
+    /// The cgroup's directory, which the command is cloned into, and its
+    /// `cgroup.procs`, which it writes itself into where it cannot be.
+    pub fn cgroup(&self) -> Option<(BorrowedFd<'_>, &CString)> {
+        self.cgroup.as_ref().map(|c| (c.handle.as_fd(), &c.procs))
     }
 
     /// The value of [`MARK_VAR`] every process of this command inherits.
@@ -59,8 +61,8 @@ impl Contained {
     }
 
     /// Notes the started command's process group.
-    pub fn started(&mut self, pid: Option<u32>) {
-        self.group = pid.and_then(|id| Pid::from_raw(id as i32));
+    pub fn started(&mut self, pid: u32) {
+        self.group = Pid::from_raw(pid as i32);
     }
 
     /// Kills the command's process group only: what did not leave it.
@@ -150,6 +152,8 @@ struct Cgroup {
     dir: PathBuf,
     /// Its `cgroup.procs`, ready for the child.
     procs: CString,
+    /// The directory, opened: what `CLONE_INTO_CGROUP` takes.
+    handle: OwnedFd,
 }
 
 impl Cgroup {
@@ -158,8 +162,15 @@ impl Cgroup {
         let base = base()?;
         let dir = base.join(format!("xfer-{}-{n}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
+        let handle = match std::fs::File::open(&dir) {
+            Ok(f) => OwnedFd::from(f),
+            Err(_) => {
+                let _ = std::fs::remove_dir(&dir);
+                return None;
+            }
+        };
         let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()).ok()?;
-        Some(Cgroup { dir, procs })
+        Some(Cgroup { dir, procs, handle })
     }
 
     fn kill(&self) {

@@ -7,21 +7,27 @@
 //! the command (with its time limit). Whatever ends the exchange, the
 //! command's whole process group is killed: no orphans.
 
-use super::contain::{join_in_child, Contained, MARK_VAR};
+use super::contain::{Contained, MARK_VAR};
 use super::pty::{self, Master, Program, Terminal};
 use super::request::{refuse, Outcome};
+use super::spawn::{self, Launch, Leader, Process, SHELL};
 use super::Session;
 use crate::connection::{FrameWriter, Reader, ServerConnection};
 use crate::digest::{md5_many, PartsDigest};
 use crate::error::{ConnError, RequestError};
 use crate::protocol::{Chunk, ClientMessage, ErrorCode, Exec, Message, ServerMessage, StreamSummary};
+use rustix::pipe::PipeFlags;
 use rustix::process::Signal;
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::process::{Child, Command};
+use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
 /// Read size for the command's pipes. 64 KiB is the Linux pipe capacity, so
@@ -67,27 +73,18 @@ pub(crate) async fn handle(
         Some(tty) => {
             let terminal = Terminal { term: tty.term.clone(), rows: tty.rows.max(1), cols: tty.cols.max(1) };
             let program = if req.login { Program::LoginShell } else { Program::Command(&command) };
-            pty::spawn(program, &terminal, shared.root.path(), &contained).map(|(mut child, master)| {
+            pty::spawn(program, &terminal, shared.root.path(), &contained).map(|(child, master)| {
                 let streams = Streams {
                     out: Box::new(master.clone()),
                     err: Box::new(tokio::io::empty()),
                     sink: Some(Box::new(master.clone())),
                     master: Some(master),
                 };
-                child.stdin.take();
                 (child, streams)
             })
         }
         None if req.login => Err(std::io::Error::other("a login shell needs a terminal (tty)")),
-        None => spawn(&command, shared, req.stdin, &contained).map(|mut child| {
-            let streams = Streams {
-                out: Box::new(child.stdout.take().expect("stdout is piped")),
-                err: Box::new(child.stderr.take().expect("stderr is piped")),
-                sink: child.stdin.take().map(|s| Box::new(s) as Box<dyn AsyncWrite + Unpin + Send>),
-                master: None,
-            };
-            (child, streams)
-        }),
+        None => spawn(&command, shared, req.stdin, &contained),
     };
     let (mut child, streams) = match started {
         Ok(c) => c,
@@ -113,30 +110,41 @@ pub(crate) async fn handle(
     Ok(outcome)
 }
 
-fn spawn(command: &str, shared: &Session, stdin: bool, contained: &Contained) -> std::io::Result<Child> {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(shared.root.path())
-        .process_group(0)
-        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env(MARK_VAR, contained.mark())
-        .kill_on_drop(true);
-    // Only to join a cgroup: a pre_exec hook makes the standard library
-    // fork where it would otherwise posix_spawn, which costs this ~30 MiB
-    // process 0.3 ms per command (exec true: 3.7 ms against 3.4).
-    if let Some(procs) = contained.procs_file() {
-        // SAFETY: join_in_child makes only async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || {
-                join_in_child(&procs);
-                Ok(())
-            });
-        }
-    }
-    cmd.spawn()
+/// Starts `sh -c COMMAND` in the root on pipes (stdin on /dev/null unless
+/// the client sends some).
+fn spawn(
+    command: &str,
+    shared: &Session,
+    stdin: bool,
+    contained: &Contained,
+) -> io::Result<(Process, Streams)> {
+    let pipe = || rustix::pipe::pipe_with(PipeFlags::CLOEXEC);
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (input, sink) = match stdin {
+        true => pipe().map(|(r, w)| (r, Some(w)))?,
+        false => (OwnedFd::from(std::fs::File::open("/dev/null")?), None),
+    };
+    let process = spawn::start(&Launch {
+        program: Path::new(SHELL),
+        args: vec![OsStr::new("sh"), OsStr::new("-c"), OsStr::new(command)],
+        env: vec![(MARK_VAR, contained.mark())],
+        dir: shared.root.path(),
+        stdio: [input.as_fd(), out_w.as_fd(), err_w.as_fd()],
+        leader: Leader::Group,
+        cgroup: contained.cgroup(),
+    })?;
+    let sink = match sink {
+        Some(w) => Some(Box::new(pipe::Sender::from_owned_fd(w)?) as Box<dyn AsyncWrite + Unpin + Send>),
+        None => None,
+    };
+    let streams = Streams {
+        out: Box::new(pipe::Receiver::from_owned_fd(out_r)?),
+        err: Box::new(pipe::Receiver::from_owned_fd(err_r)?),
+        sink,
+        master: None,
+    };
+    Ok((process, streams))
 }
 
 /// A running command's ends: its output (a pty's master twice over, or its
@@ -156,7 +164,7 @@ struct Streams {
 /// `exit` frame sent. Returns the output bytes sent.
 async fn run(
     conn: &mut ServerConnection,
-    child: &mut Child,
+    child: &mut Process,
     contained: &mut Contained,
     streams: Streams,
     (stdin, timeout): (bool, Option<u64>),

@@ -21,6 +21,7 @@ mod pty;
 mod put;
 mod request;
 mod rm;
+mod spawn;
 mod tree;
 
 use crate::access::Grant;

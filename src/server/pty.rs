@@ -3,21 +3,21 @@
 //! controlling terminal, and the master side as an async reader and
 //! writer for the exchange.
 
-use super::contain::{join_in_child, Contained, MARK_VAR};
+use super::contain::{Contained, MARK_VAR};
+use super::spawn::{self, Launch, Leader, Process, SHELL};
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcsetwinsize, Winsize};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::process::{Child, Command};
 
 /// The terminal the client asked for.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub(crate) fn spawn(
     terminal: &Terminal,
     dir: &Path,
     contained: &Contained,
-) -> io::Result<(Child, Master)> {
+) -> io::Result<(Process, Master)> {
     let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
     grantpt(&master)?;
     unlockpt(&master)?;
@@ -65,48 +65,29 @@ pub(crate) fn spawn(
         .custom_flags(libc::O_NOCTTY)
         .open(Path::new(std::ffi::OsStr::from_bytes(name.as_bytes())))?
         .into();
-    let mut cmd = match program {
+    let (shell, login);
+    let (program, args) = match program {
         Program::Command(command) => {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg(command);
-            cmd
+            (Path::new(SHELL), vec![OsStr::new("sh"), OsStr::new("-c"), OsStr::new(command)])
         }
         Program::LoginShell => {
-            let shell = login_shell();
-            let mut cmd = Command::new(&shell);
+            shell = login_shell();
             // A leading '-' in argv[0] makes a shell a login shell.
             let base =
                 Path::new(&shell).file_name().map_or("sh".into(), |n| n.to_string_lossy().into_owned());
-            cmd.arg0(format!("-{base}"));
-            cmd
+            login = format!("-{base}");
+            (Path::new(&shell), vec![OsStr::new(&login)])
         }
     };
-    cmd.current_dir(dir)
-        .env("TERM", &terminal.term)
-        .env(MARK_VAR, contained.mark())
-        .stdin(Stdio::from(slave.try_clone()?))
-        .stdout(Stdio::from(slave.try_clone()?))
-        .stderr(Stdio::from(slave))
-        .kill_on_drop(true);
-    let procs = contained.procs_file();
-    // SAFETY: only async-signal-safe calls: setsid, ioctl, and the
-    // cgroup join's open/write/close.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The terminal on fd 0 becomes the session's controlling one.
-            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(procs) = &procs {
-                join_in_child(procs);
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn()?;
+    let child = spawn::start(&Launch {
+        program,
+        args,
+        env: vec![("TERM", &terminal.term), (MARK_VAR, contained.mark())],
+        dir,
+        stdio: [slave.as_fd(), slave.as_fd(), slave.as_fd()],
+        leader: Leader::Session,
+        cgroup: contained.cgroup(),
+    })?;
     rustix::io::ioctl_fionbio(&master, true)?;
     // SAFETY: the AsyncFd owns the descriptor until it is dropped.
     let master = unsafe { AsyncFd::register(master) }?;
