@@ -254,3 +254,47 @@ fn shutdown_kills_running_commands() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+/// The server's peak resident memory, in MiB, since the last reset.
+fn server_peak_mib(server: &std::process::Child) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+#[test]
+fn small_files_whose_digests_are_remembered_go_out_in_bounded_batches() {
+    // 64 files of nearly 1 MiB: each is sent whole, and once the server
+    // remembers their digests none is hashed. Those were once read into
+    // one batch of 128 files whatever their size (a server held 334 MiB
+    // for 400 such files); a batch is bounded in bytes as one to hash is.
+    let root = tempfile::tempdir().unwrap();
+    fs::create_dir(root.path().join("t")).unwrap();
+    for i in 0..64 {
+        fs::write(root.path().join(format!("t/f{i}")), pattern(1_000_000, i)).unwrap();
+    }
+    // Digests are remembered only of files that settled (a second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let (server, addr) = spawn_server_process(root.path(), "1");
+    let server = KilledOnDrop(server);
+    let work = tempfile::tempdir().unwrap();
+    xfer(addr, work.path()).args(["get", "-r", "t", "first"]).assert().success();
+    // Peak memory from here on: the fetch whose digests are all remembered.
+    fs::write(format!("/proc/{}/clear_refs", server.0.id()), "5").unwrap();
+    xfer(addr, work.path()).args(["get", "-r", "t", "second"]).assert().success();
+    let peak = server_peak_mib(&server.0);
+    eprintln!("server peak while sending remembered files: {peak} MiB");
+    assert!(peak < 48, "the server's peak memory was {peak} MiB for 64 MB of small files");
+    assert_eq!(tree(&work.path().join("second")), tree(&root.path().join("t")));
+    assert_eq!(fs::read(work.path().join("second/f63")).unwrap(), pattern(1_000_000, 63));
+}
+
+/// A server process that goes with the test, failed or not.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -20,7 +20,7 @@ impl<T: AsRef<[u8]>> HashBatch<T> {
     pub const FILES: usize = 128;
     /// Bytes per batch: 2 MiB holds 128 files of /usr/include's 16 KiB
     /// average; the bound matters only when many are near 64 KiB.
-    const BYTES: usize = 2 << 20;
+    pub const BYTES: usize = 2 << 20;
 
     /// An empty batch.
     pub fn new() -> Self {

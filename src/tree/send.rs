@@ -72,6 +72,10 @@ where
     tokio::task::spawn_blocking(move || {
         let mut batch = HashBatch::new();
         let mut ready: Vec<ReadSmall> = Vec::new();
+        // Bytes of the bodies in `ready`: a batch of files whose digests
+        // are known is bounded as a batch to hash is (128 remembered files
+        // of 1 MiB once made a server hold 334 MiB).
+        let mut ready_bytes = 0;
         let send = |batch: &mut HashBatch<Outgoing>, ready: &mut Vec<ReadSmall>| {
             ready.extend(batch.hash().into_iter().map(Ok));
             // The receiving side only goes away on a connection error,
@@ -81,8 +85,9 @@ where
         for item in items {
             let full = match read(item) {
                 Ok((file, Some(md5))) => {
+                    ready_bytes += file.body.len();
                     ready.push(Ok((file, md5)));
-                    ready.len() >= HashBatch::<Outgoing>::FILES
+                    ready.len() >= HashBatch::<Outgoing>::FILES || ready_bytes >= HashBatch::<Outgoing>::BYTES
                 }
                 Ok((file, None)) => batch.push(file),
                 Err(why) => {
@@ -90,8 +95,11 @@ where
                     false
                 }
             };
-            if full && !send(&mut batch, &mut ready) {
-                return;
+            if full {
+                ready_bytes = 0;
+                if !send(&mut batch, &mut ready) {
+                    return;
+                }
             }
         }
         send(&mut batch, &mut ready);
