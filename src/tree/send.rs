@@ -19,7 +19,8 @@ pub struct Outgoing {
     pub data: Data,
     /// Its whole body.
     pub body: Vec<u8>,
-    /// The version read, for a sender that remembers digests by it.
+    /// The version read, for a sender that remembers digests by it
+    /// (`None` when its digest is remembered already).
     pub stamp: Option<Stamp>,
 }
 
