@@ -42,8 +42,11 @@ pub struct FrameReader<R, M> {
     buf: BytesMut,
     /// How long to wait for the next header before giving up on the peer.
     idle: Option<Duration>,
-    /// Unpacks `zstd` envelopes, once the peer has authenticated (before,
-    /// an envelope is refused: nobody unknown makes us decompress).
+    /// Whether `zstd` envelopes are taken: only once the peer has
+    /// authenticated (nobody unknown makes us decompress).
+    envelopes: bool,
+    /// Unpacks them, made at the first: a connection that never sends one
+    /// never allocates its decompression context.
     unpacker: Option<Unpacker>,
     /// Bytes at the front of `buf` that came out of an envelope, where
     /// another envelope is refused.
@@ -216,6 +219,7 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
             inner,
             buf: BytesMut::with_capacity(READ_BUF),
             idle: None,
+            envelopes: false,
             unpacker: None,
             unpacked: 0,
             messages: PhantomData,
@@ -223,9 +227,8 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
     }
 
     /// Accepts `zstd` envelopes from now on: the peer has authenticated.
-    pub fn accept_envelopes(&mut self) -> io::Result<()> {
-        self.unpacker = Some(Unpacker::new()?);
-        Ok(())
+    pub fn accept_envelopes(&mut self) {
+        self.envelopes = true;
     }
 
     /// Drops `n` bytes from the front of the buffer, consumed.
@@ -281,12 +284,16 @@ impl<R: AsyncRead + Unpin, M: Message> FrameReader<R, M> {
         if nested {
             return Err(EnvelopeError::Nested.into());
         }
-        if self.unpacker.is_none() {
+        if !self.envelopes {
             return Err(EnvelopeError::Early.into());
         }
         Unpacker::check(len, size)?;
         let body = self.read_small_body(len, ENVELOPE_MAX).await?;
-        let unpacked = self.unpacker.as_mut().expect("checked above").unpack(&body, size)?;
+        let unpacker = match &mut self.unpacker {
+            Some(unpacker) => unpacker,
+            None => self.unpacker.insert(Unpacker::new()?),
+        };
+        let unpacked = unpacker.unpack(&body, size)?;
         let mut buf = BytesMut::with_capacity(unpacked.len() + self.buf.len().max(READ_BUF));
         buf.extend_from_slice(&unpacked);
         buf.extend_from_slice(&self.buf);

@@ -160,7 +160,7 @@ impl Client {
         match conn.reader.expect_control().await? {
             ServerMessage::Welcome { mac } if auth::verify(&opts.token, Role::Server, challenge, &mac) => {
                 let zstd = |e| Error::local("zstd", e);
-                conn.reader.accept_envelopes().map_err(zstd)?;
+                conn.reader.accept_envelopes();
                 conn.writer.set_compress(opts.compress).map_err(zstd)?;
                 Ok(Client { conn })
             }
