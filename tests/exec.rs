@@ -245,12 +245,11 @@ fn a_command_is_born_in_a_cgroup_of_its_own_where_the_server_can_make_one() {
     // Only where cgroup v2 lets this user make groups (root here and in CI).
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let Some(own) = own.lines().find_map(|l| l.strip_prefix("0::")) else { return };
-    let base = std::path::Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
-    let unified = std::path::Path::new("/sys/fs/cgroup/unified").join(own.trim_start_matches('/'));
-    let writable = |p: &std::path::Path| rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
-    if !(base.join("cgroup.procs").exists() && writable(&base)
-        || unified.join("cgroup.procs").exists() && writable(&unified))
-    {
+    let ours = |mount: &str| std::path::Path::new(mount).join(own.trim_start_matches('/'));
+    let usable = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].map(ours).iter().any(|dir| {
+        dir.join("cgroup.procs").exists() && rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
+    });
+    if !usable {
         return;
     }
     let server = exec_server();

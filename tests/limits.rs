@@ -255,13 +255,6 @@ fn shutdown_kills_running_commands() {
     let _ = client.wait();
 }
 
-/// The server's peak resident memory, in MiB, since the last reset.
-fn server_peak_mib(server: &std::process::Child) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{}/status", server.id())).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
-}
-
 #[test]
 fn small_files_whose_digests_are_remembered_go_out_in_bounded_batches() {
     // 64 files of nearly 1 MiB: each is sent whole, and once the server
@@ -282,7 +275,7 @@ fn small_files_whose_digests_are_remembered_go_out_in_bounded_batches() {
     // Peak memory from here on: the fetch whose digests are all remembered.
     fs::write(format!("/proc/{}/clear_refs", server.0.id()), "5").unwrap();
     xfer(addr, work.path()).args(["get", "-r", "t", "second"]).assert().success();
-    let peak = server_peak_mib(&server.0);
+    let peak = common::vm_hwm_kib_of(&server.0.id().to_string()) / 1024;
     eprintln!("server peak while sending remembered files: {peak} MiB");
     assert!(peak < 48, "the server's peak memory was {peak} MiB for 64 MB of small files");
     assert_eq!(tree(&work.path().join("second")), tree(&root.path().join("t")));

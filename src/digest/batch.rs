@@ -20,7 +20,13 @@ impl<T: AsRef<[u8]>> HashBatch<T> {
     pub const FILES: usize = 128;
     /// Bytes per batch: 2 MiB holds 128 files of /usr/include's 16 KiB
     /// average; the bound matters only when many are near 64 KiB.
-    pub const BYTES: usize = 2 << 20;
+    const BYTES: usize = 2 << 20;
+
+    /// Whether `files` bodies of `bytes` in all make a full batch: the one
+    /// bound, also for batches of bodies that need no hashing.
+    pub fn full(files: usize, bytes: usize) -> bool {
+        files >= Self::FILES || bytes >= Self::BYTES
+    }
 
     /// An empty batch.
     pub fn new() -> Self {
@@ -31,7 +37,7 @@ impl<T: AsRef<[u8]>> HashBatch<T> {
     pub fn push(&mut self, item: T) -> bool {
         self.bytes += item.as_ref().len();
         self.waiting.push(item);
-        self.waiting.len() >= Self::FILES || self.bytes >= Self::BYTES
+        Self::full(self.waiting.len(), self.bytes)
     }
 
     /// Whether nothing waits.

@@ -132,7 +132,7 @@ fn kill_marked(entry: &str) {
     }
 }
 
-/// In the forked child, before exec: moves the child into the cgroup
+/// In the child between clone and exec: moves the child into the cgroup
 /// whose `cgroup.procs` is `procs`. Only async-signal-safe calls. A failure
 /// leaves it in the server's cgroup, held by its process group alone.
 pub(crate) fn join_in_child(procs: &CString) {

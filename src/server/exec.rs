@@ -10,7 +10,7 @@
 use super::contain::{Contained, MARK_VAR};
 use super::pty::{self, Master, Program, Terminal};
 use super::request::{refuse, Outcome};
-use super::spawn::{self, Launch, Leader, Process, SHELL};
+use super::spawn::{self, Launch, Leader, Process};
 use super::Session;
 use crate::connection::{FrameWriter, Reader, ServerConnection};
 use crate::digest::{md5_many, PartsDigest};
@@ -18,11 +18,9 @@ use crate::error::{ConnError, RequestError};
 use crate::protocol::{Chunk, ClientMessage, ErrorCode, Exec, Message, ServerMessage, StreamSummary};
 use rustix::pipe::PipeFlags;
 use rustix::process::Signal;
-use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,9 +123,10 @@ fn spawn(
         true => pipe().map(|(r, w)| (r, Some(w)))?,
         false => (OwnedFd::from(std::fs::File::open("/dev/null")?), None),
     };
+    let (program, args) = spawn::shell(command);
     let process = spawn::start(&Launch {
-        program: Path::new(SHELL),
-        args: vec![OsStr::new("sh"), OsStr::new("-c"), OsStr::new(command)],
+        program,
+        args,
         env: vec![(MARK_VAR, contained.mark())],
         dir: shared.root.path(),
         stdio: [input.as_fd(), out_w.as_fd(), err_w.as_fd()],

@@ -4,7 +4,7 @@
 //! writer for the exchange.
 
 use super::contain::{Contained, MARK_VAR};
-use super::spawn::{self, Launch, Leader, Process, SHELL};
+use super::spawn::{self, Launch, Leader, Process};
 use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
 use rustix::termios::{tcsetwinsize, Winsize};
 use std::ffi::OsStr;
@@ -67,9 +67,7 @@ pub(crate) fn spawn(
         .into();
     let (shell, login);
     let (program, args) = match program {
-        Program::Command(command) => {
-            (Path::new(SHELL), vec![OsStr::new("sh"), OsStr::new("-c"), OsStr::new(command)])
-        }
+        Program::Command(command) => spawn::shell(command),
         Program::LoginShell => {
             shell = login_shell();
             // A leading '-' in argv[0] makes a shell a login shell.

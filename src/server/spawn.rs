@@ -22,7 +22,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 /// The shell commands run in (POSIX puts it here; no `PATH` search).
-pub(crate) const SHELL: &str = "/bin/sh";
+const SHELL: &str = "/bin/sh";
+
+/// The program and argv that run `command` as every command runs:
+/// `sh -c COMMAND`.
+pub(crate) fn shell(command: &str) -> (&'static Path, Vec<&OsStr>) {
+    (Path::new(SHELL), vec![OsStr::new("sh"), OsStr::new("-c"), OsStr::new(command)])
+}
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7), which the libc crate types too narrow.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
@@ -187,11 +193,8 @@ fn clone(into: Option<RawFd>, prepared: &Prepared, err_w: RawFd) -> io::Result<(
         libc::pthread_sigmask(libc::SIG_SETMASK, &was, std::ptr::null_mut());
         rc
     };
-    match rc {
-        Err(e) => Err(e),
-        // SAFETY: CLONE_PIDFD stored a new descriptor we now own.
-        Ok(pid) => Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) })),
-    }
+    // SAFETY: CLONE_PIDFD stored a new descriptor we now own.
+    rc.map(|pid| (pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// What [`child_entry`] gets: what to run, and where to say why not.
@@ -391,9 +394,10 @@ mod tests {
     use std::fs::File;
 
     fn launch<'a>(script: &'a str, io: &'a File) -> Launch<'a> {
+        let (program, args) = shell(script);
         Launch {
-            program: Path::new("/bin/sh"),
-            args: vec![OsStr::new("sh"), OsStr::new("-c"), OsStr::new(script)],
+            program,
+            args,
             env: vec![("XFER_SPAWN_TEST", "set")],
             dir: Path::new("/"),
             stdio: [io.as_fd(), io.as_fd(), io.as_fd()],

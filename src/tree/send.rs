@@ -88,7 +88,7 @@ where
                 Ok((file, Some(md5))) => {
                     ready_bytes += file.body.len();
                     ready.push(Ok((file, md5)));
-                    ready.len() >= HashBatch::<Outgoing>::FILES || ready_bytes >= HashBatch::<Outgoing>::BYTES
+                    HashBatch::<Outgoing>::full(ready.len(), ready_bytes)
                 }
                 Ok((file, None)) => batch.push(file),
                 Err(why) => {

@@ -193,7 +193,13 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Peak resident memory of this process (test servers run in it), in KiB.
 pub fn vm_hwm_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    vm_hwm_kib_of("self")
+}
+
+/// Peak resident memory of process `pid` ("self", or a number), in KiB,
+/// since it started or was reset (`clear_refs`).
+pub fn vm_hwm_kib_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
