@@ -146,6 +146,25 @@ fn dash_n_sends_no_stdin() {
 }
 
 #[test]
+fn a_stdin_of_dev_null_is_not_forwarded_and_an_empty_pipe_is() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let fd0 = |stdin: Stdio| {
+        let out = xfer_process(server.addr, work.path())
+            .args(["exec", "readlink /proc/self/fd/0"])
+            .stdin(stdin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // From /dev/null the command reads the server's /dev/null, as with -n.
+    assert_eq!(fd0(Stdio::null()), "/dev/null\n");
+    // Anything else is forwarded, even when it holds nothing.
+    assert!(fd0(Stdio::piped()).starts_with("pipe:"));
+}
+
+#[test]
 fn timeout_kills_the_whole_process_group() {
     let server = exec_server();
     let work = tempfile::tempdir().unwrap();

@@ -49,7 +49,10 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     conn.set_idle_timeout(Some(GONE_AFTER));
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    let stdin = how.stdin.then(tokio::io::stdin);
+    // Nothing to forward from /dev/null (cron jobs, `ssh`-style scripts):
+    // the command gets it on the server as with -n, without our reading
+    // thread (`xfer exec true </dev/null`: 4.73 -> 4.47 ms).
+    let stdin = (how.stdin && !stdin_is_dev_null()).then(tokio::io::stdin);
     // On a terminal of ours, keys go to the remote program as they are
     // typed (raw mode), until the guard puts the terminal back, on every
     // way out: the end, an error, a lost connection, SIGTERM or SIGHUP.
@@ -67,6 +70,16 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
         _ = term.recv() => Ok(128 + 15),
         _ = hup.recv() => Ok(128 + 1),
     }
+}
+
+/// Whether our stdin is `/dev/null`: the character device 1:3, as Linux
+/// numbers it.
+fn stdin_is_dev_null() -> bool {
+    use rustix::fs::{fstat, major, minor, FileType};
+    fstat(std::io::stdin()).is_ok_and(|st| {
+        FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
+            && (major(st.st_rdev), minor(st.st_rdev)) == (1, 3)
+    })
 }
 
 /// Our terminal in raw mode while it lives: every key (Ctrl-C, arrows,
