@@ -64,6 +64,27 @@ fn binary_and_non_utf8_output_arrive_unchanged() {
         .stderr(&b"\xff"[..]);
 }
 
+/// Our stdout a file and our stderr `/dev/null`: written straight, not
+/// through a thread, and every byte still lands.
+#[test]
+fn output_to_a_file_and_to_dev_null_arrives_whole() {
+    let server = exec_server();
+    let work = tempfile::tempdir().unwrap();
+    let data = pattern(9 * 1024 * 1024 + 3, 12);
+    fs::write(server.path("blob"), &data).unwrap();
+    let out = work.path().join("out");
+    let status = xfer_process(server.addr, work.path())
+        .args(["exec", "-n", "cat blob; cat blob >&2; echo end"])
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::options().write(true).open("/dev/null").unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut expected = data.clone();
+    expected.extend_from_slice(b"end\n");
+    assert_eq!(md5_hex(&fs::read(&out).unwrap()), md5_hex(&expected));
+}
+
 #[test]
 fn megabytes_on_stderr_before_stdout_do_not_deadlock() {
     let server = exec_server();
@@ -395,4 +416,58 @@ fn without_a_cgroup_the_mark_finds_what_escaped() {
     server.wait().unwrap();
     assert!(gone, "setsid child {escaped} survived");
     assert!(daemon_gone, "daemon {daemon} survived");
+}
+
+/// Output is written while the next chunk is read, not waited for chunk by
+/// chunk; yet with stdout and stderr on one pipe (`2>&1 | …`), chunks come
+/// out in the order the server sent them, runs of one stream and all.
+#[test]
+fn chunks_of_both_streams_keep_the_servers_order_on_one_pipe() {
+    use common::fake::{self, Proof};
+    use common::raw;
+    use md5::{Digest, Md5};
+    // Runs of 1 to 4 chunks of one stream, then the other.
+    let streams = ["stdout", "stderr"].iter().cycle();
+    let runs = streams.zip([1, 2, 3, 4].iter().cycle()).take(40);
+    let names = runs.flat_map(|(name, &len)| std::iter::repeat_n(*name, len));
+    let chunks: Vec<(&str, String)> =
+        names.enumerate().map(|(i, name)| (name, format!("{i:03}\n"))).collect();
+    let expected: String = chunks.iter().map(|(_, text)| text.as_str()).collect();
+    let script_chunks = chunks.clone();
+    let (addr, _) = fake::serve_once(Proof::Genuine, move |s| {
+        raw::recv(s); // the exec
+        raw::send(s, r#"{"op":"started","filename":"","md5":null,"total_size":0}"#);
+        let mut summaries = serde_json::Map::new();
+        for name in ["stdout", "stderr"] {
+            let mine: Vec<&String> =
+                script_chunks.iter().filter(|(n, _)| *n == name).map(|(_, t)| t).collect();
+            let digests: Vec<u8> = mine.iter().flat_map(|t| Md5::digest(t.as_bytes()).to_vec()).collect();
+            let size: usize = mine.iter().map(|t| t.len()).sum();
+            let md5 = format!("{}-{}", md5_hex(&digests), mine.len());
+            summaries.insert(name.into(), serde_json::json!({"total_size": size, "md5": md5}));
+        }
+        for (name, text) in &script_chunks {
+            let md5 = md5_hex(text.as_bytes());
+            raw::send(
+                s,
+                &format!(r#"{{"op":"{name}","filename":"","md5":"{md5}","total_size":{}}}"#, text.len()),
+            );
+            std::io::Write::write_all(s, text.as_bytes()).unwrap();
+        }
+        let mut exit =
+            serde_json::json!({"op": "exit", "filename": "", "md5": null, "total_size": 0, "exit_code": 0});
+        exit.as_object_mut().unwrap().extend(summaries);
+        raw::send(s, &exit.to_string());
+    });
+    let work = tempfile::tempdir().unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("xfer");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' -q -s {addr} exec -n x 2>&1 | cat", bin.display()))
+        .env("XFER_TOKEN", common::TOKEN)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
 }

@@ -47,8 +47,8 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     // The server's keepalives come while the command is silent: four
     // missed, and the connection is gone.
     conn.set_idle_timeout(Some(GONE_AFTER));
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
+    let mut stdout = Output::new(std::io::stdout(), tokio::io::stdout());
+    let mut stderr = Output::new(std::io::stderr(), tokio::io::stderr());
     // Nothing to forward from /dev/null (cron jobs, `ssh`-style scripts):
     // the command gets it on the server as with -n, without our reading
     // thread (`xfer exec true </dev/null`: 4.73 -> 4.47 ms).
@@ -72,14 +72,80 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     }
 }
 
-/// Whether our stdin is `/dev/null`: the character device 1:3, as Linux
-/// numbers it.
+/// Whether our stdin is `/dev/null`.
 fn stdin_is_dev_null() -> bool {
-    use rustix::fs::{fstat, major, minor, FileType};
-    fstat(std::io::stdin()).is_ok_and(|st| {
+    is_dev_null(&rustix::fs::fstat(std::io::stdin()))
+}
+
+/// Whether `stat` is of `/dev/null`: the character device 1:3, as Linux
+/// numbers it.
+fn is_dev_null(stat: &rustix::io::Result<rustix::fs::Stat>) -> bool {
+    use rustix::fs::{major, minor, FileType};
+    stat.as_ref().is_ok_and(|st| {
         FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice
             && (major(st.st_rdev), minor(st.st_rdev)) == (1, 3)
     })
+}
+
+/// Our stdout or stderr, for the command's output. A file or `/dev/null`
+/// never keeps a writer waiting, so it is written straight from here; a
+/// pipe or a terminal may, so through tokio's thread, which copies each
+/// chunk and hands it over (1 GiB of `cat` to /dev/null: 1.69 -> 1.28 s, the client's CPU
+/// 1.1 -> 0.6 s).
+enum Output<S, T> {
+    /// Written with `write(2)` on this thread.
+    Direct(S),
+    /// Written by tokio on a thread of its own.
+    Handed(T),
+}
+
+impl<S: std::os::fd::AsFd, T> Output<S, T> {
+    fn new(ours: S, tokio: T) -> Self {
+        let stat = rustix::fs::fstat(&ours);
+        let file = stat.as_ref().is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+        match file || is_dev_null(&stat) {
+            true => Output::Direct(ours),
+            false => Output::Handed(tokio),
+        }
+    }
+}
+
+impl<S: std::os::fd::AsFd + Unpin, T: AsyncWrite + Unpin> AsyncWrite for Output<S, T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Output::Direct(fd) => std::task::Poll::Ready(loop {
+                match rustix::io::write(&*fd, buf) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    written => break written.map_err(Into::into),
+                }
+            }),
+            Output::Handed(w) => std::pin::Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Output::Direct(_) => std::task::Poll::Ready(Ok(())),
+            Output::Handed(w) => std::pin::Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Output::Direct(_) => std::task::Poll::Ready(Ok(())),
+            Output::Handed(w) => std::pin::Pin::new(w).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Our terminal in raw mode while it lives: every key (Ctrl-C, arrows,
@@ -298,17 +364,30 @@ where
     E: AsyncWrite + Unpin,
 {
     let (mut out, mut err) = (Verifier::new("stdout"), Verifier::new("stderr"));
+    // The stream written to last and not yet flushed. A write starts at
+    // once (tokio hands it to a thread) and the next chunk is read while it
+    // runs, where waiting for each cost a thread's wake-up per chunk (1 GiB
+    // of `cat` to /dev/null: 3.4 -> 1.6 s); waiting only when the other
+    // stream is written next keeps the two in the order they came.
+    let mut unflushed = None;
     loop {
         let h = reader.expect().await?;
-        let (sink, verifier, claimed): (&mut (dyn AsyncWrite + Unpin), _, _) = match h.msg {
+        let (sink, other, verifier, claimed): (
+            &mut (dyn AsyncWrite + Unpin),
+            &mut (dyn AsyncWrite + Unpin),
+            _,
+            _,
+        ) = match h.msg {
             ServerMessage::Keepalive => {
                 reader.skip_body(h.total_size).await?;
                 continue;
             }
-            ServerMessage::Stdout(chunk) => (stdout, &mut out, chunk.md5),
-            ServerMessage::Stderr(chunk) => (stderr, &mut err, chunk.md5),
+            ServerMessage::Stdout(chunk) => (stdout, stderr, &mut out, chunk.md5),
+            ServerMessage::Stderr(chunk) => (stderr, stdout, &mut err, chunk.md5),
             ServerMessage::Exit { exit_code, signal, timed_out, stdout: sent_out, stderr: sent_err } => {
                 reader.skip_body(h.total_size).await?;
+                stdout.flush().await.map_err(|e| Error::local("stdout", e))?;
+                stderr.flush().await.map_err(|e| Error::local("stderr", e))?;
                 out.finish(sent_out.as_ref()).await?;
                 err.finish(sent_err.as_ref()).await?;
                 return Ok(Ended { exit_code, signal, timed_out });
@@ -318,7 +397,7 @@ where
                 return Err(unexpected_reply(reply, "stdout, stderr or exit"));
             }
         };
-        let mut buf = Vec::with_capacity(h.total_size.min(1 << 20) as usize);
+        let mut buf = verifier.buffer(h.total_size.min(1 << 20) as usize);
         let n = reader.body(h.total_size).read_to_end(&mut buf).await.map_err(ConnError::Io)?;
         if (n as u64) < h.total_size {
             return Err(ConnError::Truncated("body").into());
@@ -326,12 +405,11 @@ where
         if ui.json {
             ui.output(verifier.name, &buf);
         } else {
-            // Flush each chunk: output must show up live, not when we exit.
-            let written = async {
-                sink.write_all(&buf).await?;
-                sink.flush().await
-            };
-            written.await.map_err(|e| Error::local(verifier.name, e))?;
+            if unflushed.is_some_and(|name| name != verifier.name) {
+                other.flush().await.map_err(|e| Error::local(unflushed.unwrap_or_default(), e))?;
+            }
+            sink.write_all(&buf).await.map_err(|e| Error::local(verifier.name, e))?;
+            unflushed = Some(verifier.name);
         }
         verifier.push(buf, claimed).await?;
     }
@@ -348,9 +426,13 @@ struct Verifier {
     waiting: Vec<(Vec<u8>, Option<Md5Hex>)>,
     /// Their bytes.
     waiting_bytes: usize,
-    /// A batch being checked; it returns each chunk's digest, or the
-    /// offset in the stream of the first that differs.
-    checking: Option<tokio::task::JoinHandle<Result<Vec<[u8; 16]>, u64>>>,
+    /// A batch being checked; it returns each chunk's digest and the
+    /// buffers, or the offset in the stream of the first that differs.
+    checking: Option<tokio::task::JoinHandle<Result<Checked, u64>>>,
+    /// Buffers of chunks checked, to be read into again: a fresh 64 KiB
+    /// each time costs its page faults (1 GiB of `cat`: 58,000 -> 1,500,
+    /// which were 9 % of the client's time).
+    spare: Vec<Vec<u8>>,
     /// Bytes handed to checking so far.
     total: u64,
     /// The stream's digest over the chunks checked so far.
@@ -368,9 +450,18 @@ impl Verifier {
             waiting: Vec::new(),
             waiting_bytes: 0,
             checking: None,
+            spare: Vec::new(),
             total: 0,
             digest: PartsDigest::new(),
         }
+    }
+
+    /// An empty buffer for a chunk of `len` bytes.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.reserve(len);
+        buf
     }
 
     /// Adds a chunk written out; checks a batch once enough wait.
@@ -397,15 +488,15 @@ impl Verifier {
         self.checking = Some(tokio::task::spawn_blocking(move || {
             let bodies: Vec<&[u8]> = batch.iter().map(|(b, _)| b.as_slice()).collect();
             let mut at = at;
-            let mut out = Vec::with_capacity(batch.len());
+            let mut digests = Vec::with_capacity(batch.len());
             for ((body, claimed), got) in batch.iter().zip(md5_many(&bodies)) {
                 if claimed.as_ref() != Some(&got) {
                     return Err(at);
                 }
-                out.push(got.to_digest());
+                digests.push(got.to_digest());
                 at += body.len() as u64;
             }
-            Ok(out)
+            Ok(Checked { digests, buffers: batch.into_iter().map(|(b, _)| b).collect() })
         }));
         Ok(())
     }
@@ -414,7 +505,10 @@ impl Verifier {
     async fn collect(&mut self) -> Result<(), Error> {
         let Some(checking) = self.checking.take() else { return Ok(()) };
         match checking.await.expect("hashing does not panic") {
-            Ok(digests) => digests.iter().for_each(|d| self.digest.push(d)),
+            Ok(Checked { digests, buffers }) => {
+                digests.iter().for_each(|d| self.digest.push(d));
+                self.spare = buffers;
+            }
             Err(at) => {
                 let received = format!("other bytes in the chunk at byte {at}");
                 return Err(Error::md5_mismatch(self.name, None, received));
@@ -439,6 +533,14 @@ impl Verifier {
             None => Err(Error::md5_mismatch(name, None, received.to_string())),
         }
     }
+}
+
+/// A batch of chunks that matched their MD5s.
+struct Checked {
+    /// Each chunk's digest, in order.
+    digests: Vec<[u8; 16]>,
+    /// Their buffers, for the next chunks.
+    buffers: Vec<Vec<u8>>,
 }
 
 /// How a command ended, from its `exit` frame.
