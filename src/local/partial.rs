@@ -209,7 +209,13 @@ impl Partial {
             return Ok(None);
         }
         let mut file = self.file.try_clone()?;
-        file.set_len(offset)?;
+        // Cut only what is there to cut: on ext4, truncating a file to 0
+        // (even an empty one) makes its last close write back all it was
+        // given since (auto_da_alloc): a fresh 1 GiB get waited 0.37 s in
+        // close (get 1.31 -> 0.95 s, put to a new name 1.81 -> 1.30 s).
+        if file.metadata()?.len() != offset {
+            file.set_len(offset)?;
+        }
         io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
         Ok(Some((file, PartsDigest::of(&self.parts[..(offset / PART) as usize]))))
     }
@@ -459,6 +465,26 @@ mod tests {
 
     /// PROTOCOL.md's offer test vector: a partial of the vector's first
     /// 270,000 bytes is offered as the document says, body and all.
+    /// A fresh partial started at 0 is not truncated: on ext4 a truncate
+    /// to 0 makes the file's last close write back all of it (a 1 GiB get
+    /// waited 0.37 s in close). Seen here as its change time staying put.
+    #[test]
+    fn a_fresh_partial_started_at_zero_is_left_as_it_is() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let mut staged = root.stage(&RemotePath::parse("f").unwrap()).unwrap();
+        let before = staged.file().metadata().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (file, prefix) = staged.start_at(0).unwrap().expect("0 is always a start");
+        let after = file.metadata().unwrap();
+        assert_eq!(
+            (after.len(), after.ctime(), after.ctime_nsec()),
+            (0, before.ctime(), before.ctime_nsec())
+        );
+        assert_eq!(prefix.finish(), PartsDigest::new().finish());
+    }
+
     #[test]
     fn protocol_md_offer_test_vector() {
         let doc = include_str!("../../PROTOCOL.md");
