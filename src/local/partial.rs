@@ -463,8 +463,6 @@ mod tests {
         assert_eq!(again.file().metadata().unwrap().len(), 0, "starting over empties it");
     }
 
-    /// PROTOCOL.md's offer test vector: a partial of the vector's first
-    /// 270,000 bytes is offered as the document says, body and all.
     /// A fresh partial started at 0 is not truncated: on ext4 a truncate
     /// to 0 makes the file's last close write back all of it (a 1 GiB get
     /// waited 0.37 s in close). Seen here as its change time staying put.
@@ -485,6 +483,8 @@ mod tests {
         assert_eq!(prefix.finish(), PartsDigest::new().finish());
     }
 
+    /// PROTOCOL.md's offer test vector: a partial of the vector's first
+    /// 270,000 bytes is offered as the document says, body and all.
     #[test]
     fn protocol_md_offer_test_vector() {
         let doc = include_str!("../../PROTOCOL.md");
