@@ -47,8 +47,7 @@ pub async fn exec(opts: &Options, words: &[String], how: ExecOptions) -> Result<
     // The server's keepalives come while the command is silent: four
     // missed, and the connection is gone.
     conn.set_idle_timeout(Some(GONE_AFTER));
-    let mut stdout = Output::new(std::io::stdout(), tokio::io::stdout());
-    let mut stderr = Output::new(std::io::stderr(), tokio::io::stderr());
+    let (mut stdout, mut stderr) = our_outputs();
     // Nothing to forward from /dev/null (cron jobs, `ssh`-style scripts):
     // the command gets it on the server as with -n, without our reading
     // thread (`xfer exec true </dev/null`: 4.73 -> 4.47 ms).
@@ -97,6 +96,11 @@ enum Output<S, T> {
     Direct(S),
     /// Written by tokio on a thread of its own.
     Handed(T),
+}
+
+/// Our stdout and stderr, each as [`Output`] decides.
+fn our_outputs() -> (Output<std::io::Stdout, tokio::io::Stdout>, Output<std::io::Stderr, tokio::io::Stderr>) {
+    (Output::new(std::io::stdout(), tokio::io::stdout()), Output::new(std::io::stderr(), tokio::io::stderr()))
 }
 
 impl<S: std::os::fd::AsFd, T> Output<S, T> {
@@ -193,8 +197,7 @@ pub async fn session(opts: &Options, timeout: Option<u64>) -> Result<u8, Error> 
     conn.set_idle_timeout(Some(GONE_AFTER));
     let interactive = std::io::stdin().is_terminal();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut stdout = Output::new(std::io::stdout(), tokio::io::stdout());
-    let mut stderr = Output::new(std::io::stderr(), tokio::io::stderr());
+    let (mut stdout, mut stderr) = our_outputs();
     let how = ExecOptions { timeout, ..ExecOptions::default() };
     let mut last = 0;
     loop {
