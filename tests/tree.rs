@@ -102,6 +102,19 @@ fn a_rerun_skips_identical_files_and_force_replaces_changed_ones() {
         .assert()
         .success()
         .stderr(predicate::str::contains("0 files copied, 8 skipped, 0 failed"));
+    // Same sizes, other bytes: a small file (compared by the digest we
+    // take while the server compares) and a large one (hashed after).
+    fs::write(work.path().join("src/secret"), b"t").unwrap();
+    fs::write(work.path().join("src/a/b/c/big.bin"), pattern(2 * 1024 * 1024 + 7, 2)).unwrap();
+    xfer(server.addr, work.path())
+        .args(["put", "-r", "src/", "dst"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("xfer: error: secret: remote file exists and differs"))
+        .stderr(predicate::str::contains("xfer: error: a/b/c/big.bin: remote file exists and differs"))
+        .stderr(predicate::str::contains("0 files copied, 6 skipped, 2 failed"));
+    assert_eq!(fs::read(server.path("dst/secret")).unwrap(), b"s");
+    fs::write(work.path().join("src/a/b/c/big.bin"), pattern(2 * 1024 * 1024 + 7, 1)).unwrap();
     fs::write(work.path().join("src/secret"), b"changed").unwrap();
     xfer(server.addr, work.path())
         .args(["put", "-r", "src/", "dst"])

@@ -83,6 +83,13 @@ pub async fn put_tree(
         (end.mode, end.mtime) = (Some(meta.mode() & tree::MODE_MASK), Some(meta.mtime()));
     }
     conn.writer.write(&end.into()).await?;
+    // Our small files hashed while the server compares its copies.
+    let sent = entries.len();
+    let top = local.to_path_buf();
+    let ahead = tree::HashAhead::start(entries, move |e: &TreeEntry| {
+        let file = e.kind == EntryKind::File;
+        file.then(|| std::fs::File::open(tree::local_path(&top, &e.rel)).map(|f| (f, e.size)))
+    });
 
     // What the server has already, and what it refused in the manifest.
     let mut report = TreeReport::default();
@@ -107,7 +114,7 @@ pub async fn put_tree(
             continue;
         }
         answered += 1;
-        if answered > entries.len() + 1 && !matches!(h, ServerMessage::End(_)) {
+        if answered > sent + 1 && !matches!(h, ServerMessage::End(_)) {
             // At most one answer per item we sent: a server sending more
             // could only be trying to fill our memory.
             return Err(
@@ -133,14 +140,16 @@ pub async fn put_tree(
 
     // Decide per file: send it, skip it (identical), resume it, or refuse
     // (exists). Files the server has at the same size, or part of, are
-    // hashed here in one go (a hop to a blocking thread per file would
-    // cost more than the hashing).
+    // compared by the digests hashed ahead, or hashed here in one go (a hop
+    // to a blocking thread per file would cost more than the hashing).
+    let (entries, ours_ahead) = ahead.finish().await;
     let mut to_send = Vec::new();
     let mut compare = Vec::new();
     let mut prefixes = Vec::new();
     // Files that replace a differing one there (--force).
     let mut replacing = std::collections::HashSet::new();
-    for e in entries.into_iter().filter(|e| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
+    let files = entries.into_iter().zip(ours_ahead);
+    for (e, ours) in files.filter(|(e, _)| e.kind == EntryKind::File && !refused.contains(&e.rel)) {
         match have.remove(&e.rel) {
             None => match offered.remove(&e.rel) {
                 Some(offer) if offer.offset > 0 && offer.offset < e.size && flags.resume => {
@@ -148,7 +157,7 @@ pub async fn put_tree(
                 }
                 _ => to_send.push(e),
             },
-            Some((size, Some(theirs))) if size == e.size => compare.push((e, theirs)),
+            Some((size, Some(theirs))) if size == e.size => compare.push((e, theirs, ours)),
             Some(_) if flags.force => {
                 replacing.insert(e.rel.clone());
                 to_send.push(e)
@@ -160,12 +169,19 @@ pub async fn put_tree(
     }
     let top = local.to_path_buf();
     let (compared, prefixes) = tokio::task::spawn_blocking(move || {
-        let open = |(e, _): &mut (TreeEntry, Md5Hex)| {
-            Some(std::fs::File::open(tree::local_path(&top, &e.rel)).map(|f| (f, e.size)))
+        let open = |(e, _, ahead): &mut (TreeEntry, Md5Hex, Option<Md5Hex>)| {
+            let unknown = ahead.is_none();
+            unknown.then(|| std::fs::File::open(tree::local_path(&top, &e.rel)).map(|f| (f, e.size)))
         };
         let compared: Vec<_> = tree::par_hash(compare, open)
             .into_iter()
-            .map(|((e, theirs), ours)| (e, matches!(ours, Some(Ok(ours)) if ours == theirs)))
+            .map(|((e, theirs, ahead), hashed)| {
+                let same = match ahead {
+                    Some(ours) => ours == theirs,
+                    None => matches!(hashed, Some(Ok(ours)) if ours == theirs),
+                };
+                (e, same)
+            })
             .collect();
         // A partial is resumed after those of its parts that are our
         // file's now: the file stays open there, with their digest to go on

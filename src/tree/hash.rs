@@ -1,12 +1,15 @@
 //! Many files hashed at once: small ones read whole and hashed together
-//! in SIMD lanes, on two threads.
+//! in SIMD lanes, on two threads; or ahead of need, on one.
 
 use super::WHOLE_MAX;
 use crate::digest::{parts_of, HashBatch};
 use crate::protocol::Md5Hex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Threads that hash the files of a re-run side by side: while one side
-/// compares, the other waits for its answer, so both cores are free.
+/// compares, the other mostly waits for its answer (put -r's client hashes
+/// ahead on one thread meanwhile, [`HashAhead`]).
 const HASHERS: usize = 2;
 
 /// Fewer items than this are not worth starting threads for: starting and
@@ -17,7 +20,7 @@ const PAR_MIN: usize = 16;
 /// `f` applied to every item, on two threads taking the next item
 /// as each finishes (file sizes vary); the results in the items' order.
 pub fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
     if items.len() < PAR_MIN {
         return items.into_iter().map(f).collect();
@@ -113,6 +116,54 @@ fn hash_chunk<T>(
     out
 }
 
+/// Small files hashed ahead of need, in order, on one thread of their own
+/// until [`finish`](Self::finish): put -r's own digests, worked out while
+/// the server compares its copies, since which of them are needed is known
+/// only once all the server's answers are in. One thread, because the
+/// server is hashing on this machine's cores too when they share one.
+pub struct HashAhead<T> {
+    /// Asks the thread to stop after the batch it is on.
+    stop: Arc<AtomicBool>,
+    /// Gives back the items, with the digest of each one hashed.
+    thread: tokio::task::JoinHandle<(Vec<T>, Vec<Option<Md5Hex>>)>,
+}
+
+impl<T: Send + 'static> HashAhead<T> {
+    /// Starts hashing `items`' files as `open` gives them (`None`: not this
+    /// one); only files of at most [`WHOLE_MAX`] bytes are hashed, so that
+    /// stopping never waits for a large one.
+    pub fn start(
+        items: Vec<T>,
+        open: impl Fn(&T) -> Option<std::io::Result<(std::fs::File, u64)>> + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = tokio::task::spawn_blocking(move || {
+            let mut digests = vec![None; items.len()];
+            let small = |i: &mut usize| match open(&items[*i]) {
+                Some(Ok((_, len))) if len > WHOLE_MAX => None,
+                opened => opened,
+            };
+            let mut next = 0;
+            while next < items.len() && !stopped.load(Ordering::Relaxed) {
+                let end = items.len().min(next + HASH_CHUNK);
+                for (i, md5) in hash_chunk((next..end).collect(), small) {
+                    digests[i] = md5.and_then(Result::ok);
+                }
+                next = end;
+            }
+            (items, digests)
+        });
+        HashAhead { stop, thread }
+    }
+
+    /// Stops hashing; the items back, each with its digest if it was hashed.
+    pub async fn finish(self) -> (Vec<T>, Vec<Option<Md5Hex>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.await.expect("hashing does not panic")
+    }
+}
+
 /// A body read for [`hash_chunk`], with its item's place in the results.
 struct Placed(usize, Vec<u8>);
 
@@ -136,6 +187,38 @@ mod tests {
             });
             assert_eq!(out, (0..n).map(|i| i * 2).collect::<Vec<_>>());
             assert_eq!(calls.into_inner(), n);
+        }
+    }
+
+    #[tokio::test]
+    async fn hash_ahead_gives_every_item_back_with_true_digests_of_small_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = (0..300u64).map(|i| (i * 7919) % 40_000).chain([0, WHOLE_MAX, WHOLE_MAX + 1]);
+        let mut items = Vec::new();
+        for (i, size) in sizes.enumerate() {
+            let body: Vec<u8> = (0..size).map(|b| (b as usize * 31 + i) as u8).collect();
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &body).unwrap();
+            let small = size <= WHOLE_MAX;
+            items.push((path, size, small.then(|| crate::digest::file_digests(&[&body]).remove(0))));
+        }
+        items.push((dir.path().join("missing"), 1, None));
+        let n = items.len();
+        let open = |(path, size, _): &(std::path::PathBuf, u64, Option<Md5Hex>)| {
+            Some(std::fs::File::open(path).map(|f| (f, *size)))
+        };
+        // Left to run to the end, and stopped at once.
+        let whole = HashAhead::start(items.clone(), open);
+        while !whole.thread.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (back, digests) = whole.finish().await;
+        assert_eq!(back, items);
+        assert_eq!(digests, items.iter().map(|i| i.2.clone()).collect::<Vec<_>>());
+        let (back, digests) = HashAhead::start(items.clone(), open).finish().await;
+        assert_eq!((back.len(), digests.len()), (n, n));
+        for ((path, _, want), got) in items.iter().zip(digests) {
+            assert!(got.is_none() || got == *want, "{}", path.display());
         }
     }
 

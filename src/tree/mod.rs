@@ -7,7 +7,8 @@
 //! anything else is skipped with a warning naming it.
 //!
 //! - [`mod@walk`]: the one walk, over a directory handle, sent as it goes.
-//! - [`hash`]: many files hashed at once, on two threads.
+//! - [`hash`]: many files hashed at once, on two threads, or ahead of
+//!   need on one.
 //! - [`receive`]: a manifest applied beneath the destination, and each
 //!   file's place; its large files go through
 //!   [`transfer::receive_file`](crate::transfer::receive_file).
@@ -23,7 +24,7 @@ pub mod walk;
 pub mod writer;
 
 pub use crate::local::meta::{apply_meta, MODE_MASK};
-pub use hash::{par_hash, par_map};
+pub use hash::{par_hash, par_map, HashAhead};
 pub use walk::{send_walk, walk, walk_local, walk_local_in_batches, walk_root_in_batches, LeftOut};
 
 use crate::error::ConnError;
