@@ -3,6 +3,7 @@
 import datetime
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -17,10 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 XFER = REPO / "target" / "release" / "xfer"
 SIZE_MIB = int(os.environ.get("SIZE_MIB", "1024"))
 RUNS = int(os.environ.get("RUNS", "3"))
-# Tree runs take about a second each, and their spread between rounds is
-# wide (0.72-1.61 s for the same binary in one run): five rounds give a
-# steadier median for little time.
-TREE_RUNS = int(os.environ.get("TREE_RUNS", "5"))
+# Tree runs take about half a second each, and their spread between rounds
+# is wide (0.33-0.76 s for the same binary in one run): with five rounds,
+# put -r came at 0.92 and 1.12 × the baseline build in two runs of the same
+# two builds; nine give a steadier median for about a minute more.
+TREE_RUNS = int(os.environ.get("TREE_RUNS", "9"))
 LATENCY_RUNS = int(os.environ.get("LATENCY_RUNS", "50"))
 TOKEN = "bench-token-0123456789abcdef0123456789"
 # An older xfer binary to measure in the same run (XFER_BASELINE=path):
@@ -341,12 +343,14 @@ class Bench:
             for group in cases:
                 if r >= (TREE_RUNS if group == "tree" else RUNS):
                     continue
-                # Each round starts the group at another tool, so no tool
-                # always runs right after the same one (and its page-cache
-                # and writeback leftovers).
-                group_cases = cases[group]
-                k = r % len(group_cases)
-                for case in group_cases[k:] + group_cases[:k]:
+                # Each round runs the group in another order (shuffled, the
+                # same for every run of the bench), so no tool always runs
+                # right after the same one and its page-cache and writeback
+                # leftovers: turning the list round would keep every
+                # neighbour.
+                order = list(cases[group])
+                random.Random(f"{group} {r}").shuffle(order)
+                for case in order:
                     self.time_case(*case)
         self.latency()
 
@@ -477,7 +481,8 @@ Reproduce with `bench/run` (installs the peers from Debian packages,
 starts sshd and an rsync daemon on loopback with throwaway keys and
 config, and stops them after). Every tool moves the same {SIZE_MIB} MiB
 random file over 127.0.0.1, page cache warm, tools alternating in each
-of {RUNS} rounds ({TREE_RUNS} for trees); the table shows medians. Command latency is the median
+of {RUNS} rounds ({TREE_RUNS} for trees), each round in its own shuffled
+order; the table shows medians. Command latency is the median
 of {LATENCY_RUNS} runs of `xfer exec true` and {min(LATENCY_RUNS, 20)} of
 `ssh 127.0.0.1 true`, each the whole client process. Every timed run
 starts after a `sync` (untimed), so no tool pays for another's writeback.
