@@ -35,6 +35,15 @@ pub const ALPN: &[u8] = b"xfer/2";
 /// with 256 KiB. One per connection: 64 MiB for 256 connections at most.
 const SOCKET_READ_BUF: usize = 256 * 1024;
 
+/// Bytes of records rustls holds for sending (its default: 64 KiB). Each
+/// socket write sends what it holds, so this sets the write size: a 1 GiB
+/// get to /dev/null, medians of 8 shuffled with 1 MiB here and rustls's
+/// default: 0.935 s and 0.84 / 0.85 CPU-s client / server at 64 KiB, 0.870
+/// s and 0.77 / 0.80 at 256 KiB, the same at 1 MiB (24,602 writev calls per
+/// GiB at 64 KiB). Filled only while the socket is full: at most 64 MiB for
+/// 256 connections, as the read buffer.
+pub const SEND_BUFFER: usize = 256 * 1024;
+
 /// What TLS runs over: the socket, read through a buffer (writes pass
 /// straight through).
 pub type Socket = BufReader<TcpStream>;

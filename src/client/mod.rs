@@ -130,10 +130,11 @@ impl Client {
         let peer = stream.peer_addr().map_err(connect_err)?;
         let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config());
         let handshake = connector.connect(crate::tls::server_name(), crate::tls::socket(stream));
-        let tls = tokio::time::timeout(GREETING_WAIT, handshake)
+        let mut tls = tokio::time::timeout(GREETING_WAIT, handshake)
             .await
             .map_err(|_| not_xfer(format!("no TLS handshake within {} s", GREETING_WAIT.as_secs())))?
             .map_err(|e| not_xfer(tls_failure(&e)))?;
+        tls.get_mut().1.set_buffer_limit(Some(crate::tls::SEND_BUFFER));
         let session = tls.get_ref().1;
         if session.alpn_protocol() != Some(crate::tls::ALPN) {
             return Err(not_xfer("its TLS does not offer the xfer protocol".to_string()));

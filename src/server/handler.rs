@@ -100,13 +100,14 @@ async fn handshake(stream: TcpStream, peer: SocketAddr, shared: &Shared) -> Resu
     crate::protocol::encode(&hello, 0, &mut greeting)?;
     // Queued before the handshake, so it leaves with our handshake flight
     // (see `tls::server_config`).
-    let tls = shared
+    let mut tls = shared
         .tls
         .accept_with(crate::tls::socket(stream), |session| {
             use std::io::Write;
             let _ = session.writer().write_all(&greeting);
         })
         .await?;
+    tls.get_mut().1.set_buffer_limit(Some(crate::tls::SEND_BUFFER));
     let mut conn = ServerConnection::new(tokio_rustls::TlsStream::Server(tls), peer);
     conn.set_idle_timeout(shared.config.idle_timeout);
 
