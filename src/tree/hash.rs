@@ -117,12 +117,13 @@ fn hash_chunk<T>(
 }
 
 /// Small files hashed ahead of need, in order, on one thread of their own
-/// until [`finish`](Self::finish): put -r's own digests, worked out while
-/// the server compares its copies, since which of them are needed is known
-/// only once all the server's answers are in. One thread, because the
-/// server is hashing on this machine's cores too when they share one.
+/// until [`finish`](Self::finish) (or drop): put -r's own digests, worked
+/// out while the server compares its copies, since which of them are
+/// needed is known only once all the server's answers are in. One thread,
+/// because the server is hashing on this machine's cores too when they
+/// share one.
 pub struct HashAhead<T> {
-    /// Asks the thread to stop after the batch it is on.
+    /// Asks the thread to stop before the next file.
     stop: Arc<AtomicBool>,
     /// Gives back the items, with the digest of each one hashed.
     thread: tokio::task::JoinHandle<(Vec<T>, Vec<Option<Md5Hex>>)>,
@@ -140,9 +141,14 @@ impl<T: Send + 'static> HashAhead<T> {
         let stopped = stop.clone();
         let thread = tokio::task::spawn_blocking(move || {
             let mut digests = vec![None; items.len()];
-            let small = |i: &mut usize| match open(&items[*i]) {
-                Some(Ok((_, len))) if len > WHOLE_MAX => None,
-                opened => opened,
+            // Once stopped, the rest of the chunk is left unread, so
+            // stopping waits for one file and the batch already read.
+            let small = |i: &mut usize| match stopped.load(Ordering::Relaxed) {
+                true => None,
+                false => match open(&items[*i]) {
+                    Some(Ok((_, len))) if len > WHOLE_MAX => None,
+                    opened => opened,
+                },
             };
             let mut next = 0;
             while next < items.len() && !stopped.load(Ordering::Relaxed) {
@@ -158,9 +164,17 @@ impl<T: Send + 'static> HashAhead<T> {
     }
 
     /// Stops hashing; the items back, each with its digest if it was hashed.
-    pub async fn finish(self) -> (Vec<T>, Vec<Option<Md5Hex>>) {
+    pub async fn finish(mut self) -> (Vec<T>, Vec<Option<Md5Hex>>) {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.await.expect("hashing does not panic")
+        (&mut self.thread).await.expect("hashing does not panic")
+    }
+}
+
+impl<T> Drop for HashAhead<T> {
+    /// A put -r that fails before its answers are in leaves no thread
+    /// hashing the rest of the tree.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
