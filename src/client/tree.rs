@@ -88,7 +88,7 @@ pub async fn put_tree(
     let top = local.to_path_buf();
     let ahead = tree::HashAhead::start(entries, move |e: &TreeEntry| {
         let file = e.kind == EntryKind::File;
-        file.then(|| std::fs::File::open(tree::local_path(&top, &e.rel)).map(|f| (f, e.size)))
+        file.then(|| open_ours(&top, e))
     });
 
     // What the server has already, and what it refused in the manifest.
@@ -171,7 +171,7 @@ pub async fn put_tree(
     let (compared, prefixes) = tokio::task::spawn_blocking(move || {
         let open = |(e, _, ahead): &mut (TreeEntry, Md5Hex, Option<Md5Hex>)| {
             let unknown = ahead.is_none();
-            unknown.then(|| std::fs::File::open(tree::local_path(&top, &e.rel)).map(|f| (f, e.size)))
+            unknown.then(|| open_ours(&top, e))
         };
         let compared: Vec<_> = tree::par_hash(compare, open)
             .into_iter()
@@ -343,6 +343,12 @@ pub async fn put_tree(
 }
 
 /// The `data` message for a file of the tree, sent whole.
+/// Our copy of a file put -r compares, opened for hashing with the size
+/// the walk found.
+fn open_ours(top: &Path, e: &TreeEntry) -> std::io::Result<(std::fs::File, u64)> {
+    std::fs::File::open(tree::local_path(top, &e.rel)).map(|f| (f, e.size))
+}
+
 fn file_data(e: &TreeEntry) -> Data {
     Data { filename: e.rel.clone(), mode: Some(e.mode), mtime: Some(e.mtime), ..Data::default() }
 }
