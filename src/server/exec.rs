@@ -277,8 +277,8 @@ where
         // Both reads are cancel-safe: the one that loses the race has read
         // nothing.
         tokio::select! {
-            n = stdout.read(&mut out.buf[..PIPE_CHUNK]), if out.open => out.forward(n, &mut stdout, writer).await?,
-            n = stderr.read(&mut err.buf[..PIPE_CHUNK]), if err.open => err.forward(n, &mut stderr, writer).await?,
+            n = stdout.read(&mut out.buf), if out.open => out.forward(n, writer).await?,
+            n = stderr.read(&mut err.buf), if err.open => err.forward(n, writer).await?,
             _ = &mut ended, if deadline.is_none() => deadline = Some(tokio::time::Instant::now() + DRAIN),
             () = drained => break,
             _ = keepalive.tick() => writer.write(&ServerMessage::Keepalive).await?,
@@ -313,16 +313,14 @@ impl StreamState {
         StreamState { op, buf, open: true, total: 0, digest: PartsDigest::new() }
     }
 
-    /// Sends the chunk just `read` into the buffer and whatever more the
-    /// pipe already holds, each behind its header with its MD5.
-    async fn forward<R, W>(
+    /// Sends what was just `read` into the buffer (all the pipe held, up to
+    /// [`CHUNKS_AT_ONCE`] chunks), each chunk behind its header with its MD5.
+    async fn forward<W>(
         &mut self,
         read: std::io::Result<usize>,
-        pipe: &mut R,
         writer: &mut FrameWriter<W, ServerMessage>,
     ) -> Result<(), ConnError>
     where
-        R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         // A read error on our end of the pipe is treated as its end.
@@ -331,28 +329,15 @@ impl StreamState {
             self.open = false;
             return Ok(());
         }
-        let mut lens = vec![n];
-        while lens.len() < CHUNKS_AT_ONCE {
-            let at = lens.len() * PIPE_CHUNK;
-            match read_now(pipe, &mut self.buf[at..at + PIPE_CHUNK]) {
-                Some(0) => {
-                    self.open = false;
-                    break;
-                }
-                Some(n) => lens.push(n),
-                None => break,
-            }
-        }
-        let bytes: usize = lens.iter().sum();
         // Over a chunk's worth, hashing would hold up this thread (and every
         // connection on it) for over 0.1 ms: on the blocking pool, the
         // buffer lent to it rather than copied.
-        let digests = match bytes <= PIPE_CHUNK {
-            true => md5_many(&chunks_in(&self.buf, &lens)),
+        let digests = match n <= PIPE_CHUNK {
+            true => md5_many(&chunks_in(&self.buf[..n])),
             false => {
-                let (buf, lens) = (std::mem::take(&mut self.buf), lens.clone());
+                let buf = std::mem::take(&mut self.buf);
                 let (buf, digests) = tokio::task::spawn_blocking(move || {
-                    let digests = md5_many(&chunks_in(&buf, &lens));
+                    let digests = md5_many(&chunks_in(&buf[..n]));
                     (buf, digests)
                 })
                 .await
@@ -361,7 +346,7 @@ impl StreamState {
                 digests
             }
         };
-        for (chunk, md5) in chunks_in(&self.buf, &lens).into_iter().zip(digests) {
+        for (chunk, md5) in chunks_in(&self.buf[..n]).into_iter().zip(digests) {
             self.digest.push(&md5.to_digest());
             self.total += chunk.len() as u64;
             writer.write_frame(&(self.op)(Chunk { md5: Some(md5) }), chunk).await?;
@@ -374,23 +359,9 @@ impl StreamState {
     }
 }
 
-/// The chunks of `lens` bytes that start every [`PIPE_CHUNK`] of `buf`.
-fn chunks_in<'a>(buf: &'a [u8], lens: &[usize]) -> Vec<&'a [u8]> {
-    lens.iter().enumerate().map(|(i, &n)| &buf[i * PIPE_CHUNK..][..n]).collect()
-}
-
-/// Reads what `pipe` holds now into `buf`, without waiting: `None` if it
-/// holds nothing yet.
-fn read_now<R: AsyncRead + Unpin>(pipe: &mut R, buf: &mut [u8]) -> Option<usize> {
-    use std::task::{Context, Poll, Waker};
-    let mut read = tokio::io::ReadBuf::new(buf);
-    let mut cx = Context::from_waker(Waker::noop());
-    match std::pin::Pin::new(pipe).poll_read(&mut cx, &mut read) {
-        Poll::Ready(Ok(())) => Some(read.filled().len()),
-        // A read error on our end of the pipe is treated as its end.
-        Poll::Ready(Err(_)) => Some(0),
-        Poll::Pending => None,
-    }
+/// `bytes` cut into chunks of [`PIPE_CHUNK`], the last one shorter.
+fn chunks_in(bytes: &[u8]) -> Vec<&[u8]> {
+    bytes.chunks(PIPE_CHUNK).collect()
 }
 
 /// Forwards `stdin` frames to the command until the client's EOF frame
