@@ -226,9 +226,12 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8], done: u64, expected: u64) -> R
 }
 
 /// The plain MD5 of the first `len` bytes of `file`, read with `pread` so
-/// the sending thread's position is not disturbed. Blocking.
-fn hash_whole(file: &std::fs::File, len: u64) -> io::Result<Md5Hex> {
+/// the sending thread's position is not disturbed, telling `hashed` how far
+/// it got. Blocking.
+fn hash_whole(file: &std::fs::File, len: u64, hashed: &Hashed) -> io::Result<Md5Hex> {
     use std::os::unix::fs::FileExt;
+    // However it ends, the parts' reader is never left waiting.
+    let _done = Finished(hashed);
     let mut md5 = Md5::new();
     let mut buf = vec![0u8; len.min(PART) as usize];
     let mut at = 0u64;
@@ -237,8 +240,49 @@ fn hash_whole(file: &std::fs::File, len: u64) -> io::Result<Md5Hex> {
         file.read_exact_at(&mut buf[..want], at)?;
         md5.update(&buf[..want]);
         at += want as u64;
+        hashed.advance(at);
     }
     Ok(md5.finish())
+}
+
+/// How far [`hash_whole`] has read. With `--md5` the one sequential MD5 is
+/// the longest job, and the parts are sent no further than [`WHOLE_LEAD`]
+/// ahead of it: left to race ahead they were sent long before it ended,
+/// sharing both cores with it and then leaving one idle while it finished
+/// alone (put --md5 of 1 GiB: see the commit that added this).
+#[derive(Default)]
+struct Hashed {
+    /// Bytes hashed from the start of the file.
+    at: std::sync::Mutex<u64>,
+    /// Told each time `at` moves.
+    moved: std::sync::Condvar,
+}
+
+/// Bytes the parts may be sent ahead of the whole-file MD5: two batches.
+const WHOLE_LEAD: u64 = 2 * BATCH_BYTES as u64;
+
+impl Hashed {
+    fn advance(&self, to: u64) {
+        *self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
+        self.moved.notify_all();
+    }
+
+    /// Waits until the first `at` bytes are hashed (or hashing ended).
+    fn wait_for(&self, at: u64) {
+        let mut now = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *now < at {
+            now = self.moved.wait(now).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+/// Marks hashing as ended when dropped, however it ends.
+struct Finished<'a>(&'a Hashed);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.advance(u64::MAX);
+    }
 }
 
 /// A socket failure as the I/O error it is.
@@ -262,12 +306,17 @@ where
     M: Common,
 {
     let Sending { head, from, len, mut prefix, digests, collect, whole, bar } = how;
+    let hashed = Arc::new(Hashed::default());
     let whole = match whole {
         true => {
             let file = file.try_clone().map_err(|source| CopyError::Read { done: 0, source })?;
-            Some(tokio::task::spawn_blocking(move || hash_whole(&file, from + len)))
+            let hashed = hashed.clone();
+            Some(tokio::task::spawn_blocking(move || hash_whole(&file, from + len, &hashed)))
         }
-        false => None,
+        false => {
+            hashed.advance(u64::MAX);
+            None
+        }
     };
     let mut collected = (from == 0 && len.div_ceil(PART) <= collect as u64).then(Vec::new);
     let mut first = Some(head);
@@ -323,6 +372,7 @@ where
             while done < len {
                 let Some(mut buf) = pool.take_blocking() else { break };
                 let want = (len - done).min(BATCH_BYTES as u64) as usize;
+                hashed.wait_for((from + done + want as u64).saturating_sub(WHOLE_LEAD));
                 buf.resize(want, 0);
                 fill(&mut file, &mut buf, done, len)?;
                 let at = from + done;
@@ -842,6 +892,27 @@ mod tests {
         assert_eq!(sent.digest.finish(), parts_digest(&data));
         assert_eq!(sent.whole, Some(md5_of(&data)), "the whole file's MD5, prefix included");
         assert!(sent.parts.is_none(), "a resumed body has not seen every part");
+    }
+
+    #[test]
+    fn the_parts_wait_for_the_whole_md5_and_are_let_go_when_it_fails() {
+        let hashed = Arc::new(Hashed::default());
+        hashed.advance(5);
+        hashed.wait_for(5);
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"short").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = hashed.clone();
+        std::thread::spawn(move || {
+            waiting.wait_for(1 << 40);
+            tx.send(()).unwrap();
+        });
+        // The file is shorter than it was said to be: hashing fails, and
+        // the waiter is released rather than left waiting for ever.
+        assert!(hash_whole(&f, 6, &hashed).is_err());
+        rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the waiter was let go");
+        let md5 = hash_whole(&f, 5, &Hashed::default()).unwrap();
+        assert_eq!(md5, md5_many(&[b"short"])[0]);
     }
 
     #[test]
