@@ -301,10 +301,12 @@ struct StreamState {
     digest: PartsDigest,
 }
 
-/// Chunks read while more are waiting, hashed together in SIMD lanes and
-/// sent as one batch: a command that writes fast (`cat` of a large file)
-/// fills the pipe faster than one MD5 stream hashes it (0.74 GB/s), while
-/// one that writes a line at a time has its line sent at once, alone.
+/// Most chunks taken in one read, hashed together in SIMD lanes and sent
+/// as one batch: a command that writes fast (`cat` of a large file) fills
+/// the pipe faster than one MD5 stream hashes it (0.74 GB/s), while one
+/// that writes a line at a time has its line sent at once, alone. Not 32,
+/// though AVX-512 has the lanes: a 2 MiB pipe and buffer no longer fit in
+/// a core's 2 MiB L2, and 1 GiB of `cat` took 2.44 s instead of 1.15.
 const CHUNKS_AT_ONCE: usize = 16;
 
 impl StreamState {

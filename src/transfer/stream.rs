@@ -249,7 +249,7 @@ fn hash_whole(file: &std::fs::File, len: u64, hashed: &Hashed) -> io::Result<Md5
 /// the longest job, and the parts are sent no further than [`WHOLE_LEAD`]
 /// ahead of it: left to race ahead they were sent long before it ended,
 /// sharing both cores with it and then leaving one idle while it finished
-/// alone (put --md5 of 1 GiB: see the commit that added this).
+/// alone (put --md5 of 1 GiB, medians of 6: 2.19 s racing, 1.96 paced).
 #[derive(Default)]
 struct Hashed {
     /// Bytes hashed from the start of the file.
