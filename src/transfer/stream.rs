@@ -306,17 +306,15 @@ where
     M: Common,
 {
     let Sending { head, from, len, mut prefix, digests, collect, whole, bar } = how;
-    let hashed = Arc::new(Hashed::default());
-    let whole = match whole {
-        true => {
+    // With --md5, how far the whole MD5 has got, for the parts to keep pace.
+    let hashed = whole.then(|| Arc::new(Hashed::default()));
+    let whole = match &hashed {
+        Some(hashed) => {
             let file = file.try_clone().map_err(|source| CopyError::Read { done: 0, source })?;
             let hashed = hashed.clone();
             Some(tokio::task::spawn_blocking(move || hash_whole(&file, from + len, &hashed)))
         }
-        false => {
-            hashed.advance(u64::MAX);
-            None
-        }
+        None => None,
     };
     let mut collected = (from == 0 && len.div_ceil(PART) <= collect as u64).then(Vec::new);
     let mut first = Some(head);
@@ -372,7 +370,9 @@ where
             while done < len {
                 let Some(mut buf) = pool.take_blocking() else { break };
                 let want = (len - done).min(BATCH_BYTES as u64) as usize;
-                hashed.wait_for((from + done + want as u64).saturating_sub(WHOLE_LEAD));
+                if let Some(hashed) = &hashed {
+                    hashed.wait_for((from + done + want as u64).saturating_sub(WHOLE_LEAD));
+                }
                 buf.resize(want, 0);
                 fill(&mut file, &mut buf, done, len)?;
                 let at = from + done;
