@@ -225,64 +225,38 @@ fn fill(file: &mut std::fs::File, buf: &mut [u8], done: u64, expected: u64) -> R
     Ok(())
 }
 
-/// The plain MD5 of the first `len` bytes of `file`, read with `pread` so
-/// the sending thread's position is not disturbed, telling `hashed` how far
-/// it got. Blocking.
-fn hash_whole(file: &std::fs::File, len: u64, hashed: &Hashed) -> io::Result<Md5Hex> {
+/// The plain MD5 of a file being sent, for `--md5`: the `from` bytes
+/// before the body read with `pread` (a resume's prefix), then each batch's
+/// bytes once it is sent, in order, each buffer given back to the reader
+/// after. Hashing the buffers already read, rather than the file a second
+/// time, spares the one sequential MD5 (the longest job) a second copy of
+/// every byte; and since it holds a buffer until it is hashed, the parts
+/// are never sent more than the pool's batches ahead of it: left to race
+/// ahead they were sent long before it ended, sharing both cores with it
+/// and then leaving one idle while it finished alone (put --md5 of 1 GiB,
+/// medians of 6: 2.19 s racing, 1.96 paced). Blocking.
+fn hash_whole(
+    file: &std::fs::File,
+    from: u64,
+    mut sent: mpsc::UnboundedReceiver<Vec<u8>>,
+    give_back: &mpsc::UnboundedSender<Vec<u8>>,
+) -> io::Result<Md5Hex> {
     use std::os::unix::fs::FileExt;
-    // However it ends, the parts' reader is never left waiting.
-    let _done = Finished(hashed);
     let mut md5 = Md5::new();
-    let mut buf = vec![0u8; len.min(PART) as usize];
+    let mut buf = vec![0u8; from.min(PART) as usize];
     let mut at = 0u64;
-    while at < len {
-        let want = (len - at).min(buf.len() as u64) as usize;
+    while at < from {
+        let want = (from - at).min(buf.len() as u64) as usize;
         file.read_exact_at(&mut buf[..want], at)?;
         md5.update(&buf[..want]);
         at += want as u64;
-        hashed.advance(at);
+    }
+    while let Some(batch) = sent.blocking_recv() {
+        md5.update(&batch);
+        // The reader may have finished; then the buffer is simply freed.
+        let _ = give_back.send(batch);
     }
     Ok(md5.finish())
-}
-
-/// How far [`hash_whole`] has read. With `--md5` the one sequential MD5 is
-/// the longest job, and the parts are sent no further than [`WHOLE_LEAD`]
-/// ahead of it: left to race ahead they were sent long before it ended,
-/// sharing both cores with it and then leaving one idle while it finished
-/// alone (put --md5 of 1 GiB, medians of 6: 2.19 s racing, 1.96 paced).
-#[derive(Default)]
-struct Hashed {
-    /// Bytes hashed from the start of the file.
-    at: std::sync::Mutex<u64>,
-    /// Told each time `at` moves.
-    moved: std::sync::Condvar,
-}
-
-/// Bytes the parts may be sent ahead of the whole-file MD5: two batches.
-const WHOLE_LEAD: u64 = 2 * BATCH_BYTES as u64;
-
-impl Hashed {
-    fn advance(&self, to: u64) {
-        *self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = to;
-        self.moved.notify_all();
-    }
-
-    /// Waits until the first `at` bytes are hashed (or hashing ended).
-    fn wait_for(&self, at: u64) {
-        let mut now = self.at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *now < at {
-            now = self.moved.wait(now).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
-}
-
-/// Marks hashing as ended when dropped, however it ends.
-struct Finished<'a>(&'a Hashed);
-
-impl Drop for Finished<'_> {
-    fn drop(&mut self) {
-        self.0.advance(u64::MAX);
-    }
 }
 
 /// A socket failure as the I/O error it is.
@@ -306,15 +280,31 @@ where
     M: Common,
 {
     let Sending { head, from, len, mut prefix, digests, collect, whole, bar } = how;
-    // With --md5, how far the whole MD5 has got, for the parts to keep pace.
-    let hashed = whole.then(|| Arc::new(Hashed::default()));
-    let whole = match &hashed {
-        Some(hashed) => {
+    let (mut pool, give_back) = Pool::new(len);
+    // With --md5, each batch sent goes on to the whole-file MD5, which
+    // gives its buffer back to the pool.
+    let (to_hash, whole) = match whole {
+        true => {
             let file = file.try_clone().map_err(|source| CopyError::Read { done: 0, source })?;
-            let hashed = hashed.clone();
-            Some(tokio::task::spawn_blocking(move || hash_whole(&file, from + len, &hashed)))
+            let (to_hash, sent) = mpsc::unbounded_channel();
+            let give_back = give_back.clone();
+            let hashing = tokio::task::spawn_blocking(move || hash_whole(&file, from, sent, &give_back));
+            (Some(to_hash), Some(hashing))
         }
-        None => None,
+        false => (None, None),
+    };
+    // Where a buffer goes once its parts are sent: to the whole MD5, or
+    // straight back (also when hashing has failed, which the end reports,
+    // so the reader is never left waiting for a buffer).
+    let done_with = |buf: Vec<u8>| {
+        let buf = match &to_hash {
+            Some(hashing) => match hashing.send(buf) {
+                Ok(()) => return,
+                Err(unsent) => unsent.0,
+            },
+            None => buf,
+        };
+        let _ = give_back.send(buf);
     };
     let mut collected = (from == 0 && len.div_ceil(PART) <= collect as u64).then(Vec::new);
     let mut first = Some(head);
@@ -360,9 +350,10 @@ where
             0 => vec![Md5::new().finish().to_digest()],
             _ => digests_of(&buf, from, &digests),
         };
-        send_batch(&Batch { buf, at: from, digests }, writer).await?;
+        let batch = Batch { buf, at: from, digests };
+        send_batch(&batch, writer).await?;
+        done_with(batch.buf);
     } else {
-        let (mut pool, give_back) = Pool::new(len);
         let (to_send, mut rx) = mpsc::channel::<Batch>(BUFFERS - 1);
         let reader = tokio::task::spawn_blocking(move || -> Result<(), CopyError> {
             let mut file = file;
@@ -370,9 +361,6 @@ where
             while done < len {
                 let Some(mut buf) = pool.take_blocking() else { break };
                 let want = (len - done).min(BATCH_BYTES as u64) as usize;
-                if let Some(hashed) = &hashed {
-                    hashed.wait_for((from + done + want as u64).saturating_sub(WHOLE_LEAD));
-                }
                 buf.resize(want, 0);
                 fill(&mut file, &mut buf, done, len)?;
                 let at = from + done;
@@ -391,11 +379,13 @@ where
                 let _ = reader.await;
                 return Err(e);
             }
-            let _ = give_back.send(batch.buf);
+            done_with(batch.buf);
         }
         reader.await.expect("the reading thread does not panic")?;
     }
     writer.flush().await.map_err(|e| CopyError::Write { done: sent, source: conn_io(e) })?;
+    // Every batch is sent: the whole MD5 has all it will get.
+    drop(to_hash);
     let whole = match whole {
         Some(hashing) => Some(
             hashing
@@ -895,24 +885,21 @@ mod tests {
     }
 
     #[test]
-    fn the_parts_wait_for_the_whole_md5_and_are_let_go_when_it_fails() {
-        let hashed = Arc::new(Hashed::default());
-        hashed.advance(5);
-        hashed.wait_for(5);
+    fn the_whole_md5_reads_the_prefix_then_hashes_the_batches_sent_and_gives_them_back() {
         let mut f = tempfile::tempfile().unwrap();
-        f.write_all(b"short").unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiting = hashed.clone();
-        std::thread::spawn(move || {
-            waiting.wait_for(1 << 40);
-            tx.send(()).unwrap();
-        });
-        // The file is shorter than it was said to be: hashing fails, and
-        // the waiter is released rather than left waiting for ever.
-        assert!(hash_whole(&f, 6, &hashed).is_err());
-        rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the waiter was let go");
-        let md5 = hash_whole(&f, 5, &Hashed::default()).unwrap();
-        assert_eq!(md5, md5_many(&[b"short"])[0]);
+        f.write_all(b"prefix:").unwrap();
+        let (to_hash, sent) = mpsc::unbounded_channel();
+        let (give_back, mut returned) = mpsc::unbounded_channel();
+        to_hash.send(b"one ".to_vec()).unwrap();
+        to_hash.send(b"two".to_vec()).unwrap();
+        drop(to_hash);
+        let md5 = hash_whole(&f, 7, sent, &give_back).unwrap();
+        assert_eq!(md5, md5_of(b"prefix:one two"));
+        assert_eq!(returned.try_recv().unwrap(), b"one ", "each buffer back, in order");
+        assert_eq!(returned.try_recv().unwrap(), b"two");
+        // A prefix longer than the file: the read fails, and says so.
+        let (_to_hash, sent) = mpsc::unbounded_channel();
+        assert!(hash_whole(&f, 8, sent, &give_back).is_err());
     }
 
     #[test]
