@@ -364,9 +364,9 @@ def wait_port_or_listen(port):
 def fmt_table(b):
     mib = SIZE_MIB
     lines = []
-    def row(name, ref):
+    def row(name, ref, sized):
         t = statistics.median(b.results[name])
-        rate = f"{mib / t:.0f}" if not name.endswith("true") and " -r" not in name and " -a" not in name else ""
+        rate = f"{mib / t:.0f}" if sized else ""
         ratio = f"{t / ref:.2f}" if ref else ""
         rss = b.rss.get(name)
         rss_s = f"{rss[0] / 1024:.1f} / {rss[1] / 1024:.1f}" if rss else ""
@@ -376,23 +376,24 @@ def fmt_table(b):
         return f"| {name} | {secs(t)} | {spread} | {rate} | {ratio} | {rss_s} |"
     head = ("| tool | median (s) | fastest – slowest | MiB/s | ratio to xfer | peak RSS client / server (MiB) |\n"
             "|---|---|---|---|---|---|")
-    for group, ref_name, names in [
+    # Only the rows that move the SIZE_MIB file have a rate.
+    for group, ref_name, names, sized in [
         ("Put (upload) of %d MiB" % mib, "xfer put",
          ["xfer put", "xfer put --md5", "xfer put, baseline", "md5sum (hashing ceiling)", "nc put (no verification)", "rsync daemon put (xxh128)",
-          "rsync daemon put (md5)", "rsync over ssh put", "scp put"]),
+          "rsync daemon put (md5)", "rsync over ssh put", "scp put"], True),
         ("Get (download) of %d MiB" % mib, "xfer get",
          ["xfer get", "xfer get --md5", "xfer get, baseline", GET_NULL, f"{GET_NULL}, baseline", COLD_GET, "md5sum (hashing ceiling)", "rsync daemon get (xxh128)", "rsync daemon get (md5)",
-          "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"]),
-        ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "xfer exec true, baseline", "ssh 127.0.0.1 true"]),
-        (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "xfer put -r, baseline", "rsync daemon put -a", "rsync over ssh put -a"]),
-        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", "xfer get -r, baseline", COLD_GET_TREE, "rsync daemon get -a", "rsync over ssh get -a"]),
+          "rsync over ssh get", "scp get", "xfer exec cat > /dev/null"], True),
+        ("Command latency (whole client process)", "xfer exec true", ["xfer exec true", "xfer exec true, baseline", "ssh 127.0.0.1 true"], False),
+        (f"Tree put: {TREE}", "xfer put -r", ["xfer put -r", "xfer put -r, baseline", "rsync daemon put -a", "rsync over ssh put -a"], False),
+        (f"Tree get: {TREE}", "xfer get -r", ["xfer get -r", "xfer get -r, baseline", COLD_GET_TREE, "rsync daemon get -a", "rsync over ssh get -a"], False),
         (f"Tree put again, nothing changed: {TREE}", "xfer put -r, nothing changed",
-         ["xfer put -r, nothing changed", "xfer put -r, nothing changed, baseline", "rsync daemon put -a, nothing changed"]),
+         ["xfer put -r, nothing changed", "xfer put -r, nothing changed, baseline", "rsync daemon put -a, nothing changed"], False),
     ]:
         if ref_name not in b.results:
             continue
         ref = statistics.median(b.results[ref_name])
-        lines += [f"### {group}", "", head] + [row(n, ref) for n in names if n in b.results] + [""]
+        lines += [f"### {group}", "", head] + [row(n, ref, sized) for n in names if n in b.results] + [""]
     return "\n".join(lines)
 
 
