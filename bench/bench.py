@@ -279,7 +279,12 @@ class Bench:
         secs = time.perf_counter() - t
         self.results.setdefault(name, []).append(secs)
         if name.startswith("xfer"):
-            client = int(client_rss_file.read_text().split()[-1])
+            out = client_rss_file.read_text().split()
+            if not out:
+                # time(1) writes nothing when it could not run the command
+                # or write its report (a full disk, as trees pile up).
+                sys.exit(f"bench: no peak memory reported for {' '.join(map(str, cmd))}; is the disk full?")
+            client = int(out[-1])
             server = peak_rss_kib(server.pid)
             old = self.rss.get(name, (0, 0))
             self.rss[name] = (max(old[0], client), max(old[1], server))

@@ -321,23 +321,24 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
 /// 32 MiB peak for a 1 GiB put that follows one, against 18 MiB fresh).
 /// Two arenas are enough for two cores.
 ///
-/// Buffers of 128 KiB and more (a part, a batch, a large small file) are
-/// mapped of their own and unmapped when freed, where glibc's default
-/// (its threshold rising to each such size once freed) put them in an
-/// arena among small long-lived chunks, whose free space then stayed
-/// resident (after a bench-like sequence of puts, gets and trees, 17 MB
-/// of the second arena held 3 MB in use). The server's peaks over that
-/// sequence, twice each: put 31.9 and 28.8 -> 23.9 and 24.2 MiB, get -r
-/// 35.7 and 31.7 -> 26.2 and 24.3, at rest after it 23.4 -> 15.3; put -r
-/// of an unchanged tree 0.215 / 0.206 s, get 0.875 / 0.867 s (medians,
-/// alternating).
+/// Buffers up to 4 MiB (parts, batches, the bodies of small files) come
+/// from the arenas, and an arena keeps up to 4 MiB free at its top. With a
+/// 128 KiB threshold each such buffer was mapped and unmapped on its own,
+/// and each arena shrank as soon as 128 KiB at its top were free: 3,000
+/// and more page faults on the server per `put -r` of /usr/include (its
+/// 1 MiB buffers alone 256 each), which made the put 8-10% slower with a
+/// full page cache; with these two, 0-600. glibc's default moves both
+/// thresholds up to the largest buffer freed, which let a server reach
+/// 35 MiB in the bench; fixed at 4 MiB, its peak over a sequence of puts,
+/// gets, trees and exec was 26.8 MiB.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; it is called before any
     // thread of ours exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
     }
 }
 
