@@ -327,10 +327,11 @@ fn serve(args: ServeArgs, token_file: Option<&std::path::Path>) -> Result<u8, Er
 /// and each arena shrank as soon as 128 KiB at its top were free: 3,000
 /// and more page faults on the server per `put -r` of /usr/include (its
 /// 1 MiB buffers alone 256 each), which made the put 8-10% slower with a
-/// full page cache; with these two, 0-600. glibc's default moves both
-/// thresholds up to the largest buffer freed, which let a server reach
-/// 35 MiB in the bench; fixed at 4 MiB, its peak over a sequence of puts,
-/// gets, trees and exec was 26.8 MiB.
+/// full page cache; with both at 4 MiB (and the server's trim only above
+/// 24 MiB resident), 0-600. glibc's default moves both thresholds up to
+/// the largest buffer freed, which let a server reach 35 MiB in the bench;
+/// fixed at 4 MiB, its peak over a sequence of puts, gets, trees and exec
+/// was 26.8 MiB.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; it is called before any
