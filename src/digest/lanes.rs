@@ -257,14 +257,13 @@ mod x86 {
                     }
                 }
             }
+            // The last few bodies: one register does, at half the work.
+            let both = lanes[half..].iter().any(Option::is_some);
+            let used = if both { L } else { half };
             // While every lane in use has whole blocks of its body left, they
             // go straight through, without the bookkeeping between blocks
             // (`--example md5_lanes`, MiB/s: 32 parts of 256 KiB 5,208 ->
             // 5,925, 16 parts 3,875 -> 5,339, AVX2's 16 parts 2,907 -> 3,264).
-            let used = match lanes[half..].iter().any(Option::is_some) {
-                true => L,
-                false => half,
-            };
             let run = lanes[..used]
                 .iter()
                 .map(|job| job.as_ref().map_or(0, |j| (j.body.len() / 64).saturating_sub(j.next)))
@@ -280,7 +279,7 @@ mod x86 {
                         true => bodies[l][at..at + 64].try_into().expect("64 bytes"),
                         false => &idle,
                     });
-                    compress(&mut state, &blocks, used == L);
+                    compress(&mut state, &blocks, both);
                 }
                 for job in lanes[..used].iter_mut().flatten() {
                     job.next += run;
@@ -288,8 +287,7 @@ mod x86 {
                 continue;
             }
             let blocks: [&[u8; 64]; L] = std::array::from_fn(|l| lanes[l].as_ref().map_or(&idle, Job::block));
-            // The last few bodies: one register does, at half the work.
-            compress(&mut state, &blocks, lanes[half..].iter().any(Option::is_some));
+            compress(&mut state, &blocks, both);
             for (lane, slot) in lanes.iter_mut().enumerate() {
                 let Some(job) = slot else { continue };
                 job.next += 1;

@@ -300,9 +300,7 @@ const TRIM_ABOVE: u64 = 24 << 20;
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
