@@ -291,7 +291,8 @@ where
 struct StreamState {
     /// `stdout` or `stderr`: the message of this stream's frames.
     op: fn(Chunk) -> ServerMessage,
-    /// Read buffer, reused: room for [`CHUNKS_AT_ONCE`] chunks.
+    /// Read buffer, reused: one chunk at first, room for [`CHUNKS_AT_ONCE`]
+    /// once a read fills it.
     buf: Vec<u8>,
     /// False once the pipe reached EOF.
     open: bool,
@@ -310,9 +311,12 @@ struct StreamState {
 const CHUNKS_AT_ONCE: usize = 16;
 
 impl StreamState {
+    /// Starts with room for one chunk: zeroing both streams' full 1 MiB
+    /// buffers up front was a third of the server's CPU for `xfer exec
+    /// true` (memset 7.7 % of its samples; 1.0 ms a command against 0.7 for
+    /// the build before batches).
     fn new(op: fn(Chunk) -> ServerMessage) -> Self {
-        let buf = vec![0; PIPE_CHUNK * CHUNKS_AT_ONCE];
-        StreamState { op, buf, open: true, total: 0, digest: PartsDigest::new() }
+        StreamState { op, buf: vec![0; PIPE_CHUNK], open: true, total: 0, digest: PartsDigest::new() }
     }
 
     /// Sends what was just `read` into the buffer (all the pipe held, up to
@@ -352,6 +356,11 @@ impl StreamState {
             self.digest.push(&md5.to_digest());
             self.total += chunk.len() as u64;
             writer.write_frame(&(self.op)(Chunk { md5: Some(md5) }), chunk).await?;
+        }
+        // A full read says the command writes faster than we read: take the
+        // whole pipe at once from now on.
+        if n == self.buf.len() {
+            self.buf.resize(PIPE_CHUNK * CHUNKS_AT_ONCE, 0);
         }
         Ok(())
     }
@@ -439,5 +448,38 @@ async fn watch_disconnect(reader: &mut Reader<ClientMessage>, terminal: Option<&
             }
             Err(e) => return e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_reads_a_chunk_at_a_time_until_a_read_fills_it() {
+        let (a, _b) = tokio::io::duplex(8 << 20);
+        let mut writer = FrameWriter::new(a);
+        let mut out = StreamState::new(ServerMessage::Stdout);
+        assert_eq!(out.buf.len(), PIPE_CHUNK, "a command that prints a line costs one chunk");
+        let mut sent = PartsDigest::new();
+        let mut send = async |out: &mut StreamState, n: usize, byte: u8| {
+            out.buf[..n].fill(byte);
+            for chunk in chunks_in(&out.buf[..n]) {
+                sent.push(&md5_many(&[chunk])[0].to_digest());
+            }
+            out.forward(Ok(n), &mut writer).await.unwrap();
+        };
+        send(&mut out, 100, 1).await;
+        assert_eq!(out.buf.len(), PIPE_CHUNK, "a short read leaves it as it was");
+        send(&mut out, PIPE_CHUNK, 2).await;
+        assert_eq!(
+            out.buf.len(),
+            PIPE_CHUNK * CHUNKS_AT_ONCE,
+            "a full read: the whole pipe at once from now on"
+        );
+        send(&mut out, 3 * PIPE_CHUNK + 5, 3).await;
+        let summary = out.summary();
+        assert_eq!(summary.total_size, 100 + 4 * PIPE_CHUNK as u64 + 5);
+        assert_eq!(summary.md5, sent.finish(), "every chunk hashed once, in order");
     }
 }
