@@ -405,8 +405,9 @@ mod x86 {
         }
     }
 
-    /// The sixteen blocks, word `i` of every lane in register `i`: a 16 × 16
-    /// transpose of 32-bit words in four rounds of sixteen shuffles.
+    /// Sixteen lanes' blocks, a register each, turned into word `i` of every
+    /// lane in register `i`: a 16 × 16 transpose of 32-bit words in four
+    /// rounds of sixteen shuffles.
     #[target_feature(enable = "avx512f")]
     fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
         // Pairs of rows interleaved by word, then by pairs of words: in each
