@@ -303,7 +303,7 @@ pub struct ServeArgs {
     pub fsync: bool,
     /// Digests of files read whole that are remembered, so that sending an
     /// unchanged file again does not hash it again (0: hash every time).
-    #[arg(long, default_value_t = 50_000, value_name = "FILES")]
+    #[arg(long, default_value_t = crate::server::DIGEST_CACHE, value_name = "FILES")]
     pub digest_cache: usize,
     /// Seconds requests in flight may take to finish after SIGINT or SIGTERM.
     #[arg(long, default_value_t = 10)]

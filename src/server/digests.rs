@@ -28,9 +28,9 @@ pub(crate) const MOST_PARTS: usize = PARTS_BYTES / 16;
 #[derive(Debug)]
 pub(crate) struct Digests {
     /// Most files held (0: none). When full, all are forgotten. A slot
-    /// takes 145 bytes (and its parts' digests their own): 50,000 files,
-    /// the default, fit in 65,536 slots, 9.5 MiB; /usr/include's 7,911 in
-    /// 2.4 MiB.
+    /// takes 145 bytes (and its parts' digests their own): the default,
+    /// `server::DIGEST_CACHE`, fits in 32,768 slots, 4.5 MiB;
+    /// /usr/include's 7,911 in 16,384, 2.3 MiB.
     limit: usize,
     /// What is known of each file.
     known: Mutex<Table>,

@@ -80,6 +80,13 @@ pub struct Config {
     pub digest_cache: usize,
 }
 
+/// Files whose digests are remembered unless told otherwise: as many as
+/// one table of 32,768 slots holds (7/8 of it), 4.5 MiB, about 3.5 times
+/// /usr/include. At 50,000 the table doubled to 65,536 slots (9 MiB) on
+/// its way, the old one alive while it was copied: a get -r that crossed
+/// 28,672 files took the server's peak from 31 to 37.7 MiB.
+pub const DIGEST_CACHE: usize = 28_000;
+
 impl Config {
     /// Defaults for serving `root` to holders of `token` with a new TLS
     /// identity (see [`serving`](Self::serving)).
@@ -108,7 +115,7 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(30)),
             grace: Duration::from_secs(10),
             partial_max_age: Duration::from_secs(24 * 3600),
-            digest_cache: 50_000,
+            digest_cache: DIGEST_CACHE,
             fsync: false,
         }
     }
