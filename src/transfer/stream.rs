@@ -353,7 +353,9 @@ where
     if len <= INLINE_MAX {
         // One part (or none, said by an empty one): read and hashed here.
         let mut file = file;
-        let mut buf = BytesMut::zeroed(len as usize);
+        // The pool's one buffer, already allocated at the body's size.
+        let mut buf = pool.fresh().expect("a new pool has a buffer");
+        buf.resize(len as usize, 0);
         fill(&mut file, &mut buf, 0, len)?;
         let digests = match len {
             0 => vec![Md5::new().finish().to_digest()],
