@@ -24,6 +24,14 @@ pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// with the dot, random tag and suffix it stays under NAME_MAX (255).
 const TEMP_NAME_KEEP: usize = 200;
 
+/// Bytes of disk a partial reserves at a time, ahead of what is written.
+/// Blocks reserved ahead (fallocate) spare ext4 its block-by-block delayed
+/// allocation: 1 GiB written in 1 MiB writes took 0.19 CPU-s of system time,
+/// 0.11 with 4, 16, 64 or 1024 MiB reserved ahead at a time, and less
+/// writeback after (0.26-0.32 CPU-s for the machine against 0.35-0.43).
+/// Small, so that a sender reserves at most this beyond what it sent.
+const RESERVE_AHEAD: u64 = 8 * 1024 * 1024;
+
 /// Why a partial could not be committed.
 #[derive(Debug, Error)]
 pub enum CommitError {
@@ -204,7 +212,7 @@ impl Partial {
     /// after the parts before it for any whole number of the parts offered
     /// (the sender's own parts differ from there). `None` for any other
     /// offset.
-    pub fn start_at(&mut self, offset: u64) -> io::Result<Option<(std::fs::File, PartsDigest)>> {
+    pub fn start_at(&mut self, offset: u64) -> io::Result<Option<(Appender, PartsDigest)>> {
         if offset > self.held || !offset.is_multiple_of(PART) {
             return Ok(None);
         }
@@ -217,7 +225,8 @@ impl Partial {
             file.set_len(offset)?;
         }
         io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
-        Ok(Some((file, PartsDigest::of(&self.parts[..(offset / PART) as usize]))))
+        let appender = Appender { file, at: offset, reserved: offset, reserving: true };
+        Ok(Some((appender, PartsDigest::of(&self.parts[..(offset / PART) as usize]))))
     }
 
     /// The open partial, to set its mode and time before the commit.
@@ -273,6 +282,59 @@ impl Drop for Partial {
         let empty = self.file.metadata().map(|m| m.len() == 0).unwrap_or(true);
         if !self.keep || empty {
             let _ = self.dir.remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes a body into its partial from where it starts, reserving disk
+/// ahead of it ([`RESERVE_AHEAD`] at a time, kept out of the file's length,
+/// so the partial still holds just what was written). What is reserved past
+/// the last byte written is given back when it is dropped.
+pub struct Appender {
+    /// The partial, positioned at `at`.
+    file: std::fs::File,
+    /// The offset the next byte goes to: the partial's length.
+    at: u64,
+    /// Where the disk reserved ends, from `at` up.
+    reserved: u64,
+    /// False once reserving failed (a filesystem without fallocate, or less
+    /// room than a whole step): writing goes on without, and may still fit.
+    reserving: bool,
+}
+
+impl Appender {
+    /// The partial being written.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
+impl io::Write for Appender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let end = self.at + buf.len() as u64;
+        if self.reserving && end > self.reserved {
+            let step = RESERVE_AHEAD.max(end - self.reserved);
+            let keep_size = rustix::fs::FallocateFlags::KEEP_SIZE;
+            match rustix::fs::fallocate(&self.file, keep_size, self.reserved, step) {
+                Ok(()) => self.reserved += step,
+                Err(_) => self.reserving = false,
+            }
+        }
+        let n = self.file.write(buf)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        // Cutting a file to its own length frees its blocks past the end.
+        if self.reserved > self.at {
+            let _ = self.file.set_len(self.at);
         }
     }
 }
@@ -514,6 +576,37 @@ mod tests {
         assert_eq!(again.file().metadata().unwrap().len(), 0, "starting over empties it");
     }
 
+    /// A body's partial reserves disk ahead of what is written, where the
+    /// filesystem can, without the reservation counting in its length, and
+    /// gives back what is left over once written.
+    #[test]
+    fn an_appender_reserves_ahead_and_gives_back_the_rest() {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = std::fs::File::create(tmp.path().join("probe")).unwrap();
+        let can_reserve =
+            rustix::fs::fallocate(&probe, rustix::fs::FallocateFlags::KEEP_SIZE, 0, 4096).is_ok();
+        let root = Root::open(tmp.path()).unwrap();
+        let mut staged = root.stage(&RemotePath::parse("f").unwrap()).unwrap();
+        let (mut appender, _) = staged.start_at(0).unwrap().unwrap();
+        let written = 3 * PART as usize + 5;
+        appender.write_all(&vec![7u8; written]).unwrap();
+        let held = appender.file().metadata().unwrap();
+        assert_eq!(held.len(), written as u64, "the reservation is not in the length");
+        if can_reserve {
+            assert!(held.blocks() * 512 >= RESERVE_AHEAD, "{} bytes on disk", held.blocks() * 512);
+        }
+        drop(appender);
+        let after = staged.file().metadata().unwrap();
+        assert_eq!(after.len(), written as u64);
+        assert!(
+            after.blocks() * 512 < written as u64 + 64 * 1024,
+            "{} bytes left on disk",
+            after.blocks() * 512
+        );
+    }
+
     /// A fresh partial started at 0 is not truncated: on ext4 a truncate
     /// to 0 makes the file's last close write back all of it (a 1 GiB get
     /// waited 0.37 s in close). Seen here as its change time staying put.
@@ -526,7 +619,7 @@ mod tests {
         let before = staged.file().metadata().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(30));
         let (file, prefix) = staged.start_at(0).unwrap().expect("0 is always a start");
-        let after = file.metadata().unwrap();
+        let after = file.file().metadata().unwrap();
         assert_eq!(
             (after.len(), after.ctime(), after.ctime_nsec()),
             (0, before.ctime(), before.ctime_nsec())
