@@ -1,13 +1,13 @@
 //! What hashing a tree's small files in SIMD lanes costs, measured: every
 //! file up to one part (128 KiB) under a directory (default /usr/include)
-//! read into memory, then hashed in batches of 256 as a tree transfer does,
-//! best of 5, for every width this CPU has.
+//! read into memory, then hashed in batches of `HashBatch::FILES` as a tree
+//! transfer does, best of 5, for every width this CPU has.
 //!
 //! `cargo run --release --example md5_small [DIR]`
 
 use std::path::Path;
 use std::time::Instant;
-use xfer::digest::{md5_many_with, Width};
+use xfer::digest::{md5_many_with, HashBatch, Width};
 
 fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -33,7 +33,7 @@ fn main() {
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = Instant::now();
-            for batch in files.chunks(xfer::tree::BATCH) {
+            for batch in files.chunks(HashBatch::<Vec<u8>>::FILES) {
                 let bodies: Vec<&[u8]> = batch.iter().map(|b| &b[..]).collect();
                 std::hint::black_box(md5_many_with(width, &bodies));
             }

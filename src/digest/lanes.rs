@@ -285,9 +285,10 @@ mod x86 {
     /// Each call takes as many blocks as every lane has before its next
     /// turn (the end of its body's whole blocks, or of its tail), so the
     /// bookkeeping between calls is paid once a turn, not once a block.
-    /// (/usr/include's files, `--example md5_small`, medians of 8
-    /// alternating: AVX-512 3,867 -> 3,988 MiB/s against taking single
-    /// blocks while any lane was in its tail; AVX2 the same.)
+    /// (/usr/include's files up to a part, 128 at a time as a tree hashes
+    /// them, `--example md5_small`, medians of 8 alternating, against
+    /// single blocks while any lane was in its tail or idle: AVX-512 3,447
+    /// -> 3,979 MiB/s, AVX2 3,252 -> 3,302.)
     #[inline(always)]
     fn drive<const L: usize>(
         bodies: &[&[u8]],
