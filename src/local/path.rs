@@ -106,6 +106,11 @@ impl RemotePath {
         }
     }
 
+    /// The directory it is in (the root for a name at the top).
+    pub fn parent(&self) -> RemotePath {
+        RemotePath { parts: self.parts.split_last().map_or(Vec::new(), |(_, parent)| parent.to_vec()) }
+    }
+
     /// The parent directory as a relative `Path` ("." at the top).
     pub fn parent_path(&self) -> PathBuf {
         match self.parts.split_last() {

@@ -241,6 +241,16 @@ impl Root {
         self.dir.symlink_contents(target, p.to_path())
     }
 
+    /// The directory `p` beneath this root, already there, as a root of its
+    /// own: many lookups of the names in it then resolve one name each, not
+    /// the whole path twice. `None` if it cannot be opened (missing, not a
+    /// directory, not readable): look up through this root instead, which
+    /// tells why.
+    pub fn existing_sub(&self, p: &RemotePath) -> Option<Root> {
+        let dir = self.dir.open_dir(p.to_path()).ok()?;
+        Some(Root { dir, path: self.path.join(p.to_path()) })
+    }
+
     /// Opens the directory `p` as a handle of its own, beneath the root.
     pub fn open_dir(&self, p: &RemotePath) -> io::Result<Dir> {
         self.dir.open_dir(p.to_path())
@@ -457,6 +467,31 @@ mod tests {
         assert!(root.open_read(&p).is_err());
         assert!(root.stage(&RemotePath::parse("out/new").unwrap()).is_err());
         assert!(!outside.path().join("new").exists());
+    }
+
+    /// A directory opened for the lookups of its names stays beneath the
+    /// root: one there is had, anything else (missing, a file, a link out)
+    /// is not, and its names are found as through the whole path.
+    #[test]
+    fn an_existing_sub_is_a_directory_beneath_the_root_or_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        std::fs::write(tmp.path().join("a/b/f"), b"12345").unwrap();
+        std::fs::write(outside.path().join("f"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("out")).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let p = |s: &str| RemotePath::parse(s).unwrap();
+        assert_eq!(p("a/b/f").parent(), p("a/b"));
+        assert!(p("f").parent().is_root());
+        let sub = root.existing_sub(&p("a/b/f").parent()).expect("a directory that is there");
+        assert_eq!(sub.lstat(&p("f")).unwrap().map(|m| m.len()), Some(5));
+        assert_eq!(sub.open_read(&p("f")).unwrap().size, 5);
+        assert!(sub.lstat(&p("g")).unwrap().is_none());
+        assert!(root.existing_sub(&p("a/missing")).is_none());
+        assert!(root.existing_sub(&p("a/b/f")).is_none(), "a file is no directory");
+        assert!(root.existing_sub(&p("out")).is_none(), "a link out of the root is not followed");
+        assert!(root.existing_sub(&p("f").parent()).is_some(), "the root's own names");
     }
 
     #[test]
