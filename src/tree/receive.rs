@@ -128,6 +128,14 @@ impl Files {
     }
 }
 
+/// Directories held open for one batch's lookups, at most: each is a file
+/// descriptor until the batch is hashed, so a manifest of one file to a
+/// directory cannot make a connection hold hundreds. Files of any other
+/// directory are looked up through the root. (/usr/include's batches of
+/// 256 entries, in `find`'s order, span 18 directories at the median and
+/// 59 at most.)
+const LOOKUP_DIRS: usize = 32;
+
 /// An entry hashed and compared by its name alone, so a set of them is
 /// looked up by a `&str`.
 struct ByName(TreeEntry);
@@ -316,10 +324,16 @@ impl Receiver {
                         out.push(Applied::File { rel: entry.rel.clone(), found: Found::Nothing });
                         self.files.insert(entry);
                     } else {
-                        let parent = parents
-                            .entry(path.parent_path())
-                            .or_insert_with(|| root.existing_sub(&path.parent()).map(Arc::new))
-                            .clone();
+                        let key = path.parent_path();
+                        let parent = match parents.get(&key) {
+                            Some(parent) => parent.clone(),
+                            None if parents.len() < LOOKUP_DIRS => {
+                                let parent = root.existing_sub(&path.parent()).map(Arc::new);
+                                parents.insert(key, parent.clone());
+                                parent
+                            }
+                            None => None,
+                        };
                         let within = parent.zip(path.file_name().and_then(|n| RemotePath::parse(n).ok()));
                         lookups.push((path, within, entry, Ok(Found::Nothing)));
                     }
@@ -659,5 +673,53 @@ mod tests {
         let mut plain = Receiver::new(top(), false, false, false).touching_top();
         plain.apply(&root, vec![]);
         assert_eq!(plain.prune(&root).0, Vec::<String>::new());
+    }
+
+    /// Files are found the same through their directory's handle and,
+    /// past [`LOOKUP_DIRS`] directories in a batch, through the root: each
+    /// with its size and, when the size is the one coming, its MD5; a
+    /// link is no file, and a missing directory holds nothing.
+    #[test]
+    fn files_are_found_the_same_in_every_directory_of_a_batch() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = LOOKUP_DIRS + 8;
+        let mut manifest = Vec::new();
+        for d in 0..dirs {
+            std::fs::create_dir(t.path().join(format!("d{d}"))).unwrap();
+            std::fs::write(t.path().join(format!("d{d}/same")), format!("file {d}")).unwrap();
+            std::fs::write(t.path().join(format!("d{d}/other")), b"x").unwrap();
+            let len = format!("file {d}").len() as u64;
+            manifest.push(TreeEntry { size: len, ..entry(&format!("d{d}/same"), EntryKind::File) });
+            manifest.push(TreeEntry { size: 9, ..entry(&format!("d{d}/other"), EntryKind::File) });
+            manifest.push(entry(&format!("d{d}/new"), EntryKind::File));
+        }
+        std::os::unix::fs::symlink("d0/same", t.path().join("d1/link")).unwrap();
+        manifest.push(entry("d1/link", EntryKind::File));
+        manifest.push(entry("missing/f", EntryKind::File));
+        let root = Root::open(t.path()).unwrap();
+        let mut receiver = Receiver::new(RemotePath::parse("").unwrap(), false, false, false);
+        let applied = receiver.apply(&root, manifest);
+        let found = |rel: &str| {
+            applied.iter().find_map(|a| match a {
+                Applied::File { rel: r, found } if r == rel => Some(Ok(found)),
+                Applied::Refused { rel: r, err } if r == rel => Some(Err(err.code)),
+                _ => None,
+            })
+        };
+        for d in 0..dirs {
+            let body = format!("file {d}");
+            let md5 = crate::digest::md5_many(&[body.as_bytes()]).remove(0);
+            assert!(
+                matches!(found(&format!("d{d}/same")), Some(Ok(Found::Existing { size, md5: Some(m) })) if *size == body.len() as u64 && *m == md5),
+                "d{d}/same"
+            );
+            assert!(
+                matches!(found(&format!("d{d}/other")), Some(Ok(Found::Existing { size: 1, md5: None }))),
+                "d{d}/other"
+            );
+            assert!(matches!(found(&format!("d{d}/new")), Some(Ok(Found::Nothing))), "d{d}/new");
+        }
+        assert_eq!(found("d1/link").map(|f| f.err()), Some(Some(ErrorCode::WrongType)));
+        assert!(matches!(found("missing/f"), Some(Ok(Found::Nothing))));
     }
 }
