@@ -304,6 +304,7 @@ pub struct Appender {
 
 impl Appender {
     /// The partial being written.
+    #[cfg(test)]
     pub fn file(&self) -> &std::fs::File {
         &self.file
     }

@@ -47,7 +47,7 @@ impl PathError {
 }
 
 /// A path relative to the served root, known to hold no way out of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RemotePath {
     /// Normal components only: no `.`, `..`, empty or separator-bearing parts.
     parts: Vec<String>,
@@ -106,9 +106,11 @@ impl RemotePath {
         }
     }
 
-    /// The directory it is in (the root for a name at the top).
-    pub fn parent(&self) -> RemotePath {
-        RemotePath { parts: self.parts.split_last().map_or(Vec::new(), |(_, parent)| parent.to_vec()) }
+    /// The directory it is in (the root for a name at the top) and its
+    /// last component as a path of its own; `None` for the root.
+    pub fn split_last(&self) -> Option<(RemotePath, RemotePath)> {
+        let (name, parent) = self.parts.split_last()?;
+        Some((RemotePath { parts: parent.to_vec() }, RemotePath { parts: vec![name.clone()] }))
     }
 
     /// The parent directory as a relative `Path` ("." at the top).

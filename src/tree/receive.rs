@@ -273,7 +273,7 @@ impl Receiver {
         // Files are looked up in their directory, opened once for all its
         // names: an unchanged /usr/include cost the server two confined
         // walks of the whole path a file (19,183 openat2 for 7,911 files).
-        let mut parents: HashMap<std::path::PathBuf, Option<Arc<Root>>> = HashMap::new();
+        let mut parents: HashMap<RemotePath, Option<Arc<Root>>> = HashMap::new();
         for entry in batch {
             if let Some(keep) = &mut self.keep {
                 keep.insert(entry.rel.clone());
@@ -324,17 +324,18 @@ impl Receiver {
                         out.push(Applied::File { rel: entry.rel.clone(), found: Found::Nothing });
                         self.files.insert(entry);
                     } else {
-                        let key = path.parent_path();
-                        let parent = match parents.get(&key) {
-                            Some(parent) => parent.clone(),
-                            None if parents.len() < LOOKUP_DIRS => {
-                                let parent = root.existing_sub(&path.parent()).map(Arc::new);
-                                parents.insert(key, parent.clone());
-                                parent
-                            }
-                            None => None,
-                        };
-                        let within = parent.zip(path.file_name().and_then(|n| RemotePath::parse(n).ok()));
+                        let within = path.split_last().and_then(|(dir, name)| {
+                            let parent = match parents.get(&dir) {
+                                Some(parent) => parent.clone(),
+                                None if parents.len() < LOOKUP_DIRS => {
+                                    let parent = root.existing_sub(&dir).map(Arc::new);
+                                    parents.insert(dir, parent.clone());
+                                    parent
+                                }
+                                None => None,
+                            };
+                            parent.map(|parent| (parent, name))
+                        });
                         lookups.push((path, within, entry, Ok(Found::Nothing)));
                     }
                 }
