@@ -71,6 +71,22 @@ def reset_peak_rss(pid):
     Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def read_through(path):
+    """Reads a file, or every file beneath a directory, so its pages are
+    resident: this machine pages out file data left unread for a minute
+    (DAMON), and a tool whose source had gone read it from disk (`fincore`:
+    607 of 1,024 MiB of the source resident after a few idle minutes)."""
+    buf = bytearray(1 << 20)
+    files = [path] if path.is_file() else [Path(d) / f for d, _, fs in os.walk(path) for f in fs]
+    for f in files:
+        try:
+            with open(f, "rb", buffering=0) as r:
+                while r.readinto(buf):
+                    pass
+        except OSError:
+            pass  # special or unreadable files: the tools skip them too
+
+
 class Bench:
     def __init__(self, work):
         self.work = work
@@ -251,7 +267,22 @@ class Bench:
             cases[group].insert(1, case)
         return cases
 
-    def time_case(self, name, prepare, cmd, background=None):
+    def settle(self, group):
+        """Brings every tool's run to the same start, untimed: what it reads
+        resident in the page cache."""
+        if group == "tree":
+            sources = [TREE] + [r / "seed" for r in self.roots()]
+        else:
+            sources = [self.big] + [r / n for r in self.roots() for n in ("seed.bin", "big.bin")]
+        for src in sources:
+            if src.exists():
+                read_through(src)
+
+    def roots(self):
+        """The directories the servers fetch from."""
+        return [self.xfer_root, self.rsync_dir] + ([self.base_root] if BASELINE else [])
+
+    def time_case(self, group, name, prepare, cmd, background=None):
         # Trees: xfer exits 1 when it skipped unreadable or special files,
         # as rsync exits 23; both still moved the rest.
         check = not name.startswith(("xfer put -r", "xfer get -r", "rsync"))
@@ -269,6 +300,7 @@ class Bench:
         # Every tool starts from the same writeback state: rsync's put took
         # 0.6 s after a sync and 1.4 s behind another tool's dirty gigabyte.
         os.sync()
+        self.settle(group)
         t = time.perf_counter()
         subprocess.run(
             ["/usr/bin/time", "-f", "%M", "-o", str(client_rss_file)] + cmd,
@@ -356,7 +388,7 @@ class Bench:
                 order = list(cases[group])
                 random.Random(f"{group} {r}").shuffle(order)
                 for case in order:
-                    self.time_case(*case)
+                    self.time_case(group, *case)
         self.latency()
 
 
@@ -491,7 +523,10 @@ of {RUNS} rounds ({TREE_RUNS} for trees), each round in its own shuffled
 order; the table shows medians. Command latency is the median
 of {LATENCY_RUNS} runs of `xfer exec true` and {min(LATENCY_RUNS, 20)} of
 `ssh 127.0.0.1 true`, each the whole client process. Every timed run
-starts after a `sync` (untimed), so no tool pays for another's writeback.
+starts after a `sync` (untimed), so no tool pays for another's writeback,
+and after every file the tools read is read through (untimed): this
+machine pages out file data left unread for a minute, and a tool that
+came after such a pause read its source from disk.
 Rows marked "baseline" (when run with `XFER_BASELINE=path`) are an older
 xfer build against its own server, in the same rounds. "xfer get - >
 /dev/null" writes what it fetches nowhere: the transfer's own cost,
