@@ -77,9 +77,9 @@ def read_through(path):
     (DAMON), and a tool whose source had gone read it from disk (`fincore`:
     607 of 1,024 MiB of the source resident after a few idle minutes)."""
     buf = bytearray(1 << 20)
-    files = [path] if path.is_file() else [Path(d) / f for d, _, fs in os.walk(path) for f in fs]
-    # Regular files only: opening a FIFO would wait for a writer. The
-    # tools skip special and unreadable files too.
+    files = [Path(d) / f for d, _, fs in os.walk(path) for f in fs] if path.is_dir() else [path]
+    # Regular files only (a missing one is none): opening a FIFO would wait
+    # for a writer. The tools skip special and unreadable files too.
     for f in filter(Path.is_file, files):
         try:
             with open(f, "rb", buffering=0) as r:
@@ -272,17 +272,14 @@ class Bench:
     def settle(self, group):
         """Brings every tool's run to the same start, untimed: what it reads
         resident in the page cache."""
+        base = [self.base_root] if BASELINE else []
         if group == "tree":
-            sources = [TREE] + [r / "seed" for r in self.roots()]
+            sources = [TREE] + [root / "seed" for root in [self.xfer_root, self.rsync_dir] + base]
         else:
-            sources = [self.big] + [r / n for r in self.roots() for n in ("seed.bin", "big.bin")]
+            sources = [self.big, self.xfer_root / "seed.bin", self.rsync_dir / "big.bin"]
+            sources += [root / "seed.bin" for root in base]
         for src in sources:
-            if src.exists():
-                read_through(src)
-
-    def roots(self):
-        """The directories the servers fetch from."""
-        return [self.xfer_root, self.rsync_dir] + ([self.base_root] if BASELINE else [])
+            read_through(src)
 
     def time_case(self, group, name, prepare, cmd, background=None):
         # Trees: xfer exits 1 when it skipped unreadable or special files,
