@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 use xfer::digest::{md5_many_with, HashBatch, Width};
+use xfer::protocol::PART;
 
 fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -17,7 +18,7 @@ fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
             walk(&entry.path(), out);
         } else if kind.is_file() {
             match std::fs::read(entry.path()) {
-                Ok(bytes) if bytes.len() <= 128 << 10 => out.push(bytes),
+                Ok(bytes) if bytes.len() as u64 <= PART => out.push(bytes),
                 _ => {}
             }
         }

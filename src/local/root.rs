@@ -247,7 +247,7 @@ impl Root {
     /// directory, not readable): look up through this root instead, which
     /// tells why.
     pub fn existing_sub(&self, p: &RemotePath) -> Option<Root> {
-        let dir = self.dir.open_dir(p.to_path()).ok()?;
+        let dir = self.open_dir(p).ok()?;
         Some(Root { dir, path: self.path.join(p.to_path()) })
     }
 
