@@ -37,6 +37,11 @@ fn umask() -> Option<u32> {
 
 /// Sets a file's (or directory's) modification time.
 pub fn set_mtime(file: &std::fs::File, mtime: i64) -> std::io::Result<()> {
-    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
-    file.set_times(std::fs::FileTimes::new().set_modified(when))
+    file.set_times(std::fs::FileTimes::new().set_modified(mtime_of(mtime)))
+}
+
+/// The time [`set_mtime`] gives for `mtime` seconds: whole seconds, none
+/// before the epoch.
+pub fn mtime_of(mtime: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64)
 }
