@@ -47,11 +47,19 @@ impl Root {
     /// The directory `p` beneath this root (made if missing) as a root of
     /// its own: nothing through it reaches outside `p`.
     pub fn sub(&self, p: &RemotePath) -> io::Result<Root> {
+        if !p.is_root() {
+            self.create_dir_all(p)?;
+        }
+        self.opened_sub(p)
+    }
+
+    /// The directory `p` beneath this root, already there, as a root of its
+    /// own (this root again for the root).
+    fn opened_sub(&self, p: &RemotePath) -> io::Result<Root> {
         if p.is_root() {
             return Ok(Root { dir: self.dir.try_clone()?, path: self.path.clone() });
         }
-        self.create_dir_all(p)?;
-        Ok(Root { dir: self.dir.open_dir(p.to_path())?, path: self.path.join(p.to_path()) })
+        Ok(Root { dir: self.open_dir(p)?, path: self.path.join(p.to_path()) })
     }
 
     /// A second handle on the root, for a thread of its own.
@@ -254,8 +262,7 @@ impl Root {
     /// directory, not readable): look up through this root instead, which
     /// tells why.
     pub fn existing_sub(&self, p: &RemotePath) -> Option<Root> {
-        let dir = self.open_dir(p).ok()?;
-        Some(Root { dir, path: self.path.join(p.to_path()) })
+        self.opened_sub(p).ok()
     }
 
     /// Opens the directory `p` as a handle of its own, beneath the root.
