@@ -144,6 +144,42 @@ fn identical_files_are_skipped_both_ways_and_differing_ones_need_force() {
     assert_eq!(fs::read(server.path("f.bin")).unwrap(), other);
 }
 
+/// A put onto a file that is there is answered with its size and digest;
+/// the client decides. The server's log says so, not "refused": the
+/// client may well have skipped it as identical, with exit 0.
+#[test]
+fn the_log_tells_a_put_onto_an_existing_file_from_a_refusal() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = common::xfer_process(addr, root.path())
+        .args(["serve", "--listen", &addr.to_string(), "--root", "."])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok())
+    );
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("f.txt"), b"first").unwrap();
+    xfer(addr, work.path()).args(["put", "f.txt"]).assert().success();
+    xfer(addr, work.path())
+        .args(["put", "f.txt"])
+        .assert()
+        .success()
+        .stderr("put f.txt  identical, skipped\n");
+    fs::write(work.path().join("f.txt"), b"other").unwrap();
+    xfer(addr, work.path()).args(["put", "f.txt"]).assert().code(1);
+    xfer(addr, work.path()).args(["put", "f.txt", "a/b/../c"]).assert().code(1);
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let log = String::from_utf8_lossy(&server.wait_with_output().unwrap().stderr).into_owned();
+    let lines = |word: &str| log.lines().filter(|l| l.contains("op=put") && l.contains(word)).count();
+    assert_eq!(lines("exists: sent its size and digest"), 2, "{log}");
+    assert_eq!(lines("refused:"), 1, "only the bad path is a refusal: {log}");
+    assert!(!log.contains("remote file exists"), "{log}");
+}
+
 #[test]
 fn single_files_keep_their_mode_and_time_both_ways() {
     let server = TestServer::start();

@@ -216,6 +216,9 @@ async fn serve_requests(
         let ms = started.elapsed().as_millis() as u64;
         let path = crate::local::escape(&outcome.path);
         match &outcome.error {
+            None if outcome.existing => {
+                info!(peer = %conn.peer, %token, %op, %path, ms, "exists: sent its size and digest for the client to compare")
+            }
             None => {
                 let md5 = outcome.md5.as_ref().map_or("-", Md5Hex::as_str);
                 info!(peer = %conn.peer, %token, %op, %path, bytes = outcome.bytes, ms, %md5, "ok")

@@ -28,7 +28,7 @@ pub(crate) async fn handle(
         Ok(Prepared::Existing { size, md5 }) => {
             let have = Have { filename: req.filename.clone(), size, md5 };
             conn.writer.write(&ServerMessage::Have(have)).await?;
-            outcome.error = Some(RequestError::exists(&req.filename));
+            outcome.existing = true;
             return Ok(outcome);
         }
         Ok(Prepared::Nothing) => {

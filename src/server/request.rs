@@ -16,12 +16,16 @@ pub(crate) struct Outcome {
     pub error: Option<RequestError>,
     /// The verified MD5 of the file moved, so the log names it too.
     pub md5: Option<Md5Hex>,
+    /// Answered with what is there instead: a put onto an existing file,
+    /// whose size and digest went back for the client to judge (identical:
+    /// skipped, done; else in the way). Neither done nor refused here.
+    pub existing: bool,
 }
 
 impl Outcome {
     /// A request on `path` that has moved nothing yet.
     pub fn new(path: &str) -> Self {
-        Outcome { path: path.to_string(), bytes: 0, error: None, md5: None }
+        Outcome { path: path.to_string(), bytes: 0, error: None, md5: None, existing: false }
     }
 }
 
