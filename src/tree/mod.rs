@@ -186,8 +186,8 @@ pub fn link_stays_inside(rel: &str, target: &str) -> bool {
     if target.is_absolute() || target.as_os_str().is_empty() {
         return false;
     }
-    // Depth of the link's directory below the top.
-    let mut depth = rel.split('/').count() as i64 - 1;
+    // Depth of the link's directory below the top, as a path reads `rel`.
+    let mut depth = rel.split('/').filter(|part| !part.is_empty() && *part != ".").count() as i64 - 1;
     for c in target.components() {
         match c {
             Component::Normal(_) => depth += 1,
@@ -242,5 +242,6 @@ mod tests {
         assert!(!link_stays_inside("a", "/etc/passwd"));
         assert!(!link_stays_inside("a", "b/../../c"));
         assert!(!link_stays_inside("a", ""));
+        assert!(!link_stays_inside("l//.", "../b"), "`l//.` stands at the top");
     }
 }

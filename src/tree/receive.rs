@@ -258,8 +258,15 @@ impl Receiver {
         self
     }
 
-    /// Where `rel` is beneath the root.
+    /// Where `rel` is beneath the root. A tree's names have one spelling:
+    /// `a//./b` is refused, not read as `a/b`, for what is judged by the
+    /// name alone (how deep a link stands, what --delete keeps, which data
+    /// answers which entry) must see the name the disk will.
     pub fn path(&self, rel: &str) -> Result<RemotePath, RequestError> {
+        if !rel.is_empty() && rel.split('/').any(|part| part.is_empty() || part == ".") {
+            let rule = "empty and '.' parts are not allowed in a tree's names";
+            return Err(RequestError::new(ErrorCode::BadPath, format!("unsafe name, skipped ({rule})")));
+        }
         self.top.join(rel).map_err(|e| {
             RequestError::new(ErrorCode::BadPath, format!("unsafe name, skipped ({})", e.rule()))
         })
@@ -674,6 +681,40 @@ mod tests {
         let mut plain = Receiver::new(top(), false, false, false).touching_top();
         plain.apply(&root, vec![]);
         assert_eq!(plain.prune(&root).0, Vec::<String>::new());
+    }
+
+    /// A name spelled with empty or `.` parts is refused whatever it is:
+    /// judged by its raw parts, a link at `l//.` stood two levels deep
+    /// and its target could climb out of the root (found by the tree
+    /// fuzz target).
+    #[test]
+    fn names_with_empty_or_dot_parts_are_refused_not_read_another_way() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("root")).unwrap();
+        let root = Root::open(&t.path().join("root")).unwrap();
+        let link = |rel: &str, target: &str| TreeEntry {
+            target: Some(target.into()),
+            ..entry(rel, EntryKind::Symlink)
+        };
+        let manifest = vec![
+            link("l//.", "n/../../x"),
+            link("./m", "a"),
+            entry("d/./e", EntryKind::Dir),
+            entry("f//g", EntryKind::File),
+            link("ok", "d"),
+        ];
+        let mut receiver = Receiver::new(RemotePath::parse("").unwrap(), false, false, false);
+        let mut applied = receiver.apply(&root, manifest);
+        applied.extend(receiver.check_links(&root));
+        for rel in ["l//.", "./m", "d/./e", "f//g"] {
+            let refused = applied.iter().any(|a| {
+                matches!(a, Applied::Refused { rel: r, err } if r == rel && err.code == ErrorCode::BadPath)
+            });
+            assert!(refused, "{rel}: {applied:?}");
+        }
+        let made: Vec<_> =
+            std::fs::read_dir(t.path().join("root")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(made, ["ok"], "only the well-spelled link is made");
     }
 
     /// Files are found the same through their directory's handle and,

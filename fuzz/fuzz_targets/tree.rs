@@ -1,0 +1,149 @@
+//! A tree's manifest from the other side, applied beneath a real
+//! directory as a receiver does (either side: one engine): whatever the
+//! names, kinds and link targets, nothing is made or changed outside the
+//! served root, and no link left in it resolves outside it.
+#![no_main]
+
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+use std::path::{Component, Path, PathBuf};
+use xfer::local::{RemotePath, Root};
+use xfer::protocol::EntryKind;
+use xfer::tree::receive::Receiver;
+use xfer::tree::TreeEntry;
+
+/// A piece of a name: the few that matter to confinement, and plain ones.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Part {
+    Dot,
+    DotDot,
+    Empty,
+    /// The root's sibling, which must stay untouched.
+    Outside,
+    /// The root's own name, seen from its parent.
+    Root,
+    Name(u8),
+}
+
+impl Part {
+    fn text(self) -> String {
+        match self {
+            Part::Dot => ".".into(),
+            Part::DotDot => "..".into(),
+            Part::Empty => String::new(),
+            Part::Outside => "outside".into(),
+            Part::Root => "root".into(),
+            Part::Name(n) => format!("n{}", n % 4),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct Item {
+    rel: Vec<Part>,
+    kind: u8,
+    /// For links: where it points, absolute or not.
+    target: Vec<Part>,
+    absolute: bool,
+    mode: u16,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Manifest {
+    /// Beneath a directory of the root, or the root itself.
+    in_dir: bool,
+    force: bool,
+    delete: bool,
+    /// Applied in batches, as entries arrive.
+    batches: Vec<Vec<Item>>,
+}
+
+fn joined(parts: &[Part]) -> String {
+    parts.iter().map(|p| p.text()).collect::<Vec<_>>().join("/")
+}
+
+fuzz_target!(|m: Manifest| {
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("xfer-fuzz-tree-{}-{n}", std::process::id()));
+    let (root_dir, outside) = (base.join("root"), base.join("outside"));
+    std::fs::create_dir_all(&root_dir).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"x").unwrap();
+
+    let root = Root::open(&root_dir).unwrap();
+    let top = RemotePath::parse(if m.in_dir { "t" } else { "" }).unwrap();
+    let fresh = !top.is_root() && root.make_dir(&top).unwrap();
+    let mut receiver = Receiver::new(top, fresh, m.force, true).deleting(m.delete);
+    for batch in m.batches.iter().take(8) {
+        let entries = batch
+            .iter()
+            .take(32)
+            .map(|i| TreeEntry {
+                rel: joined(&i.rel),
+                kind: [EntryKind::File, EntryKind::Dir, EntryKind::Symlink, EntryKind::Other]
+                    [i.kind as usize % 4],
+                size: 0,
+                mode: i.mode as u32 & 0o7777,
+                mtime: 1_700_000_000,
+                target: Some(format!("{}{}", if i.absolute { "/" } else { "" }, joined(&i.target))),
+            })
+            .collect();
+        let _ = receiver.apply(&root, entries);
+    }
+    let _ = receiver.check_links(&root);
+    if m.delete {
+        let _ = receiver.prune(&root);
+    }
+    receiver.finish_dirs(&root, None);
+
+    // Outside the root: exactly what was there.
+    let mut names: Vec<_> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["outside", "root"], "made beside the root: {m:?}");
+    let inside: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(inside, ["secret"], "outside changed: {m:?}");
+    assert!(std::fs::symlink_metadata(&outside).unwrap().is_dir());
+    // Every link left in the root leads inside it, by name and resolved.
+    let real_root = std::fs::canonicalize(&root_dir).unwrap();
+    check_links(&root_dir, &root_dir, &real_root, &m);
+    std::fs::remove_dir_all(&base).unwrap();
+});
+
+fn check_links(dir: &Path, root: &Path, real_root: &Path, m: &Manifest) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            check_links(&path, root, real_root, m);
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).unwrap();
+            assert!(
+                within(path.parent().unwrap().strip_prefix(root).unwrap(), &target),
+                "{path:?} -> {target:?}: {m:?}"
+            );
+            if let Ok(real) = std::fs::canonicalize(&path) {
+                assert!(real.starts_with(real_root), "{path:?} resolves to {real:?}: {m:?}");
+            }
+        }
+    }
+}
+
+/// Whether `target`, read from directory `dir` (relative to the root),
+/// stays beneath the root by name.
+fn within(dir: &Path, target: &Path) -> bool {
+    let mut at: Vec<PathBuf> = dir.components().map(|c| PathBuf::from(c.as_os_str())).collect();
+    for c in target.components() {
+        match c {
+            Component::Normal(n) => at.push(n.into()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if at.pop().is_none() {
+                    return false;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
