@@ -91,6 +91,11 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Token { new, rights, dir, list, revoke, tokens } => {
             token_command(token_file, TokenCommand { new, rights, dir, list, revoke, tokens })
         }
+        // Files hashed here: no server to reach, so no token to need.
+        Command::Md5sum { parts, local: true, paths } => {
+            let ui = ui::Ui { quiet: cli.quiet, verbose: cli.verbose, json: cli.json };
+            client::md5sum_local(&ui, parts, &paths)
+        }
         // A client does one thing at a time: a single-threaded runtime starts
         // faster and the hashing thread comes from the blocking pool.
         command => {
@@ -147,8 +152,8 @@ async fn run_client(command: Command, opts: &Options) -> Result<u8, Error> {
         Command::Mv { force, src, dst } => client::mv(opts, &src, &dst, force).await,
         Command::Mkdir { parents, dirs } => client::mkdir(opts, &dirs, parents).await,
         Command::Cat { paths } => client::cat(opts, &paths).await,
-        Command::Md5sum { parts, local: true, paths } => client::md5sum_local(opts, parts, &paths),
-        Command::Md5sum { parts, local: false, paths } => client::md5sum(opts, parts, &paths).await,
+        // --local was answered in `run`, before any token.
+        Command::Md5sum { parts, paths, .. } => client::md5sum(opts, parts, &paths).await,
         Command::Df { human, .. } => client::df(opts, human).await,
         Command::Exec { no_stdin, timeout, tty, no_tty, command } => {
             use std::io::IsTerminal;

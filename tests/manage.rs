@@ -145,7 +145,12 @@ fn cat_md5sum_and_df_answer_without_a_download() {
         .assert()
         .success()
         .stdout(format!("{parts}  big.bin\n{}  small.txt\n", md5_hex(b"small\n")));
+    // --local reaches no server, so it needs no token either.
+    let no_config = tempfile::tempdir().unwrap();
     xfer(server.addr, server.root.path())
+        .env_remove("XFER_TOKEN")
+        .env("HOME", no_config.path())
+        .env("XDG_CONFIG_HOME", no_config.path())
         .args(["md5sum", "--parts", "--local", "big.bin"])
         .assert()
         .success()

@@ -108,7 +108,7 @@ pub async fn md5sum(opts: &Options, parts: bool, paths: &[String]) -> Result<u8,
 
 /// `xfer md5sum --local PATH...`: the same lines for local files, hashed
 /// here; a file that cannot be read is reported and the rest go on.
-pub fn md5sum_local(opts: &Options, parts: bool, paths: &[String]) -> Result<u8, Error> {
+pub fn md5sum_local(ui: &crate::ui::Ui, parts: bool, paths: &[String]) -> Result<u8, Error> {
     let mut failed = false;
     for path in paths {
         let hashed = std::fs::File::open(path).and_then(|mut file| {
@@ -119,9 +119,9 @@ pub fn md5sum_local(opts: &Options, parts: bool, paths: &[String]) -> Result<u8,
             }
         });
         match hashed {
-            Ok((md5, size)) => opts.ui.digest(path, &md5, size),
+            Ok((md5, size)) => ui.digest(path, &md5, size),
             Err(e) => {
-                opts.ui.error(&Error::local(path, e));
+                ui.error(&Error::local(path, e));
                 failed = true;
             }
         }
