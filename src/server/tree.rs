@@ -404,7 +404,9 @@ pub(crate) async fn get_tree(
     // By name, borrowed: a copy of every name would cost a tree of 7,911
     // files 0.7 MB more of the server's peak.
     let meta: HashMap<&str, &TreeEntry> = entries.iter().map(|e| (e.rel.as_str(), e)).collect();
-    let identical = identical_to_theirs(shared, &top, &wants).await;
+    // Only files of the tree are hashed for a want, whatever else it names.
+    let of_tree = |w: &&Want| meta.get(w.filename.as_str()).is_some_and(|e| e.kind == EntryKind::File);
+    let identical = identical_to_theirs(shared, &top, wants.iter().filter(of_tree)).await;
     if req.dry_run {
         // What each want would bring, and no file.
         for want in wants {
@@ -519,10 +521,9 @@ fn read_small(
 async fn identical_to_theirs(
     shared: &Arc<Session>,
     top: &RemotePath,
-    wants: &[Want],
+    wants: impl Iterator<Item = &Want>,
 ) -> std::collections::HashSet<String> {
     let checks: Vec<_> = wants
-        .iter()
         .filter(|w| w.offset.is_none())
         .filter_map(|w| Some((w.filename.clone(), top.join(&w.filename).ok()?, w.md5.clone()?, None)))
         .collect();
