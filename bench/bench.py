@@ -582,7 +582,11 @@ file), and holds that buffer until then, so the parts are sent at most
 two batches (8 MiB) ahead of it and the rest of the work shares the
 cores with it instead of finishing first and leaving it to end alone
 (1 GiB put --md5, medians of 8 alternating: 2.06 s with a second read
-of the file, 1.91 hashing the sent buffers). `get --md5` costs what a get does once the
+of the file, 1.91 hashing the sent buffers). Its floor on two cores: a
+put --md5 costs the client 2.25 CPU-s (1.42 of them the whole MD5) and
+the server 0.95, 3.2 CPU-s for two cores, 1.6 s at best (1.72-1.78 s
+measured alone, 3 runs; a plain put is 1.75 CPU-s in 0.95 s).
+`get --md5` costs what a get does once the
 server remembers the file's whole MD5 (from the first such get on).
 Every put and get here writes a new name (the old copy is removed,
 untimed). Replacing a 1 GiB file costs more on this machine's ext4: its
