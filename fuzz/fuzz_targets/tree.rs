@@ -55,7 +55,15 @@ struct Manifest {
     force: bool,
     delete: bool,
     /// Applied in batches, as entries arrive.
-    batches: Vec<Vec<Item>>,
+    batches: Vec<Batch>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Batch {
+    /// The first batch of another request on the same root: what one
+    /// request left (a dangling link, say) meets what the next makes.
+    new_request: bool,
+    items: Vec<Item>,
 }
 
 fn joined(parts: &[Part]) -> String {
@@ -74,9 +82,21 @@ fuzz_target!(|m: Manifest| {
     let root = Root::open(&root_dir).unwrap();
     let top = RemotePath::parse(if m.in_dir { "t" } else { "" }).unwrap();
     let fresh = !top.is_root() && root.make_dir(&top).unwrap();
-    let mut receiver = Receiver::new(top, fresh, m.force, true).deleting(m.delete);
+    let start = |fresh| Receiver::new(top.clone(), fresh, m.force, true).deleting(m.delete);
+    let finish = |mut receiver: Receiver| {
+        let _ = receiver.check_links(&root);
+        if m.delete {
+            let _ = receiver.prune(&root);
+        }
+        receiver.finish_dirs(&root, None);
+    };
+    let mut receiver = start(fresh);
     for batch in m.batches.iter().take(8) {
+        if batch.new_request {
+            finish(std::mem::replace(&mut receiver, start(false)));
+        }
         let entries = batch
+            .items
             .iter()
             .take(32)
             .map(|i| TreeEntry {
@@ -91,11 +111,7 @@ fuzz_target!(|m: Manifest| {
             .collect();
         let _ = receiver.apply(&root, entries);
     }
-    let _ = receiver.check_links(&root);
-    if m.delete {
-        let _ = receiver.prune(&root);
-    }
-    receiver.finish_dirs(&root, None);
+    finish(receiver);
 
     // Outside the root: exactly what was there.
     let mut names: Vec<_> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();

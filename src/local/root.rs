@@ -213,6 +213,11 @@ impl Root {
         }
     }
 
+    /// Whether `p`, links followed (beneath the root), is a directory.
+    pub fn leads_to_dir(&self, p: &RemotePath) -> bool {
+        self.dir.metadata(p.to_path()).is_ok_and(|m| m.is_dir())
+    }
+
     /// Whether `p` is a symlink.
     pub fn is_symlink(&self, p: &RemotePath) -> bool {
         matches!(self.lstat(p), Ok(Some(m)) if m.file_type().is_symlink())

@@ -91,8 +91,9 @@ pub struct Receiver {
     /// The directories, to give their times (and, if made now, modes) at
     /// the end: path, mode, mtime, made now.
     dirs: Vec<(RemotePath, u32, i64, bool)>,
-    /// The links made, to check once every link exists.
-    links: Vec<(String, RemotePath)>,
+    /// The links made (name, path, target), to check once every link
+    /// exists.
+    links: Vec<(String, RemotePath, String)>,
     /// The files expected, by name.
     pub files: Files,
     /// Partials offered for resuming, held locked until their file comes.
@@ -389,9 +390,12 @@ impl Receiver {
             let msg = "symlink passes through another link, skipped";
             return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
         }
+        if self.beneath_link(root, rel) {
+            return Some(Applied::refused(rel, ErrorCode::BadPath, "symlink beneath another link, skipped"));
+        }
         match root.symlink(path, target, self.force) {
             Ok(()) => {
-                self.links.push((rel.to_string(), path.clone()));
+                self.links.push((rel.to_string(), path.clone(), target.to_string()));
                 None
             }
             Err(e) => Some(refusal(rel, &e)),
@@ -425,6 +429,55 @@ impl Receiver {
         false
     }
 
+    /// Whether a directory on the way from the top to `rel` is a link: a
+    /// link made through one (`l/x` with `l -> .`) stands elsewhere than
+    /// its name says, and its target would be judged from the wrong depth
+    /// (found by the tree fuzz target: `outside -> .` in one request, a
+    /// link at `outside/.../outside/n2` eight levels deep by name, at the
+    /// top in fact, in the next). A walk never sends anything beneath a
+    /// link it sends.
+    fn beneath_link(&self, root: &Root, rel: &str) -> bool {
+        let Some((dir, _)) = rel.rsplit_once('/') else { return false };
+        let mut at = String::new();
+        dir.split('/').any(|part| {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            self.top.join(&at).is_ok_and(|p| root.is_symlink(&p))
+        })
+    }
+
+    /// Whether every name that a `..` of `target` climbs back out of (as
+    /// `x` in `x/../y`) is a directory now. A link to nothing resolves
+    /// nowhere yet, so its check above passes; but were `x` missing, a
+    /// later request could make `x` a link to `.`, and `x/..` would then
+    /// climb above the top. Targets of that shape are rare: none of the
+    /// links under /usr and /etc here has one.
+    fn climbs_only_out_of_dirs(&self, root: &Root, rel: &str, target: &str) -> bool {
+        let mut at: Vec<&str> = rel.split('/').collect();
+        at.pop();
+        // How many names on `at` the target put there: climbing out of
+        // the link's own directories is judged by name already.
+        let mut named = 0;
+        for part in target.split('/').filter(|s| !s.is_empty() && *s != ".") {
+            if part != ".." {
+                at.push(part);
+                named += 1;
+                continue;
+            }
+            if named > 0 {
+                let is_dir = self.top.join(&at.join("/")).is_ok_and(|p| root.leads_to_dir(&p));
+                if !is_dir {
+                    return false;
+                }
+                named -= 1;
+            }
+            at.pop();
+        }
+        true
+    }
+
     /// After the last entry, when every link of the tree exists: removes
     /// the links that resolve outside it (an order of links can defeat the
     /// checks made as each was made) and says which.
@@ -433,8 +486,8 @@ impl Receiver {
         if self.dry {
             return out;
         }
-        for (rel, path) in std::mem::take(&mut self.links) {
-            if !root.resolves_inside(&path) {
+        for (rel, path, target) in std::mem::take(&mut self.links) {
+            if !root.resolves_inside(&path) || !self.climbs_only_out_of_dirs(root, &rel, &target) {
                 let _ = root.remove_link(&path);
                 out.push(Applied::refused(
                     &rel,
@@ -715,6 +768,68 @@ mod tests {
         let made: Vec<_> =
             std::fs::read_dir(t.path().join("root")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(made, ["ok"], "only the well-spelled link is made");
+    }
+
+    /// A link is not made beneath another: judged by its name it stands
+    /// deeper than it does, and its target could climb above the top.
+    #[test]
+    fn a_link_is_not_made_beneath_another_link() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("root/real")).unwrap();
+        let root = Root::open(&t.path().join("root")).unwrap();
+        let link = |rel: &str, target: &str| TreeEntry {
+            target: Some(target.into()),
+            ..entry(rel, EntryKind::Symlink)
+        };
+        let top = || RemotePath::parse("").unwrap();
+        let mut first = Receiver::new(top(), false, false, false);
+        assert!(first.apply(&root, vec![link("l", ".")]).is_empty());
+        assert!(first.check_links(&root).is_empty());
+        let mut second = Receiver::new(top(), false, false, false);
+        let applied = second.apply(&root, vec![link("l/l/n", "../../x"), link("real/n", "../real")]);
+        assert!(
+            matches!(&applied[..], [Applied::Refused { rel, err }] if rel == "l/l/n" && err.code == ErrorCode::BadPath),
+            "{applied:?}"
+        );
+        assert!(std::fs::symlink_metadata(t.path().join("root/n")).is_err(), "nothing made through the link");
+        assert!(std::fs::symlink_metadata(t.path().join("root/real/n")).is_ok(), "beneath a directory: made");
+    }
+
+    /// A link that climbs out of a name not there is not kept: the next
+    /// request could make that name a link to `.`, and the first link
+    /// would then lead above the top. Out of a directory, it is kept.
+    #[test]
+    fn a_link_climbing_out_of_a_missing_name_is_not_kept_for_a_later_link() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("root/real")).unwrap();
+        let root = Root::open(&t.path().join("root")).unwrap();
+        let link = |rel: &str, target: &str| TreeEntry {
+            target: Some(target.into()),
+            ..entry(rel, EntryKind::Symlink)
+        };
+        let top = || RemotePath::parse("").unwrap();
+        let mut first = Receiver::new(top(), false, false, false);
+        let mut applied =
+            first.apply(&root, vec![link("f", "d/.."), link("g", "real/../real"), link("h", "../x")]);
+        applied.extend(first.check_links(&root));
+        let mut second = Receiver::new(top(), false, false, false);
+        applied.extend(second.apply(&root, vec![link("d", ".")]));
+        applied.extend(second.check_links(&root));
+        let refused: Vec<_> = applied
+            .iter()
+            .filter_map(|a| match a {
+                Applied::Refused { rel, .. } => Some(rel.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refused, ["h", "f"], "{applied:?}");
+        let real_root = std::fs::canonicalize(t.path().join("root")).unwrap();
+        for name in std::fs::read_dir(t.path().join("root")).unwrap() {
+            let path = name.unwrap().path();
+            let real = std::fs::canonicalize(&path).unwrap();
+            assert!(real.starts_with(&real_root), "{path:?} leads to {real:?}");
+        }
+        assert!(std::fs::symlink_metadata(t.path().join("root/g")).is_ok(), "out of a directory: kept");
     }
 
     /// Files are found the same through their directory's handle and,
