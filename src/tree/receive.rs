@@ -681,6 +681,23 @@ mod tests {
         TreeEntry { rel: rel.into(), kind, size: 1, mode: 0o755, mtime: 0, target: None }
     }
 
+    fn link(rel: &str, target: &str) -> TreeEntry {
+        TreeEntry { target: Some(target.into()), ..entry(rel, EntryKind::Symlink) }
+    }
+
+    /// A receiver at the root's top, as a put -r without options makes.
+    fn receiver() -> Receiver {
+        Receiver::new(RemotePath::parse("").unwrap(), false, false, false)
+    }
+
+    /// A temporary directory holding `root/real`, and `root` opened.
+    fn root_with_a_dir() -> (tempfile::TempDir, Root) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("root/real")).unwrap();
+        let root = Root::open(&t.path().join("root")).unwrap();
+        (t, root)
+    }
+
     #[test]
     fn files_are_found_by_name_and_a_later_entry_replaces_an_earlier() {
         let mut files = Files::default();
@@ -742,13 +759,7 @@ mod tests {
     /// fuzz target).
     #[test]
     fn names_with_empty_or_dot_parts_are_refused_not_read_another_way() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir(t.path().join("root")).unwrap();
-        let root = Root::open(&t.path().join("root")).unwrap();
-        let link = |rel: &str, target: &str| TreeEntry {
-            target: Some(target.into()),
-            ..entry(rel, EntryKind::Symlink)
-        };
+        let (t, root) = root_with_a_dir();
         let manifest = vec![
             link("l//.", "n/../../x"),
             link("./m", "a"),
@@ -756,7 +767,7 @@ mod tests {
             entry("f//g", EntryKind::File),
             link("ok", "d"),
         ];
-        let mut receiver = Receiver::new(RemotePath::parse("").unwrap(), false, false, false);
+        let mut receiver = receiver();
         let mut applied = receiver.apply(&root, manifest);
         applied.extend(receiver.check_links(&root));
         for rel in ["l//.", "./m", "d/./e", "f//g"] {
@@ -765,27 +776,21 @@ mod tests {
             });
             assert!(refused, "{rel}: {applied:?}");
         }
-        let made: Vec<_> =
+        let mut made: Vec<_> =
             std::fs::read_dir(t.path().join("root")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(made, ["ok"], "only the well-spelled link is made");
+        made.sort();
+        assert_eq!(made, ["ok", "real"], "only the well-spelled link is made");
     }
 
     /// A link is not made beneath another: judged by its name it stands
     /// deeper than it does, and its target could climb above the top.
     #[test]
     fn a_link_is_not_made_beneath_another_link() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("root/real")).unwrap();
-        let root = Root::open(&t.path().join("root")).unwrap();
-        let link = |rel: &str, target: &str| TreeEntry {
-            target: Some(target.into()),
-            ..entry(rel, EntryKind::Symlink)
-        };
-        let top = || RemotePath::parse("").unwrap();
-        let mut first = Receiver::new(top(), false, false, false);
+        let (t, root) = root_with_a_dir();
+        let mut first = receiver();
         assert!(first.apply(&root, vec![link("l", ".")]).is_empty());
         assert!(first.check_links(&root).is_empty());
-        let mut second = Receiver::new(top(), false, false, false);
+        let mut second = receiver();
         let applied = second.apply(&root, vec![link("l/l/n", "../../x"), link("real/n", "../real")]);
         assert!(
             matches!(&applied[..], [Applied::Refused { rel, err }] if rel == "l/l/n" && err.code == ErrorCode::BadPath),
@@ -800,19 +805,12 @@ mod tests {
     /// would then lead above the top. Out of a directory, it is kept.
     #[test]
     fn a_link_climbing_out_of_a_missing_name_is_not_kept_for_a_later_link() {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("root/real")).unwrap();
-        let root = Root::open(&t.path().join("root")).unwrap();
-        let link = |rel: &str, target: &str| TreeEntry {
-            target: Some(target.into()),
-            ..entry(rel, EntryKind::Symlink)
-        };
-        let top = || RemotePath::parse("").unwrap();
-        let mut first = Receiver::new(top(), false, false, false);
+        let (t, root) = root_with_a_dir();
+        let mut first = receiver();
         let mut applied =
             first.apply(&root, vec![link("f", "d/.."), link("g", "real/../real"), link("h", "../x")]);
         applied.extend(first.check_links(&root));
-        let mut second = Receiver::new(top(), false, false, false);
+        let mut second = receiver();
         applied.extend(second.apply(&root, vec![link("d", ".")]));
         applied.extend(second.check_links(&root));
         let refused: Vec<_> = applied
