@@ -375,7 +375,7 @@ impl Receiver {
     }
 
     /// Makes a link of the tree, unless its target leaves the tree by name
-    /// or passes through a link already made.
+    /// or passes through a link already made, or it would stand beneath one.
     fn make_link(&mut self, root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Applied> {
         let rel = entry.rel.as_str();
         let target = match entry.target.as_deref() {
@@ -480,21 +480,23 @@ impl Receiver {
 
     /// After the last entry, when every link of the tree exists: removes
     /// the links that resolve outside it (an order of links can defeat the
-    /// checks made as each was made) and says which.
+    /// checks made as each was made) or climb out of a name that is no
+    /// directory, and says which.
     pub fn check_links(&mut self, root: &Root) -> Vec<Applied> {
         let mut out = Vec::new();
         if self.dry {
             return out;
         }
         for (rel, path, target) in std::mem::take(&mut self.links) {
-            if !root.resolves_inside(&path) || !self.climbs_only_out_of_dirs(root, &rel, &target) {
-                let _ = root.remove_link(&path);
-                out.push(Applied::refused(
-                    &rel,
-                    ErrorCode::BadPath,
-                    "symlink resolves outside the tree, skipped",
-                ));
-            }
+            let why = if !root.resolves_inside(&path) {
+                "symlink resolves outside the tree, skipped"
+            } else if !self.climbs_only_out_of_dirs(root, &rel, &target) {
+                "symlink climbs back out of a name that is no directory, skipped"
+            } else {
+                continue;
+            };
+            let _ = root.remove_link(&path);
+            out.push(Applied::refused(&rel, ErrorCode::BadPath, why));
         }
         out
     }
