@@ -78,6 +78,21 @@ fn mv_renames_atomically_into_directories_and_never_clobbers_without_f() {
         xfer(server.addr, work.path()).args(["mv", src, dst]).assert().code(1);
     }
     assert_eq!(tree(server.root.path()), ["dir", "dir/b.txt"]);
+    // A relative link moved must still lead inside the root from where it
+    // lands; deeper is fine, and an absolute one means the same anywhere.
+    fs::create_dir_all(server.path("a/b/c")).unwrap();
+    std::os::unix::fs::symlink("../../dir", server.path("a/b/l")).unwrap();
+    std::os::unix::fs::symlink("/tmp", server.path("a/b/abs")).unwrap();
+    for dst in ["l", "a/l"] {
+        xfer(server.addr, work.path())
+            .args(["mv", "a/b/l", dst])
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("would lead it out of the root"));
+    }
+    xfer(server.addr, work.path()).args(["mv", "a/b/l", "a/b/c/l"]).assert().success();
+    xfer(server.addr, work.path()).args(["mv", "a/b/abs", "abs"]).assert().success();
+    assert_eq!(fs::read_link(server.path("a/b/c/l")).unwrap().to_str(), Some("../../dir"));
 }
 
 #[test]

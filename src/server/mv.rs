@@ -40,6 +40,17 @@ pub(crate) async fn handle(
             return Err(RequestError::new(ErrorCode::BadPath, "mv cannot replace the root"));
         }
         let target = to.to_string();
+        // A link keeps its target as it moves: a relative one must still
+        // lead inside the root from where it lands (`a/b/l -> ../../x`
+        // moved to `l` would climb out). What it points to is not judged
+        // here; an absolute target means the same anywhere.
+        if let Some(link) = root.entry(&from).ok().and_then(|e| e.target) {
+            if !link.starts_with('/') && !crate::tree::link_stays_inside(&target, &link) {
+                let link = crate::local::escape(&link);
+                let msg = format!("moving link {shown} to {target} would lead it out of the root ({link})");
+                return Err(RequestError::new(ErrorCode::BadPath, msg));
+            }
+        }
         root.rename(&from, &to, force).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 RequestError::new(ErrorCode::Exists, exists_words(&format!("remote path {target} exists")))
