@@ -75,6 +75,10 @@ fn hostile_entries() -> Vec<serde_json::Value> {
         v.push(json!({"op": "entry", "filename": format!("{via}/outside/big.bin"), "kind": "file", "size": BIG, "mode": 0o755, "mtime": 0}));
         v.push(json!({"op": "entry", "filename": format!("{via}/outside/lnk"), "kind": "symlink", "target": "victim.txt"}));
     }
+    // Named another way than the disk reads it (`up//.` stands at the
+    // top), and made through a link (`d -> .`: `d/d/sneak` is `sneak`).
+    v.push(json!({"op": "entry", "filename": "up//.", "kind": "symlink", "target": "n/../../x"}));
+    v.push(json!({"op": "entry", "filename": "d/d/sneak", "kind": "symlink", "target": "../../x"}));
     // A link replacing a directory made just before.
     v.push(json!({"op": "entry", "filename": "sub", "kind": "dir", "mode": 0o755, "mtime": 0}));
     v.push(json!({"op": "entry", "filename": "sub", "kind": "symlink", "target": "e"}));
@@ -143,6 +147,11 @@ fn a_hostile_server_cannot_write_outside_the_destination_through_links() {
     assert!(stderr.contains("e: symlink passes through another link, skipped"), "{stderr}");
     assert!(stderr.contains("g: symlink resolves outside the tree, skipped"), "{stderr}");
     assert!(stderr.contains("abs: symlink to /tmp leads out of the tree, skipped"), "{stderr}");
+    assert!(stderr.contains("up//.: unsafe name, skipped (empty and '.' parts"), "{stderr}");
+    assert!(stderr.contains("d/d/sneak: symlink beneath another link, skipped"), "{stderr}");
+    for made in ["dst/sneak", "dst/up"] {
+        assert!(fs::symlink_metadata(work.path().join(made)).is_err(), "{made} was made");
+    }
     assert!(!work.path().join("dst/g").exists(), "the link resolving outside was removed");
     let names: Vec<_> = fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "nothing new beside the destination: {names:?}");
@@ -190,6 +199,11 @@ fn a_hostile_client_cannot_write_outside_the_served_root_through_links() {
     };
     assert!(said("e", "passes through another link"), "{refused:?}");
     assert!(said("g", "resolves outside the tree"), "{refused:?}");
+    assert!(said("up//.", "empty and '.' parts"), "{refused:?}");
+    assert!(said("d/d/sneak", "beneath another link"), "{refused:?}");
+    for made in ["sneak", "up"] {
+        assert!(fs::symlink_metadata(server.path(made)).is_err(), "{made} was made");
+    }
     assert!(!server.path("g").exists() && fs::symlink_metadata(server.path("g")).is_err(), "g was removed");
     drop(root_name);
 }
