@@ -74,6 +74,7 @@ use std::time::Duration;
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<u8, Error> {
     let token_file = cli.token_file.as_deref();
+    let ui = ui::Ui { quiet: cli.quiet, verbose: cli.verbose, json: cli.json };
     match cli.command {
         Command::Serve(_) if cli.server.is_some() => {
             Err(Error::Usage("xfer serve listens where --listen says; -s/--server is for clients".into()))
@@ -92,10 +93,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
             token_command(token_file, TokenCommand { new, rights, dir, list, revoke, tokens })
         }
         // Files hashed here: no server to reach, so no token to need.
-        Command::Md5sum { parts, local: true, paths } => {
-            let ui = ui::Ui { quiet: cli.quiet, verbose: cli.verbose, json: cli.json };
-            client::md5sum_local(&ui, parts, &paths)
-        }
+        Command::Md5sum { parts, local: true, paths } => client::md5sum_local(&ui, parts, &paths),
         // A client does one thing at a time: a single-threaded runtime starts
         // faster and the hashing thread comes from the blocking pool.
         command => {
@@ -114,12 +112,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
                 None => (client::with_default_port(server), token_file),
             };
             let (token, _) = auth::load_token(token_file, false)?;
-            let opts = Options {
-                server,
-                token,
-                ui: ui::Ui { quiet: cli.quiet, verbose: cli.verbose, json: cli.json },
-                compress: cli.compress,
-            };
+            let opts = Options { server, token, ui, compress: cli.compress };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -218,6 +218,11 @@ impl Root {
         self.dir.metadata(p.to_path()).is_ok_and(|m| m.is_dir())
     }
 
+    /// The target of the link at `p`, as it is written.
+    pub fn read_link(&self, p: &RemotePath) -> io::Result<std::path::PathBuf> {
+        self.dir.read_link_contents(p.to_path())
+    }
+
     /// Whether `p` is a symlink.
     pub fn is_symlink(&self, p: &RemotePath) -> bool {
         matches!(self.lstat(p), Ok(Some(m)) if m.file_type().is_symlink())
@@ -249,7 +254,7 @@ impl Root {
         match self.dir.symlink_metadata(p.to_path()) {
             Ok(m) if m.file_type().is_symlink() && replace => self.dir.remove_file(p.to_path())?,
             Ok(m) if m.file_type().is_symlink() => {
-                if self.dir.read_link_contents(p.to_path())?.as_os_str() == target {
+                if self.read_link(p)?.as_os_str() == target {
                     return Ok(());
                 }
                 return Err(io::Error::from(io::ErrorKind::AlreadyExists));

@@ -25,9 +25,9 @@ pub(crate) async fn handle(
     let force = req.force;
     let moved = blocking(shared, move |root| {
         let shown = from.to_string();
-        if root.lstat(&from).map_err(|e| RequestError::from_io(&e, &shown))?.is_none() {
+        let Some(meta) = root.lstat(&from).map_err(|e| RequestError::from_io(&e, &shown))? else {
             return Err(RequestError::new(ErrorCode::NotFound, format!("remote path not found: {shown}")));
-        }
+        };
         // Into a directory that is there (never through a link to one).
         let into = root.lstat(&to).ok().flatten().is_some_and(|m| m.is_dir());
         let to = match (into, from.file_name()) {
@@ -44,7 +44,8 @@ pub(crate) async fn handle(
         // lead inside the root from where it lands (`a/b/l -> ../../x`
         // moved to `l` would climb out). What it points to is not judged
         // here; an absolute target means the same anywhere.
-        if let Some(link) = root.entry(&from).ok().and_then(|e| e.target) {
+        let link = meta.file_type().is_symlink().then(|| root.read_link(&from).ok()).flatten();
+        if let Some(link) = link.as_deref().map(std::path::Path::to_string_lossy) {
             if !link.starts_with('/') && !crate::tree::link_stays_inside(&target, &link) {
                 let link = crate::local::escape(&link);
                 let msg = format!("moving link {shown} to {target} would lead it out of the root ({link})");
