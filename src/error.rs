@@ -66,6 +66,19 @@ pub enum ConnError {
 #[error("not a regular file")]
 pub struct NotRegular;
 
+/// A link where a path had to go through directories only: what is made
+/// there would stand elsewhere than its name says.
+#[derive(Debug, Error)]
+#[error("a link on the way")]
+pub struct LinkOnTheWay;
+
+impl LinkOnTheWay {
+    /// Whether `err` is this one.
+    pub fn is(err: &io::Error) -> bool {
+        err.get_ref().is_some_and(|e| e.is::<LinkOnTheWay>())
+    }
+}
+
 /// One request failed on the server; sent back as an `error` frame.
 #[derive(Debug, Error, Clone, PartialEq)]
 #[error("{message}")]
@@ -128,6 +141,7 @@ impl RequestError {
             io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => ErrorCode::WrongType,
             io::ErrorKind::AlreadyExists => ErrorCode::Exists,
             _ if err.get_ref().is_some_and(|e| e.is::<NotRegular>()) => ErrorCode::WrongType,
+            _ if LinkOnTheWay::is(err) => ErrorCode::BadPath,
             _ => ErrorCode::Internal,
         };
         let message = match code {

@@ -29,7 +29,7 @@ pub mod whole;
 
 pub use partial::{CommitError, Partial};
 pub use path::{escape, PathError, RemotePath};
-pub use root::{ListEntry, Opened, Removal, Root};
+pub use root::{ListEntry, Opened, Place, Removal, Root};
 pub use stamp::Stamp;
 pub use sync::sync_filesystem;
 pub use whole::{write_whole, write_whole_beneath, DirCache};

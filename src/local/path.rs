@@ -87,6 +87,11 @@ impl RemotePath {
     }
 
     /// The root itself.
+    pub fn root() -> RemotePath {
+        RemotePath { parts: Vec::new() }
+    }
+
+    /// Whether this is the root itself.
     pub fn is_root(&self) -> bool {
         self.parts.is_empty()
     }

@@ -28,6 +28,26 @@ pub struct ListEntry {
     pub target: Option<String>,
 }
 
+/// Where something really stands beneath a root: no link on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The names of its directory from the root down, none a link.
+    pub dirs: Vec<String>,
+    /// Its own name in that directory.
+    pub name: String,
+}
+
+impl Place {
+    /// Its path from the root, `/`-separated.
+    pub fn rel(&self) -> String {
+        let mut rel = self.dirs.join("/");
+        if !rel.is_empty() {
+            rel.push('/');
+        }
+        rel + &self.name
+    }
+}
+
 /// The directory a server serves, opened once as a capability.
 pub struct Root {
     /// Handle through which every access resolves, beneath the root only.
@@ -213,11 +233,6 @@ impl Root {
         }
     }
 
-    /// Whether `p`, links followed (beneath the root), is a directory.
-    pub fn leads_to_dir(&self, p: &RemotePath) -> bool {
-        self.dir.metadata(p.to_path()).is_ok_and(|m| m.is_dir())
-    }
-
     /// The target of the link at `p`, as it is written.
     pub fn read_link(&self, p: &RemotePath) -> io::Result<std::path::PathBuf> {
         self.dir.read_link_contents(p.to_path())
@@ -248,13 +263,19 @@ impl Root {
         self.dir.remove_file(p.to_path())
     }
 
-    /// Makes `p` a symlink to `target` (checked by the caller to stay in
-    /// its tree). An existing symlink there is replaced only with `replace`.
-    pub fn symlink(&self, p: &RemotePath, target: &str, replace: bool) -> io::Result<()> {
-        match self.dir.symlink_metadata(p.to_path()) {
-            Ok(m) if m.file_type().is_symlink() && replace => self.dir.remove_file(p.to_path())?,
+    /// Makes `rel` beneath `top` a symlink to `target` (checked by the
+    /// caller: a relative target climbing only from where the link
+    /// stands). The directories from `top` down to it are opened without
+    /// following a link ([`open_dir_plainly`](Self::open_dir_plainly)), so
+    /// it stands as deep below `top` as its name says. An existing symlink
+    /// there is replaced only with `replace`.
+    pub fn symlink(&self, top: &RemotePath, rel: &str, target: &str, replace: bool) -> io::Result<()> {
+        let (dirs, name) = rel.rsplit_once('/').map_or((None, rel), |(d, n)| (Some(d), n));
+        let dir = self.open_dir_plainly(top, dirs.into_iter().flat_map(|d| d.split('/')))?;
+        match dir.symlink_metadata(name) {
+            Ok(m) if m.file_type().is_symlink() && replace => dir.remove_file(name)?,
             Ok(m) if m.file_type().is_symlink() => {
-                if self.read_link(p)?.as_os_str() == target {
+                if dir.read_link_contents(name)?.as_os_str() == target {
                     return Ok(());
                 }
                 return Err(io::Error::from(io::ErrorKind::AlreadyExists));
@@ -263,7 +284,68 @@ impl Root {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        self.dir.symlink_contents(target, p.to_path())
+        dir.symlink_contents(target, name)
+    }
+
+    /// The directory `parts` beneath `from` (found as every path is, links
+    /// beneath the root followed), each part opened without following a
+    /// link: what is made in it stands where its name says, never where a
+    /// link on the way leads (`l/x` with `l -> .` is `x`). A link on the
+    /// way is [`LinkOnTheWay`](crate::error::LinkOnTheWay). Each part is one name of a checked path.
+    pub fn open_dir_plainly<'a>(
+        &self,
+        from: &RemotePath,
+        parts: impl IntoIterator<Item = &'a str>,
+    ) -> io::Result<Dir> {
+        use rustix::fs::{openat, Mode, OFlags};
+        let mut dir =
+            if from.is_root() { self.dir.try_clone()? } else { self.dir.open_dir(from.to_path())? };
+        for part in parts {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            dir = match openat(&dir, part, flags, Mode::empty()) {
+                Ok(fd) => Dir::from_std_file(std::fs::File::from(fd)),
+                // A link, as a file, is "not a directory" to O_NOFOLLOW.
+                Err(e)
+                    if e == rustix::io::Errno::NOTDIR
+                        && dir.symlink_metadata(part).is_ok_and(|m| m.file_type().is_symlink()) =>
+                {
+                    return Err(io::Error::other(crate::error::LinkOnTheWay))
+                }
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// The first link beneath the directory `p` (at any depth, never
+    /// following one) for which `bad(name, target)` holds, `name` relative
+    /// to `p`. Directories are visited from a list of paths, as the sweep
+    /// does, so a deep tree costs neither stack nor descriptors; each is
+    /// opened plainly, so none is reached through a link.
+    pub fn find_link_beneath(
+        &self,
+        p: &RemotePath,
+        mut bad: impl FnMut(&str, &Path) -> bool,
+    ) -> io::Result<Option<(String, PathBuf)>> {
+        let mut pending = vec![String::new()];
+        while let Some(rel) = pending.pop() {
+            let dir = self.open_dir_plainly(p, rel.split('/').filter(|part| !part.is_empty()))?;
+            for entry in dir.entries()? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let inner = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                let ft = entry.file_type()?;
+                if ft.is_dir() {
+                    pending.push(inner);
+                } else if ft.is_symlink() {
+                    let target = dir.read_link_contents(entry.file_name())?;
+                    if bad(&inner, &target) {
+                        return Ok(Some((inner, target)));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The directory `p` beneath this root, already there, as a root of its
@@ -310,20 +392,31 @@ impl Root {
         Ok(())
     }
 
-    /// Renames `from` to `to`, atomically, both beneath the root (a link
-    /// is renamed, never followed); what is at `to` is replaced only with
-    /// `replace` (else `AlreadyExists`).
-    pub fn rename(&self, from: &RemotePath, to: &RemotePath, replace: bool) -> io::Result<()> {
-        let (Some(old), Some(new)) = (from.file_name(), to.file_name()) else {
-            return Err(io::ErrorKind::InvalidInput.into());
-        };
-        let (old_dir, new_dir) =
-            (self.dir.open_dir(from.parent_path())?, self.dir.open_dir(to.parent_path())?);
+    /// Where `p` really stands beneath the root: its directory's names
+    /// from the root down, links followed, and its own name. `None` for the
+    /// root.
+    pub fn place(&self, p: &RemotePath) -> io::Result<Option<Place>> {
+        let Some((parent, name)) = p.split_last() else { return Ok(None) };
+        let real = self.dir.canonicalize(parent.to_path())?;
+        let dirs = real.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        Ok(name.file_name().map(|name| Place { dirs, name: name.to_string() }))
+    }
+
+    /// Renames what is at `from` to `to`, atomically (a link is renamed,
+    /// never followed); what is at `to` is replaced only with `replace`
+    /// (else `AlreadyExists`). Both directories are opened plainly
+    /// ([`open_dir_plainly`](Self::open_dir_plainly)), so nothing lands
+    /// elsewhere than where its place was judged, should a link appear on
+    /// the way meanwhile.
+    pub fn rename(&self, from: &Place, to: &Place, replace: bool) -> io::Result<()> {
+        let top = RemotePath::root();
+        let old_dir = self.open_dir_plainly(&top, from.dirs.iter().map(String::as_str))?;
+        let new_dir = self.open_dir_plainly(&top, to.dirs.iter().map(String::as_str))?;
         let flags = match replace {
             true => rustix::fs::RenameFlags::empty(),
             false => rustix::fs::RenameFlags::NOREPLACE,
         };
-        rustix::fs::renameat_with(&old_dir, old, &new_dir, new, flags).map_err(io::Error::from)
+        rustix::fs::renameat_with(&old_dir, &from.name, &new_dir, &to.name, flags).map_err(io::Error::from)
     }
 
     /// Makes the directory `p`; with `parents`, its missing parents too,
@@ -491,6 +584,51 @@ mod tests {
         assert!(root.open_read(&p).is_err());
         assert!(root.stage(&RemotePath::parse("out/new").unwrap()).is_err());
         assert!(!outside.path().join("new").exists());
+    }
+
+    /// Links beneath a directory are found at any depth, named from it,
+    /// and a link to a directory is never walked into.
+    #[test]
+    fn links_beneath_are_found_without_following_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("d/e/f")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("other")).unwrap();
+        std::os::unix::fs::symlink("../../other", tmp.path().join("d/e/into")).unwrap();
+        std::os::unix::fs::symlink("../x", tmp.path().join("d/e/f/deep")).unwrap();
+        std::os::unix::fs::symlink("../../../x", tmp.path().join("other/far")).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let d = RemotePath::parse("d").unwrap();
+        let mut seen = Vec::new();
+        let none = root.find_link_beneath(&d, |rel, _| {
+            seen.push(rel.to_string());
+            false
+        });
+        seen.sort();
+        assert_eq!(none.unwrap(), None);
+        assert_eq!(seen, ["e/f/deep", "e/into"], "`other/far` is only reached through a link");
+        let found = root.find_link_beneath(&d, |_, target| target == Path::new("../x")).unwrap();
+        assert_eq!(found, Some(("e/f/deep".to_string(), PathBuf::from("../x"))));
+    }
+
+    /// A place is where a name really stands, through the links on its
+    /// way, and a link there is refused when a directory must be plain.
+    #[test]
+    fn a_place_is_found_through_links_and_plain_directories_refuse_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+        std::os::unix::fs::symlink("a/b", tmp.path().join("l")).unwrap();
+        let root = Root::open(tmp.path()).unwrap();
+        let place = root.place(&RemotePath::parse("l/x").unwrap()).unwrap().unwrap();
+        assert_eq!(
+            (place.dirs.clone(), place.rel()),
+            (vec!["a".to_string(), "b".to_string()], "a/b/x".into())
+        );
+        assert_eq!(root.place(&RemotePath::root()).unwrap(), None);
+        assert!(root.open_dir_plainly(&RemotePath::root(), ["a", "b"]).is_ok());
+        let err = root.open_dir_plainly(&RemotePath::root(), ["l"]).unwrap_err();
+        assert!(crate::error::LinkOnTheWay::is(&err), "{err}");
+        // Where links are followed, as for every path: `l` is `a/b`.
+        assert!(root.open_dir_plainly(&RemotePath::parse("l").unwrap(), []).is_ok());
     }
 
     /// A directory opened for the lookups of its names stays beneath the

@@ -5,7 +5,11 @@ use super::request::{checked_path, refuse, Outcome};
 use super::{blocking, Session};
 use crate::connection::ServerConnection;
 use crate::error::{exists_words, ConnError, RequestError};
+use crate::local::{escape, Place, RemotePath, Root};
 use crate::protocol::{ErrorCode, Mv, ServerMessage, Stored};
+use crate::tree::{link_fault, LinkFault};
+use cap_std::fs::Metadata;
+use std::path::Path;
 use std::sync::Arc;
 
 pub(crate) async fn handle(
@@ -40,19 +44,12 @@ pub(crate) async fn handle(
             return Err(RequestError::new(ErrorCode::BadPath, "mv cannot replace the root"));
         }
         let target = to.to_string();
-        // A link keeps its target as it moves: a relative one must still
-        // lead inside the root from where it lands (`a/b/l -> ../../x`
-        // moved to `l` would climb out). What it points to is not judged
-        // here; an absolute target means the same anywhere.
-        let link = meta.file_type().is_symlink().then(|| root.read_link(&from).ok()).flatten();
-        if let Some(link) = link.as_deref().map(std::path::Path::to_string_lossy) {
-            if !link.starts_with('/') && !crate::tree::link_stays_inside(&target, &link) {
-                let link = crate::local::escape(&link);
-                let msg = format!("moving link {shown} to {target} would lead it out of the root ({link})");
-                return Err(RequestError::new(ErrorCode::BadPath, msg));
-            }
-        }
-        root.rename(&from, &to, force).map_err(|e| match e.kind() {
+        let place = |p| root.place(p).map_err(|e| RequestError::from_io(&e, &p.to_string()));
+        let (Some(old), Some(new)) = (place(&from)?, place(&to)?) else {
+            return Err(RequestError::new(ErrorCode::BadPath, "mv cannot move the root"));
+        };
+        links_stay_inside(root, &from, &meta, (&old, &new), &target)?;
+        root.rename(&old, &new, force).map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
                 RequestError::new(ErrorCode::Exists, exists_words(&format!("remote path {target} exists")))
             }
@@ -73,4 +70,57 @@ pub(crate) async fn handle(
         }
         Err(err) => refuse(conn, outcome, err).await,
     }
+}
+
+/// Refuses to move `from` (of metadata `meta`) from place `old` to `new`
+/// (`target` as the client named it) if a link would then lead out of the
+/// root. A link keeps its target as it moves: a relative one must still
+/// be one a tree keeps from where it really lands (`a/b/l -> ../../x`
+/// moved to `l`, or to `d/l` with `d -> .`, would climb out). The links
+/// beneath a directory climb from where they stand: moved up, one that
+/// climbed to the top before would climb out; moved no higher, each
+/// climbs no further than before, and none is looked at.
+fn links_stay_inside(
+    root: &Root,
+    from: &RemotePath,
+    meta: &Metadata,
+    (old, new): (&Place, &Place),
+    target: &str,
+) -> Result<(), RequestError> {
+    let shown = from.to_string();
+    if meta.file_type().is_symlink() {
+        let link = root.read_link(from).map_err(|e| RequestError::from_io(&e, &shown))?;
+        let link = link.to_string_lossy();
+        if let Some(fault) = relative_fault(&new.rel(), &link) {
+            let why = match fault {
+                LinkFault::LeadsOut => "would lead out of the root from there",
+                other => other.words(),
+            };
+            let link = escape(&link);
+            let msg = format!("cannot move link {shown} to {target}: its target {link} {why}");
+            return Err(RequestError::new(ErrorCode::BadPath, msg));
+        }
+    }
+    if meta.is_dir() && new.dirs.len() < old.dirs.len() {
+        let lands = new.rel();
+        let climbs_out = |inner: &str, t: &Path| {
+            relative_fault(&format!("{lands}/{inner}"), &t.to_string_lossy()).is_some()
+        };
+        let found =
+            root.find_link_beneath(from, climbs_out).map_err(|e| RequestError::from_io(&e, &shown))?;
+        if let Some((inner, link)) = found {
+            let link = escape(&link.to_string_lossy());
+            let msg = format!(
+                "cannot move {shown} to {target}: its link {shown}/{inner} ({link}) would lead out of the root"
+            );
+            return Err(RequestError::new(ErrorCode::BadPath, msg));
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with a link at `rel` to `target` (see [`link_fault`]), if
+/// it is relative: an absolute target is the same wherever the link stands.
+fn relative_fault(rel: &str, target: &str) -> Option<LinkFault> {
+    (!target.starts_with('/')).then(|| link_fault(rel, target)).flatten()
 }

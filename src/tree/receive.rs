@@ -6,11 +6,12 @@
 //! Every change goes through a [`Root`] (cap-std), never a path string, so
 //! no link of the tree, or one that was there before, can lead a write
 //! outside the destination. Links are also refused when made: one whose
-//! target leaves the tree by name, passes through another link, or (checked
-//! once the manifest is in, when every link exists) resolves outside.
+//! target leaves the tree by name or climbs back out of a name, one that
+//! would stand beneath another link, or (checked once the manifest is in,
+//! when every link exists) one that resolves outside.
 
 use crate::connection::FrameReader;
-use crate::error::{ConnError, RequestError};
+use crate::error::{ConnError, LinkOnTheWay, RequestError};
 use crate::local::{Partial, RemotePath, Root};
 use crate::protocol::{parts_body, Common, Data, EntryKind, ErrorCode, Md5Hex, OFFER_MOST_PARTS, PART};
 use crate::transfer::{drain, receive_file, Commit, Committed, FileFailure, Progress};
@@ -91,9 +92,8 @@ pub struct Receiver {
     /// The directories, to give their times (and, if made now, modes) at
     /// the end: path, mode, mtime, made now.
     dirs: Vec<(RemotePath, u32, i64, bool)>,
-    /// The links made (name, path, target), to check once every link
-    /// exists.
-    links: Vec<(String, RemotePath, String)>,
+    /// The links made (name, path), to check once every link exists.
+    links: Vec<(String, RemotePath)>,
     /// The files expected, by name.
     pub files: Files,
     /// Partials offered for resuming, held locked until their file comes.
@@ -374,129 +374,53 @@ impl Receiver {
         out
     }
 
-    /// Makes a link of the tree, unless its target leaves the tree by name
-    /// or passes through a link already made, or it would stand beneath one.
+    /// Makes a link of the tree, unless its target is one the tree does
+    /// not keep ([`tree::link_fault`]) or a directory on the way to it is
+    /// a link: made through one (`l/x` with `l -> .`) it would stand
+    /// elsewhere than its name says, and its target would be judged from
+    /// the wrong depth (found by the tree fuzz target: `outside -> .` in
+    /// one request, a link at `outside/.../outside/n2` eight levels deep by
+    /// name, at the top in fact, in the next). A walk never sends anything
+    /// beneath a link it sends.
     fn make_link(&mut self, root: &Root, path: &RemotePath, entry: &TreeEntry) -> Option<Applied> {
         let rel = entry.rel.as_str();
-        let target = match entry.target.as_deref() {
-            Some(t) if tree::link_stays_inside(rel, t) => t,
-            Some(t) => {
-                let msg = format!("symlink to {} leads out of the tree, skipped", crate::local::escape(t));
-                return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
-            }
-            None => return Some(Applied::refused(rel, ErrorCode::BadRequest, "symlink without a target")),
+        let Some(target) = entry.target.as_deref() else {
+            return Some(Applied::refused(rel, ErrorCode::BadRequest, "symlink without a target"));
         };
-        if self.passes_through_link(root, rel, target) {
-            let msg = "symlink passes through another link, skipped";
+        if let Some(fault) = tree::link_fault(rel, target) {
+            let msg = format!("symlink to {} {}, skipped", crate::local::escape(target), fault.words());
             return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
         }
-        if self.beneath_link(root, rel) {
-            return Some(Applied::refused(rel, ErrorCode::BadPath, "symlink beneath another link, skipped"));
-        }
-        match root.symlink(path, target, self.force) {
+        match root.symlink(&self.top, rel, target, self.force) {
             Ok(()) => {
-                self.links.push((rel.to_string(), path.clone(), target.to_string()));
+                self.links.push((rel.to_string(), path.clone()));
                 None
+            }
+            Err(e) if LinkOnTheWay::is(&e) => {
+                Some(Applied::refused(rel, ErrorCode::BadPath, "symlink beneath another link, skipped"))
             }
             Err(e) => Some(refusal(rel, &e)),
         }
     }
 
-    /// Whether `target`, followed by name from `rel`'s directory, goes
-    /// through a link already made: a step that is a link with more steps
-    /// after it, where `..` would climb from wherever that link leads, not
-    /// from where its name stands. A target that is itself a link (a
-    /// chain, as `ncursesw/ncurses.h -> ../ncurses.h -> curses.h` in
-    /// /usr/include) is not refused here; the check once all links exist
-    /// says whether the chain ends inside.
-    fn passes_through_link(&self, root: &Root, rel: &str, target: &str) -> bool {
-        let mut at: Vec<&str> = rel.split('/').collect();
-        at.pop();
-        let steps: Vec<&str> = target.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
-        for (i, part) in steps.iter().enumerate() {
-            if *part == ".." {
-                at.pop();
-                continue;
-            }
-            at.push(part);
-            let last = i + 1 == steps.len();
-            let step = at.join("/");
-            // The link itself (there already on a re-run) is no other link.
-            if !last && step != rel && self.top.join(&step).is_ok_and(|p| root.is_symlink(&p)) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Whether a directory on the way from the top to `rel` is a link: a
-    /// link made through one (`l/x` with `l -> .`) stands elsewhere than
-    /// its name says, and its target would be judged from the wrong depth
-    /// (found by the tree fuzz target: `outside -> .` in one request, a
-    /// link at `outside/.../outside/n2` eight levels deep by name, at the
-    /// top in fact, in the next). A walk never sends anything beneath a
-    /// link it sends.
-    fn beneath_link(&self, root: &Root, rel: &str) -> bool {
-        let Some((dir, _)) = rel.rsplit_once('/') else { return false };
-        let mut at = String::new();
-        dir.split('/').any(|part| {
-            if !at.is_empty() {
-                at.push('/');
-            }
-            at.push_str(part);
-            self.top.join(&at).is_ok_and(|p| root.is_symlink(&p))
-        })
-    }
-
-    /// Whether every name that a `..` of `target` climbs back out of (as
-    /// `x` in `x/../y`) is a directory now. A link to nothing resolves
-    /// nowhere yet, so its check above passes; but were `x` missing, a
-    /// later request could make `x` a link to `.`, and `x/..` would then
-    /// climb above the top. Targets of that shape are rare: none of the
-    /// links under /usr and /etc here has one.
-    fn climbs_only_out_of_dirs(&self, root: &Root, rel: &str, target: &str) -> bool {
-        let mut at: Vec<&str> = rel.split('/').collect();
-        at.pop();
-        // How many names on `at` the target put there: climbing out of
-        // the link's own directories is judged by name already.
-        let mut named = 0;
-        for part in target.split('/').filter(|s| !s.is_empty() && *s != ".") {
-            if part != ".." {
-                at.push(part);
-                named += 1;
-                continue;
-            }
-            if named > 0 {
-                let is_dir = self.top.join(&at.join("/")).is_ok_and(|p| root.leads_to_dir(&p));
-                if !is_dir {
-                    return false;
-                }
-                named -= 1;
-            }
-            at.pop();
-        }
-        true
-    }
-
     /// After the last entry, when every link of the tree exists: removes
-    /// the links that resolve outside it (an order of links can defeat the
-    /// checks made as each was made) or climb out of a name that is no
-    /// directory, and says which.
+    /// the links that resolve outside it, and says which. Links the tree
+    /// makes cannot (see [`tree::link_fault`]); one that was there before
+    /// can lead anywhere, and a link of the tree through it with it.
     pub fn check_links(&mut self, root: &Root) -> Vec<Applied> {
         let mut out = Vec::new();
         if self.dry {
             return out;
         }
-        for (rel, path, target) in std::mem::take(&mut self.links) {
-            let why = if !root.resolves_inside(&path) {
-                "symlink resolves outside the tree, skipped"
-            } else if !self.climbs_only_out_of_dirs(root, &rel, &target) {
-                "symlink climbs back out of a name that is no directory, skipped"
-            } else {
-                continue;
-            };
-            let _ = root.remove_link(&path);
-            out.push(Applied::refused(&rel, ErrorCode::BadPath, why));
+        for (rel, path) in std::mem::take(&mut self.links) {
+            if !root.resolves_inside(&path) {
+                let _ = root.remove_link(&path);
+                out.push(Applied::refused(
+                    &rel,
+                    ErrorCode::BadPath,
+                    "symlink resolves outside the tree, skipped",
+                ));
+            }
         }
         out
     }
@@ -802,34 +726,49 @@ mod tests {
         assert!(std::fs::symlink_metadata(t.path().join("root/real/n")).is_ok(), "beneath a directory: made");
     }
 
-    /// A link that climbs out of a name not there is not kept: the next
-    /// request could make that name a link to `.`, and the first link
-    /// would then lead above the top. Out of a directory, it is kept.
+    /// A target that climbs back out of a name is refused, whatever is
+    /// there now: a later request could make that name a link to `.`, and
+    /// `d/..` would then lead above the top. Targets that climb first and
+    /// then only name stay inside, whatever links are made after them.
     #[test]
-    fn a_link_climbing_out_of_a_missing_name_is_not_kept_for_a_later_link() {
+    fn a_link_climbing_back_out_of_a_name_is_refused_and_the_rest_stay_inside() {
         let (t, root) = root_with_a_dir();
         let mut first = receiver();
-        let mut applied =
-            first.apply(&root, vec![link("f", "d/.."), link("g", "real/../real"), link("h", "../x")]);
+        let manifest = vec![
+            link("f", "d/.."),
+            link("g", "real/../real"),
+            link("h", "../x"),
+            link("real/k", "../d/d/real"),
+        ];
+        let mut applied = first.apply(&root, manifest);
         applied.extend(first.check_links(&root));
         let mut second = receiver();
-        applied.extend(second.apply(&root, vec![link("d", ".")]));
+        applied.extend(second.apply(&root, vec![link("d", "."), link("real/l", "../d")]));
         applied.extend(second.check_links(&root));
         let refused: Vec<_> = applied
             .iter()
             .filter_map(|a| match a {
-                Applied::Refused { rel, .. } => Some(rel.as_str()),
+                Applied::Refused { rel, err } => Some((rel.as_str(), err.message.as_str())),
                 _ => None,
             })
             .collect();
-        assert_eq!(refused, ["h", "f"], "{applied:?}");
+        let back = "climbs back out of a name ('..' after a name), skipped";
+        assert_eq!(
+            refused,
+            [
+                ("f", format!("symlink to d/.. {back}").as_str()),
+                ("g", format!("symlink to real/../real {back}").as_str()),
+                ("h", "symlink to ../x leads out of the tree, skipped"),
+            ],
+            "{applied:?}"
+        );
         let real_root = std::fs::canonicalize(t.path().join("root")).unwrap();
-        for name in std::fs::read_dir(t.path().join("root")).unwrap() {
-            let path = name.unwrap().path();
+        for name in ["d", "real/k", "real/l"] {
+            let path = t.path().join("root").join(name);
+            assert!(std::fs::symlink_metadata(&path).is_ok(), "{name} was made");
             let real = std::fs::canonicalize(&path).unwrap();
             assert!(real.starts_with(&real_root), "{path:?} leads to {real:?}");
         }
-        assert!(std::fs::symlink_metadata(t.path().join("root/g")).is_ok(), "out of a directory: kept");
     }
 
     /// Files are found the same through their directory's handle and,

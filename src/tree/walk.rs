@@ -1,7 +1,7 @@
 //! The one walk of a tree, over a directory handle, for whichever side
 //! sends: into a manifest, handed over in batches as it goes.
 
-use super::{link_stays_inside, TreeEntry, BATCHES_AHEAD, MAX_DEPTH, MODE_MASK};
+use super::{link_fault, LinkFault, TreeEntry, BATCHES_AHEAD, MAX_DEPTH, MODE_MASK};
 use crate::connection::FrameWriter;
 use crate::error::ConnError;
 use crate::protocol::{Common, EntryKind};
@@ -197,15 +197,17 @@ fn walk_dir(
                     continue;
                 }
             };
-            match target.to_str() {
-                Some(t) if link_stays_inside(&rel, t) => {
+            // A name that is no UTF-8 cannot be sent as a target.
+            let kept = target.to_str().ok_or(LinkFault::LeadsOut);
+            match kept.and_then(|t| link_fault(&rel, t).map_or(Ok(t), Err)) {
+                Ok(t) => {
                     entry.kind = EntryKind::Symlink;
                     entry.target = Some(t.to_string());
                     out(entry);
                 }
-                _ => {
-                    let why = format!("symlink to {} leads out of the tree, skipped", target.display());
-                    left.skipped.push((rel, why));
+                Err(fault) => {
+                    let why = fault.words();
+                    left.skipped.push((rel, format!("symlink to {} {why}, skipped", target.display())));
                 }
             }
         } else {
