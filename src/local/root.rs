@@ -76,10 +76,16 @@ impl Root {
     /// The directory `p` beneath this root, already there, as a root of its
     /// own (this root again for the root).
     fn opened_sub(&self, p: &RemotePath) -> io::Result<Root> {
-        if p.is_root() {
-            return Ok(Root { dir: self.dir.try_clone()?, path: self.path.clone() });
+        let path = if p.is_root() { self.path.clone() } else { self.path.join(p.to_path()) };
+        Ok(Root { dir: self.dir_at(p)?, path })
+    }
+
+    /// A handle on the directory `p`: the root's own, cloned, for the root.
+    fn dir_at(&self, p: &RemotePath) -> io::Result<Dir> {
+        match p.is_root() {
+            true => self.dir.try_clone(),
+            false => self.open_dir(p),
         }
-        Ok(Root { dir: self.open_dir(p)?, path: self.path.join(p.to_path()) })
     }
 
     /// A second handle on the root, for a thread of its own.
@@ -298,8 +304,7 @@ impl Root {
         parts: impl IntoIterator<Item = &'a str>,
     ) -> io::Result<Dir> {
         use rustix::fs::{openat, Mode, OFlags};
-        let mut dir =
-            if from.is_root() { self.dir.try_clone()? } else { self.dir.open_dir(from.to_path())? };
+        let mut dir = self.dir_at(from)?;
         for part in parts {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             dir = match openat(&dir, part, flags, Mode::empty()) {

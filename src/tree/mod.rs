@@ -220,6 +220,12 @@ pub enum LinkFault {
 }
 
 impl LinkFault {
+    /// A tree's words for leaving out a link to `shown` (its target as it
+    /// is to be printed).
+    pub fn skipped(self, shown: impl std::fmt::Display) -> String {
+        format!("symlink to {shown} {}, skipped", self.words())
+    }
+
     /// What the target does, in words that follow "symlink to TARGET".
     pub fn words(self) -> &'static str {
         match self {

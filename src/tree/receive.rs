@@ -388,7 +388,7 @@ impl Receiver {
             return Some(Applied::refused(rel, ErrorCode::BadRequest, "symlink without a target"));
         };
         if let Some(fault) = tree::link_fault(rel, target) {
-            let msg = format!("symlink to {} {}, skipped", crate::local::escape(target), fault.words());
+            let msg = fault.skipped(crate::local::escape(target));
             return Some(Applied::refused(rel, ErrorCode::BadPath, msg));
         }
         match root.symlink(&self.top, rel, target, self.force) {
@@ -613,7 +613,7 @@ mod tests {
 
     /// A receiver at the root's top, as a put -r without options makes.
     fn receiver() -> Receiver {
-        Receiver::new(RemotePath::parse("").unwrap(), false, false, false)
+        Receiver::new(RemotePath::root(), false, false, false)
     }
 
     /// A temporary directory holding `root/real`, and `root` opened.
@@ -648,7 +648,7 @@ mod tests {
         std::fs::write(&partial, b"x").unwrap();
         let root = Root::open(t.path()).unwrap();
         let manifest = vec![entry("keep", EntryKind::Dir), entry("keep/f", EntryKind::File)];
-        let top = || RemotePath::parse("").unwrap();
+        let top = || RemotePath::root();
 
         // Dry: named, nothing removed.
         let mut dry = Receiver::new(top(), false, false, false).touching_top().deleting(true).dry_run(true);
@@ -793,7 +793,7 @@ mod tests {
         manifest.push(entry("d1/link", EntryKind::File));
         manifest.push(entry("missing/f", EntryKind::File));
         let root = Root::open(t.path()).unwrap();
-        let mut receiver = Receiver::new(RemotePath::parse("").unwrap(), false, false, false);
+        let mut receiver = Receiver::new(RemotePath::root(), false, false, false);
         let applied = receiver.apply(&root, manifest);
         let found = |rel: &str| {
             applied.iter().find_map(|a| match a {

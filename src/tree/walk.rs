@@ -205,10 +205,7 @@ fn walk_dir(
                     entry.target = Some(t.to_string());
                     out(entry);
                 }
-                Err(fault) => {
-                    let why = fault.words();
-                    left.skipped.push((rel, format!("symlink to {} {why}, skipped", target.display())));
-                }
+                Err(fault) => left.skipped.push((rel, fault.skipped(target.display()))),
             }
         } else {
             left.skipped.push((rel, "special file, skipped".to_string()));
